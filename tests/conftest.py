@@ -1,0 +1,130 @@
+"""Shared pytest fixtures: the local test cluster as a subprocess, and kubectl against it.
+
+`cluster` (session scope) runs `scripts/test-cluster --kubeconfig <tmp>` in the foreground as
+a child process, waits (bounded) for its `ready` line and stops it with SIGTERM at teardown.
+Tests that need it are marked `@pytest.mark.cluster`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+KUBECTL = str(VENV_BIN / "kubectl") if (VENV_BIN / "kubectl").exists() else "kubectl"
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+@dataclass
+class ClusterProcess:
+    kubeconfig: str
+    index: int
+    process: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)  # every line the cluster printed
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        return self.process.returncode
+
+
+def start_cluster(kubeconfig: Path, *extra_args: str) -> ClusterProcess:
+    """Start `scripts/test-cluster` and return once it printed its `ready` line."""
+    if os.geteuid() != 0:
+        pytest.skip("the local test cluster needs root (network namespaces)")
+    cmd = [sys.executable, str(REPO / "scripts" / "test-cluster"),
+           "--kubeconfig", str(kubeconfig), *extra_args]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, bufsize=1,
+    )
+    lines: list[str] = []
+    ready = threading.Event()
+    index_box: list[int] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if not ready.is_set() and "ready" in line:
+                m = re.search(r"index[= ](\d+)", line)
+                if m:
+                    index_box.append(int(m.group(1)))
+                ready.set()
+        ready.set()  # the process ended: unblock the waiter
+
+    threading.Thread(target=pump, daemon=True, name="test-cluster-output").start()
+    ready.wait(READY_TIMEOUT)
+    if proc.poll() is not None or not kubeconfig.exists() or not any("ready" in x for x in lines):
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        tail = "\n".join(lines[-40:])
+        raise RuntimeError(f"test cluster did not become ready:\n{tail}")
+    return ClusterProcess(str(kubeconfig), index_box[0] if index_box else -1, proc, lines)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess]:
+    kubeconfig = tmp_path_factory.mktemp("cluster") / "kubeconfig"
+    running = start_cluster(kubeconfig)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@dataclass
+class Kubectl:
+    kubeconfig: str
+
+    def run(self, *args: str, input: str | None = None, check: bool = True,
+            timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run kubectl; with check=True a non-zero exit fails the test showing stderr."""
+        result = subprocess.run(
+            [KUBECTL, "--kubeconfig", self.kubeconfig, *args],
+            input=input, capture_output=True, text=True, timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+            )
+        return result
+
+    def __call__(self, *args: str, input: str | None = None, check: bool = True,
+                 timeout: float = 60.0) -> str:
+        return self.run(*args, input=input, check=check, timeout=timeout).stdout
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: ClusterProcess) -> Kubectl:
+    return Kubectl(cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def api_client(cluster: ClusterProcess) -> Iterator[object]:
+    """The official (sync) client's ApiClient for the current-context (bearer-token admin)."""
+    from kubernetes import config
+
+    client = config.new_client_from_config(config_file=cluster.kubeconfig)
+    try:
+        yield client
+    finally:
+        client.close()
