@@ -1,0 +1,140 @@
+"""The swap plan: from the original Deployment and the options to the proxy Deployment manifest.
+
+Pure: no I/O. The proxy is a copy of the original pod template (same labels, so the Service
+selects it; same env/envFrom/volumes, so Kubernetes builds the same environment) in which the
+chosen container runs the sidecar instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bridge import state
+from bridge.target import PortMap
+from sidecar import protocol
+
+Obj = Mapping[str, Any]
+
+UNPRIVILEGED_PORT_SYSCTL = "net.ipv4.ip_unprivileged_port_start"
+READY_PERIOD_SECONDS = 1
+_REMOVED_FROM_CONTAINER = ("command", "args", "livenessProbe", "readinessProbe", "startupProbe",
+                           "lifecycle")
+
+
+@dataclass(frozen=True)
+class Options:
+    container: str  # name of the container the sidecar replaces
+    ports: Sequence[PortMap]
+    session: str  # short random id
+    owner: str  # user@host
+    authorized_key: str  # OpenSSH public-key line of this session's client key
+    image: str = protocol.DEFAULT_IMAGE
+
+
+def proxy_name(original: str, session: str) -> str:
+    """`<original>-bridge-<session>`, shortened with a hash to stay a valid 63-char name."""
+    suffix = f"-bridge-{session}"
+    if len(original) + len(suffix) <= 63:
+        return original + suffix
+    h = hashlib.sha256(original.encode()).hexdigest()[:6]
+    return original[: 63 - len(suffix) - 7].rstrip("-") + "-" + h + suffix
+
+
+def _sidecar_env(opts: Options) -> list[dict[str, str]]:
+    return [
+        {"name": protocol.ENV_AUTHORIZED_KEY, "value": opts.authorized_key},
+        {"name": protocol.ENV_PORTS, "value": ",".join(str(p.remote) for p in opts.ports)},
+        {"name": protocol.ENV_SSH_PORT, "value": str(protocol.DEFAULT_SSH_PORT)},
+        {"name": protocol.ENV_HEALTH_PORT, "value": str(protocol.DEFAULT_HEALTH_PORT)},
+    ]
+
+
+def _sidecar_container(original: Obj, opts: Options) -> dict[str, Any]:
+    c = copy.deepcopy(dict(original))
+    for key in _REMOVED_FROM_CONTAINER:
+        c.pop(key, None)
+    c["image"] = opts.image
+    c["imagePullPolicy"] = "IfNotPresent"
+    ours = {e["name"] for e in _sidecar_env(opts)}
+    c["env"] = [e for e in c.get("env") or [] if e.get("name") not in ours] + _sidecar_env(opts)
+    c["readinessProbe"] = {
+        "httpGet": {"path": protocol.READY_PATH, "port": protocol.DEFAULT_HEALTH_PORT},
+        "periodSeconds": READY_PERIOD_SECONDS,
+        "failureThreshold": 1,
+        "successThreshold": 1,
+        "timeoutSeconds": 1,
+    }
+    return c
+
+
+def _with_sysctl(pod_spec: dict[str, Any], name: str, value: str) -> None:
+    sc = pod_spec.setdefault("securityContext", {}) or {}
+    pod_spec["securityContext"] = sc
+    sysctls = [s for s in sc.get("sysctls") or [] if s.get("name") != name]
+    sysctls.append({"name": name, "value": value})
+    sc["sysctls"] = sysctls
+
+
+def plan_proxy(original: Obj, opts: Options) -> dict[str, Any]:
+    """The proxy Deployment manifest for `original` under these options."""
+    meta = original.get("metadata", {})
+    name = str(meta["name"])
+    spec = original.get("spec", {})
+    template = copy.deepcopy(dict(spec.get("template") or {}))
+    tmeta = template.setdefault("metadata", {})
+    labels = dict(tmeta.get("labels") or {})
+    labels[state.SESSION_LABEL] = opts.session
+    tmeta["labels"] = labels
+    pod_spec = template.setdefault("spec", {})
+    found = False
+    new_containers = []
+    for c in pod_spec.get("containers") or []:
+        if c.get("name") == opts.container:
+            new_containers.append(_sidecar_container(c, opts))
+            found = True
+        else:
+            new_containers.append(c)
+    if not found:
+        raise ValueError(f"no container {opts.container!r} in deployment {name!r}")
+    pod_spec["containers"] = new_containers
+    if any(p.remote < 1024 for p in opts.ports):
+        _with_sysctl(pod_spec, UNPRIVILEGED_PORT_SYSCTL, "0")
+
+    selector = copy.deepcopy(dict(spec.get("selector") or {}))
+    match_labels = dict(selector.get("matchLabels") or {})
+    match_labels[state.SESSION_LABEL] = opts.session
+    selector["matchLabels"] = match_labels
+
+    proxy_labels = {
+        state.MANAGED_BY_LABEL: state.MANAGED_BY,
+        state.PROXY_FOR_LABEL: name,
+        state.SESSION_LABEL: opts.session,
+    }
+    manifest: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": proxy_name(name, opts.session),
+            "namespace": meta.get("namespace"),
+            "labels": proxy_labels,
+            "annotations": {
+                state.SESSION: opts.session,
+                state.OWNER: opts.owner,
+                state.PROXY_FOR_LABEL: name,
+            },
+        },
+        "spec": {
+            "replicas": 1,
+            "selector": selector,
+            "template": template,
+        },
+    }
+    return manifest
+
+
+def scale_patch(replicas: int) -> dict[str, Any]:
+    return {"spec": {"replicas": replicas}}

@@ -1,0 +1,123 @@
+"""The proxy Deployment planned from the original: a faithful copy running the sidecar."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from bridge import plan, state
+from bridge.target import PortMap
+from sidecar import protocol
+
+ORIGINAL: dict[str, Any] = {
+    "metadata": {"name": "hello", "namespace": "shop", "resourceVersion": "7",
+                 "annotations": {"deployment.kubernetes.io/revision": "3"}},
+    "spec": {
+        "replicas": 3,
+        "selector": {"matchLabels": {"app": "hello"}},
+        "template": {
+            "metadata": {"labels": {"app": "hello", "tier": "web"}},
+            "spec": {
+                "initContainers": [{"name": "migrate", "image": "mig:1"}],
+                "volumes": [{"name": "cfg", "configMap": {"name": "hello-cfg"}}],
+                "containers": [
+                    {"name": "app", "image": "hello:1", "command": ["/app"], "args": ["--x"],
+                     "env": [{"name": "A", "value": "1"},
+                             {"name": "S",
+                              "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+                     "envFrom": [{"configMapRef": {"name": "hello-env"}}],
+                     "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}],
+                     "ports": [{"name": "http", "containerPort": 8080}],
+                     "livenessProbe": {"httpGet": {"path": "/l", "port": 8080}},
+                     "readinessProbe": {"httpGet": {"path": "/r", "port": 8080}},
+                     "startupProbe": {"exec": {"command": ["true"]}},
+                     "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}}},
+                    {"name": "logger", "image": "log:1",
+                     "livenessProbe": {"tcpSocket": {"port": 9100}}},
+                ],
+            },
+        },
+    },
+}
+
+
+def options(*ports: PortMap) -> plan.Options:
+    return plan.Options(container="app", ports=ports or (PortMap(8080, 8080, "http"),),
+                        session="s1", owner="ann@laptop", authorized_key="ssh-ed25519 AAAA bridge",
+                        image="sidecar:test")
+
+
+def test_original_is_not_modified() -> None:
+    before = copy.deepcopy(ORIGINAL)
+    plan.plan_proxy(ORIGINAL, options())
+    assert ORIGINAL == before
+
+
+def test_proxy_metadata_and_selector() -> None:
+    m = plan.plan_proxy(ORIGINAL, options())
+    assert m["metadata"]["name"] == "hello-bridge-s1"
+    assert m["metadata"]["namespace"] == "shop"
+    assert m["metadata"]["labels"][state.PROXY_FOR_LABEL] == "hello"
+    assert m["metadata"]["labels"][state.MANAGED_BY_LABEL] == "bridge"
+    assert "resourceVersion" not in m["metadata"]
+    assert m["spec"]["replicas"] == 1
+    assert m["spec"]["selector"] == {"matchLabels": {"app": "hello", state.SESSION_LABEL: "s1"}}
+    # the Service selects on the original labels: the proxy pods carry them all
+    assert m["spec"]["template"]["metadata"]["labels"] == {
+        "app": "hello", "tier": "web", state.SESSION_LABEL: "s1"}
+
+
+def test_pod_template_kept_except_the_swapped_container() -> None:
+    m = plan.plan_proxy(ORIGINAL, options())
+    pod = m["spec"]["template"]["spec"]
+    orig = ORIGINAL["spec"]["template"]["spec"]
+    assert pod["initContainers"] == orig["initContainers"]
+    assert pod["volumes"] == orig["volumes"]
+    assert pod["containers"][1] == orig["containers"][1]  # other containers untouched
+    assert "securityContext" not in pod  # no port below 1024
+
+
+def test_sidecar_container() -> None:
+    c = plan.plan_proxy(ORIGINAL, options())["spec"]["template"]["spec"]["containers"][0]
+    o = ORIGINAL["spec"]["template"]["spec"]["containers"][0]
+    assert c["name"] == "app"
+    assert c["image"] == "sidecar:test"
+    for removed in ("command", "args", "livenessProbe", "startupProbe", "lifecycle"):
+        assert removed not in c
+    assert c["readinessProbe"]["httpGet"] == {"path": protocol.READY_PATH,
+                                             "port": protocol.DEFAULT_HEALTH_PORT}
+    assert c["readinessProbe"]["periodSeconds"] == 1
+    assert c["envFrom"] == o["envFrom"]
+    assert c["volumeMounts"] == o["volumeMounts"]
+    assert c["ports"] == o["ports"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["A"] == {"name": "A", "value": "1"}
+    assert env["S"] == o["env"][1]
+    assert env[protocol.ENV_AUTHORIZED_KEY]["value"] == "ssh-ed25519 AAAA bridge"
+    assert env[protocol.ENV_PORTS]["value"] == "8080"
+
+
+def test_low_port_gets_the_unprivileged_port_sysctl() -> None:
+    m = plan.plan_proxy(ORIGINAL, options(PortMap(80, 8081), PortMap(8080, 8080)))
+    pod = m["spec"]["template"]["spec"]
+    assert pod["securityContext"]["sysctls"] == [
+        {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"] if "value" in e}
+    assert env[protocol.ENV_PORTS] == "80,8080"
+
+
+def test_existing_sysctls_kept() -> None:
+    orig = copy.deepcopy(ORIGINAL)
+    orig["spec"]["template"]["spec"]["securityContext"] = {
+        "runAsUser": 1000, "sysctls": [{"name": "kernel.shm_rmid_forced", "value": "1"}]}
+    pod = plan.plan_proxy(orig, options(PortMap(443, 8443)))["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 1000
+    assert {s["name"] for s in pod["securityContext"]["sysctls"]} == {
+        "kernel.shm_rmid_forced", "net.ipv4.ip_unprivileged_port_start"}
+
+
+def test_proxy_name_stays_a_valid_name() -> None:
+    long = "x" * 63
+    n = plan.proxy_name(long, "abcd1234")
+    assert len(n) <= 63 and n.endswith("-bridge-abcd1234")
+    assert plan.proxy_name(long, "abcd1234") != plan.proxy_name("y" * 63, "abcd1234")
