@@ -1,0 +1,279 @@
+"""The Kubernetes API edge: kubeconfig loading and the few calls bridge makes, as plain dicts.
+
+Built on the official client's asyncio flavour (`kubernetes.aio`): its kubeconfig loader (token,
+client certificate, exec plugins, CA, tls_server_name) and its ApiClient. Requests go through
+`ApiClient.call_api` with raw JSON bodies, so objects reach the pure modules exactly as the
+server sent them and merge patches can carry `null`. Every failure becomes a one-line
+`BridgeError` (`ApiError` with the HTTP status when the server answered).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import yaml
+from kubernetes.aio import client as kclient
+from kubernetes.aio import config as kconfig
+
+from bridge.errors import BridgeError
+
+Obj = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT = 30.0
+
+
+class ApiError(BridgeError):
+    """The API server refused a request; `status` is the HTTP status (0: never answered)."""
+
+    def __init__(self, message: str, status: int, reason: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class Unreachable(ApiError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 0)
+
+
+def kubeconfig_paths(explicit: str | None) -> str:
+    """The kubeconfig path list: --kubeconfig, else KUBECONFIG, else ~/.kube/config."""
+    if explicit:
+        if not Path(explicit).expanduser().exists():
+            raise BridgeError(f"kubeconfig {explicit} does not exist; nothing was changed")
+        return explicit
+    env = os.environ.get("KUBECONFIG", "")
+    if env:
+        paths = [p for p in env.split(os.pathsep) if p]
+        if not any(Path(p).expanduser().exists() for p in paths):
+            raise BridgeError(f"none of the KUBECONFIG files exist ({env}); nothing was changed")
+        return os.pathsep.join(paths)
+    default = Path.home() / ".kube" / "config"
+    if not default.exists():
+        raise BridgeError(
+            f"no kubeconfig: pass --kubeconfig, set KUBECONFIG or create {default}; "
+            "nothing was changed"
+        )
+    return str(default)
+
+
+def _context_namespace(paths: str, context: str | None) -> tuple[str, str]:
+    """(context name, its namespace or "default"), the first file's current-context winning."""
+    current = ""
+    contexts: dict[str, Obj] = {}
+    for p in paths.split(os.pathsep):
+        path = Path(p).expanduser()
+        if not path.exists():
+            continue
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise BridgeError(f"cannot read kubeconfig {path}: {e}; nothing was changed") from e
+        current = current or str(data.get("current-context") or "")
+        for c in data.get("contexts") or []:
+            contexts.setdefault(str(c.get("name")), c.get("context") or {})
+    name = context or current
+    if not name:
+        raise BridgeError("the kubeconfig has no current context; pass --context; "
+                          "nothing was changed")
+    if name not in contexts:
+        known = ", ".join(sorted(contexts)) or "none"
+        raise BridgeError(f"context {name!r} not found in the kubeconfig (contexts: {known}); "
+                          "nothing was changed")
+    return name, str(contexts[name].get("namespace") or "default")
+
+
+@dataclass
+class Kube:
+    api_client: kclient.ApiClient
+    namespace: str
+    context: str
+    host: str
+
+    @classmethod
+    async def connect(cls, kubeconfig: str | None = None, context: str | None = None,
+                      namespace: str | None = None) -> Kube:
+        paths = kubeconfig_paths(kubeconfig)
+        ctx, ctx_ns = _context_namespace(paths, context)
+        configuration = kclient.Configuration()
+        try:
+            await kconfig.load_kube_config(config_file=paths, context=ctx,
+                                           client_configuration=configuration,
+                                           persist_config=False)
+        except Exception as e:  # the loader raises many types for a bad kubeconfig
+            raise BridgeError(f"cannot load context {ctx!r} from the kubeconfig: "
+                              f"{' '.join(str(e).split())}; nothing was changed") from e
+        configuration.retries = None
+        api = kclient.ApiClient(configuration)
+        api.user_agent = "bridge/0.1"
+        return cls(api, namespace or ctx_ns, ctx, str(configuration.host))
+
+    async def close(self) -> None:
+        await self.api_client.close()
+
+    async def __aenter__(self) -> Kube:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- the raw request --------------------------------------------------------------------
+
+    async def request(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
+                      body: Any = None, content_type: str | None = None, raw: bool = False,
+                      request_timeout: float = REQUEST_TIMEOUT) -> Any:
+        headers: dict[str, str] = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        api = self.api_client
+        try:
+            params = await api.param_serialize(
+                method=method, resource_path=path, query_params=query or None,
+                header_params=headers, body=body, auth_settings=["BearerToken"],
+            )
+            resp = await api.call_api(*params, _request_timeout=request_timeout,
+                                      _preload_content=False)
+            data = await resp.read()
+            status = resp.status
+            resp.response.release()
+        except (aiohttp.ClientConnectorCertificateError, ssl.SSLError,
+                aiohttp.ClientSSLError) as e:
+            raise Unreachable(f"cannot reach the Kubernetes API at {self.host}: TLS: "
+                              f"{_short(e)}") from e
+        except (aiohttp.ClientError, OSError) as e:
+            raise Unreachable(f"cannot reach the Kubernetes API at {self.host}: "
+                              f"{_short(e)}") from e
+        except TimeoutError as e:
+            raise Unreachable(f"cannot reach the Kubernetes API at {self.host}: no answer "
+                              f"within {request_timeout:g}s") from e
+        if status >= 400:
+            raise _api_error(status, data, method, path)
+        if raw:
+            return data.decode("utf-8", "replace")
+        return json.loads(data) if data else {}
+
+    # -- typed calls --------------------------------------------------------------------------
+
+    def _ns(self, namespace: str | None) -> str:
+        return quote(namespace or self.namespace, safe="")
+
+    async def get_deployment(self, name: str, namespace: str | None = None) -> Obj:
+        return await self._get(f"/apis/apps/v1/namespaces/{self._ns(namespace)}/deployments/"
+                               f"{quote(name, safe='')}", namespace)
+
+    async def list_deployments(self, label_selector: str | None = None,
+                               namespace: str | None = None) -> list[Obj]:
+        return await self._list(f"/apis/apps/v1/namespaces/{self._ns(namespace)}/deployments",
+                                label_selector, namespace)
+
+    async def create_deployment(self, manifest: Obj, namespace: str | None = None) -> Obj:
+        r: Obj = await self.request(
+            "POST", f"/apis/apps/v1/namespaces/{self._ns(namespace)}/deployments", body=manifest)
+        return r
+
+    async def patch_deployment(self, name: str, patch: Obj,
+                               namespace: str | None = None) -> Obj:
+        r: Obj = await self.request(
+            "PATCH",
+            f"/apis/apps/v1/namespaces/{self._ns(namespace)}/deployments/{quote(name, safe='')}",
+            body=patch, content_type=MERGE_PATCH)
+        return r
+
+    async def delete_deployment(self, name: str, namespace: str | None = None) -> bool:
+        """Delete (background propagation); False when it was already gone."""
+        try:
+            await self.request(
+                "DELETE",
+                f"/apis/apps/v1/namespaces/{self._ns(namespace)}/deployments/"
+                f"{quote(name, safe='')}",
+                body={"kind": "DeleteOptions", "apiVersion": "v1",
+                      "propagationPolicy": "Background"})
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    async def get_service(self, name: str, namespace: str | None = None) -> Obj:
+        return await self._get(f"/api/v1/namespaces/{self._ns(namespace)}/services/"
+                               f"{quote(name, safe='')}", namespace)
+
+    async def list_services(self, namespace: str | None = None) -> list[Obj]:
+        return await self._list(f"/api/v1/namespaces/{self._ns(namespace)}/services", None,
+                                namespace)
+
+    async def get_endpoints(self, name: str, namespace: str | None = None) -> Obj:
+        return await self._get(f"/api/v1/namespaces/{self._ns(namespace)}/endpoints/"
+                               f"{quote(name, safe='')}", namespace)
+
+    async def list_pods(self, label_selector: str | None = None,
+                        namespace: str | None = None) -> list[Obj]:
+        return await self._list(f"/api/v1/namespaces/{self._ns(namespace)}/pods", label_selector,
+                                namespace)
+
+    async def pod_log(self, name: str, container: str | None = None, *,
+                      tail_lines: int | None = None, namespace: str | None = None) -> str:
+        query: list[tuple[str, str]] = []
+        if container:
+            query.append(("container", container))
+        if tail_lines is not None:
+            query.append(("tailLines", str(tail_lines)))
+        r: str = await self.request(
+            "GET", f"/api/v1/namespaces/{self._ns(namespace)}/pods/{quote(name, safe='')}/log",
+            query=query, raw=True)
+        return r
+
+    async def _get(self, path: str, namespace: str | None) -> Obj:
+        try:
+            r: Obj = await self.request("GET", path)
+        except ApiError as e:
+            if e.status == 404:
+                await self._check_namespace(namespace)
+            raise
+        return r
+
+    async def _list(self, path: str, label_selector: str | None,
+                    namespace: str | None) -> list[Obj]:
+        query = [("labelSelector", label_selector)] if label_selector else None
+        r = await self.request("GET", path, query=query)
+        return list(r.get("items") or [])
+
+    async def _check_namespace(self, namespace: str | None) -> None:
+        """Raise a clear error when the namespace itself does not exist."""
+        ns = namespace or self.namespace
+        try:
+            await self.request("GET", f"/api/v1/namespaces/{quote(ns, safe='')}")
+        except ApiError as e:
+            if e.status == 404:
+                raise ApiError(f'namespace "{ns}" not found', 404, "NotFound") from e
+            # forbidden to read namespaces: the original 404 stands
+
+
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:300]
+
+
+def _api_error(status: int, data: bytes, method: str, path: str) -> ApiError:
+    message = reason = ""
+    try:
+        st = json.loads(data)
+        if isinstance(st, dict):
+            message = str(st.get("message") or "")
+            reason = str(st.get("reason") or "")
+    except ValueError:
+        message = data.decode("utf-8", "replace").strip()
+    message = " ".join(message.split())
+    if status == 401:
+        return ApiError(f"the API server rejected bridge's credentials (401 Unauthorized) for "
+                        f"{method} {path}{': ' + message if message else ''}", status, reason)
+    if not message:
+        message = f"{method} {path}: HTTP {status}"
+    return ApiError(message, status, reason)
