@@ -1,0 +1,92 @@
+"""bridge's agent tunnel in a process of its own, for the loopback tunnel path.
+
+``python -m tests.bench.agent --port SSH_PORT --key-file KEY --host-key LINE
+--forward REMOTE:HOST:PORT [--tuning JSON]`` connects ``bridge.tunnel.Tunnel`` to a sidecar on
+127.0.0.1, asks for the remote forward, prints ``forwarding`` and holds the tunnel until
+SIGTERM. Its own process, so its CPU and RSS are the agent's alone, as in ``bridge swap``.
+
+``--tuning`` passes keyword arguments to ``Tunnel.connect`` (only those it accepts; the
+others are reported on stderr and make it exit 2, so a sweep never measures a silent no-op).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import signal
+import sys
+from pathlib import Path
+
+import asyncssh
+
+from tests.bench.server import raise_fd_limit
+
+
+def write_client_key(directory: Path) -> tuple[Path, str]:
+    """A fresh ed25519 client key as a private-key file, and its OpenSSH public-key line."""
+    from bridge.tunnel import new_client_key, public_key_line
+
+    key = new_client_key()
+    path = directory / "client_key"
+    path.write_bytes(key.export_private_key())
+    path.chmod(0o600)
+    return path, public_key_line(key)
+
+
+def accepted_tuning(tuning: dict[str, object]) -> tuple[dict[str, object], list[str]]:
+    """Split ``tuning`` into what ``Tunnel.connect`` accepts and the names it does not."""
+    from bridge.tunnel import Tunnel
+
+    params = inspect.signature(Tunnel.connect).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    ok = {k: v for k, v in tuning.items() if takes_any or k in params}
+    return ok, sorted(set(tuning) - set(ok))
+
+
+async def run(args: argparse.Namespace) -> int:
+    from bridge.tunnel import Tunnel
+
+    tuning, unknown = accepted_tuning(json.loads(args.tuning))
+    if unknown:
+        print(f"Tunnel.connect does not accept tuning {unknown}", file=sys.stderr, flush=True)
+        return 2
+    remote, local_host, local_port = args.forward.split(":")
+    key = asyncssh.read_private_key(args.key_file)
+    tunnel = await Tunnel.connect(host="127.0.0.1", port=args.port, client_key=key,
+                                  host_key=args.host_key, **tuning)  # type: ignore[arg-type]
+    try:
+        await tunnel.forward(int(remote), local_host, int(local_port))
+        print("forwarding", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        closed = asyncio.ensure_future(tunnel.wait_closed())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([closed, stopped], return_when=asyncio.FIRST_COMPLETED)
+        for f in (closed, stopped):
+            f.cancel()
+        if closed.done() and not stopped.done():
+            print("tunnel closed by the sidecar", file=sys.stderr, flush=True)
+            return 1
+        return 0
+    finally:
+        await tunnel.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--key-file", required=True)
+    parser.add_argument("--host-key", required=True)
+    parser.add_argument("--forward", required=True, help="REMOTE_PORT:LOCAL_HOST:LOCAL_PORT")
+    parser.add_argument("--tuning", default="{}", help="JSON keyword arguments for connect")
+    args = parser.parse_args()
+    raise_fd_limit()
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

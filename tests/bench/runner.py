@@ -1,0 +1,287 @@
+"""Run the benchmark: set up every path, run each workload round-robin over the paths (so
+drift on a shared machine hits them alike), collect figures, tear everything down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from . import paths, procs, report, workloads, wrk
+from .paths import OPENSSH_CIPHER
+from .report import Measurement, PathInfo, Results, median, percentile
+from .server import raise_fd_limit
+
+MB = 1e6
+ALL_PATHS = ("limit", "openssh", "tunnel", "cluster")
+WORKLOADS = ("bulk", "rtt", "connect", "http", "burst")
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: tuple[str, ...] = ALL_PATHS
+    rounds: int = 3
+    bulk_seconds: float = 1.0  # each measured transfer is sized to take about this long
+    bulk_calibrate_bytes: int = 32 * 1024 * 1024
+    bulk_max_bytes: int = 2 * 1024 * 1024 * 1024
+    rtt_count: int = 5000
+    rtt_seconds: float = 1.0
+    connect_count: int = 500
+    connect_seconds: float = 1.5
+    wrk_seconds: float = 2.0
+    wrk_connections: int = 16
+    burst_connections: int = 1000
+    burst_rounds: int = 2
+    burst_timeout: float = 60.0
+    openssh_cipher: str | None = OPENSSH_CIPHER
+    swap_rounds: int = 3
+    tunnel_tuning: dict[str, Any] = field(default_factory=dict)
+    workloads: tuple[str, ...] = WORKLOADS
+
+
+QUICK = Config(rounds=1, bulk_seconds=0.3, bulk_calibrate_bytes=8 * 1024 * 1024, rtt_count=500,
+               rtt_seconds=0.3, connect_count=50, connect_seconds=0.5, wrk_seconds=1.0,
+               burst_rounds=1, swap_rounds=1)
+
+# How the rounds of a figure combine into the reported figure.
+_SUM = {"http_errors", "burst_errors"}
+_MAX = {"rss_client", "rss_server"}
+
+RoundFn = Callable[[paths.Endpoint], dict[str, float]]
+
+
+def _combine(key: str, xs: Sequence[float]) -> float:
+    if key in _SUM:
+        return float(sum(xs))
+    if key in _MAX:
+        return max(xs)
+    return median(xs)
+
+
+def run_rounds(results: Results, endpoints: dict[str, paths.Endpoint], rounds: int,
+               keys: Sequence[str], fn: RoundFn, log: Callable[[str], None]) -> None:
+    """``fn`` once per round per path, round-robin; a path that fails drops out (its error
+    is recorded against every key of this workload)."""
+    samples: dict[str, dict[str, list[float]]] = {p: {k: [] for k in keys} for p in endpoints}
+    live = dict(endpoints)
+    for _ in range(rounds):
+        for name, ep in list(live.items()):
+            try:
+                got = fn(ep)
+            except Exception as exc:  # noqa: BLE001 - one path failing must not stop the rest
+                msg = f"{type(exc).__name__}: {exc}"
+                log(f"  {name}: {keys[0]}: {msg}")
+                for k in keys:
+                    results.fail(k, name, msg)
+                del live[name]
+                continue
+            for k, v in got.items():
+                samples[name][k].append(v)
+    for name in live:
+        for k in keys:
+            xs = samples[name][k]
+            if xs:
+                results.record(k, name, _combine(k, xs), xs)
+
+
+def measure(results: Results, endpoints: dict[str, paths.Endpoint], cfg: Config,
+            log: Callable[[str], None]) -> None:
+    # Bulk: size each path's transfers from a calibration transfer (also the warm-up).
+    bulk_keys = ("upload", "download") if "bulk" in cfg.workloads else ()
+    for key, transfer in zip(bulk_keys, (workloads.bulk_upload, workloads.bulk_download),
+                             strict=False):
+        log(f"bulk {key}")
+        sizes: dict[str, int] = {}
+
+        def bulk(ep: paths.Endpoint, transfer: Callable[..., float] = transfer,
+                 sizes: dict[str, int] = sizes, key: str = key) -> dict[str, float]:
+            if ep.name not in sizes:
+                secs = transfer(ep.host, ep.port, cfg.bulk_calibrate_bytes)
+                rate = cfg.bulk_calibrate_bytes / secs
+                sizes[ep.name] = int(min(cfg.bulk_max_bytes,
+                                         max(cfg.bulk_calibrate_bytes, rate * cfg.bulk_seconds)))
+            n = sizes[ep.name]
+            return {key: n / transfer(ep.host, ep.port, n) / MB}
+
+        run_rounds(results, endpoints, cfg.rounds, [key], bulk, log)
+
+    def rtt(ep: paths.Endpoint) -> dict[str, float]:
+        xs = workloads.round_trips(ep.host, ep.port, cfg.rtt_count, cfg.rtt_seconds)
+        return {"rtt_p50": percentile(xs, 50) * 1e3, "rtt_p99": percentile(xs, 99) * 1e3}
+
+    if "rtt" in cfg.workloads:
+        log("round trip")
+        run_rounds(results, endpoints, cfg.rounds, ["rtt_p50", "rtt_p99"], rtt, log)
+
+    def connect(ep: paths.Endpoint) -> dict[str, float]:
+        xs = workloads.connect_first_byte(ep.host, ep.port, cfg.connect_count,
+                                          cfg.connect_seconds)
+        return {"connect_p50": percentile(xs, 50) * 1e3,
+                "connect_p99": percentile(xs, 99) * 1e3}
+
+    if "connect" in cfg.workloads:
+        log("new connection + first byte")
+        run_rounds(results, endpoints, cfg.rounds, ["connect_p50", "connect_p99"], connect, log)
+
+    if "http" not in cfg.workloads:
+        pass
+    elif wrk.available():
+        log("HTTP (wrk)")
+
+        def http(ep: paths.Endpoint) -> dict[str, float]:
+            keep = wrk.run(ep.host, ep.port, seconds=cfg.wrk_seconds,
+                           connections=cfg.wrk_connections, new_connection=False)
+            new = wrk.run(ep.host, ep.port, seconds=cfg.wrk_seconds,
+                          connections=cfg.wrk_connections, new_connection=True)
+            return {"http_keepalive": keep.requests_per_second,
+                    "http_newconn": new.requests_per_second,
+                    "http_errors": float(keep.errors + new.errors)}
+
+        run_rounds(results, endpoints, cfg.rounds,
+                   ["http_keepalive", "http_newconn", "http_errors"], http, log)
+    else:
+        for k in ("http_keepalive", "http_newconn"):
+            for p in endpoints:
+                results.fail(k, p, "wrk is not installed (Debian package wrk)")
+
+    if "burst" not in cfg.workloads:
+        return
+    log(f"{cfg.burst_connections:,} concurrent connections")
+
+    def burst(ep: paths.Endpoint) -> dict[str, float]:
+        with procs.RssSampler(ep.processes) as rss:
+            got = workloads.burst(ep.host, ep.port, cfg.burst_connections, cfg.burst_timeout)
+        if got.first_error:
+            note = f"1,000 concurrent: first error: {got.first_error}"
+            if note not in results.paths[ep.name].notes:
+                results.paths[ep.name].notes.append(note)
+        out = {"burst_errors": float(got.errors), "burst_seconds": got.seconds}
+        for role, peak in rss.peak.items():
+            out[f"rss_{role}"] = peak / MB
+        return out
+
+    keys = ["burst_errors", "burst_seconds", "rss_client", "rss_server"]
+    run_rounds(results, endpoints, cfg.burst_rounds, keys, burst, log)
+
+
+def machine() -> dict[str, Any]:
+    def version(argv: list[str]) -> str:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            return (out.stdout + out.stderr).strip().splitlines()[0]
+        return "unknown"
+
+    import asyncssh
+
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "asyncssh": asyncssh.__version__,
+        "openssh": version(["ssh", "-V"]),
+        "wrk": version(["wrk", "--version"]),
+    }
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM/SIGHUP unwind like Ctrl-C, so every ``finally`` stops what it started."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _start_path(stack: contextlib.ExitStack, name: str, server_port: int, workdir: Path,
+                cfg: Config, results: Results, log: Callable[[str], None],
+                ) -> paths.Endpoint | None:
+    try:
+        if name == "limit":
+            ep = stack.enter_context(paths.limit(server_port))
+        elif name == "openssh":
+            ep = stack.enter_context(paths.openssh(server_port, workdir, cfg.openssh_cipher))
+        elif name == "tunnel":
+            ep = stack.enter_context(paths.tunnel(server_port, workdir, cfg.tunnel_tuning))
+        else:
+            from . import cluster
+
+            ep = stack.enter_context(cluster.swapped(workdir, cfg.swap_rounds, results, log))
+    except Exception as exc:  # noqa: BLE001 - a path that cannot start is reported, not fatal
+        reason = f"{type(exc).__name__}: {exc}"
+        log(f"  {name}: not available: {reason}")
+        results.paths[name] = PathInfo(False, reason)
+        return None
+    results.paths[name] = PathInfo(True, notes=list(ep.notes))
+    return ep
+
+
+def run(cfg: Config, log: Callable[[str], None] = print) -> Results:
+    raise_fd_limit()
+    results = Results(meta={"machine": machine(), "config": asdict(cfg)})
+    started = time.monotonic()
+    with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="bridge-bench-") as tmp, \
+            contextlib.ExitStack() as stack:
+        server = stack.enter_context(paths.workload_server())
+        endpoints: dict[str, paths.Endpoint] = {}
+        for name in cfg.paths:
+            log(f"setting up: {report.PATH_TITLES[name]}")
+            ep = _start_path(stack, name, server.port, Path(tmp), cfg, results, log)
+            if ep is not None:
+                endpoints[name] = ep
+        measure(results, endpoints, cfg, log)
+        log("tearing down")
+    results.meta["seconds"] = round(time.monotonic() - started, 1)
+    return results
+
+
+def run_tuning(cfg: Config, settings: Sequence[dict[str, Any]],
+               log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """The loopback tunnel once per setting (plus OpenSSH as the yardstick): bulk, round trip
+    and new-connection figures, median of ``cfg.rounds``."""
+    raise_fd_limit()
+    rows: list[dict[str, Any]] = []
+    with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="bridge-bench-") as tmp, \
+            paths.workload_server() as server:
+        for setting in [{"path": "openssh"}, *settings]:
+            label = ", ".join(f"{k}={v}" for k, v in setting.items())
+            log(f"tuning: {label}")
+            sub = Results()
+            with contextlib.ExitStack() as stack:
+                if setting == {"path": "openssh"}:
+                    name = "openssh"
+                    ep = _start_path(stack, "openssh", server.port, Path(tmp), cfg, sub, log)
+                else:
+                    name = "tunnel"
+                    ep = _start_path(stack, "tunnel", server.port, Path(tmp),
+                                     replace(cfg, tunnel_tuning=dict(setting)), sub, log)
+                row: dict[str, Any] = {"setting": label}
+                if ep is None:
+                    row["error"] = sub.paths[name].reason
+                else:
+                    core = replace(cfg, workloads=("bulk", "rtt", "connect"))
+                    measure(sub, {name: ep}, core, log)
+                    for k in ("upload", "download", "rtt_p50", "connect_p50"):
+                        m = sub.figures.get(k, {}).get(name)
+                        row[k] = m.value if isinstance(m, Measurement) else m
+                rows.append(row)
+    return rows
+
+
+def main_exit_code(results: Results) -> int:
+    return 0 if any(i.available for i in results.paths.values()) else 1
