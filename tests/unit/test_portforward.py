@@ -1,0 +1,489 @@
+"""bridge.portforward against a small server speaking the server side of v4.channel.k8s.io.
+
+`FakeApiServer` implements what the Kubernetes API server does for
+`GET .../pods/POD/portforward?ports=P` upgraded to a websocket: checks the subprotocol
+and the bearer token, sends the 2-byte port on the data and error channels, relays
+the data channel to a TCP backend on loopback (the "pod port"), and reports a failed
+dial on the error channel. Served over HTTPS with its own CA and a server name that
+does not match 127.0.0.1, so `tls_server_name` and the CA are exercised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import os
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from kubernetes.aio.client import ApiClient, Configuration
+
+from bridge.errors import BridgeError
+from bridge.portforward import SUBPROTOCOL, PortForwarder
+
+SERVER_NAME = "kubernetes.bridge.test"
+TOKEN = "t0ken"
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+# -- a CA and a server certificate -------------------------------------------------------
+
+
+def _cert(subject: str, key: Any, issuer: x509.Name | None, issuer_key: Any,
+          ca: bool, sans: list[x509.GeneralName]) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer or name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@dataclass
+class Pki:
+    ca_file: str
+    cert_file: str
+    key_file: str
+
+    @classmethod
+    def create(cls, directory: Path) -> Pki:
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca = _cert("bridge test CA", ca_key, None, ca_key, True, [])
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _cert("apiserver", key, ca.subject, ca_key, False,
+                     [x509.DNSName(SERVER_NAME)])
+        paths = cls(str(directory / "ca.crt"), str(directory / "srv.crt"),
+                    str(directory / "srv.key"))
+        Path(paths.ca_file).write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        Path(paths.cert_file).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        Path(paths.key_file).write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        return paths
+
+
+# -- the server side of v4.channel.k8s.io ------------------------------------------------
+
+
+@dataclass
+class FakeApiServer:
+    """Port-forward endpoint relaying to `backends[port]` on 127.0.0.1."""
+
+    backends: dict[int, int]
+    token: str = TOKEN
+    status: int | None = None  # answer every request with this status instead
+    port_frames_together: bool = False  # send the port inside the first data frame
+    seen_paths: list[str] = field(default_factory=list)
+    seen_protocols: list[str] = field(default_factory=list)
+    url: str = ""
+
+    async def handler(self, request: web.Request) -> web.StreamResponse:
+        self.seen_paths.append(request.path_qs)
+        if self.status is not None:
+            return web.Response(status=self.status, text="no")
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.Response(status=401, text="Unauthorized")
+        port = int(request.query["ports"])
+        ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), max_msg_size=0)
+        await ws.prepare(request)
+        self.seen_protocols.append(ws.ws_protocol or "")
+        prefix = port.to_bytes(2, "little")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.backends[port])
+        except (OSError, KeyError):
+            await ws.send_bytes(b"\x00" + prefix)
+            await ws.send_bytes(b"\x01" + prefix)
+            await ws.send_bytes(
+                b"\x01" + f"error forwarding port {port} to pod: connection refused".encode())
+            await ws.close()
+            return ws
+        if self.port_frames_together:
+            first = await reader.read(1000)
+            await ws.send_bytes(b"\x01" + prefix)
+            await ws.send_bytes(b"\x00" + prefix + first)
+        else:
+            await ws.send_bytes(b"\x00" + prefix)
+            await ws.send_bytes(b"\x01" + prefix)
+
+        async def upstream() -> None:
+            async for msg in ws:
+                if msg.type is aiohttp.WSMsgType.BINARY and msg.data[:1] == b"\x00":
+                    writer.write(msg.data[1:])
+                    await writer.drain()
+            writer.close()
+
+        async def downstream() -> None:
+            while data := await reader.read(65536):
+                await ws.send_bytes(b"\x00" + data)
+            await ws.close()
+
+        up = asyncio.create_task(upstream())
+        try:
+            await downstream()
+        finally:
+            up.cancel()
+            writer.close()
+        return ws
+
+
+@dataclass
+class Running:
+    server: FakeApiServer
+    config: Configuration
+    api_client: ApiClient
+
+
+async def serve_fake_api(tmp_path: Path, backends: dict[int, int],
+                         **options: Any) -> tuple[Running, web.AppRunner]:
+    pki = Pki.create(tmp_path)
+    server = FakeApiServer(backends, **options)
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/{ns}/pods/{pod}/portforward", server.handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.cert_file, pki.key_file)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    config = Configuration(host=f"https://127.0.0.1:{port}")
+    config.ssl_ca_cert = pki.ca_file
+    config.tls_server_name = SERVER_NAME
+    config.api_key = {"authorization": TOKEN}
+    config.api_key_prefix = {"authorization": "Bearer"}
+    server.url = config.host
+    return Running(server, config, ApiClient(configuration=config)), runner
+
+
+async def tcp_backend(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]
+                      ) -> asyncio.Server:
+    return await asyncio.start_server(handler, "127.0.0.1", 0)
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+def port_of(server: asyncio.Server) -> int:
+    return int(server.sockets[0].getsockname()[1])
+
+
+async def _cleanup(*things: Any) -> None:
+    for thing in things:
+        if isinstance(thing, web.AppRunner):
+            await thing.cleanup()
+        elif isinstance(thing, asyncio.Server):
+            thing.close()
+        elif isinstance(thing, PortForwarder | ApiClient):
+            await thing.close()
+
+
+# -- tests ---------------------------------------------------------------------------------
+
+
+def test_round_trip_of_a_few_megabytes_both_ways(tmp_path: Path) -> None:
+    async def main() -> None:
+        backend = await tcp_backend(echo)
+        api, runner = await serve_fake_api(tmp_path, {8080: port_of(backend)})
+        forwarder = PortForwarder(api.api_client, "default", "hello-bridge-x")
+        try:
+            stream = await forwarder.open(8080)
+            payload = os.urandom(6 * 1024 * 1024)
+            received = bytearray()
+
+            async def read_all() -> None:
+                while len(received) < len(payload):
+                    chunk = await stream.reader.read(1 << 20)
+                    assert chunk, "stream ended early"
+                    received.extend(chunk)
+
+            reading = asyncio.create_task(read_all())
+            for offset in range(0, len(payload), 100_000):
+                stream.writer.write(payload[offset:offset + 100_000])
+                await stream.writer.drain()
+            await reading
+            assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+            await stream.close()
+        finally:
+            await _cleanup(forwarder, api.api_client, runner, backend)
+        assert api.server.seen_paths == [
+            "/api/v1/namespaces/default/pods/hello-bridge-x/portforward?ports=8080"]
+        assert api.server.seen_protocols == [SUBPROTOCOL]
+
+    run(main())
+
+
+def test_port_prefix_is_stripped_when_it_shares_a_frame_with_data(tmp_path: Path) -> None:
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-hello\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    async def main() -> bytes:
+        backend = await tcp_backend(greet)
+        api, runner = await serve_fake_api(tmp_path, {22: port_of(backend)},
+                                           port_frames_together=True)
+        forwarder = PortForwarder(api.api_client, "ns", "pod")
+        try:
+            stream = await forwarder.open(22)
+            line = await stream.reader.readline()
+            await stream.close()
+            return line
+        finally:
+            await _cleanup(forwarder, api.api_client, runner, backend)
+
+    assert run(main()) == b"SSH-2.0-hello\r\n"
+
+
+def test_error_channel_ends_the_stream_with_the_servers_reason(tmp_path: Path) -> None:
+    async def main() -> None:
+        api, runner = await serve_fake_api(tmp_path, {})
+        forwarder = PortForwarder(api.api_client, "default", "hello-bridge-x")
+        try:
+            stream = await forwarder.open(8022)
+            with pytest.raises(BridgeError) as err:
+                await stream.reader.read(100)
+            assert str(err.value) == (
+                "port-forward to pod default/hello-bridge-x port 8022 failed: "
+                "error forwarding port 8022 to pod: connection refused")
+            await stream.close()
+        finally:
+            await _cleanup(forwarder, api.api_client, runner)
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [(403, "forbidden: you may not create pods/portforward in namespace default"),
+     (404, "the pod does not exist"),
+     (401, "rejected the credentials")],
+)
+def test_handshake_refusals_are_one_line_errors(tmp_path: Path, status: int, words: str) -> None:
+    async def main() -> None:
+        api, runner = await serve_fake_api(tmp_path, {}, status=status)
+        forwarder = PortForwarder(api.api_client, "default", "hello-bridge-x")
+        try:
+            with pytest.raises(BridgeError, match=words) as err:
+                await forwarder.open(8022)
+            assert "\n" not in str(err.value)
+            assert str(err.value).startswith(
+                "port-forward to pod default/hello-bridge-x port 8022 failed: ")
+        finally:
+            await _cleanup(forwarder, api.api_client, runner)
+
+    run(main())
+
+
+def test_token_is_refreshed_through_the_configuration_hook(tmp_path: Path) -> None:
+    async def main() -> None:
+        backend = await tcp_backend(echo)
+        api, runner = await serve_fake_api(tmp_path, {80: port_of(backend)}, token="fresh")
+        calls: list[int] = []
+
+        async def refresh(config: Configuration) -> None:  # what exec plugins install
+            calls.append(1)
+            config.api_key["authorization"] = "fresh"
+
+        api.config.api_key["authorization"] = "stale"
+        forwarder = PortForwarder(api.api_client, "default", "p")
+        try:
+            api.config.refresh_api_key_hook = None
+            with pytest.raises(BridgeError, match="rejected the credentials"):
+                await forwarder.open(80)
+            api.config.refresh_api_key_hook = refresh
+            stream = await forwarder.open(80)
+            stream.writer.write(b"ping")
+            assert await stream.reader.readexactly(4) == b"ping"
+            await stream.close()
+            assert calls
+        finally:
+            await _cleanup(forwarder, api.api_client, runner, backend)
+
+    run(main())
+
+
+def test_unknown_ca_is_a_tls_error(tmp_path: Path) -> None:
+    async def main() -> None:
+        api, runner = await serve_fake_api(tmp_path, {})
+        (tmp_path / "other").mkdir()
+        other = Pki.create(tmp_path / "other")
+        api.config.ssl_ca_cert = other.ca_file
+        forwarder = PortForwarder(api.api_client, "default", "p")
+        try:
+            with pytest.raises(BridgeError, match="TLS error"):
+                await forwarder.open(80)
+        finally:
+            await _cleanup(forwarder, api.api_client, runner)
+
+    run(main())
+
+
+def test_unreachable_api_server(tmp_path: Path) -> None:
+    async def main() -> None:
+        sock_server = await tcp_backend(echo)
+        port = port_of(sock_server)
+        sock_server.close()
+        await sock_server.wait_closed()
+        config = Configuration(host=f"https://127.0.0.1:{port}")
+        client = ApiClient(configuration=config)
+        forwarder = PortForwarder(client, "default", "p")
+        try:
+            with pytest.raises(BridgeError, match="cannot reach the API server"):
+                await forwarder.open(80)
+        finally:
+            await _cleanup(forwarder, client)
+
+    run(main())
+
+
+class Recorder(asyncio.Protocol):
+    """Protocol that records what the transport does to it."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.paused_writing = 0
+        self.resumed_writing = 0
+        self.lost: asyncio.Future[BaseException | None] = (
+            asyncio.get_running_loop().create_future())
+        self.grew = asyncio.Event()
+
+    def data_received(self, data: bytes) -> None:
+        self.data.extend(data)
+        self.grew.set()
+
+    def pause_writing(self) -> None:
+        self.paused_writing += 1
+
+    def resume_writing(self) -> None:
+        self.resumed_writing += 1
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+def test_write_backpressure_pauses_and_resumes_the_protocol(tmp_path: Path) -> None:
+    size = 8 * 1024 * 1024
+    got = bytearray()
+    release = asyncio.Event()
+    done = asyncio.Event()
+
+    async def slow_sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()  # read nothing until told: the pipe fills up
+        while len(got) < size and (data := await reader.read(65536)):
+            got.extend(data)
+        done.set()
+        writer.close()
+
+    async def main() -> None:
+        backend = await tcp_backend(slow_sink)
+        api, runner = await serve_fake_api(tmp_path, {80: port_of(backend)})
+        forwarder = PortForwarder(api.api_client, "default", "p")
+        try:
+            transport, protocol = await forwarder.create_connection(Recorder, "p", 80)
+            assert isinstance(protocol, Recorder)
+            payload = os.urandom(size)
+            for offset in range(0, size, 1 << 20):
+                transport.write(payload[offset:offset + (1 << 20)])
+            assert protocol.paused_writing == 1
+            assert transport.get_write_buffer_size() > 0
+            release.set()
+            await done.wait()
+            assert bytes(got) == payload
+            assert protocol.resumed_writing == 1
+            assert transport.get_write_buffer_size() == 0
+            transport.close()
+            assert await protocol.lost is None
+        finally:
+            await _cleanup(forwarder, api.api_client, runner, backend)
+
+    run(main())
+
+
+def test_paused_reading_delivers_nothing_until_resumed(tmp_path: Path) -> None:
+    size = 4 * 1024 * 1024
+    payload = os.urandom(size)
+
+    async def source(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(payload)
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    async def main() -> None:
+        backend = await tcp_backend(source)
+        api, runner = await serve_fake_api(tmp_path, {80: port_of(backend)})
+        forwarder = PortForwarder(api.api_client, "default", "p")
+        try:
+            transport, protocol = await forwarder.create_connection(Recorder, "p", 80)
+            assert isinstance(protocol, Recorder)
+            await protocol.grew.wait()
+            transport.pause_reading()
+            assert not transport.is_reading()
+            await asyncio.sleep(0)  # a frame already being handed over may still land
+            held = len(protocol.data)
+            for _ in range(20):  # the sender keeps going; nothing may reach the protocol
+                await asyncio.sleep(0.01)
+                assert len(protocol.data) == held
+            transport.resume_reading()
+            while len(protocol.data) < size:
+                protocol.grew.clear()
+                await protocol.grew.wait()
+            assert bytes(protocol.data) == payload
+            transport.abort()
+            assert await protocol.lost is None
+            assert transport.is_closing()
+        finally:
+            await _cleanup(forwarder, api.api_client, runner, backend)
+
+    run(main())
+
+
+def test_server_closing_gives_eof_then_connection_lost(tmp_path: Path) -> None:
+    async def hello_and_bye(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"bye")
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        backend = await tcp_backend(hello_and_bye)
+        api, runner = await serve_fake_api(tmp_path, {80: port_of(backend)})
+        forwarder = PortForwarder(api.api_client, "default", "p")
+        try:
+            stream = await forwarder.open(80)
+            assert await stream.reader.read() == b"bye"
+            assert stream.reader.at_eof()
+            await stream.close()
+        finally:
+            await _cleanup(forwarder, api.api_client, runner, backend)
+
+    run(main())
+
