@@ -1,0 +1,331 @@
+"""TCP forwarding I/O: sockets on one side, SSH channels on the other.
+
+A `Pipe` joins one TCP socket to one SSH channel with flow control both ways
+(a full socket pauses the channel, so its window stops growing; a full channel
+pauses the socket). Remote forwards listen on every interface; direct-tcpip
+connects wherever the pod's resolver and routes lead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncssh
+
+from sidecar import listen, protocol
+
+log = logging.getLogger("sidecar")
+
+# Socket write buffer before the channel is paused; large enough to keep a fast
+# link busy, small enough to bound memory per connection.
+SOCKET_HIGH_WATER = 1024 * 1024
+CHANNEL_HIGH_WATER = 1024 * 1024
+CONNECT_TIMEOUT = 20.0
+
+
+def tune_socket(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Tally:
+    """Counts open pipes, so shutdown can wait for them to drain."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def opened(self) -> None:
+        self.open += 1
+        self._idle.clear()
+
+    def closed(self) -> None:
+        self.open -= 1
+        if self.open == 0:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
+class Pipe:
+    """One forwarded TCP connection: a socket end and a channel end."""
+
+    def __init__(self, label: str, tally: Tally) -> None:
+        self.label = label
+        self._tally = tally
+        self.sock: asyncio.Transport | None = None
+        self.chan: asyncssh.SSHTCPChannel[bytes] | None = None
+        self.sock_eof = False
+        self.chan_eof = False
+        self.to_channel = 0
+        self.to_socket = 0
+        self._closed = False
+        tally.opened()
+
+    # -- socket -> channel
+    def from_socket(self, data: bytes) -> None:
+        self.to_channel += len(data)
+        if self.chan is not None:
+            self.chan.write(data)
+
+    def socket_eof(self) -> bool:
+        self.sock_eof = True
+        if self.chan is not None:
+            self.chan.write_eof()
+        if self.chan_eof:
+            self.close()
+            return False
+        return True
+
+    # -- channel -> socket
+    def from_channel(self, data: bytes) -> None:
+        self.to_socket += len(data)
+        if self.sock is not None:
+            self.sock.write(data)
+
+    def channel_eof(self) -> bool:
+        self.chan_eof = True
+        if self.sock is not None and self.sock.can_write_eof():
+            self.sock.write_eof()
+        if self.sock_eof:
+            self.close()
+            return False
+        return True
+
+    def close(self, reason: str = "") -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.sock is not None:
+            self.sock.close()
+        if self.chan is not None:
+            self.chan.close()
+        self._tally.closed()
+        suffix = f": {reason}" if reason else ""
+        log.info(
+            "%s closed (%d bytes to client, %d bytes from client)%s",
+            self.label,
+            self.to_channel,
+            self.to_socket,
+            suffix,
+        )
+
+
+class SocketEnd(asyncio.Protocol):
+    def __init__(self, pipe: Pipe, start_paused: bool = False) -> None:
+        self._pipe = pipe
+        self._start_paused = start_paused
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        tune_socket(transport)
+        transport.set_write_buffer_limits(high=SOCKET_HIGH_WATER)
+        if self._start_paused:
+            transport.pause_reading()
+        self._pipe.sock = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._pipe.from_socket(data)
+
+    def eof_received(self) -> bool:
+        return self._pipe.socket_eof()
+
+    def pause_writing(self) -> None:
+        if self._pipe.chan is not None:
+            self._pipe.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._pipe.chan is not None:
+            self._pipe.chan.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._pipe.close(str(exc) if exc else "")
+
+
+class ChannelEnd(asyncssh.SSHTCPSession[bytes]):
+    def __init__(self, pipe: Pipe) -> None:
+        self._pipe = pipe
+
+    def connection_made(self, chan: Any) -> None:
+        chan.set_write_buffer_limits(high=CHANNEL_HIGH_WATER)
+        self._pipe.chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self._pipe.from_channel(data)
+
+    def eof_received(self) -> bool:
+        return self._pipe.channel_eof()
+
+    def pause_writing(self) -> None:
+        if self._pipe.sock is not None:
+            self._pipe.sock.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._pipe.sock is not None:
+            self._pipe.sock.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._pipe.close(str(exc) if exc else "")
+
+
+# ---------------------------------------------------------------- remote forwards
+
+
+class BindError(OSError):
+    """Binding a forward port failed; str() is one line for the log."""
+
+
+def bind_error_text(port: int, exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EACCES and port < 1024:
+        hint = (
+            f"ports below 1024 need the pod sysctl net.ipv4.ip_unprivileged_port_start<={port}"
+        )
+    elif exc.errno == errno.EADDRINUSE:
+        hint = "another process in the pod already listens on it"
+    else:
+        hint = "check the pod's network"
+    return f"cannot listen on port {port} (all interfaces): {reason}; {hint}"
+
+
+def bind_all_interfaces(port: int) -> list[socket.socket]:
+    """Listening sockets for a remote forward on every interface; raises BindError."""
+    try:
+        return listen.all_interfaces(port)
+    except OSError as exc:
+        error = BindError(bind_error_text(port, exc))
+        error.errno = exc.errno
+        raise error from None
+
+
+class RemoteForward(asyncssh.SSHListener):
+    """A remote forward the sidecar listens for itself (asyncssh's own listener
+    binds only the host the client named and uses default channel windows)."""
+
+    def __init__(
+        self,
+        conn: asyncssh.SSHServerConnection,
+        listen_host: str,
+        port: int,
+        label: str,
+        tally: Tally,
+        on_close: Callable[[], None],
+    ) -> None:
+        super().__init__()
+        self._conn = conn
+        self._listen_host = listen_host
+        self._port = port
+        self._label = label
+        self._tally = tally
+        self._on_close = on_close
+        self._servers: list[asyncio.AbstractServer] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def start(self, socks: list[socket.socket]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            for sock in socks:
+                server = await loop.create_server(self._accept, sock=sock)
+                self._servers.append(server)
+        except BaseException:
+            for sock in socks:
+                sock.close()
+            self.close()
+            raise
+
+    def get_port(self) -> int:
+        return self._port
+
+    def _accept(self) -> asyncio.Protocol:
+        pipe = Pipe(f"{self._label} port {self._port}", self._tally)
+        return _Accepted(pipe, self)
+
+    def tunnel(self, pipe: Pipe, peer: tuple[str, int]) -> None:
+        pipe.label = f"{self._label} port {self._port} from {hostport(*peer)}"
+        task = asyncio.get_running_loop().create_task(self._open_channel(pipe, peer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open_channel(self, pipe: Pipe, peer: tuple[str, int]) -> None:
+        try:
+            await self._conn.create_connection(
+                lambda: ChannelEnd(pipe),
+                self._listen_host,
+                self._port,
+                peer[0],
+                peer[1],
+                window=protocol.FORWARD_WINDOW,
+                max_pktsize=protocol.FORWARD_MAX_PKTSIZE,
+            )
+        except (asyncssh.ChannelOpenError, asyncssh.Error, OSError) as exc:
+            pipe.close(f"client refused the forwarded connection: {exc}")
+            return
+        if pipe.sock is not None and not pipe.sock.is_closing():
+            pipe.sock.resume_reading()
+
+    def close(self) -> None:
+        """Stop listening now (the port is free at once); open connections go on."""
+        if self._closed:
+            return
+        self._closed = True
+        for server in self._servers:
+            server.close()
+        self._on_close()
+
+    async def wait_closed(self) -> None:
+        # Deliberately does not wait for open connections (Python 3.12's
+        # Server.wait_closed would); the listening sockets are closed already.
+        return
+
+
+class _Accepted(SocketEnd):
+    def __init__(self, pipe: Pipe, forward: RemoteForward) -> None:
+        super().__init__(pipe, start_paused=True)
+        self._forward = forward
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self._forward.tunnel(self._pipe, (str(peer[0]), int(peer[1])))
+
+
+# ---------------------------------------------------------------- direct-tcpip
+
+
+def direct_connection(
+    conn: asyncssh.SSHServerConnection, dest_host: str, dest_port: int, label: str, tally: Tally
+) -> tuple[asyncssh.SSHTCPChannel[bytes], Awaitable[asyncssh.SSHTCPSession[bytes]]]:
+    """Channel and session for a direct-tcpip open: connect to dest with the pod's resolver."""
+    chan = conn.create_tcp_channel(
+        window=protocol.FORWARD_WINDOW, max_pktsize=protocol.FORWARD_MAX_PKTSIZE
+    )
+
+    async def connect() -> asyncssh.SSHTCPSession[bytes]:
+        pipe = Pipe(f"{label} direct-tcpip to {hostport(dest_host, dest_port)}", tally)
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: SocketEnd(pipe), dest_host, dest_port),
+                CONNECT_TIMEOUT,
+            )
+        except (OSError, TimeoutError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            message = f"cannot connect to {hostport(dest_host, dest_port)}: {reason}"
+            pipe.close(message)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, message) from None
+        return ChannelEnd(pipe)
+
+    return chan, connect()
