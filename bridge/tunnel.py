@@ -1,0 +1,227 @@
+"""The SSH client to the sidecar: pinned host key, remote forwards, the pod's environment.
+
+Trust: the sidecar prints its freshly generated host key to its log
+(``host-key: ssh-ed25519 AAAA...``); the agent reads the log through the API and
+pins exactly that key (`known_hosts` holds nothing else: no trust-on-first-use,
+no ~/.ssh files, no agent, no passwords, no GSS). The client authenticates with a
+fresh ed25519 key whose public half the proxy pod was given.
+
+Tuning (figures in `scripts/tune-tunnel` and the commit that set these):
+- cipher: AES-GCM first (`aes128-gcm@openssh.com`), much cheaper than
+  chacha20-poly1305 in asyncssh on CPUs with AES instructions;
+- window / packet size on the forwarded channels: asyncssh's connection-level
+  ``window=`` / ``max_pktsize=`` apply to sessions it opens, not to channels the
+  server opens for a remote forward; those take theirs from the listener that
+  `SSHClientConnection.create_server` creates, so `forward` passes them there.
+  Each side's receive window governs one direction, which is why the sidecar sets
+  the same values on the channels it opens;
+- TCP_NODELAY on the local sockets (asyncssh's forwarder sets it) and large
+  socket reads (asyncio reads up to 256 KiB per call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import asyncssh
+
+from bridge.errors import BridgeError
+from sidecar import protocol
+
+ENCRYPTION_ALGS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+)
+FORWARD_WINDOW = 4 * 1024 * 1024  # receive window of each forwarded channel
+FORWARD_MAX_PKTSIZE = 64 * 1024  # largest SSH data packet we accept on it
+SESSION_WINDOW = 2 * 1024 * 1024
+KEEPALIVE_COUNT_MAX = 3
+USERNAME = "bridge"
+COMMAND_TIMEOUT = 30.0
+
+
+def new_client_key() -> asyncssh.SSHKey:
+    """A fresh ed25519 key for one session."""
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="bridge")
+    return key
+
+
+def public_key_line(key: asyncssh.SSHKey) -> str:
+    """The OpenSSH public-key line of `key`: ``ssh-ed25519 AAAA... bridge``."""
+    return key.export_public_key("openssh").decode("ascii").strip()
+
+
+def parse_host_key(pod_log: str) -> str | None:
+    """The host key the sidecar printed (the last ``host-key:`` line), or None."""
+    found = None
+    for line in pod_log.splitlines():
+        if line.startswith(protocol.HOST_KEY_LOG_PREFIX):
+            found = line[len(protocol.HOST_KEY_LOG_PREFIX) :].strip() or found
+    return found
+
+
+def check_version(reply: dict[str, Any]) -> None:
+    """BridgeError unless the sidecar's `version` reply speaks our protocol."""
+    theirs = reply.get("protocol")
+    if theirs != protocol.PROTOCOL_VERSION:
+        sidecar = reply.get("sidecar", "unknown")
+        raise BridgeError(
+            f"the sidecar speaks protocol {theirs} (sidecar {sidecar}) but this bridge speaks "
+            f"protocol {protocol.PROTOCOL_VERSION}; use a matching --sidecar-image "
+            f"(default {protocol.DEFAULT_IMAGE}) or a matching bridge"
+        )
+
+
+class Tunnel:
+    """One SSH connection to a sidecar. Use `Tunnel.connect`."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, where: str) -> None:
+        self._conn = conn
+        self.where = where
+        self._listeners: dict[int, asyncssh.SSHListener] = {}
+
+    @classmethod
+    async def connect(
+        cls,
+        *,
+        host: str,
+        port: int,
+        client_key: asyncssh.SSHKey,
+        host_key: str,
+        tunnel: object | None = None,
+        keepalive_interval: float = 5.0,
+        timeout: float = 15.0,  # noqa: ASYNC109 - the agreed interface; bounds the whole connect
+    ) -> Tunnel:
+        """SSH to the sidecar at host:port (over `tunnel`, e.g. a PortForwarder, if given)."""
+        where = f"the sidecar at {host}:{port}"
+        try:
+            pinned = asyncssh.import_public_key(host_key)
+        except (asyncssh.KeyImportError, ValueError):
+            raise BridgeError(
+                f"the host key {where} printed is not an OpenSSH public key: {host_key[:60]!r}"
+            ) from None
+        options: dict[str, Any] = {}
+        if tunnel is not None:
+            options["tunnel"] = tunnel
+        try:
+            async with asyncio.timeout(timeout):
+                conn = await asyncssh.connect(
+                    host,
+                    port,
+                    username=USERNAME,
+                    client_keys=[client_key],
+                    known_hosts=([pinned], [], []),
+                    config=None,
+                    agent_path=None,
+                    agent_forwarding=False,
+                    password=None,
+                    kbdint_auth=False,
+                    gss_host=None,
+                    x509_trusted_certs=None,
+                    preferred_auth="publickey",
+                    encryption_algs=list(ENCRYPTION_ALGS),
+                    compression_algs=None,
+                    keepalive_interval=keepalive_interval,
+                    keepalive_count_max=KEEPALIVE_COUNT_MAX,
+                    window=SESSION_WINDOW,
+                    connect_timeout=timeout,
+                    **options,
+                )
+        except TimeoutError:
+            raise BridgeError(f"SSH to {where} timed out after {timeout:g}s") from None
+        except BridgeError:
+            raise  # the port-forward's own reason
+        except asyncssh.HostKeyNotVerifiable:
+            raise BridgeError(
+                f"{where} presented a host key other than the one in its log; "
+                "refusing to connect (possible interception)"
+            ) from None
+        except asyncssh.PermissionDenied:
+            raise BridgeError(f"{where} refused this session's SSH key") from None
+        except (asyncssh.Error, OSError) as exc:
+            raise BridgeError(f"SSH to {where} failed: {_reason(exc)}") from None
+        return cls(conn, where)
+
+    async def version(self) -> dict[str, Any]:
+        """The sidecar's `version` reply; BridgeError if its protocol is not ours."""
+        reply = await self._command(protocol.CMD_VERSION)
+        check_version(reply)
+        return reply
+
+    async def env(self) -> dict[str, str]:
+        """The proxy container's environment, as the sidecar sees it."""
+        reply = await self._command(protocol.CMD_ENV)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in reply.items()):
+            raise BridgeError(f"{self.where} sent an environment that is not text")
+        return {str(k): str(v) for k, v in reply.items()}
+
+    async def forward(self, remote_port: int, local_host: str, local_port: int) -> None:
+        """Remote forward: connections to the pod's `remote_port` reach local_host:local_port."""
+        conn = self._conn
+
+        def session_factory(_orig_host: str, _orig_port: int) -> Any:
+            return conn.forward_connection(local_host, local_port)
+
+        try:
+            listener = await conn.create_server(
+                session_factory,
+                "",
+                remote_port,
+                window=FORWARD_WINDOW,
+                max_pktsize=FORWARD_MAX_PKTSIZE,
+            )
+        except asyncssh.ChannelListenError:
+            raise BridgeError(
+                f"{self.where} refused to forward port {remote_port} (not one of the pod's "
+                "forwardable ports, or the port is taken in the pod; the sidecar log says which)"
+            ) from None
+        except (asyncssh.Error, OSError) as exc:
+            raise BridgeError(f"forwarding port {remote_port} failed: {_reason(exc)}") from None
+        self._listeners[remote_port] = listener
+
+    async def wait_closed(self) -> None:
+        """Return when the SSH connection is lost or closed."""
+        await self._conn.wait_closed()
+
+    async def close(self) -> None:
+        """Stop the forwards and close the connection."""
+        for listener in self._listeners.values():
+            listener.close()
+        self._listeners.clear()
+        self._conn.close()
+        await self._conn.wait_closed()
+
+    async def _command(self, command: str) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                result = await self._conn.run(command, check=False, request_pty=False)
+        except TimeoutError:
+            raise BridgeError(
+                f"{self.where} did not answer `{command}` within {COMMAND_TIMEOUT:g}s"
+            ) from None
+        except (asyncssh.Error, OSError) as exc:
+            raise BridgeError(f"`{command}` on {self.where} failed: {_reason(exc)}") from None
+        stdout = result.stdout if isinstance(result.stdout, str) else ""
+        if result.exit_status != 0:
+            stderr = result.stderr if isinstance(result.stderr, str) else ""
+            detail = stderr.strip().splitlines()[-1:] or [f"exit status {result.exit_status}"]
+            raise BridgeError(f"`{command}` on {self.where} failed: {detail[0]}")
+        try:
+            reply = json.loads(stdout)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            raise BridgeError(f"{self.where} answered `{command}` with something not JSON")
+        return reply
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncssh.Error):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

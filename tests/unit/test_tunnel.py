@@ -1,0 +1,304 @@
+"""bridge.tunnel against the real sidecar (`python -m sidecar`) as a local subprocess.
+
+Direct loopback TCP (tunnel=None) and, once, SSH over bridge's own port-forward
+(through the fake v4.channel.k8s.io API server of test_portforward).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from bridge.errors import BridgeError
+from bridge.portforward import PortForwarder
+from bridge.tunnel import (
+    Tunnel,
+    check_version,
+    new_client_key,
+    parse_host_key,
+    public_key_line,
+)
+from sidecar import protocol
+from tests.unit.test_portforward import echo, port_of, serve_fake_api
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Sidecar:
+    process: asyncio.subprocess.Process
+    ssh_port: int
+    forward_port: int
+    host_key: str
+    client_key: asyncssh.SSHKey
+    log: list[str]
+
+    async def connect(self, **kwargs: Any) -> Tunnel:
+        options: dict[str, Any] = {"host": "127.0.0.1", "port": self.ssh_port,
+                                   "client_key": self.client_key, "host_key": self.host_key}
+        options.update(kwargs)
+        return await Tunnel.connect(**options)
+
+
+@contextlib.asynccontextmanager
+async def sidecar(extra_env: dict[str, str] | None = None) -> AsyncIterator[Sidecar]:
+    client_key = new_client_key()
+    ssh_port, health_port, forward_port = free_port(), free_port(), free_port()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(REPO),
+        protocol.ENV_AUTHORIZED_KEY: public_key_line(client_key),
+        protocol.ENV_PORTS: str(forward_port),
+        protocol.ENV_SSH_PORT: str(ssh_port),
+        protocol.ENV_HEALTH_PORT: str(health_port),
+        protocol.ENV_BIND: "127.0.0.1",
+        **(extra_env or {}),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sidecar", env=env, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    log: list[str] = []
+    try:
+        assert process.stdout is not None
+        host_key = None
+        async with asyncio.timeout(30):
+            while host_key is None:
+                line = await process.stdout.readline()
+                assert line, f"sidecar exited before printing its host key: {log}"
+                log.append(line.decode())
+                host_key = parse_host_key(line.decode())
+        yield Sidecar(process, ssh_port, forward_port, host_key, client_key, log)
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(15):
+                    await process.wait()
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+# -- pure helpers ----------------------------------------------------------------------------
+
+
+def test_parse_host_key_takes_the_last_host_key_line() -> None:
+    log = ("2026 sidecar: starting\nhost-key: ssh-ed25519 AAAAold\nnoise host-key: x\n"
+           "host-key: ssh-ed25519 AAAAnew\n")
+    assert parse_host_key(log) == "ssh-ed25519 AAAAnew"
+    assert parse_host_key("no key here\n") is None
+
+
+def test_client_keys_are_fresh_ed25519() -> None:
+    first, second = new_client_key(), new_client_key()
+    assert public_key_line(first).startswith("ssh-ed25519 AAAA")
+    assert public_key_line(first).endswith(" bridge")
+    assert public_key_line(first) != public_key_line(second)
+
+
+def test_version_mismatch_message() -> None:
+    check_version({"sidecar": "0.1.0", "protocol": protocol.PROTOCOL_VERSION})
+    with pytest.raises(BridgeError) as err:
+        check_version({"sidecar": "9.0.0", "protocol": protocol.PROTOCOL_VERSION + 1})
+    message = str(err.value)
+    assert f"speaks protocol {protocol.PROTOCOL_VERSION + 1} (sidecar 9.0.0)" in message
+    assert f"this bridge speaks protocol {protocol.PROTOCOL_VERSION}" in message
+    assert "--sidecar-image" in message
+
+
+# -- against the real sidecar ------------------------------------------------------------
+
+
+def test_version_and_env_round_trip() -> None:
+    pod_env = {"DATABASE_URL": "postgres://u:p@db/x", "MULTI": "line one\nline 'two' $x\n",
+               "KUBERNETES_SERVICE_HOST": "10.96.0.1"}
+
+    async def main() -> tuple[dict[str, Any], dict[str, str]]:
+        async with sidecar(pod_env) as side:
+            tunnel = await side.connect()
+            try:
+                return await tunnel.version(), await tunnel.env()
+            finally:
+                await tunnel.close()
+
+    version, env = run(main())
+    assert version["protocol"] == protocol.PROTOCOL_VERSION
+    for name, value in pod_env.items():
+        assert env[name] == value
+    assert not [name for name in env if name.startswith(protocol.SETTINGS_PREFIX)]
+
+
+def test_wrong_host_key_is_refused() -> None:
+    async def main() -> None:
+        async with sidecar() as side:
+            impostor = new_client_key()  # any other ed25519 key
+            with pytest.raises(BridgeError, match="host key other than the one in its log"):
+                await side.connect(host_key=public_key_line(impostor))
+
+    run(main())
+
+
+def test_garbage_host_key_is_a_clear_error() -> None:
+    async def main() -> None:
+        with pytest.raises(BridgeError, match="not an OpenSSH public key"):
+            await Tunnel.connect(host="127.0.0.1", port=1, client_key=new_client_key(),
+                                 host_key="ssh-ed25519 not-base64!")
+
+    run(main())
+
+
+def test_wrong_client_key_is_refused() -> None:
+    async def main() -> None:
+        async with sidecar() as side:
+            with pytest.raises(BridgeError, match="refused this session's SSH key"):
+                await side.connect(client_key=new_client_key())
+
+    run(main())
+
+
+def test_nothing_listening_is_a_clear_error() -> None:
+    async def main() -> None:
+        with pytest.raises(BridgeError, match="SSH to the sidecar at 127.0.0.1:.* failed"):
+            await Tunnel.connect(host="127.0.0.1", port=free_port(),
+                                 client_key=new_client_key(), host_key=public_key_line(
+                                     new_client_key()), timeout=10)
+
+    run(main())
+
+
+async def _exchange(port: int, payload: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    received = bytearray()
+
+    async def read_all() -> None:
+        while len(received) < len(payload):
+            chunk = await reader.read(1 << 20)
+            assert chunk, "connection ended early"
+            received.extend(chunk)
+
+    reading = asyncio.create_task(read_all())
+    writer.write(payload)
+    await writer.drain()
+    await reading
+    writer.close()
+    return bytes(received)
+
+
+def test_remote_forward_carries_tcp_both_ways() -> None:
+    async def main() -> None:
+        local = await asyncio.start_server(echo, "127.0.0.1", 0)
+        try:
+            async with sidecar() as side:
+                tunnel = await side.connect()
+                try:
+                    await tunnel.forward(side.forward_port, "127.0.0.1", port_of(local))
+                    big = os.urandom(8 * 1024 * 1024)
+                    back = await _exchange(side.forward_port, big)
+                    assert hashlib.sha256(back).digest() == hashlib.sha256(big).digest()
+                    small = [os.urandom(1000 + i) for i in range(20)]
+                    answers = await asyncio.gather(
+                        *(_exchange(side.forward_port, data) for data in small))
+                    assert answers == small
+                finally:
+                    await tunnel.close()
+        finally:
+            local.close()
+
+    run(main())
+
+
+def test_forward_of_a_port_the_pod_does_not_allow_is_refused() -> None:
+    async def main() -> None:
+        async with sidecar() as side:
+            tunnel = await side.connect()
+            try:
+                with pytest.raises(BridgeError, match="refused to forward port"):
+                    await tunnel.forward(free_port(), "127.0.0.1", 1)
+            finally:
+                await tunnel.close()
+
+    run(main())
+
+
+def test_wait_closed_returns_when_the_sidecar_dies() -> None:
+    async def main() -> None:
+        async with sidecar() as side:
+            tunnel = await side.connect(keepalive_interval=1.0)
+            waiting = asyncio.create_task(tunnel.wait_closed())
+            await asyncio.sleep(0.1)
+            assert not waiting.done()
+            side.process.send_signal(signal.SIGKILL)
+            async with asyncio.timeout(30):
+                await waiting
+            await tunnel.close()  # harmless after the loss
+
+    run(main())
+
+
+def test_ssh_over_the_port_forward(tmp_path: Path) -> None:
+    """SSH through PortForwarder (websocket, TLS, token) to the sidecar, then a forward."""
+
+    async def main() -> None:
+        local = await asyncio.start_server(echo, "127.0.0.1", 0)
+        try:
+            async with sidecar() as side:
+                api, runner = await serve_fake_api(tmp_path, {8022: side.ssh_port})
+                forwarder = PortForwarder(api.api_client, "default", "hello-bridge-x")
+                try:
+                    tunnel = await side.connect(host="hello-bridge-x", port=8022,
+                                                tunnel=forwarder)
+                    await tunnel.version()
+                    await tunnel.forward(side.forward_port, "127.0.0.1", port_of(local))
+                    big = os.urandom(4 * 1024 * 1024)
+                    back = await _exchange(side.forward_port, big)
+                    assert hashlib.sha256(back).digest() == hashlib.sha256(big).digest()
+                    await tunnel.close()
+                finally:
+                    await forwarder.close()
+                    await api.api_client.close()
+                    await runner.cleanup()
+        finally:
+            local.close()
+
+    run(main())
+
+
+def test_port_forward_error_reaches_the_tunnel_caller(tmp_path: Path) -> None:
+    async def main() -> None:
+        api, runner = await serve_fake_api(tmp_path, {})  # nothing listens on 8022
+        forwarder = PortForwarder(api.api_client, "default", "hello-bridge-x")
+        try:
+            with pytest.raises(BridgeError, match="port 8022 failed: .*connection refused"):
+                await Tunnel.connect(host="hello-bridge-x", port=8022,
+                                     client_key=new_client_key(),
+                                     host_key=public_key_line(new_client_key()),
+                                     tunnel=forwarder, timeout=10)
+        finally:
+            await forwarder.close()
+            await api.api_client.close()
+            await runner.cleanup()
+
+    run(main())
