@@ -38,6 +38,11 @@ class ApiError(BridgeError):
         self.reason = reason
 
 
+class NamespaceNotFound(ApiError):
+    def __init__(self, namespace: str) -> None:
+        super().__init__(f'namespace "{namespace}" not found', 404, "NotFound")
+
+
 class Unreachable(ApiError):
     def __init__(self, message: str) -> None:
         super().__init__(message, 0)
@@ -252,7 +257,7 @@ class Kube:
             await self.request("GET", f"/api/v1/namespaces/{quote(ns, safe='')}")
         except ApiError as e:
             if e.status == 404:
-                raise ApiError(f'namespace "{ns}" not found', 404, "NotFound") from e
+                raise NamespaceNotFound(ns) from e
             # forbidden to read namespaces: the original 404 stands
 
 

@@ -1,0 +1,251 @@
+"""The `bridge` command: swap, restore, status.
+
+Connection options (--kubeconfig, --context, -n) and output options (-v, -q, --log-file) are
+accepted before the subcommand, kubectl-style, and after it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from bridge import restore as restore_mod
+from bridge import state
+from bridge import status as status_mod
+from bridge.errors import BridgeError
+from bridge.kube import Kube
+from bridge.progress import NORMAL, QUIET, VERBOSE, Progress
+from sidecar import protocol
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Common:
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+    verbose: bool = False
+    quiet: bool = False
+    log_file: str | None = None
+
+    def merged(self, other: Common) -> Common:
+        """Options given after the subcommand win over those given before it."""
+        return Common(
+            kubeconfig=other.kubeconfig or self.kubeconfig,
+            context=other.context or self.context,
+            namespace=other.namespace or self.namespace,
+            verbose=other.verbose or self.verbose,
+            quiet=other.quiet or self.quiet,
+            log_file=other.log_file or self.log_file,
+        )
+
+    def progress(self) -> Progress:
+        if self.verbose and self.quiet:
+            raise click.UsageError("-v and -q cannot be used together")
+        level = VERBOSE if self.verbose else QUIET if self.quiet else NORMAL
+        try:
+            return Progress(level, self.log_file)
+        except OSError as e:
+            raise BridgeError(f"cannot open the log file {self.log_file}: {e.strerror}; "
+                              "nothing was changed") from e
+
+
+def common_options(fn: F) -> F:
+    for decorator in reversed([
+        click.option("--kubeconfig", metavar="PATH",
+                     help="Kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)."),
+        click.option("--context", metavar="NAME", help="Kubeconfig context to use."),
+        click.option("-n", "--namespace", metavar="NS",
+                     help="Namespace (default: the context's, else default)."),
+        click.option("-v", "--verbose", is_flag=True, help="Say more about each step."),
+        click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors."),
+        click.option("--log-file", metavar="PATH",
+                     help="Append every progress line, with timestamps, to PATH."),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+def _common(ctx: click.Context, **kw: Any) -> Common:
+    parent = ctx.find_object(Common) or Common()
+    return parent.merged(Common(**{k: kw[k] for k in (
+        "kubeconfig", "context", "namespace", "verbose", "quiet", "log_file")}))
+
+
+def _pop_common(kw: dict[str, Any]) -> None:
+    for k in ("kubeconfig", "context", "namespace", "verbose", "quiet", "log_file"):
+        kw.pop(k, None)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@common_options
+@click.version_option(protocol.SIDECAR_VERSION, prog_name="bridge")
+@click.pass_context
+def cli(ctx: click.Context, **kw: Any) -> None:
+    """Swap a Kubernetes Deployment for a process on this machine.
+
+    \b
+      bridge swap hello -- python app.py     traffic for `hello` reaches app.py
+      bridge swap hello --port 8080          attach mode: run your service in an IDE
+      bridge status                          who swapped what
+      bridge restore hello                   repair what a dead session left
+    """
+    ctx.obj = Common(**kw)
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("target")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--container", "-c", metavar="NAME",
+              help="Container to swap (default: the one serving the Service, else the only one).")
+@click.option("--port", "-p", "ports", multiple=True, metavar="REMOTE[:LOCAL]",
+              help="Port to bring to this machine, by number or name; repeatable "
+                   "(default: every TCP port of the container).")
+@click.option("--env-file", metavar="PATH", help="Write the pod's environment as a dotenv file.")
+@click.option("--env-json", metavar="PATH", help="Write the pod's environment as JSON.")
+@click.option("--sidecar-image", default=protocol.DEFAULT_IMAGE, show_default=True,
+              metavar="IMAGE", help="Image of the proxy container.")
+@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=1),
+              metavar="SECONDS", help="Bound on each wait (proxy start, restore).")
+@click.option("--no-wait", is_flag=True,
+              help="On restore, do not wait for the original to be Ready.")
+@click.option("--heartbeat-interval", type=float, hidden=True,
+              default=lambda: _env_float("BRIDGE_HEARTBEAT_INTERVAL",
+                                         state.DEFAULT_HEARTBEAT_INTERVAL))
+@click.option("--heartbeat-ttl", type=float, hidden=True,
+              default=lambda: _env_float("BRIDGE_HEARTBEAT_TTL", state.DEFAULT_HEARTBEAT_TTL))
+@common_options
+@click.pass_context
+def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -> None:
+    """Swap TARGET (a Deployment, or a Service's Deployment) for COMMAND on this machine.
+
+    \b
+    TARGET: NAME, deployment/NAME or svc/NAME.
+    Without COMMAND bridge holds the swap (attach mode) until Ctrl-C, and writes the pod's
+    environment to a file for your IDE. With it, COMMAND runs with the pod's environment and
+    bridge exits with its exit code, after restoring the cluster.
+    """
+    from bridge.session import Session, SwapOptions
+
+    common = _common(ctx, **kw)
+    _pop_common(kw)
+    progress = common.progress()
+    opts = SwapOptions(
+        target=target, command=list(command), kubeconfig=common.kubeconfig,
+        context=common.context, namespace=common.namespace, container=kw["container"],
+        ports=tuple(kw["ports"]), env_file=kw["env_file"], env_json=kw["env_json"],
+        sidecar_image=kw["sidecar_image"], timeout=kw["timeout"], wait=not kw["no_wait"],
+        heartbeat_interval=kw["heartbeat_interval"], heartbeat_ttl=kw["heartbeat_ttl"])
+    try:
+        code = anyio.run(Session(opts, progress).run)
+    finally:
+        progress.close()
+    sys.exit(code)
+
+
+@cli.command()
+@click.argument("target", required=False)
+@click.option("--all", "all_", is_flag=True, help="Every swapped Deployment of the namespace.")
+@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=1),
+              metavar="SECONDS", help="Bound on waiting for the original to be Ready.")
+@click.option("--no-wait", is_flag=True, help="Do not wait for the original to be Ready.")
+@common_options
+@click.pass_context
+def restore(ctx: click.Context, target: str | None, all_: bool, **kw: Any) -> None:
+    """Restore TARGET (or --all) after a session died: replicas back, proxy gone, lock cleared.
+
+    Safe to run any number of times.
+    """
+    if bool(target) == all_:
+        raise click.UsageError("give a TARGET or --all (not both)")
+    common = _common(ctx, **kw)
+    progress = common.progress()
+
+    async def run() -> bool:
+        async with await Kube.connect(common.kubeconfig, common.context,
+                                      common.namespace) as kube:
+            if all_:
+                out = await restore_mod.restore_all(kube, progress, wait=not kw["no_wait"],
+                                                    wait_timeout=kw["timeout"])
+            else:
+                from bridge.session import resolve_target
+                from bridge.target import name_of
+
+                dep, _ = await resolve_target(kube, str(target))
+                lock = state.decode(dep.get("metadata", {}).get("annotations"))
+                ttl = _env_float("BRIDGE_HEARTBEAT_TTL", state.DEFAULT_HEARTBEAT_TTL)
+                if lock and not state.is_stale(_now(), lock.heartbeat, ttl):
+                    progress.warn(f"the session of {lock.owner} on deployment/{name_of(dep)} "
+                                  "still sent a heartbeat recently; restoring anyway")
+                out = await restore_mod.restore(kube, name_of(dep), progress,
+                                                wait=not kw["no_wait"],
+                                                wait_timeout=kw["timeout"])
+            return out.ok
+
+    try:
+        ok = anyio.run(run)
+    finally:
+        progress.close()
+    sys.exit(0 if ok else 1)
+
+
+@cli.command()
+@common_options
+@click.pass_context
+def status(ctx: click.Context, **kw: Any) -> None:
+    """List the swapped Deployments of the namespace: owner, ports, age and heartbeat."""
+    common = _common(ctx, **kw)
+
+    async def run() -> tuple[str, list[status_mod.Row]]:
+        async with await Kube.connect(common.kubeconfig, common.context,
+                                      common.namespace) as kube:
+            deps = await kube.list_deployments()
+            ttl = _env_float("BRIDGE_HEARTBEAT_TTL", state.DEFAULT_HEARTBEAT_TTL)
+            return kube.namespace, status_mod.rows(deps, _now(), ttl)
+
+    ns, rows = anyio.run(run)
+    if not rows:
+        click.echo(f"No swapped deployments in namespace {ns}.", err=True)
+        return
+    click.echo(status_mod.table(rows))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="bridge", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("bridge: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except BridgeError as e:
+        click.echo(f"bridge: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("bridge: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Putting a swapped Deployment back: replicas up and Ready, proxy deleted, annotations cleared.
+
+Used when a session ends (whatever ended it), by `bridge restore` after a session died, and by
+a new swap that finds a stale session. The steps run independently — one failing does not skip
+the others — and every failure is reported with the kubectl command that finishes it by hand.
+Idempotent: restoring a restored Deployment changes nothing.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+import anyio
+
+from bridge import state
+from bridge.errors import BridgeError
+from bridge.kube import ApiError, Kube, Obj
+from bridge.progress import Progress
+from bridge.target import name_of, service_selects, template_labels
+
+POLL = 0.25
+DEFAULT_TIMEOUT = 120.0
+
+
+@dataclass
+class Outcome:
+    failures: list[str] = field(default_factory=list)  # one line each, with the manual fix
+    restored: bool = False  # something was actually put back
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def kubectl(kube: Kube, *args: str) -> str:
+    base = ["kubectl"]
+    if kube.context:
+        base += ["--context", kube.context]
+    base += ["-n", kube.namespace]
+    return " ".join(shlex.quote(a) for a in base + list(args))
+
+
+def _is_ready(deployment: Obj, replicas: int) -> bool:
+    meta = deployment.get("metadata", {})
+    st = deployment.get("status") or {}
+    return (int(st.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
+            and int(st.get("readyReplicas") or 0) >= replicas
+            and int(st.get("updatedReplicas") or 0) >= replicas)
+
+
+def _pod_ready(pod: Obj) -> bool:
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return c.get("status") == "True"
+    return False
+
+
+def _endpoint_ips(endpoints: Obj) -> set[str]:
+    return {str(a.get("ip")) for s in endpoints.get("subsets") or []
+            for a in s.get("addresses") or []}
+
+
+async def services_selecting(kube: Kube, deployment: Obj) -> list[Obj]:
+    labels = template_labels(deployment)
+    try:
+        return [s for s in await kube.list_services() if service_selects(s, labels)]
+    except ApiError:
+        return []
+
+
+async def endpoints_serve(kube: Kube, services: list[Obj], ips: set[str]) -> bool:
+    """True when every Service's Endpoints list at least one of these pod IPs as ready."""
+    for svc in services:
+        try:
+            ep = await kube.get_endpoints(name_of(svc))
+        except ApiError:
+            return True  # cannot see Endpoints (RBAC): readiness of the pods is all we know
+        if not _endpoint_ips(ep) & ips:
+            return False
+    return True
+
+
+async def wait_original_ready(kube: Kube, name: str, replicas: int, wait_timeout: float,
+                              progress: Progress) -> None:
+    """Until the Deployment has its replicas Ready and its Services send traffic to them."""
+    waiter = progress.waiting(f"deployment/{name} to have {replicas} ready "
+                              f"replica{'s' if replicas != 1 else ''}")
+    with anyio.fail_after(wait_timeout):
+        while True:
+            dep = await kube.get_deployment(name)
+            if _is_ready(dep, replicas):
+                break
+            waiter.tick()
+            await anyio.sleep(POLL)
+        services = await services_selecting(kube, dep)
+        selector = dep.get("spec", {}).get("selector", {}).get("matchLabels") or {}
+        sel = ",".join(f"{k}={v}" for k, v in selector.items())
+        while services:
+            pods = await kube.list_pods(sel or None)
+            ips = {str(p.get("status", {}).get("podIP")) for p in pods
+                   if state.SESSION_LABEL not in (p.get("metadata", {}).get("labels") or {})
+                   and _pod_ready(p)}
+            if ips and await endpoints_serve(kube, services, ips):
+                break
+            waiter.tick()
+            await anyio.sleep(POLL)
+    waiter.done()
+
+
+async def wait_pods_gone(kube: Kube, selector: str, wait_timeout: float) -> bool:
+    with anyio.move_on_after(wait_timeout):
+        while await kube.list_pods(selector):  # noqa: ASYNC110 - polling the API
+            await anyio.sleep(POLL)
+        return True
+    return False
+
+
+async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock | None = None,
+                  wait: bool = True, wait_timeout: float = DEFAULT_TIMEOUT) -> Outcome:
+    """Restore deployment `name`. With `lock` (the session's own), only that session's state
+    is touched; without, whatever lock the Deployment carries is repaired."""
+    out = Outcome()
+    original: Obj | None = None
+    try:
+        original = await kube.get_deployment(name)
+    except ApiError as e:
+        if e.status != 404 or lock is None:
+            raise
+        progress.warn(f"deployment/{name} no longer exists; removing what bridge left")
+    found = state.decode((original or {}).get("metadata", {}).get("annotations"))
+    if lock is None:
+        if found is None:
+            progress.info(f"deployment/{name} is not swapped; nothing to restore")
+            return out
+        lock = found
+    ours = found is not None and found.session == lock.session
+
+    scaled = True
+    if original is not None and ours:
+        scaled = await _scale_back(kube, name, original, lock, progress, wait, wait_timeout, out)
+    elif original is not None and found is not None:
+        progress.warn(f"deployment/{name} is now held by session {found.session} of "
+                      f"{found.owner}; leaving its replicas and annotations alone")
+
+    if lock.proxy:
+        try:
+            if await kube.delete_deployment(lock.proxy):
+                out.restored = True
+                progress.info(f"deleted proxy deployment/{lock.proxy}")
+            if wait and not await wait_pods_gone(
+                    kube, f"{state.SESSION_LABEL}={lock.session}", wait_timeout):
+                progress.warn(f"pods of deployment/{lock.proxy} are still terminating")
+        except BridgeError as e:
+            out.failures.append(f"could not delete proxy deployment/{lock.proxy}: {e}; "
+                                f"run: {kubectl(kube, 'delete', 'deployment/' + lock.proxy)}")
+            progress.error(out.failures[-1])
+
+    if original is not None and ours:
+        if scaled:
+            try:
+                await kube.patch_deployment(name, state.clear_patch())
+                out.restored = True
+                progress.detail(f"cleared bridge's annotations on deployment/{name}")
+            except BridgeError as e:
+                keys = " ".join(k + "-" for k in state.KEYS)
+                out.failures.append(
+                    f"could not clear bridge's annotations on deployment/{name}: {e}; run: "
+                    f"{kubectl(kube, 'annotate', 'deployment/' + name)} {keys}")
+                progress.error(out.failures[-1])
+        else:
+            progress.warn(f"kept bridge's annotations on deployment/{name} so that "
+                          f"`bridge restore {name}` can finish the job")
+    return out
+
+
+async def _scale_back(kube: Kube, name: str, original: Obj, lock: state.Lock,
+                      progress: Progress, wait: bool, wait_timeout: float, out: Outcome) -> bool:
+    """Replicas back to the recorded count; with `wait`, until they are Ready (bounded)."""
+    current = int(original.get("spec", {}).get("replicas", 1))
+    fix = kubectl(kube, "scale", f"deployment/{name}", f"--replicas={lock.replicas}")
+    if current != lock.replicas:
+        try:
+            await kube.patch_deployment(name, {"spec": {"replicas": lock.replicas}})
+            out.restored = True
+            progress.info(f"scaled deployment/{name} back to {lock.replicas} "
+                          f"replica{'s' if lock.replicas != 1 else ''}")
+        except BridgeError as e:
+            out.failures.append(f"could not scale deployment/{name} back to {lock.replicas}: "
+                                f"{e}; run: {fix}")
+            progress.error(out.failures[-1])
+            return False
+    if wait and lock.replicas > 0:
+        try:
+            await wait_original_ready(kube, name, lock.replicas, wait_timeout, progress)
+        except TimeoutError:
+            progress.warn(f"deployment/{name} is not Ready after {wait_timeout:g}s; check "
+                          f"{kubectl(kube, 'rollout', 'status', 'deployment/' + name)}")
+        except BridgeError as e:
+            progress.warn(f"could not follow deployment/{name} becoming Ready: {e}")
+    return True
+
+
+async def restore_all(kube: Kube, progress: Progress, *, wait: bool = True,
+                      wait_timeout: float = DEFAULT_TIMEOUT) -> Outcome:
+    """Every swapped Deployment of the namespace, and proxies no session holds any more."""
+    total = Outcome()
+    deployments = await kube.list_deployments()
+    live_sessions = set()
+    for dep in deployments:
+        lock = state.decode(dep.get("metadata", {}).get("annotations"))
+        if lock is None:
+            continue
+        live_sessions.add(lock.session)
+        out = await restore(kube, name_of(dep), progress, wait=wait, wait_timeout=wait_timeout)
+        total.failures += out.failures
+        total.restored |= out.restored
+    for dep in deployments:
+        labels = dep.get("metadata", {}).get("labels") or {}
+        if labels.get(state.MANAGED_BY_LABEL) != state.MANAGED_BY:
+            continue
+        session = labels.get(state.SESSION_LABEL, "")
+        if session in live_sessions or not labels.get(state.PROXY_FOR_LABEL):
+            continue
+        orphan = name_of(dep)
+        try:
+            if await kube.delete_deployment(orphan):
+                total.restored = True
+                progress.info(f"deleted orphaned proxy deployment/{orphan}")
+        except BridgeError as e:
+            total.failures.append(f"could not delete proxy deployment/{orphan}: {e}; run: "
+                                  f"{kubectl(kube, 'delete', 'deployment/' + orphan)}")
+            progress.error(total.failures[-1])
+    if not total.restored and not total.failures:
+        progress.info(f"nothing to restore in namespace {kube.namespace}")
+    return total

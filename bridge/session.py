@@ -1,0 +1,554 @@
+"""One swap session, from resolving TARGET to restoring the cluster.
+
+The flow (see DESIGN.md): resolve -> take the lock (annotations on the original) -> create the
+proxy Deployment -> wait for its pod and read the sidecar's host key from the log ->
+port-forward + SSH (pinned host key, fresh client key) -> remote forward every port -> the
+proxy turns Ready -> read the pod's environment -> scale the original to zero -> run the child
+(or hold, in attach mode) -> restore.
+
+Whatever ends the session (child exit, Ctrl-C, SIGTERM, SIGHUP, an error), a LIFO cleanup
+stack runs every undo step, shielded from cancellation; further signals while it runs are
+acknowledged, not obeyed. While a child runs, signals are forwarded to it and its exit ends the
+session. A heartbeat task refreshes the lock; a watchdog reconnects the tunnel when it drops.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import os
+import secrets
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from bridge import env as envmod
+from bridge import plan, restore, state, target
+from bridge.errors import BridgeError
+from bridge.kube import ApiError, Kube, NamespaceNotFound, Obj
+from bridge.progress import Progress
+from sidecar import protocol
+
+POLL = 0.25
+LOG_TAIL = 5
+CHILD_GRACE = 5.0
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_BAD_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
+                "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+                "ErrImageNeverPull"}
+
+
+def default_owner() -> str:
+    if os.environ.get("BRIDGE_OWNER"):
+        return os.environ["BRIDGE_OWNER"]
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry (some containers)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class SwapOptions:
+    target: str
+    command: list[str] = field(default_factory=list)
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+    container: str | None = None
+    ports: tuple[str, ...] = ()
+    env_file: str | None = None
+    env_json: str | None = None
+    sidecar_image: str = protocol.DEFAULT_IMAGE
+    timeout: float = 120.0
+    wait: bool = True
+    heartbeat_interval: float = state.DEFAULT_HEARTBEAT_INTERVAL
+    heartbeat_ttl: float = state.DEFAULT_HEARTBEAT_TTL
+    owner: str = field(default_factory=default_owner)
+
+
+class CleanupStack:
+    """Undo steps, run last-in first-out; every step runs whatever the others did."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
+        self.failures: list[str] = []
+
+    def push(self, what: str, step: Callable[[], Awaitable[Any]]) -> None:
+        self.steps.append((what, step))
+
+    async def unwind(self) -> None:
+        while self.steps:
+            what, step = self.steps.pop()
+            try:
+                await step()
+            except Exception as e:  # one failing step must not skip the others
+                self.failures.append(f"{what}: {e}")
+                self.progress.error(f"{what} failed: {e}")
+
+
+@dataclass
+class Link:
+    """The live connection to the sidecar: port-forward + SSH + remote forwards."""
+
+    pod: str
+    forwarder: Any
+    tunnel: Any
+
+    async def close(self) -> None:
+        with anyio.move_on_after(5):
+            try:
+                await self.tunnel.close()
+            finally:
+                await self.forwarder.close()
+
+
+class Session:
+    def __init__(self, opts: SwapOptions, progress: Progress) -> None:
+        self.opts = opts
+        self.progress = progress
+        self.stack = CleanupStack(progress)
+        self.kube: Kube | None = None
+        self.lock: state.Lock | None = None
+        self.link: Link | None = None
+        self.child: Any = None
+        self.body_scope: anyio.CancelScope | None = None
+        self.interrupted: int | None = None
+        self.restoring = False
+        self.cluster_touched = False
+        self.restore_outcome: restore.Outcome | None = None
+        self.name = ""
+        self.ports: list[target.PortMap] = []
+
+    # -- the whole session ----------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run the session; the exit code bridge should end with. Raises BridgeError on failure
+        after the cleanup ran (its message says what was left)."""
+        code = 1
+        error: BridgeError | None = None
+        async with anyio.create_task_group() as outer:
+            await outer.start(self._signals)
+            try:
+                with anyio.CancelScope() as self.body_scope:
+                    code = await self._body()
+                if self.interrupted is not None:
+                    code = 0 if self.attach_mode_held else 128 + self.interrupted
+            except BridgeError as e:
+                error = e
+            except BaseExceptionGroup as eg:
+                error = _first_bridge_error(eg)
+                if error is None:
+                    raise
+            finally:
+                self.restoring = True
+                with anyio.CancelScope(shield=True):
+                    await self.stack.unwind()
+                outer.cancel_scope.cancel()
+        failed = bool(self.stack.failures) or (
+            self.restore_outcome is not None and not self.restore_outcome.ok)
+        if error is not None:
+            msg = str(error)
+            if "nothing was changed" not in msg and "left as it was" not in msg:
+                if not self.cluster_touched:
+                    msg += "; nothing was changed"
+                elif not failed:
+                    msg += "; the cluster was restored as it was"
+                else:
+                    msg += "; restoring was incomplete, see the messages above"
+            raise BridgeError(msg, exit_code=error.exit_code)
+        if failed:
+            self.progress.error("restoring was incomplete, see the messages above")
+            return code or 1
+        return code
+
+    attach_mode_held = False
+
+    async def _signals(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.open_signal_receiver(*SIGNALS) as receiver:
+            task_status.started()
+            async for sig in receiver:
+                name = signal.Signals(sig).name
+                if self.child is not None and self.child.returncode is None:
+                    self.progress.info(f"{name}: passing it to the command")
+                    self.child.send_signal(sig)
+                elif self.restoring:
+                    self.progress.warn(f"{name}: already restoring the cluster, please wait "
+                                       "(if bridge is killed, run `bridge restore` to finish)")
+                else:
+                    self.progress.info(f"{name}: ending the session")
+                    self.interrupted = int(sig)
+                    if self.body_scope is not None:
+                        self.body_scope.cancel()
+
+    async def _body(self) -> int:
+        await self._prepare()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeat)
+            await self._start_proxy()
+            tg.start_soon(self._watchdog)
+            code = await self._run_child_or_hold()
+            tg.cancel_scope.cancel()
+        return code
+
+    # -- setup ------------------------------------------------------------------------------
+
+    async def _prepare(self) -> None:
+        o, p = self.opts, self.progress
+        self.kube = kube = await Kube.connect(o.kubeconfig, o.context, o.namespace)
+        self.stack.push("closing the API connection", kube.close)
+        self.stack.push("closing the tunnel", self._close_link)
+        ns = kube.namespace
+        p.detail(f"context {kube.context}, namespace {ns}, API {kube.host}")
+
+        deployment, services = await resolve_target(kube, o.target)
+        self.name = name = target.name_of(deployment)
+        container = target.choose_container(deployment, services, o.container)
+        self.container = str(container["name"])
+        self.ports = target.choose_ports(container, services, o.ports)
+
+        decision = state.decide(state.decode(_annotations(deployment)), now(), o.heartbeat_ttl)
+        if isinstance(decision, state.RepairFirst):
+            lk = decision.lock
+            p.info(f"deployment/{name} was swapped by {lk.owner} (session {lk.session}) whose "
+                   f"heartbeat stopped {state.describe_age(decision.silent_for)} ago; "
+                   "restoring it first")
+            out = await restore.restore(kube, name, p, lock=lk, wait=True, wait_timeout=o.timeout)
+            if not out.ok:
+                raise BridgeError(f"could not restore the stale session on deployment/{name}; "
+                                  "fix it as shown above, then try again")
+            deployment = await kube.get_deployment(name)
+            decision = state.decide(state.decode(_annotations(deployment)), now(),
+                                    o.heartbeat_ttl)
+        if isinstance(decision, state.Refuse):
+            raise BridgeError(
+                f"deployment/{name} is already swapped by {decision.holder} since "
+                f"{state.format_time(decision.since)} (session {decision.session}); "
+                f"ask them to end it, or run `bridge restore {name}` if that session is dead; "
+                "nothing was changed")
+        if not isinstance(decision, state.Proceed):
+            raise BridgeError(f"deployment/{name} is locked; nothing was changed")
+
+        from bridge import tunnel as tunnelmod
+
+        self.session_id = secrets.token_hex(4)
+        self.client_key = tunnelmod.new_client_key()
+        replicas = int(deployment.get("spec", {}).get("replicas", 1))
+        t = now()
+        self.lock = state.Lock(
+            session=self.session_id, owner=o.owner, replicas=replicas,
+            proxy=plan.proxy_name(name, self.session_id),
+            ports=",".join(pm.spec() for pm in self.ports), started_at=t, heartbeat=t)
+        self.manifest = plan.plan_proxy(deployment, plan.Options(
+            container=self.container, ports=self.ports, session=self.session_id,
+            owner=o.owner, authorized_key=tunnelmod.public_key_line(self.client_key),
+            image=o.sidecar_image))
+        self.manifest["metadata"]["namespace"] = ns
+        try:
+            await kube.patch_deployment(name, state.lock_patch(
+                self.lock, deployment.get("metadata", {}).get("resourceVersion")))
+        except ApiError as e:
+            if e.status == 409:
+                raise BridgeError(f"deployment/{name} changed while bridge was taking it "
+                                  "(another swap?); nothing was changed; try again") from e
+            raise
+        self.cluster_touched = True
+        self.stack.push(f"restoring deployment/{name}", self._restore)
+        p.info(f"swapping deployment/{name} (container {self.container}, ports "
+               f"{self.lock.ports}) in namespace {ns}, session {self.session_id}")
+
+    async def _restore(self) -> None:
+        assert self.kube is not None and self.lock is not None
+        self.progress.info(f"restoring deployment/{self.name}")
+        self.restore_outcome = await restore.restore(
+            self.kube, self.name, self.progress, lock=self.lock, wait=self.opts.wait,
+            wait_timeout=self.opts.timeout)
+        if self.restore_outcome.ok:
+            self.progress.info(f"deployment/{self.name} restored")
+
+    async def _start_proxy(self) -> None:
+        kube, o, p = self._kube(), self.opts, self.progress
+        await kube.create_deployment(self.manifest)
+        assert self.lock is not None
+        p.info(f"created proxy deployment/{self.lock.proxy}")
+        try:
+            with anyio.fail_after(o.timeout):
+                self.link = await self._connect(first=True)
+        except TimeoutError:
+            raise BridgeError(f"timed out after {o.timeout:g}s waiting for the proxy pod of "
+                              f"deployment/{self.lock.proxy} to start") from None
+        try:
+            with anyio.fail_after(o.timeout):
+                await self._wait_proxy_ready(self.link.pod)
+            pod_env = await self.link.tunnel.env()
+        except TimeoutError:
+            raise BridgeError(f"timed out after {o.timeout:g}s waiting for proxy pod "
+                              f"{self.link.pod} to become Ready") from None
+        self.child_env = envmod.overlay(os.environ, pod_env)
+        self._write_env_files(pod_env)
+        # Traffic now reaches the laptop through the proxy: take the original out.
+        await kube.patch_deployment(self.name, plan.scale_patch(0))
+        assert self.lock is not None
+        p.info(f"scaled deployment/{self.name} to 0 (was {self.lock.replicas}); traffic for "
+               + ", ".join(f"port {pm.remote} -> localhost:{pm.local}" for pm in self.ports))
+
+    def _kube(self) -> Kube:
+        assert self.kube is not None
+        return self.kube
+
+    async def _connect(self, first: bool) -> Link:
+        """Find the proxy pod, read its host key, port-forward + SSH, remote-forward the ports."""
+        from bridge import portforward
+        from bridge import tunnel as tunnelmod
+
+        kube, p = self._kube(), self.progress
+        pod, host_key = await self._wait_proxy_pod(first)
+        forwarder = portforward.PortForwarder(kube.api_client, kube.namespace, pod)
+        try:
+            tun = await tunnelmod.Tunnel.connect(
+                host="127.0.0.1", port=protocol.DEFAULT_SSH_PORT, client_key=self.client_key,
+                host_key=host_key, tunnel=forwarder)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await forwarder.close()
+            raise
+        link = Link(pod, forwarder, tun)
+        try:
+            info = await tun.version()
+            p.detail(f"sidecar {info.get('sidecar')} protocol {info.get('protocol')}")
+            for pm in self.ports:
+                await tun.forward(pm.remote, "127.0.0.1", pm.local)
+                p.detail(f"remote forward {pod}:{pm.remote} -> 127.0.0.1:{pm.local}")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await link.close()
+            raise
+        p.info(f"tunnel to pod {pod} up")
+        return link
+
+    async def _wait_proxy_pod(self, first: bool) -> tuple[str, str]:
+        """The running proxy pod and its host key; fails fast when the pod cannot start."""
+        from bridge import tunnel as tunnelmod
+
+        kube = self._kube()
+        waiter = self.progress.waiting("the proxy pod to start" if first
+                                       else "the proxy pod to accept a new tunnel")
+        selector = f"{state.SESSION_LABEL}={self.session_id}"
+        while True:
+            pods = [q for q in await kube.list_pods(selector)
+                    if not q.get("metadata", {}).get("deletionTimestamp")]
+            pods.sort(key=lambda q: str(q.get("metadata", {}).get("creationTimestamp", "")))
+            if pods:
+                pod = pods[-1]
+                pname = target.name_of(pod)
+                await self._check_pod_failure(pod)
+                if _container_running(pod, self.container):
+                    log = await kube.pod_log(pname, self.container)
+                    host_key = tunnelmod.parse_host_key(log)
+                    if host_key:
+                        waiter.done(f"proxy pod {pname} running ({waiter.elapsed():.1f}s)")
+                        return pname, host_key
+            waiter.tick()
+            await anyio.sleep(POLL)
+
+    async def _check_pod_failure(self, pod: Obj) -> None:
+        pname = target.name_of(pod)
+        st = pod.get("status") or {}
+        reason = ""
+        if st.get("phase") == "Failed":
+            reason = f"failed: {st.get('reason') or ''} {st.get('message') or ''}".strip()
+        for cond in st.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
+                    and cond.get("reason") == "Unschedulable":
+                reason = f"cannot be scheduled: {cond.get('message') or ''}".strip()
+        for cs in st.get("containerStatuses") or []:
+            if cs.get("name") != self.container:
+                continue
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            term = (cs.get("state") or {}).get("terminated") or \
+                (cs.get("lastState") or {}).get("terminated")
+            if waiting.get("reason") in _BAD_WAITING:
+                reason = f"{waiting['reason']}: {waiting.get('message') or ''}".strip(": ")
+            elif term:
+                reason = (f"the sidecar exited with code {term.get('exitCode')}"
+                          f" ({term.get('reason') or 'Error'})")
+        if not reason:
+            return
+        tail = ""
+        try:
+            log = await self._kube().pod_log(pname, self.container, tail_lines=LOG_TAIL)
+            lines = [ln for ln in log.splitlines() if ln.strip()][-LOG_TAIL:]
+            tail = "; last log lines: " + " | ".join(lines) if lines else "; its log is empty"
+        except BridgeError:
+            pass
+        raise BridgeError(f"proxy pod {pname} failed to start: {reason}{tail}")
+
+    async def _wait_proxy_ready(self, pod_name: str) -> None:
+        """Until the proxy pod is Ready and every Service selecting it sends traffic to it."""
+        kube = self._kube()
+        waiter = self.progress.waiting(f"proxy pod {pod_name} to become Ready")
+        services: list[Obj] | None = None
+        while True:
+            pod = await kube.list_pods(f"{state.SESSION_LABEL}={self.session_id}")
+            mine = [q for q in pod if target.name_of(q) == pod_name]
+            if mine:
+                await self._check_pod_failure(mine[0])
+                if restore._pod_ready(mine[0]):
+                    ip = str(mine[0].get("status", {}).get("podIP"))
+                    if services is None:
+                        services = await restore.services_selecting(kube, self.manifest)
+                    if await restore.endpoints_serve(kube, services, {ip}):
+                        waiter.done(f"proxy pod {pod_name} Ready ({waiter.elapsed():.1f}s)")
+                        return
+            waiter.tick()
+            await anyio.sleep(POLL)
+
+    def _write_env_files(self, pod_env: dict[str, str]) -> None:
+        o, p = self.opts, self.progress
+        exported = {k: v for k, v in pod_env.items() if not envmod.is_local(k)}
+        self.env_file = o.env_file
+        if not o.command and not o.env_file:
+            tmp = tempfile.mkdtemp(prefix=f"bridge-{self.session_id}-")
+            self.env_file = str(Path(tmp) / f"{self.name}.env")
+            self.stack.push("removing the environment file",
+                            _async(lambda: shutil.rmtree(tmp, ignore_errors=True)))
+        if self.env_file:
+            skipped = envmod.write_dotenv(self.env_file, exported)
+            p.info(f"wrote the pod's environment to {self.env_file}")
+            if skipped:
+                p.warn("left out of the env file (not shell names): " + ", ".join(skipped))
+        if o.env_json:
+            envmod.write_json(o.env_json, exported)
+            p.info(f"wrote the pod's environment to {o.env_json}")
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def _run_child_or_hold(self) -> int:
+        from bridge import runner
+
+        o, p = self.opts, self.progress
+        if not o.command:
+            listen = ", ".join(f"127.0.0.1:{pm.local}" for pm in self.ports)
+            p.info(f"attached: start your service listening on {listen} with the environment "
+                   f"in {self.env_file}; press Ctrl-C to end the swap")
+            self.attach_mode_held = True
+            await anyio.sleep_forever()
+        self.child = await runner.Child.start(o.command, self.child_env)
+        child = self.child
+        self.stack.push("stopping the command", lambda: child.terminate_tree(CHILD_GRACE))
+        p.info(f"started {' '.join(o.command)} (pid {child.pid})")
+        code: int = await child.wait()
+        p.info(f"command exited with code {code}")
+        return code
+
+    async def _heartbeat(self) -> None:
+        kube, interval = self._kube(), self.opts.heartbeat_interval
+        failing = False
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await kube.patch_deployment(self.name, state.heartbeat_patch(now()))
+                if failing:
+                    self.progress.info("heartbeat: the API server answers again")
+                failing = False
+            except BridgeError as e:
+                if not failing:
+                    self.progress.warn(f"heartbeat failed ({e}); retrying")
+                failing = True
+
+    async def _watchdog(self) -> None:
+        """Reconnect the tunnel whenever the connection to the proxy pod drops."""
+        while True:
+            assert self.link is not None
+            await self.link.tunnel.wait_closed()
+            self.progress.warn("connection to the proxy pod lost; reconnecting")
+            old, self.link = self.link, None
+            with anyio.CancelScope(shield=True):
+                await old.close()
+            delay = 0.5
+            started = time.monotonic()
+            while self.link is None:
+                try:
+                    with anyio.fail_after(max(self.opts.timeout, 10)):
+                        self.link = await self._connect(first=False)
+                    self.progress.info(
+                        f"reconnected after {time.monotonic() - started:.1f}s")
+                except (BridgeError, OSError, TimeoutError) as e:
+                    self.progress.warn(f"reconnecting failed ({e}); retrying in {delay:g}s")
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+
+    async def _close_link(self) -> None:
+        if self.link is not None:
+            link, self.link = self.link, None
+            await link.close()
+
+
+async def resolve_target(kube: Kube, text: str) -> tuple[Obj, list[Obj]]:
+    """The Deployment TARGET names and the Services selecting its pods."""
+    ref = target.parse_target(text)
+    ns = kube.namespace
+    deployment: Obj | None = None
+    if ref.kind in ("deployment", None):
+        try:
+            deployment = await kube.get_deployment(ref.name)
+        except ApiError as e:
+            if e.status != 404 or isinstance(e, NamespaceNotFound):
+                raise
+            if ref.kind == "deployment":
+                raise BridgeError(f'deployment "{ref.name}" not found in namespace "{ns}"; '
+                                  "nothing was changed") from e
+    if deployment is None:
+        try:
+            svc = await kube.get_service(ref.name)
+        except ApiError as e:
+            if e.status != 404 or isinstance(e, NamespaceNotFound):
+                raise
+            what = "service" if ref.kind == "service" else "deployment or service"
+            raise BridgeError(f'no {what} named "{ref.name}" in namespace "{ns}"; '
+                              "nothing was changed") from e
+        deployment = dict(target.resolve_service(svc, await kube.list_deployments()))
+    services = await restore.services_selecting(kube, deployment)
+    return deployment, services
+
+
+def _annotations(obj: Obj) -> dict[str, str]:
+    return dict(obj.get("metadata", {}).get("annotations") or {})
+
+
+def _container_running(pod: Obj, container: str) -> bool:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == container:
+            return bool((cs.get("state") or {}).get("running"))
+    return False
+
+
+def _first_bridge_error(eg: BaseExceptionGroup) -> BridgeError | None:
+    for e in eg.exceptions:
+        if isinstance(e, BridgeError):
+            return e
+        if isinstance(e, BaseExceptionGroup):
+            found = _first_bridge_error(e)
+            if found is not None:
+                return found
+    return None
+
+
+def _async(fn: Callable[[], object]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        fn()
+
+    return run
