@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -115,7 +116,7 @@ class Pipe:
         self._tally.closed()
         suffix = f": {reason}" if reason else ""
         log.info(
-            "%s closed (%d bytes to client, %d bytes from client)%s",
+            "%s closed (%d bytes to the SSH client, %d bytes from it)%s",
             self.label,
             self.to_channel,
             self.to_socket,
@@ -305,6 +306,17 @@ class _Accepted(SocketEnd):
 # ---------------------------------------------------------------- direct-tcpip
 
 
+def connect_error_text(exc: OSError) -> str:
+    """`Connection refused`, `Name or service not known`, `timed out`... (no Python noise)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, socket.gaierror):
+        return exc.strerror or str(exc)
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)
+
+
 def direct_connection(
     conn: asyncssh.SSHServerConnection, dest_host: str, dest_port: int, label: str, tally: Tally
 ) -> tuple[asyncssh.SSHTCPChannel[bytes], Awaitable[asyncssh.SSHTCPSession[bytes]]]:
@@ -322,7 +334,7 @@ def direct_connection(
                 CONNECT_TIMEOUT,
             )
         except (OSError, TimeoutError) as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+            reason = connect_error_text(exc)
             message = f"cannot connect to {hostport(dest_host, dest_port)}: {reason}"
             pipe.close(message)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, message) from None

@@ -168,7 +168,8 @@ class SidecarServer(asyncssh.SSHServer):
         listener: forwards.RemoteForward | None = None
 
         def released() -> None:
-            state.registry.release(self, listen_port)
+            if state.registry.release(self, listen_port):
+                log.info("%s remote forward port %d released", self.label, listen_port)
             if listener is not None:
                 state.listeners.discard(listener)
 
