@@ -13,9 +13,11 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -24,6 +26,7 @@ VENV_BIN = REPO / ".venv" / "bin"
 KUBECTL = str(VENV_BIN / "kubectl") if (VENV_BIN / "kubectl").exists() else "kubectl"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -128,3 +131,51 @@ def api_client(cluster: ClusterProcess) -> Iterator[object]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def core_v1(api_client: object) -> object:
+    from kubernetes import client
+
+    return client.CoreV1Api(api_client)
+
+
+@pytest.fixture(scope="session")
+def apps_v1(api_client: object) -> object:
+    from kubernetes import client
+
+    return client.AppsV1Api(api_client)
+
+
+@pytest.fixture
+def namespace(core_v1: object) -> Iterator[str]:
+    """A fresh namespace for one test, deleted (with everything in it) afterwards."""
+    import uuid
+
+    from kubernetes import client
+
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core_v1.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))  # type: ignore[attr-defined]
+    try:
+        yield name
+    finally:
+        core_v1.delete_namespace(name, grace_period_seconds=0)  # type: ignore[attr-defined]
+
+
+def _wait_until(predicate: Callable[[], T | None | bool], timeout: float = 20.0,
+                message: str = "condition") -> T:
+    """Poll `predicate` until it returns something truthy (bounded: a hang guard, not a
+    timing assertion); returns that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def wait_until() -> Callable[..., Any]:
+    return _wait_until

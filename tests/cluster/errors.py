@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -78,15 +79,39 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
 
 
-def invalid(resource: str, name: str, causes: list[dict[str, str]]) -> ApiError:
-    """422 Invalid, `causes` like [{"field": "metadata.name", "message": "..."}]."""
-    text = "; ".join(f"{c['field']}: Invalid value: {c.get('value', '')!r}: {c['message']}"
-                     for c in causes)
-    details = _details(resource, name)
-    details["causes"] = [
-        {"reason": "FieldValueInvalid", "message": c["message"], "field": c["field"]}
-        for c in causes
-    ]
-    kind = resource.rpartition("/")[2]
-    kind_word = kind[:-1].capitalize() if kind.endswith("s") else kind
-    return ApiError(422, "Invalid", f'{kind_word} "{name}" is invalid: {text}', details)
+def invalid(kind: str, name: str, causes: list[dict[str, Any]]) -> ApiError:
+    """422 Invalid. `kind` as Kubernetes words it (`Pod`, `Deployment.apps`); `causes` like
+    [{"type": "Invalid", "field": "metadata.name", "value": "Bad", "detail": "..."}] with type
+    one of Invalid, Required, Forbidden, Duplicate, NotSupported."""
+    reasons = {"Invalid": "FieldValueInvalid", "Required": "FieldValueRequired",
+               "Forbidden": "FieldValueForbidden", "Duplicate": "FieldValueDuplicate",
+               "NotSupported": "FieldValueNotSupported"}
+    words = {"Invalid": "Invalid value", "Required": "Required value", "Forbidden": "Forbidden",
+             "Duplicate": "Duplicate value", "NotSupported": "Unsupported value"}
+    texts, out = [], []
+    for c in causes:
+        kind_of = c.get("type", "Invalid")
+        text = f"{c['field']}: {words[kind_of]}"
+        if kind_of in ("Invalid", "Duplicate", "NotSupported") and "value" in c:
+            text += f": {json.dumps(c['value'])}"
+        if c.get("detail"):
+            text += f": {c['detail']}"
+        texts.append(text)
+        message = text[len(c["field"]) + 2:]
+        out.append({"reason": reasons[kind_of], "message": message, "field": c["field"]})
+    joined = texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"
+    group = kind.partition(".")[2]
+    details: dict[str, Any] = {"name": name, "kind": kind.partition(".")[0], "causes": out}
+    if group:
+        details["group"] = group
+    return ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {joined}', details)
+
+
+def forbidden(message: str, resource: str = "", name: str = "") -> ApiError:
+    details: dict[str, Any] | None = _details(resource, name) if resource else None
+    return ApiError(403, "Forbidden", message, details)
+
+
+def method_not_allowed(message: str = "the server does not allow this method on the requested "
+                       "resource") -> ApiError:
+    return ApiError(405, "MethodNotAllowed", message)

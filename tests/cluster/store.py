@@ -49,6 +49,7 @@ class Event:
     resource: str
     object: Obj
     rv: int
+    prev: Obj | None = None  # the object before this event (MODIFIED, DELETED)
 
 
 @dataclass(eq=False)
@@ -120,7 +121,7 @@ class Store:
         meta["creationTimestamp"] = now_rfc3339()
         if resource in GENERATION_TRACKED:
             meta["generation"] = 1
-        return self._commit("ADDED", resource, key, obj)
+        return self._commit("ADDED", resource, key, obj, None)
 
     def replace(self, resource: str, obj: Obj, *, status_only: bool = False) -> Obj:
         """Update an object. A metadata.resourceVersion that is set and stale: 409 Conflict.
@@ -155,7 +156,7 @@ class Store:
                 new_meta["generation"] = generation
         if new == current:
             return copy.deepcopy(current)  # no-op writes do not bump resourceVersion
-        return self._commit("MODIFIED", resource, key, new)
+        return self._commit("MODIFIED", resource, key, new, current)
 
     def delete(self, resource: str, namespace: str | None, name: str) -> Obj:
         """Remove the object now (graceful pod deletion is the API server's and kubelet's job)."""
@@ -166,7 +167,7 @@ class Store:
         self._rv += 1
         obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = str(self._rv)
-        self._publish(Event("DELETED", resource, obj, self._rv))
+        self._publish(Event("DELETED", resource, obj, self._rv, copy.deepcopy(obj)))
         return copy.deepcopy(obj)
 
     # -- watch -------------------------------------------------------------------------
@@ -180,10 +181,9 @@ class Store:
         """Events after resourceVersion `since` (None or "0": only live events from now)."""
         watcher = _Watcher(resource, namespace)
         backlog: list[Event] = []
+        self.check_since(since)
         if since not in (None, "", "0"):
             since_rv = int(since)  # type: ignore[arg-type]
-            if since_rv < self._compacted_rv:
-                raise gone(f"too old resource version: {since_rv} ({self._rv})")
             backlog = [e for e in self._log if e.rv > since_rv and self._matches(watcher, e)]
         self._watchers.add(watcher)
         try:
@@ -197,16 +197,28 @@ class Store:
         finally:
             self._watchers.discard(watcher)
 
+    def check_since(self, since: str | None) -> None:
+        """Raise 410 Expired (or 400 for a malformed one) if a watch could not start at `since`."""
+        if since in (None, "", "0"):
+            return
+        try:
+            since_rv = int(since)  # type: ignore[arg-type]
+        except ValueError:
+            raise ApiError(400, "BadRequest", f"invalid resource version: {since!r}") from None
+        if since_rv < self._compacted_rv:
+            raise gone(f"too old resource version: {since_rv} ({self._rv})")
+
     # -- internals ---------------------------------------------------------------------
 
     def _key(self, resource: str, namespace: str | None, name: str) -> tuple[str, str, str]:
         return (resource, "" if resource in CLUSTER_SCOPED else (namespace or ""), name)
 
-    def _commit(self, type_: str, resource: str, key: tuple[str, str, str], obj: Obj) -> Obj:
+    def _commit(self, type_: str, resource: str, key: tuple[str, str, str], obj: Obj,
+                prev: Obj | None) -> Obj:
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
         self._objects[key] = obj
-        self._publish(Event(type_, resource, copy.deepcopy(obj), self._rv))
+        self._publish(Event(type_, resource, copy.deepcopy(obj), self._rv, copy.deepcopy(prev)))
         return copy.deepcopy(obj)
 
     def _publish(self, event: Event) -> None:

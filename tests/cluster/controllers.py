@@ -1,0 +1,597 @@
+"""The controller manager: Deployment, ReplicaSet, Endpoints, garbage collector, namespaces.
+
+Each controller is a work queue of (namespace, name) keys fed by store watch events and a
+synchronous reconcile function, so one reconcile sees a consistent store. Decisions about
+rollouts are pure functions (`rollout_plan`) of the Deployment and its ReplicaSets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ApiError
+from .registry import DeleteOptions, Registry
+from .resources import BY_KEY
+from .selectors import labels_match, selector_from_label_selector
+from .store import Store, now_rfc3339
+
+log = logging.getLogger("test-cluster.controllers")
+Obj = dict[str, Any]
+Key = tuple[str, str]
+HASH_LABEL = "pod-template-hash"
+REVISION = "deployment.kubernetes.io/revision"
+_SAFE = "bcdfghjklmnpqrstvwxz2456789"
+
+
+# -- pure helpers --------------------------------------------------------------------------
+
+def template_hash(template: Obj, collision_count: int = 0) -> str:
+    """A short stable hash of a pod template, in the alphabet Kubernetes uses for names."""
+    canonical = json.dumps(template, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.blake2b(f"{canonical}|{collision_count}".encode(), digest_size=4).digest()
+    number = str(int.from_bytes(digest, "big"))
+    return "".join(_SAFE[ord(ch) % len(_SAFE)] for ch in number)
+
+
+def _strip_hash(template: Obj) -> Obj:
+    t = copy.deepcopy(template)
+    labels = t.get("metadata", {}).get("labels") or {}
+    labels.pop(HASH_LABEL, None)
+    return t
+
+
+def scaled_value(value: Any, total: int, round_up: bool) -> int:
+    if isinstance(value, str) and value.endswith("%"):
+        exact = int(value[:-1]) * total / 100
+        return math.ceil(exact) if round_up else math.floor(exact)
+    return int(value or 0)
+
+
+def surge_and_unavailable(deployment: Obj) -> tuple[int, int]:
+    spec = deployment["spec"]
+    replicas = spec.get("replicas", 1)
+    rolling = (spec.get("strategy") or {}).get("rollingUpdate") or {}
+    surge = scaled_value(rolling.get("maxSurge", "25%"), replicas, True)
+    unavailable = scaled_value(rolling.get("maxUnavailable", "25%"), replicas, False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1
+    return surge, unavailable
+
+
+def pod_ready(pod: Obj) -> bool:
+    if pod["metadata"].get("deletionTimestamp"):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in pod.get("status", {}).get("conditions") or [])
+
+
+def pod_active(pod: Obj) -> bool:
+    return (not pod["metadata"].get("deletionTimestamp")
+            and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"))
+
+
+def controller_uid(obj: Obj) -> str | None:
+    for ref in obj["metadata"].get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def owner_ref(owner: Obj) -> Obj:
+    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"],
+            "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    new_replicas: int  # desired spec.replicas of the new ReplicaSet
+    old_replicas: dict[str, int]  # old ReplicaSet name -> desired spec.replicas
+
+
+def rollout_plan(deployment: Obj, new_rs: Obj, old_rss: list[Obj]) -> RolloutPlan:
+    """Next replica counts for a RollingUpdate or Recreate step (pure)."""
+    spec = deployment["spec"]
+    replicas = spec.get("replicas", 1)
+    new_current = new_rs["spec"].get("replicas", 0)
+    old_current = {rs["metadata"]["name"]: rs["spec"].get("replicas", 0) for rs in old_rss}
+    old_pods = sum(rs.get("status", {}).get("replicas", 0) for rs in old_rss)
+    if (spec.get("strategy") or {}).get("type") == "Recreate":
+        if any(old_current.values()) or old_pods:
+            return RolloutPlan(0 if old_pods or any(old_current.values()) else replicas,
+                               dict.fromkeys(old_current, 0))
+        return RolloutPlan(replicas, old_current)
+    if not any(old_current.values()):
+        return RolloutPlan(replicas, old_current)
+    surge, max_unavailable = surge_and_unavailable(deployment)
+    total = new_current + sum(old_current.values())
+    new_target = new_current
+    if new_current < replicas:
+        new_target = min(replicas, new_current + max(0, replicas + surge - total))
+    elif new_current > replicas:
+        new_target = replicas
+    # Old replicas may go as far as availability allows: first the unhealthy ones, then
+    # available ones down to replicas - maxUnavailable.
+    min_available = replicas - max_unavailable
+    new_available = new_rs.get("status", {}).get("availableReplicas", 0)
+    new_unavailable = max(0, new_current - new_available)
+    oldest_first = sorted(old_rss, key=lambda x: x["metadata"].get("creationTimestamp", ""))
+    old_targets = dict(old_current)
+    cleanup = max(0, total - min_available - new_unavailable)
+    for rs in oldest_first:
+        name = rs["metadata"]["name"]
+        unhealthy = max(0, old_targets[name] - rs.get("status", {}).get("availableReplicas", 0))
+        drop = min(unhealthy, cleanup)
+        old_targets[name] -= drop
+        cleanup -= drop
+    available = new_available + sum(
+        min(old_targets[rs["metadata"]["name"]], rs.get("status", {}).get("availableReplicas", 0))
+        for rs in old_rss)
+    budget = max(0, available - min_available)
+    for rs in oldest_first:
+        name = rs["metadata"]["name"]
+        drop = min(old_targets[name], budget)
+        old_targets[name] -= drop
+        budget -= drop
+    return RolloutPlan(new_target, old_targets)
+
+
+def deployment_status(deployment: Obj, new_rs: Obj | None, all_rss: list[Obj],
+                      previous: Obj) -> Obj:
+    spec = deployment["spec"]
+    replicas = spec.get("replicas", 1)
+    st = [rs.get("status", {}) for rs in all_rss]
+    available = sum(s.get("availableReplicas", 0) for s in st)
+    status: Obj = {
+        "observedGeneration": deployment["metadata"].get("generation", 1),
+        "replicas": sum(s.get("replicas", 0) for s in st),
+        "updatedReplicas": (new_rs or {}).get("status", {}).get("replicas", 0),
+        "readyReplicas": sum(s.get("readyReplicas", 0) for s in st),
+        "availableReplicas": available,
+    }
+    unavailable = max(0, replicas - available)
+    if unavailable:
+        status["unavailableReplicas"] = unavailable
+    for key in ("readyReplicas", "availableReplicas", "updatedReplicas", "replicas"):
+        if not status[key]:
+            del status[key]
+    _, max_unavailable = surge_and_unavailable(deployment)
+    now = now_rfc3339()
+    old_conditions = {c["type"]: c for c in previous.get("conditions") or []}
+
+    def condition(type_: str, ok: bool, reason: str, message: str) -> Obj:
+        old = old_conditions.get(type_)
+        state = "True" if ok else "False"
+        changed = old is None or old.get("status") != state
+        same_reason = old is not None and old.get("reason") == reason
+        return {"type": type_, "status": state,
+                "lastUpdateTime": old["lastUpdateTime"] if (old and same_reason and not changed
+                                                            and old.get("message") == message)
+                else now,
+                "lastTransitionTime": now if changed else old["lastTransitionTime"],  # type: ignore[index]
+                "reason": reason, "message": message}
+
+    is_available = available >= replicas - max_unavailable
+    conditions = [condition(
+        "Available", is_available,
+        "MinimumReplicasAvailable" if is_available else "MinimumReplicasUnavailable",
+        "Deployment has minimum availability." if is_available
+        else "Deployment does not have minimum availability.")]
+    if new_rs is not None:
+        name = new_rs["metadata"]["name"]
+        new_status = new_rs.get("status", {})
+        complete = (status.get("updatedReplicas", 0) == replicas
+                    and status.get("replicas", 0) == replicas
+                    and new_status.get("availableReplicas", 0) >= replicas)
+        if complete:
+            reason, msg = "NewReplicaSetAvailable", f'ReplicaSet "{name}" has successfully ' \
+                                                    "progressed."
+        elif old_conditions.get("Progressing", {}).get("reason") == "NewReplicaSetCreated" and \
+                f'"{name}"' in old_conditions["Progressing"].get("message", ""):
+            reason, msg = "NewReplicaSetCreated", f'Created new replica set "{name}"'
+        else:
+            reason, msg = "ReplicaSetUpdated", f'ReplicaSet "{name}" is progressing.'
+        conditions.append(condition("Progressing", True, reason, msg))
+    status["conditions"] = sorted(conditions, key=lambda c: c["type"])
+    return status
+
+
+# -- the machinery -------------------------------------------------------------------------
+
+class WorkQueue:
+    def __init__(self, name: str, reconcile: Callable[[str, str], None]) -> None:
+        self.name = name
+        self.reconcile = reconcile
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._pending: set[Key] = set()
+
+    def add(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        if key not in self._pending:
+            self._pending.add(key)
+            self._queue.put_nowait(key)
+
+    def add_later(self, namespace: str, name: str, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, self.add, namespace, name)
+
+    async def run(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._pending.discard(key)
+            try:
+                self.reconcile(*key)
+            except ApiError as err:
+                if err.code not in (404, 409):
+                    log.warning("%s %s/%s: %s", self.name, key[0], key[1], err.message)
+                self.add_later(key[0], key[1], 0.05)
+            except Exception:
+                log.exception("%s %s/%s failed", self.name, *key)
+                self.add_later(key[0], key[1], 1.0)
+
+
+class ControllerManager:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.store: Store = registry.store
+        self.deployments = WorkQueue("deployment", self.sync_deployment)
+        self.replicasets = WorkQueue("replicaset", self.sync_replicaset)
+        self.endpoints = WorkQueue("endpoints", self.sync_endpoints)
+        self.gc = WorkQueue("garbage-collector", self.sync_orphans)
+        self.namespaces = WorkQueue("namespace", self.sync_namespace)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.static_endpoints: dict[Key, Obj] = {}  # e.g. default/kubernetes
+
+    async def start(self) -> None:
+        queues = (self.deployments, self.replicasets, self.endpoints, self.gc, self.namespaces)
+        for q in queues:
+            self._tasks.append(asyncio.create_task(q.run(), name=f"controller-{q.name}"))
+        for resource in ("apps/deployments", "apps/replicasets", "pods", "services",
+                         "namespaces"):
+            ready = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._watch(resource, ready)))
+            await ready.wait()
+        for d in self.store.list("apps/deployments")[0]:
+            self.deployments.add(d["metadata"]["namespace"], d["metadata"]["name"])
+        for s in self.store.list("services")[0]:
+            self.endpoints.add(s["metadata"]["namespace"], s["metadata"]["name"])
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _watch(self, resource: str, ready: asyncio.Event) -> None:
+        events = self.store.watch(resource, None, self.store.resource_version)
+        ready.set()
+        async for event in events:
+            try:
+                self._route(resource, event.type, event.object)
+            except Exception:
+                log.exception("routing %s event failed", resource)
+
+    def _owner_name(self, obj: Obj, kind: str) -> str | None:
+        for ref in obj["metadata"].get("ownerReferences") or []:
+            if ref.get("controller") and ref.get("kind") == kind:
+                return str(ref.get("name"))
+        return None
+
+    def _route(self, resource: str, type_: str, obj: Obj) -> None:
+        meta = obj["metadata"]
+        ns, name = meta.get("namespace", ""), meta["name"]
+        if type_ == "DELETED" or meta.get("deletionTimestamp"):
+            self.gc.add(ns, meta["uid"])
+        if resource == "apps/deployments":
+            self.deployments.add(ns, name)
+        elif resource == "apps/replicasets":
+            self.replicasets.add(ns, name)
+            owner = self._owner_name(obj, "Deployment")
+            if owner:
+                self.deployments.add(ns, owner)
+        elif resource == "pods":
+            owner = self._owner_name(obj, "ReplicaSet")
+            if owner:
+                self.replicasets.add(ns, owner)
+            for svc in self.store.list("services", ns)[0]:
+                self.endpoints.add(ns, svc["metadata"]["name"])
+        elif resource == "services":
+            self.endpoints.add(ns, name)
+        elif resource == "namespaces":
+            self.namespaces.add("", name)
+
+    # -- Deployment ----------------------------------------------------------------------
+
+    def _owned(self, resource: str, owner: Obj) -> list[Obj]:
+        uid = owner["metadata"]["uid"]
+        return [o for o in self.store.list(resource, owner["metadata"]["namespace"])[0]
+                if controller_uid(o) == uid]
+
+    def sync_deployment(self, namespace: str, name: str) -> None:
+        d = self.store.try_get("apps/deployments", namespace, name)
+        if d is None or d["metadata"].get("deletionTimestamp"):
+            return
+        rss = self._owned("apps/replicasets", d)
+        template = d["spec"]["template"]
+        new_rs = next((rs for rs in rss
+                       if _strip_hash(rs["spec"]["template"]) == template), None)
+        old_rss = [rs for rs in rss if rs is not new_rs]
+        revisions = [int(rs["metadata"].get("annotations", {}).get(REVISION, "0") or 0)
+                     for rs in rss]
+        if new_rs is None:
+            new_rs = self._create_replicaset(d, max(revisions, default=0) + 1)
+            rss.append(new_rs)
+        elif revisions and int(new_rs["metadata"].get("annotations", {}).get(REVISION, "0")
+                               or 0) < max(revisions):
+            new_rs["metadata"].setdefault("annotations", {})[REVISION] = str(max(revisions) + 1)
+            new_rs = self.store.replace("apps/replicasets", new_rs)
+            rss = [new_rs] + old_rss
+        if not d["spec"].get("paused"):
+            plan = rollout_plan(d, new_rs, old_rss)
+            new_rs = self._set_replicas(new_rs, plan.new_replicas, d)
+            for i, rs in enumerate(old_rss):
+                old_rss[i] = self._set_replicas(rs, plan.old_replicas[rs["metadata"]["name"]], d)
+            self._cleanup_history(d, old_rss)
+        revision = new_rs["metadata"].get("annotations", {}).get(REVISION)
+        if revision and d["metadata"].get("annotations", {}).get(REVISION) != revision:
+            d["metadata"].setdefault("annotations", {})[REVISION] = revision
+            d = self.store.replace("apps/deployments", d)
+        status = deployment_status(d, new_rs, [new_rs] + old_rss, d.get("status") or {})
+        if status != d.get("status"):
+            d["status"] = status
+            self.store.replace("apps/deployments", d, status_only=True)
+
+    def _create_replicaset(self, d: Obj, revision: int) -> Obj:
+        template = copy.deepcopy(d["spec"]["template"])
+        collision = d.get("status", {}).get("collisionCount", 0)
+        h = template_hash(template, collision)
+        template.setdefault("metadata", {}).setdefault("labels", {})[HASH_LABEL] = h
+        selector = copy.deepcopy(d["spec"]["selector"])
+        selector.setdefault("matchLabels", {})[HASH_LABEL] = h
+        annotations = {k: v for k, v in (d["metadata"].get("annotations") or {}).items()
+                       if k != REVISION and not k.startswith("kubectl.kubernetes.io/last-")}
+        annotations.update({
+            "deployment.kubernetes.io/desired-replicas": str(d["spec"].get("replicas", 1)),
+            "deployment.kubernetes.io/max-replicas": str(
+                d["spec"].get("replicas", 1) + surge_and_unavailable(d)[0]),
+            REVISION: str(revision),
+        })
+        rs = {
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {
+                "name": f"{d['metadata']['name']}-{h}", "namespace": d["metadata"]["namespace"],
+                "labels": dict(template["metadata"]["labels"]),
+                "annotations": annotations, "ownerReferences": [owner_ref(d)],
+            },
+            "spec": {"replicas": 0, "minReadySeconds": d["spec"].get("minReadySeconds", 0),
+                     "selector": selector, "template": template},
+        }
+        try:
+            return self.registry.create("apps/replicasets", d["metadata"]["namespace"], rs)
+        except ApiError as err:
+            if err.code != 409:
+                raise
+            existing = self.store.get("apps/replicasets", d["metadata"]["namespace"],
+                                      rs["metadata"]["name"])
+            if controller_uid(existing) == d["metadata"]["uid"]:
+                return existing
+            d["status"]["collisionCount"] = collision + 1
+            self.store.replace("apps/deployments", d, status_only=True)
+            raise
+
+    def _set_replicas(self, rs: Obj, replicas: int, d: Obj) -> Obj:
+        annotations = rs["metadata"].setdefault("annotations", {})
+        desired = str(d["spec"].get("replicas", 1))
+        if rs["spec"].get("replicas") == replicas and \
+                annotations.get("deployment.kubernetes.io/desired-replicas") == desired:
+            return rs
+        rs["spec"]["replicas"] = replicas
+        annotations["deployment.kubernetes.io/desired-replicas"] = desired
+        return self.store.replace("apps/replicasets", rs)
+
+    def _cleanup_history(self, d: Obj, old_rss: list[Obj]) -> None:
+        limit = d["spec"].get("revisionHistoryLimit", 10)
+        idle = [rs for rs in old_rss if not rs["spec"].get("replicas")
+                and not rs.get("status", {}).get("replicas")]
+        idle.sort(key=lambda rs: int(rs["metadata"].get("annotations", {}).get(REVISION, 0)))
+        for rs in idle[: max(0, len(idle) - limit)]:
+            self.registry.delete("apps/replicasets", rs["metadata"]["namespace"],
+                                 rs["metadata"]["name"], DeleteOptions())
+
+    # -- ReplicaSet ----------------------------------------------------------------------
+
+    def sync_replicaset(self, namespace: str, name: str) -> None:
+        rs = self.store.try_get("apps/replicasets", namespace, name)
+        if rs is None or rs["metadata"].get("deletionTimestamp"):
+            return
+        pods = self._owned("pods", rs)
+        active = [p for p in pods if pod_active(p)]
+        diff = rs["spec"].get("replicas", 1) - len(active)
+        if diff > 0:
+            for _ in range(diff):
+                self._create_pod(rs)
+        elif diff < 0:
+            def rank(p: Obj) -> tuple[int, int, str]:
+                phase = p.get("status", {}).get("phase")
+                return (0 if phase == "Pending" else 1, 1 if pod_ready(p) else 0,
+                        "".join(chr(255 - ord(c)) for c in
+                                p["metadata"].get("creationTimestamp", "")))
+            for pod in sorted(active, key=rank)[:-diff]:
+                self.registry.delete("pods", namespace, pod["metadata"]["name"],
+                                     DeleteOptions())
+        pods = self._owned("pods", rs)
+        active = [p for p in pods if pod_active(p)]
+        ready = sum(1 for p in active if pod_ready(p))
+        selector = selector_from_label_selector(rs["spec"].get("selector")) or []
+        status: Obj = {
+            "replicas": len(active),
+            "fullyLabeledReplicas": sum(1 for p in active
+                                        if labels_match(selector, p["metadata"].get("labels"))),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "observedGeneration": rs["metadata"].get("generation", 1),
+        }
+        for key in ("fullyLabeledReplicas", "readyReplicas", "availableReplicas"):
+            if not status[key]:
+                del status[key]
+        if status != rs.get("status"):
+            rs["status"] = status
+            self.store.replace("apps/replicasets", rs, status_only=True)
+
+    def _create_pod(self, rs: Obj) -> Obj:
+        template = copy.deepcopy(rs["spec"]["template"])
+        meta = copy.deepcopy(template.get("metadata") or {})
+        meta.pop("name", None)
+        meta["generateName"] = f"{rs['metadata']['name']}-"
+        meta["ownerReferences"] = [owner_ref(rs)]
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+               "spec": template.get("spec", {})}
+        return self.registry.create("pods", rs["metadata"]["namespace"], pod)
+
+    # -- Endpoints -----------------------------------------------------------------------
+
+    def sync_endpoints(self, namespace: str, name: str) -> None:
+        static = self.static_endpoints.get((namespace, name))
+        svc = self.store.try_get("services", namespace, name)
+        current = self.store.try_get("endpoints", namespace, name)
+        if svc is None:
+            if current is not None and static is None:
+                self.store.delete("endpoints", namespace, name)
+            return
+        if static is not None:
+            desired_subsets = static.get("subsets", [])
+        elif svc["spec"].get("selector") is None:
+            return  # endpoints of selector-less services are managed by their users
+        else:
+            desired_subsets = self._subsets(svc)
+        if current is None:
+            ep = {"apiVersion": "v1", "kind": "Endpoints",
+                  "metadata": {"name": name, "namespace": namespace,
+                               "labels": dict(svc["metadata"].get("labels") or {})}}
+            if desired_subsets:
+                ep["subsets"] = desired_subsets
+            self.store.create("endpoints", ep)
+            return
+        if (current.get("subsets") or []) != desired_subsets:
+            if desired_subsets:
+                current["subsets"] = desired_subsets
+            else:
+                current.pop("subsets", None)
+            current["metadata"].pop("resourceVersion", None)
+            self.store.replace("endpoints", current)
+
+    def _subsets(self, svc: Obj) -> list[Obj]:
+        selector = svc["spec"]["selector"] or {}
+        ns = svc["metadata"]["namespace"]
+        pods = [p for p in self.store.list("pods", ns)[0]
+                if selector and all((p["metadata"].get("labels") or {}).get(k) == v
+                                    for k, v in selector.items())
+                and p.get("status", {}).get("podIP")
+                and not p["metadata"].get("deletionTimestamp")
+                and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
+        groups: dict[str, Obj] = {}
+        for pod in pods:
+            ports = []
+            for sp in svc["spec"].get("ports") or []:
+                target = sp.get("targetPort", sp.get("port"))
+                if isinstance(target, str) and not target.isdigit():
+                    resolved = next((cp.get("containerPort")
+                                     for c in pod["spec"].get("containers") or []
+                                     for cp in c.get("ports") or [] if cp.get("name") == target),
+                                    None)
+                    if resolved is None:
+                        continue
+                    target = resolved
+                entry = {"port": int(target), "protocol": sp.get("protocol", "TCP")}
+                if sp.get("name"):
+                    entry["name"] = sp["name"]
+                ports.append(entry)
+            if not ports and svc["spec"].get("ports"):
+                continue
+            address = {"ip": pod["status"]["podIP"], "nodeName": pod["spec"].get("nodeName"),
+                        "targetRef": {"kind": "Pod", "namespace": ns,
+                                      "name": pod["metadata"]["name"],
+                                      "uid": pod["metadata"]["uid"]}}
+            key = json.dumps(ports, sort_keys=True)
+            subset = groups.setdefault(key, {"ports": ports})
+            field = "addresses" if pod_ready(pod) else "notReadyAddresses"
+            subset.setdefault(field, []).append(address)
+        subsets = []
+        for subset in groups.values():
+            for field in ("addresses", "notReadyAddresses"):
+                if field in subset:
+                    subset[field].sort(key=lambda a: a["ip"])
+            subsets.append({k: subset[k] for k in ("addresses", "notReadyAddresses", "ports")
+                            if k in subset})
+        return subsets
+
+    # -- garbage collector ---------------------------------------------------------------
+
+    def sync_orphans(self, namespace: str, uid: str) -> None:
+        """Delete dependents whose owners are all gone (background propagation), and finish
+        foreground deletions whose dependents are gone."""
+        live = {o["metadata"]["uid"]: (key, o) for key in BY_KEY
+                for o in self.store.list(key, namespace or None)[0]}
+        owner = live.get(uid)
+        if owner is not None:
+            key, obj = owner
+            finalizers = obj["metadata"].get("finalizers") or []
+            if "foregroundDeletion" in finalizers:
+                deps = self.registry.dependents(uid, namespace or None)
+                for dep_key, dep in deps:
+                    if not dep["metadata"].get("deletionTimestamp"):
+                        self.registry.delete(dep_key, namespace, dep["metadata"]["name"],
+                                             DeleteOptions(propagation="Foreground"))
+                if not self.registry.dependents(uid, namespace or None):
+                    self.store.delete(key, namespace or None, obj["metadata"]["name"])
+                else:
+                    self.gc.add_later(namespace, uid, 0.2)
+            return
+        for dep_key, dep in self.registry.dependents(uid, namespace or None):
+            refs = dep["metadata"].get("ownerReferences") or []
+            if any(ref.get("uid") in live for ref in refs):
+                continue
+            if dep_key == "pods" and dep["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                self.registry.delete(dep_key, namespace, dep["metadata"]["name"],
+                                     DeleteOptions(propagation="Background"))
+            except ApiError as err:
+                if err.code != 404:
+                    raise
+        # Dependents of a foreground-deleting owner report back to it.
+        for _, obj in live.values():
+            if "foregroundDeletion" in (obj["metadata"].get("finalizers") or []):
+                self.gc.add(namespace, obj["metadata"]["uid"])
+
+    # -- namespaces ----------------------------------------------------------------------
+
+    def sync_namespace(self, _: str, name: str) -> None:
+        ns = self.store.try_get("namespaces", None, name)
+        if ns is None or not ns["metadata"].get("deletionTimestamp"):
+            return
+        remaining = 0
+        for key, r in BY_KEY.items():
+            if not r.namespaced:
+                continue
+            for obj in self.store.list(key, name)[0]:
+                remaining += 1
+                if key == "pods" and obj["metadata"].get("deletionTimestamp"):
+                    continue
+                try:
+                    self.registry.delete(key, name, obj["metadata"]["name"], DeleteOptions())
+                except ApiError as err:
+                    if err.code != 404:
+                        raise
+        if any(self.store.list(key, name)[0] for key, r in BY_KEY.items() if r.namespaced):
+            self.namespaces.add_later("", name, 0.2)
+            return
+        del remaining
+        self.store.delete("namespaces", None, name)
