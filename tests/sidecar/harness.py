@@ -155,12 +155,18 @@ class Sidecar:
         ]
 
     def ssh(
-        self, key: ClientKey, *command: str, opts: Sequence[str] = (), timeout: float = 30
+        self,
+        key: ClientKey,
+        *command: str,
+        opts: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        timeout: float = 30,
     ) -> subprocess.CompletedProcess[str]:
         """Run the stock OpenSSH client to completion."""
         return subprocess.run(
             self.ssh_argv(key, *opts, "developer@127.0.0.1", *command),
             capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            env=None if env is None else {**os.environ, **env},
         )
 
     # -- lifecycle
@@ -260,17 +266,23 @@ def popen(argv: list[str]) -> Iterator[subprocess.Popen[str]]:
 
 
 def non_loopback_addresses() -> list[str]:
-    """This host's global IPv4/IPv6 addresses (to prove a bind is not loopback-only)."""
-    out = subprocess.run(
-        ["ip", "-j", "addr", "show"], capture_output=True, text=True, timeout=10, check=True
-    ).stdout
+    """This host's own source addresses toward the outside (IPv4, IPv6), not loopback.
+
+    Taken from `ip route get` so they belong to the stable uplink, not to bridges that
+    other tests (the local cluster) create and remove meanwhile.
+    """
     found: list[str] = []
-    for link in json.loads(out):
-        if "UP" not in link.get("flags", []):
+    for family, probe in (("-4", "192.0.2.123"), ("-6", "2001:db8::123")):
+        result = subprocess.run(
+            ["ip", "-j", family, "route", "get", probe],
+            capture_output=True, text=True, timeout=10,
+        )
+        if result.returncode != 0:
             continue
-        for info in link.get("addr_info", []):
-            if info.get("scope") == "global":
-                found.append(info["local"])
+        for route in json.loads(result.stdout or "[]"):
+            source = route.get("prefsrc")
+            if source and source not in ("127.0.0.1", "::1") and source not in found:
+                found.append(source)
     return found
 
 
