@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import inspect
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -83,7 +84,10 @@ def main() -> int:
     parser.add_argument("--host-key", required=True)
     parser.add_argument("--forward", required=True, help="REMOTE_PORT:LOCAL_HOST:LOCAL_PORT")
     parser.add_argument("--tuning", default="{}", help="JSON keyword arguments for connect")
+    parser.add_argument("--log-level", default="WARNING", help="asyncssh log level")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="agent: %(name)s: %(message)s")
+    logging.getLogger("asyncssh").setLevel(args.log_level)
     raise_fd_limit()
     return asyncio.run(run(args))
 

@@ -214,6 +214,7 @@ def swapped(workdir: Path, swap_rounds: int, results: Results,
                 "cluster", ip, port, processes=processes,
                 notes=[f"client -> Service {ip}:{port} -> proxy pod -> sidecar -> port-forward "
                        "-> bridge swap -> child (the workload server)"],
+                carriers=[cluster.proc, swap.proc],
             )
             try:
                 restores.append(swap.restore(ip, port))

@@ -41,6 +41,14 @@ class Endpoint:
     # role ("agent", "sidecar", "ssh", "sshd") -> (pid, count its descendants too)
     processes: dict[str, tuple[int, bool]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    carriers: list[procs.Proc] = field(default_factory=list)  # must stay alive
+
+    def dead(self) -> str:
+        """Empty while every carrier runs, else which one ended and its last output."""
+        for p in self.carriers:
+            if not p.alive():
+                return f"{p.name} exited {p.popen.returncode}; last output: {p.tail(4)}"
+        return ""
 
 
 @contextlib.contextmanager
@@ -133,6 +141,7 @@ def openssh(server_port: int, workdir: Path, cipher: str | None = OPENSSH_CIPHER
                 "openssh", "127.0.0.1", remote_port,
                 processes={"client": (ssh.pid, False), "server": (sshd.pid, True)},
                 notes=[f"OpenSSH ssh -R, cipher {cipher or 'default (chacha20-poly1305)'}"],
+                carriers=[sshd, ssh],
             )
 
 
@@ -173,4 +182,5 @@ def tunnel(server_port: int, workdir: Path, tuning: Mapping[str, object] | None 
                 processes={"client": (agent_proc.pid, False), "server": (sidecar.pid, False)},
                 notes=["bridge Tunnel (own process) -> sidecar subprocess over loopback TCP"
                        + (f", tuning {dict(tuning)}" if tuning else "")],
+                carriers=[sidecar, agent_proc],
             )

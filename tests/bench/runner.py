@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,10 +55,45 @@ QUICK = Config(rounds=1, bulk_seconds=0.3, bulk_calibrate_bytes=8 * 1024 * 1024,
                burst_rounds=1, swap_rounds=1)
 
 # How the rounds of a figure combine into the reported figure.
-_SUM = {"http_errors", "burst_errors"}
+_SUM = {"http_keepalive_errors", "http_newconn_errors", "burst_errors"}
 _MAX = {"rss_client", "rss_server"}
 
 RoundFn = Callable[[paths.Endpoint], dict[str, float]]
+MAX_RESTARTS = 2
+
+
+class Slot:
+    """One path's setup. A loopback path whose processes died is set up again (at most
+    ``MAX_RESTARTS`` times) and the death is noted, so one crash does not blank the rest."""
+
+    def __init__(self, name: str, factory: Callable[[], AbstractContextManager[paths.Endpoint]],
+                 restartable: bool) -> None:
+        self.name = name
+        self._factory = factory
+        self._restartable = restartable
+        self._stack = contextlib.ExitStack()
+        self.restarts = 0
+        self.ep = self._stack.enter_context(factory())
+
+    def ready(self, results: Results, what: str, log: Callable[[str], None]) -> str:
+        """Empty if the path can run ``what`` (set up again if it died), else why not."""
+        dead = self.ep.dead()
+        if not dead:
+            return ""
+        note = f"the path died before {what}: {dead}"
+        log(f"  {self.name}: {note}")
+        if not self._restartable or self.restarts >= MAX_RESTARTS:
+            results.paths[self.name].notes.append(note)
+            return f"path dead: {dead}"
+        self.close()
+        self._stack = contextlib.ExitStack()
+        self.restarts += 1
+        self.ep = self._stack.enter_context(self._factory())
+        results.paths[self.name].notes.append(note + " (set up again)")
+        return ""
+
+    def close(self) -> None:
+        self._stack.close()
 
 
 def _combine(key: str, xs: Sequence[float]) -> float:
@@ -68,18 +104,24 @@ def _combine(key: str, xs: Sequence[float]) -> float:
     return median(xs)
 
 
-def run_rounds(results: Results, endpoints: dict[str, paths.Endpoint], rounds: int,
-               keys: Sequence[str], fn: RoundFn, log: Callable[[str], None]) -> None:
+def run_rounds(results: Results, slots: dict[str, Slot], rounds: int, keys: Sequence[str],
+               fn: RoundFn, log: Callable[[str], None]) -> None:
     """``fn`` once per round per path, round-robin; a path that fails drops out (its error
     is recorded against every key of this workload)."""
-    samples: dict[str, dict[str, list[float]]] = {p: {k: [] for k in keys} for p in endpoints}
-    live = dict(endpoints)
+    samples: dict[str, dict[str, list[float]]] = {p: {k: [] for k in keys} for p in slots}
+    live = dict(slots)
     for _ in range(rounds):
-        for name, ep in list(live.items()):
+        for name, slot in list(live.items()):
             try:
-                got = fn(ep)
+                why = slot.ready(results, keys[0], log)
+                if why:
+                    raise RuntimeError(why)
+                got = fn(slot.ep)
             except Exception as exc:  # noqa: BLE001 - one path failing must not stop the rest
                 msg = f"{type(exc).__name__}: {exc}"
+                dead = slot.ep.dead()
+                if dead and dead not in msg:
+                    msg += f" (the path died: {dead})"
                 log(f"  {name}: {keys[0]}: {msg}")
                 for k in keys:
                     results.fail(k, name, msg)
@@ -94,7 +136,7 @@ def run_rounds(results: Results, endpoints: dict[str, paths.Endpoint], rounds: i
                 results.record(k, name, _combine(k, xs), xs)
 
 
-def measure(results: Results, endpoints: dict[str, paths.Endpoint], cfg: Config,
+def measure(results: Results, endpoints: dict[str, Slot], cfg: Config,
             log: Callable[[str], None]) -> None:
     # Bulk: size each path's transfers from a calibration transfer (also the warm-up).
     bulk_keys = ("upload", "download") if "bulk" in cfg.workloads else ()
@@ -138,17 +180,23 @@ def measure(results: Results, endpoints: dict[str, paths.Endpoint], cfg: Config,
     elif wrk.available():
         log("HTTP (wrk)")
 
-        def http(ep: paths.Endpoint) -> dict[str, float]:
-            keep = wrk.run(ep.host, ep.port, seconds=cfg.wrk_seconds,
-                           connections=cfg.wrk_connections, new_connection=False)
-            new = wrk.run(ep.host, ep.port, seconds=cfg.wrk_seconds,
-                          connections=cfg.wrk_connections, new_connection=True)
-            return {"http_keepalive": keep.requests_per_second,
-                    "http_newconn": new.requests_per_second,
-                    "http_errors": float(keep.errors + new.errors)}
+        for key, new_connection in (("http_keepalive", False), ("http_newconn", True)):
 
-        run_rounds(results, endpoints, cfg.rounds,
-                   ["http_keepalive", "http_newconn", "http_errors"], http, log)
+            def http(ep: paths.Endpoint, key: str = key,
+                     new_connection: bool = new_connection) -> dict[str, float]:
+                got = wrk.run(ep.host, ep.port, seconds=cfg.wrk_seconds,
+                              connections=cfg.wrk_connections, new_connection=new_connection)
+                return {key: got.requests_per_second, f"{key}_errors": float(got.errors)}
+
+            run_rounds(results, endpoints, cfg.rounds, [key, f"{key}_errors"], http, log)
+        for name in endpoints:  # one errors figure for both HTTP workloads
+            parts = [results.figures.get(f"{k}_errors", {}).pop(name, None)
+                     for k in ("http_keepalive", "http_newconn")]
+            counts = [m.value for m in parts if isinstance(m, Measurement)]
+            if counts:
+                results.record("http_errors", name, sum(counts), counts)
+        for k in ("http_keepalive_errors", "http_newconn_errors"):
+            results.figures.pop(k, None)
     else:
         for k in ("http_keepalive", "http_newconn"):
             for p in endpoints:
@@ -209,26 +257,28 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _start_path(stack: contextlib.ExitStack, name: str, server_port: int, workdir: Path,
-                cfg: Config, results: Results, log: Callable[[str], None],
-                ) -> paths.Endpoint | None:
-    try:
+                cfg: Config, results: Results, log: Callable[[str], None]) -> Slot | None:
+    def factory() -> AbstractContextManager[paths.Endpoint]:
         if name == "limit":
-            ep = stack.enter_context(paths.limit(server_port))
-        elif name == "openssh":
-            ep = stack.enter_context(paths.openssh(server_port, workdir, cfg.openssh_cipher))
-        elif name == "tunnel":
-            ep = stack.enter_context(paths.tunnel(server_port, workdir, cfg.tunnel_tuning))
-        else:
-            from . import cluster
+            return paths.limit(server_port)
+        if name == "openssh":
+            return paths.openssh(server_port, workdir, cfg.openssh_cipher)
+        if name == "tunnel":
+            return paths.tunnel(server_port, workdir, cfg.tunnel_tuning)
+        from . import cluster
 
-            ep = stack.enter_context(cluster.swapped(workdir, cfg.swap_rounds, results, log))
+        return cluster.swapped(workdir, cfg.swap_rounds, results, log)
+
+    try:
+        slot = Slot(name, factory, restartable=name != "cluster")
     except Exception as exc:  # noqa: BLE001 - a path that cannot start is reported, not fatal
         reason = f"{type(exc).__name__}: {exc}"
         log(f"  {name}: not available: {reason}")
         results.paths[name] = PathInfo(False, reason)
         return None
-    results.paths[name] = PathInfo(True, notes=list(ep.notes))
-    return ep
+    stack.callback(slot.close)
+    results.paths[name] = PathInfo(True, notes=list(slot.ep.notes))
+    return slot
 
 
 def run(cfg: Config, log: Callable[[str], None] = print) -> Results:
@@ -238,13 +288,13 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> Results:
     with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="bridge-bench-") as tmp, \
             contextlib.ExitStack() as stack:
         server = stack.enter_context(paths.workload_server())
-        endpoints: dict[str, paths.Endpoint] = {}
+        slots: dict[str, Slot] = {}
         for name in cfg.paths:
             log(f"setting up: {report.PATH_TITLES[name]}")
-            ep = _start_path(stack, name, server.port, Path(tmp), cfg, results, log)
-            if ep is not None:
-                endpoints[name] = ep
-        measure(results, endpoints, cfg, log)
+            slot = _start_path(stack, name, server.port, Path(tmp), cfg, results, log)
+            if slot is not None:
+                slots[name] = slot
+        measure(results, slots, cfg, log)
         log("tearing down")
     results.meta["seconds"] = round(time.monotonic() - started, 1)
     return results
@@ -265,17 +315,17 @@ def run_tuning(cfg: Config, settings: Sequence[dict[str, Any]],
             with contextlib.ExitStack() as stack:
                 if setting == {"path": "openssh"}:
                     name = "openssh"
-                    ep = _start_path(stack, "openssh", server.port, Path(tmp), cfg, sub, log)
+                    slot = _start_path(stack, "openssh", server.port, Path(tmp), cfg, sub, log)
                 else:
                     name = "tunnel"
-                    ep = _start_path(stack, "tunnel", server.port, Path(tmp),
-                                     replace(cfg, tunnel_tuning=dict(setting)), sub, log)
+                    slot = _start_path(stack, "tunnel", server.port, Path(tmp),
+                                       replace(cfg, tunnel_tuning=dict(setting)), sub, log)
                 row: dict[str, Any] = {"setting": label}
-                if ep is None:
+                if slot is None:
                     row["error"] = sub.paths[name].reason
                 else:
                     core = replace(cfg, workloads=("bulk", "rtt", "connect"))
-                    measure(sub, {name: ep}, core, log)
+                    measure(sub, {name: slot}, core, log)
                     for k in ("upload", "download", "rtt_p50", "connect_p50"):
                         m = sub.figures.get(k, {}).get(name)
                         row[k] = m.value if isinstance(m, Measurement) else m
