@@ -51,15 +51,33 @@ def _lock_path(index: int) -> Path:
     return STATE_ROOT / f"{NAME_PREFIX}{index}.lock"
 
 
+_lock_paths: dict[int, Path] = {}  # fd -> its lock file, removed on release
+
+
 def _try_lock(index: int) -> int | None:
-    STATE_ROOT.mkdir(parents=True, exist_ok=True)
-    fd = os.open(_lock_path(index), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    """The index's lock, or None when a live instance holds it.
+
+    Lock files are removed on release, so after locking, the file must still be the one at
+    the path (else another process removed it meanwhile and a newer file may be locked).
+    """
+    path = _lock_path(index)
+    for _ in range(10):
+        STATE_ROOT.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            _lock_paths[fd] = path
+            return fd
         os.close(fd)
-        return None
-    return fd
+    return None
 
 
 def claim_index() -> tuple[int, int]:
@@ -80,6 +98,11 @@ def claim_index() -> tuple[int, int]:
 
 
 def release_index(fd: int) -> None:
+    """Give the index back: remove its lock file (while still holding it) and unlock."""
+    path = _lock_paths.pop(fd, None)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.unlink()
     with contextlib.suppress(OSError):
         os.close(fd)
 
@@ -90,8 +113,8 @@ def cleanup_all_stale() -> list[str]:
     seen = {_index_of(name) for name in namespaces + links}
     if STATE_ROOT.is_dir():
         for entry in STATE_ROOT.iterdir():
-            match = re.fullmatch(rf"{NAME_PREFIX}(\d+)", entry.name)
-            if match and entry.is_dir():
+            match = re.fullmatch(rf"{NAME_PREFIX}(\d+)(\.lock)?", entry.name)
+            if match:  # a state dir, or a lock file a killed instance could not remove
                 seen.add(int(match.group(1)))
     removed: list[str] = []
     for index in sorted(i for i in seen if i is not None):
@@ -101,7 +124,7 @@ def cleanup_all_stale() -> list[str]:
         try:
             removed += cleanup_index(index, namespaces, links)
         finally:
-            os.close(fd)
+            release_index(fd)
     return removed
 
 
