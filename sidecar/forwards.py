@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -189,7 +188,7 @@ class BindError(OSError):
 
 
 def bind_error_text(port: int, exc: OSError) -> str:
-    reason = exc.strerror or str(exc)
+    reason = listen.error_text(exc)
     if exc.errno == errno.EACCES and port < 1024:
         hint = (
             f"ports below 1024 need the pod sysctl net.ipv4.ip_unprivileged_port_start<={port}"
@@ -306,17 +305,6 @@ class _Accepted(SocketEnd):
 # ---------------------------------------------------------------- direct-tcpip
 
 
-def connect_error_text(exc: OSError) -> str:
-    """`Connection refused`, `Name or service not known`, `timed out`... (no Python noise)."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, socket.gaierror):
-        return exc.strerror or str(exc)
-    if exc.errno is not None and exc.errno > 0:
-        return os.strerror(exc.errno)
-    return exc.strerror or str(exc)
-
-
 def direct_connection(
     conn: asyncssh.SSHServerConnection, dest_host: str, dest_port: int, label: str, tally: Tally
 ) -> tuple[asyncssh.SSHTCPChannel[bytes], Awaitable[asyncssh.SSHTCPSession[bytes]]]:
@@ -334,7 +322,7 @@ def direct_connection(
                 CONNECT_TIMEOUT,
             )
         except (OSError, TimeoutError) as exc:
-            reason = connect_error_text(exc)
+            reason = listen.error_text(exc)
             message = f"cannot connect to {hostport(dest_host, dest_port)}: {reason}"
             pipe.close(message)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, message) from None

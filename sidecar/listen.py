@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
 LISTEN_BACKLOG = 512
@@ -42,3 +43,15 @@ def all_interfaces(port: int) -> list[socket.socket]:
         v4.close()
         raise
     return [v4, v6]
+
+
+def error_text(exc: OSError) -> str:
+    """`Address already in use`, `Connection refused`, `Name or service not known`,
+    `timed out`: the reason alone, without asyncio's wrapping."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, socket.gaierror):
+        return exc.strerror or str(exc)
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncssh
 
-from sidecar import commands, forwards, health, protocol
+from sidecar import commands, forwards, health, listen, protocol
 from sidecar.ports import Claim, PortRegistry, refusal_message
 from sidecar.settings import Settings
 
@@ -231,7 +231,7 @@ async def serve(
     except OSError as exc:
         print(
             f"sidecar: cannot listen for health checks on port {settings.health_port}: "
-            f"{exc.strerror or exc}; nothing was started",
+            f"{listen.error_text(exc)}; nothing was started",
             file=sys.stderr,
         )
         return 1
@@ -256,7 +256,7 @@ async def serve(
         print(
             "sidecar: cannot listen for SSH on "
             f"{forwards.hostport(settings.bind, settings.ssh_port)}: "
-            f"{exc.strerror or exc}; nothing was started",
+            f"{listen.error_text(exc)}; nothing was started",
             file=sys.stderr,
         )
         return 1
