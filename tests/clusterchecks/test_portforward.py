@@ -1,0 +1,140 @@
+"""Point 7: pods/portforward through `kubernetes.stream.portforward` (the official client's
+websocket implementation of v4.channel.k8s.io)."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.stream import portforward
+
+pytestmark = pytest.mark.cluster
+
+SERVER = """
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("pod=" + os.environ["POD_NAME"] + " path=" + self.path).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", 8080), H).serve_forever()
+"""
+
+
+@pytest.fixture
+def web_pod(core_v1: Any, namespace: str, wait_until: Any) -> str:
+    core_v1.create_namespaced_pod(namespace, client.V1Pod(
+        metadata=client.V1ObjectMeta(name="pf"),
+        spec=client.V1PodSpec(termination_grace_period_seconds=1, containers=[
+            client.V1Container(
+                name="web", image="example/web:1", command=["python3", "-c", SERVER],
+                env=[client.V1EnvVar(name="POD_NAME", value_from=client.V1EnvVarSource(
+                    field_ref=client.V1ObjectFieldSelector(field_path="metadata.name")))],
+                # Bound to 127.0.0.1 only: reachable by port-forward (which dials localhost in
+                # the pod's network namespace) and by an exec probe, not via the pod IP.
+                readiness_probe=client.V1Probe(
+                    _exec=client.V1ExecAction(command=[
+                        "python3", "-c",
+                        "import socket; socket.create_connection(('127.0.0.1', 8080), 1)"]),
+                    period_seconds=1))])))
+
+    def ready() -> bool:
+        pod = core_v1.read_namespaced_pod("pf", namespace)
+        return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+    wait_until(ready, 30, "the pod to be Ready")
+    return "pf"
+
+
+def _http_get(sock: Any, path: str) -> bytes:
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_http_through_portforward(core_v1: Any, namespace: str, web_pod: str) -> None:
+    pf = portforward(core_v1.connect_get_namespaced_pod_portforward, web_pod, namespace,
+                     ports="8080")
+    try:
+        sock = pf.socket(8080)
+        sock.settimeout(20)
+        response = _http_get(sock, "/hello")
+        sock.close()
+        assert response.startswith(b"HTTP/1.0 200") or response.startswith(b"HTTP/1.1 200")
+        assert response.endswith(b"pod=pf path=/hello")
+        assert pf.error(8080) is None
+    finally:
+        pf.close()
+
+
+def test_two_sequential_forwards_and_large_payload(core_v1: Any, namespace: str,
+                                                   web_pod: str) -> None:
+    for i in range(2):
+        pf = portforward(core_v1.connect_get_namespaced_pod_portforward, web_pod, namespace,
+                         ports="8080")
+        try:
+            sock = pf.socket(8080)
+            sock.settimeout(20)
+            response = _http_get(sock, "/" + "x" * 4000 + str(i))
+            assert response.endswith(("x" * 4000 + str(i)).encode())
+        finally:
+            pf.close()
+
+
+def test_error_channel_when_nothing_listens(core_v1: Any, namespace: str, web_pod: str) -> None:
+    pf = portforward(core_v1.connect_get_namespaced_pod_portforward, web_pod, namespace,
+                     ports="9999")
+    try:
+        sock = pf.socket(9999)
+        sock.settimeout(20)
+        # The connection closes without data; the error channel says why.
+        try:
+            data = sock.recv(1024)
+        except (ConnectionError, socket.timeout):
+            data = b""
+        assert data == b""
+        sock.close()
+        import time
+        deadline = time.monotonic() + 10
+        while pf.error(9999) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        error = pf.error(9999)
+        assert error is not None and "9999" in error
+    finally:
+        pf.close()
+
+
+def test_portforward_to_missing_pod_is_404(core_v1: Any, namespace: str) -> None:
+    from kubernetes.client.rest import ApiException
+    with pytest.raises(ApiException) as info:
+        portforward(core_v1.connect_get_namespaced_pod_portforward, "nope", namespace,
+                    ports="80")
+    # The client reports a failed websocket handshake as status 0 with the HTTP status text.
+    assert "404" in str(info.value.reason)
+
+
+def test_raw_http_client_through_portforward(core_v1: Any, namespace: str, web_pod: str
+                                             ) -> None:
+    pf = portforward(core_v1.connect_get_namespaced_pod_portforward, web_pod, namespace,
+                     ports="8080")
+    try:
+        conn = http.client.HTTPConnection("pod", 8080, timeout=20)
+        conn.sock = pf.socket(8080)
+        conn.request("GET", "/via-http-client")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read() == b"pod=pf path=/via-http-client"
+        conn.close()
+    finally:
+        pf.close()
