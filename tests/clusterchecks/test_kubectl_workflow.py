@@ -27,7 +27,7 @@ spec:
       containers:
       - name: web
         image: example/hello:1
-        command: [python3, -u, -c, "import time; print('hello from the pod', flush=True); time.sleep(600)"]
+        command: [python3, -u, -c, "import time; print('hello from the pod'); time.sleep(600)"]
 ---
 apiVersion: v1
 kind: Service
