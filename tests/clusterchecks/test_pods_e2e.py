@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 import textwrap
@@ -44,7 +45,8 @@ def ns(api_client: Any) -> Iterator[str]:
         yield name
     finally:
         for p in core.list_namespaced_pod(name).items:
-            core.delete_namespaced_pod(p.metadata.name, name, grace_period_seconds=0)
+            with contextlib.suppress(ApiException):  # its controller may have removed it
+                core.delete_namespaced_pod(p.metadata.name, name, grace_period_seconds=0)
         core.delete_namespace(name)
 
 
