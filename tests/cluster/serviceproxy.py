@@ -8,17 +8,22 @@ an endpoint that refuses is skipped for the next. No ready endpoint: the connect
 Listeners follow the Services, backends follow the Endpoints. Existing connections are kept when
 a Service or endpoint goes away, as with conntrack.
 
-The relay is protocol based (no coroutine per chunk): reading one side is paused while the
-other side's write buffer is full, and a half-close on one side is passed on as a half-close.
+Accepting and connecting happen on the event loop; the bytes are then moved by a `Relay`
+(splice(2) on two threads), so bulk traffic neither copies through Python nor slows the API
+server that shares the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import logging
-from collections.abc import Iterable
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +36,8 @@ log = logging.getLogger(__name__)
 BackendKey = tuple[str, str, str]  # namespace, service name, port name
 Target = tuple[str, int]
 CONNECT_TIMEOUT = 2.0
-WRITE_HIGH_WATER = 1 << 20
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, named in Python 3.10+ on Linux only
 
 
 @dataclass(frozen=True)
@@ -71,97 +77,74 @@ def ready_backends(endpoints: Iterable[Obj]) -> dict[BackendKey, list[Target]]:
     return out
 
 
-class _Side(asyncio.Protocol):
-    """One end of a relayed connection; `peer` is the other end."""
+class Relay:
+    """Copies bytes both ways between two connected sockets, one thread per direction, with
+    splice(2) through a pipe (no copy through Python, no load on the event loop). An EOF on one
+    side becomes a half-close (SHUT_WR) on the other; an error ends both directions."""
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.peer: _Side | None = None
-        self.eof = False
-        self.closed = False
+    def __init__(self, a: socket.socket, b: socket.socket,
+                 on_done: Callable[[Relay], None]) -> None:
+        self.sockets = (a, b)
+        self._on_done = on_done
+        self._lock = threading.Lock()
+        self._running = 2
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+    def start(self) -> None:
+        a, b = self.sockets
+        for src, dst in ((a, b), (b, a)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True,
+                             name="clusterip-relay").start()
 
-    def data_received(self, data: bytes) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.write(data)
+    def abort(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
-    def eof_received(self) -> bool:
-        self.eof = True
-        peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.closed:
-            if peer.eof:
-                peer.transport.close()
-                return False
-            if peer.transport.can_write_eof():
-                peer.transport.write_eof()
-        return True  # keep the other direction open
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        read_end, write_end = os.pipe()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(write_end, F_SETPIPE_SZ, PIPE_SIZE)
+        try:
+            while True:
+                n = os.splice(src.fileno(), write_end, PIPE_SIZE)
+                if n == 0:
+                    break
+                while n:
+                    n -= os.splice(read_end, dst.fileno(), n)
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.abort()
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+            with self._lock:
+                self._running -= 1
+                last = self._running == 0
+            if last:
+                for sock in self.sockets:
+                    sock.close()
+                self._on_done(self)
 
-    def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
 
-    def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            with contextlib.suppress(RuntimeError):
-                self.peer.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.peer is not None and self.peer.transport is not None and not self.peer.closed:
-            self.peer.transport.close()
-
-
-class _Client(_Side):
-    def __init__(self, proxy: ServiceProxy, backend: BackendKey) -> None:
-        super().__init__()
-        self.proxy = proxy
-        self.backend = backend
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        assert self.transport is not None
-        self.transport.pause_reading()
-        task = asyncio.get_running_loop().create_task(self._connect())
-        self.proxy._tasks.add(task)
-        task.add_done_callback(self.proxy._tasks.discard)
-
-    async def _connect(self) -> None:
-        assert self.transport is not None
-        loop = asyncio.get_running_loop()
-        for host, port in self.proxy.candidates(self.backend):
-            if self.closed:
-                return
-            try:
-                _, side = await asyncio.wait_for(
-                    loop.create_connection(_Side, host, port), CONNECT_TIMEOUT
-                )
-            except (OSError, TimeoutError):
-                continue
-            if self.closed:
-                if side.transport is not None:
-                    side.transport.close()
-                return
-            side.peer, self.peer = self, side
-            self.transport.resume_reading()
-            return
-        self.transport.close()  # nothing ready to take it
+@dataclass
+class _Listener:
+    listen: Listen
+    sock: socket.socket
+    task: asyncio.Task[None]
 
 
 class ServiceProxy:
     def __init__(self, store: Store, network: Network) -> None:
         self.store = store
         self.network = network
-        self._servers: dict[tuple[str, int], tuple[Listen, asyncio.Server]] = {}
+        self._listeners: dict[tuple[str, int], _Listener] = {}
         self._backends: dict[BackendKey, list[Target]] = {}
         self._round_robin: dict[BackendKey, itertools.count[int]] = {}
         self._dirty = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._relays: set[Relay] = set()
         self._main: list[asyncio.Task[None]] = []
-        self.synced = asyncio.Event()
 
     def candidates(self, key: BackendKey) -> list[Target]:
         """Ready targets for `key` in round-robin order starting after the last one used."""
@@ -196,29 +179,69 @@ class ServiceProxy:
     async def _sync(self) -> None:
         self._backends = ready_backends(self.store.list("endpoints")[0])
         wanted = desired_listeners(self.store.list("services")[0])
-        for key, (listen, server) in list(self._servers.items()):
-            if wanted.get(key) != listen:
-                server.close()
-                del self._servers[key]
+        for key, listener in list(self._listeners.items()):
+            if wanted.get(key) != listener.listen:
+                await self._close_listener(listener)
+                del self._listeners[key]
         in_use = {ip for ip, _ in wanted}
         for address in list(self.network.service_ips()):
             if address not in in_use:
                 await self.network.remove_service_ip(address)
-        loop = asyncio.get_running_loop()
         for key, listen in wanted.items():
-            if key in self._servers:
+            if key in self._listeners:
                 continue
             try:
                 await self.network.add_service_ip(listen.ip)
-                server = await loop.create_server(
-                    lambda b=listen.backend: _Client(self, b),  # type: ignore[misc]
-                    listen.ip, listen.port, reuse_address=True,
-                )
+                sock = socket.create_server((listen.ip, listen.port), backlog=128)
             except OSError as exc:
                 log.error("cannot listen on %s:%s: %s", listen.ip, listen.port, exc)
                 continue
-            self._servers[key] = (listen, server)
-        self.synced.set()
+            sock.setblocking(False)
+            task = asyncio.create_task(self._accept(sock, listen.backend))
+            self._listeners[key] = _Listener(listen, sock, task)
+
+    @staticmethod
+    async def _close_listener(listener: _Listener) -> None:
+        # Stop accepting first (that unregisters the fd from the loop), then close.
+        listener.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener.task
+        listener.sock.close()
+
+    async def _accept(self, listener: socket.socket, backend: BackendKey) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                client, _ = await loop.sock_accept(listener)
+            except OSError:
+                return  # listener closed
+            task = asyncio.create_task(self._connect(client, backend))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, client: socket.socket, backend: BackendKey) -> None:
+        loop = asyncio.get_running_loop()
+        for host, port in self.candidates(backend):
+            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            upstream.setblocking(False)
+            try:
+                await asyncio.wait_for(loop.sock_connect(upstream, (host, port)),
+                                       CONNECT_TIMEOUT)
+            except (OSError, TimeoutError):
+                upstream.close()
+                continue
+            except BaseException:
+                upstream.close()
+                client.close()
+                raise
+            for sock in (client, upstream):
+                sock.setblocking(True)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            relay = Relay(client, upstream, self._relays.discard)
+            self._relays.add(relay)
+            relay.start()
+            return
+        client.close()  # nothing ready to take it
 
     async def stop(self) -> None:
         for task in self._main:
@@ -226,10 +249,12 @@ class ServiceProxy:
         for task in self._main:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for _, server in self._servers.values():
-            server.close()
-        self._servers.clear()
+        for listener in self._listeners.values():
+            await self._close_listener(listener)
+        self._listeners.clear()
         for task in list(self._tasks):
             task.cancel()
+        for relay in list(self._relays):
+            relay.abort()
         for address in list(self.network.service_ips()):
             await self.network.remove_service_ip(address)
