@@ -199,8 +199,12 @@ class Session:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._heartbeat)
             await self._start_proxy()
+            if self.opts.command:
+                await self._start_child()
+            if self.child is None or await self._wait_child_listening():
+                await self._hand_over()
             tg.start_soon(self._watchdog)
-            code = await self._run_child_or_hold()
+            code = await self._hold()
             tg.cancel_scope.cancel()
         return code
 
@@ -286,21 +290,29 @@ class Session:
         p.info(f"created proxy deployment/{self.lock.proxy}")
         try:
             with anyio.fail_after(o.timeout):
-                self.link = await self._connect(first=True)
+                self.link = await self._connect(first=True, forward=False)
         except TimeoutError:
             raise BridgeError(f"timed out after {o.timeout:g}s waiting for the proxy pod of "
                               f"deployment/{self.lock.proxy} to start") from None
-        try:
-            with anyio.fail_after(o.timeout):
-                await self._wait_proxy_ready(self.link.pod)
-            pod_env = await self.link.tunnel.env()
-        except TimeoutError:
-            raise BridgeError(f"timed out after {o.timeout:g}s waiting for proxy pod "
-                              f"{self.link.pod} to become Ready") from None
+        pod_env = await self.link.tunnel.env()
         self.child_env = envmod.overlay(os.environ, pod_env)
         self._write_env_files(pod_env)
-        # Traffic now reaches the laptop through the proxy: take the original out.
+
+    async def _hand_over(self) -> None:
+        """Remote forwards on (so the proxy turns Ready), then the original out. The proxy only
+        gets traffic once the laptop side listens, and the original only goes once the
+        Services send traffic to the proxy: no request finds nobody."""
+        o, p, kube, link = self.opts, self.progress, self._kube(), self.link
+        assert link is not None
+        await self._forward(link)
+        try:
+            with anyio.fail_after(o.timeout):
+                await self._wait_proxy_ready(link.pod)
+        except TimeoutError:
+            raise BridgeError(f"timed out after {o.timeout:g}s waiting for proxy pod "
+                              f"{link.pod} to become Ready") from None
         await kube.patch_deployment(self.name, plan.scale_patch(0))
+        await self._wait_drained(link.pod)
         assert self.lock is not None
         p.info(f"scaled deployment/{self.name} to 0 (was {self.lock.replicas}); traffic for "
                + ", ".join(f"port {pm.remote} -> localhost:{pm.local}" for pm in self.ports))
@@ -309,7 +321,7 @@ class Session:
         assert self.kube is not None
         return self.kube
 
-    async def _connect(self, first: bool) -> Link:
+    async def _connect(self, first: bool, forward: bool = True) -> Link:
         """Find the proxy pod, read its host key, port-forward + SSH, remote-forward the ports."""
         from bridge import portforward
         from bridge import tunnel as tunnelmod
@@ -329,15 +341,19 @@ class Session:
         try:
             info = await tun.version()
             p.detail(f"sidecar {info.get('sidecar')} protocol {info.get('protocol')}")
-            for pm in self.ports:
-                await tun.forward(pm.remote, "127.0.0.1", pm.local)
-                p.detail(f"remote forward {pod}:{pm.remote} -> 127.0.0.1:{pm.local}")
+            if forward:
+                await self._forward(link)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await link.close()
             raise
         p.info(f"tunnel to pod {pod} up")
         return link
+
+    async def _forward(self, link: Link) -> None:
+        for pm in self.ports:
+            await link.tunnel.forward(pm.remote, "127.0.0.1", pm.local)
+            self.progress.detail(f"remote forward {link.pod}:{pm.remote} -> 127.0.0.1:{pm.local}")
 
     async def _wait_proxy_pod(self, first: bool) -> tuple[str, str]:
         """The running proxy pod and its host key; fails fast when the pod cannot start."""
@@ -416,6 +432,34 @@ class Session:
             waiter.tick()
             await anyio.sleep(POLL)
 
+    async def _wait_drained(self, pod_name: str) -> None:
+        """Until the Services send traffic to the proxy only (bounded; informational)."""
+        kube = self._kube()
+        services = await restore.services_selecting(kube, self.manifest)
+        if not services:
+            return
+        pods = await kube.list_pods(f"{state.SESSION_LABEL}={self.session_id}")
+        ips = {str(q.get("status", {}).get("podIP")) for q in pods
+               if target.name_of(q) == pod_name}
+        waiter = self.progress.waiting(f"the original pods of deployment/{self.name} to leave "
+                                       "the Service endpoints")
+        with anyio.move_on_after(self.opts.timeout):
+            while True:
+                try:
+                    current = set()
+                    for svc in services:
+                        current |= restore._endpoint_ips(
+                            await kube.get_endpoints(target.name_of(svc)))
+                except ApiError:
+                    return  # not allowed to read Endpoints: nothing more to learn
+                if current <= ips:
+                    waiter.done()
+                    return
+                waiter.tick()
+                await anyio.sleep(POLL)
+        self.progress.warn("the original pods are still in the Service endpoints after "
+                           f"{self.opts.timeout:g}s")
+
     def _write_env_files(self, pod_env: dict[str, str]) -> None:
         o, p = self.opts, self.progress
         exported = {k: v for k, v in pod_env.items() if not envmod.is_local(k)}
@@ -436,21 +480,46 @@ class Session:
 
     # -- running ----------------------------------------------------------------------------
 
-    async def _run_child_or_hold(self) -> int:
+    async def _start_child(self) -> None:
         from bridge import runner
 
+        cmd = self.opts.command
+        self.child = child = await runner.Child.start(cmd, self.child_env)
+        self.stack.push("stopping the command", lambda: child.terminate_tree(CHILD_GRACE))
+        self.progress.info(f"started {' '.join(cmd)} (pid {child.pid})")
+
+    async def _wait_child_listening(self) -> bool:
+        """Until the command accepts connections on every local port (bounded by --timeout;
+        then bridge hands over anyway). False when the command exited meanwhile."""
+        child, p = self.child, self.progress
+        waiting = [pm.local for pm in self.ports]
+        waiter = p.waiting("the command to listen on " + ", ".join(
+            f"127.0.0.1:{n}" for n in waiting))
+        with anyio.move_on_after(self.opts.timeout):
+            while waiting:
+                if child.returncode is not None:
+                    return False
+                waiting = [n for n in waiting if not await _accepts(n)]
+                if waiting:
+                    waiter.tick()
+                    await anyio.sleep(0.1)
+            waiter.done()
+            return True
+        p.warn(f"the command does not listen on {', '.join(map(str, waiting))} after "
+               f"{self.opts.timeout:g}s; handing the traffic over anyway")
+        return True
+
+    async def _hold(self) -> int:
         o, p = self.opts, self.progress
-        if not o.command:
+        if self.child is None:
             listen = ", ".join(f"127.0.0.1:{pm.local}" for pm in self.ports)
             p.info(f"attached: start your service listening on {listen} with the environment "
                    f"in {self.env_file}; press Ctrl-C to end the swap")
             self.attach_mode_held = True
             await anyio.sleep_forever()
-        self.child = await runner.Child.start(o.command, self.child_env)
-        child = self.child
-        self.stack.push("stopping the command", lambda: child.terminate_tree(CHILD_GRACE))
-        p.info(f"started {' '.join(o.command)} (pid {child.pid})")
-        code: int = await child.wait()
+        if self.child.returncode is None:
+            p.info(f"swapped: {' '.join(o.command)} gets the traffic; Ctrl-C ends the swap")
+        code: int = await self.child.wait()
         p.info(f"command exited with code {code}")
         return code
 
@@ -523,6 +592,15 @@ async def resolve_target(kube: Kube, text: str) -> tuple[Obj, list[Obj]]:
         deployment = dict(target.resolve_service(svc, await kube.list_deployments()))
     services = await restore.services_selecting(kube, deployment)
     return deployment, services
+
+
+async def _accepts(port: int) -> bool:
+    try:
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+    except OSError:
+        return False
+    await stream.aclose()
+    return True
 
 
 def _annotations(obj: Obj) -> dict[str, str]:

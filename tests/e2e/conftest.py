@@ -1,0 +1,324 @@
+"""End-to-end helpers: a sample workload per test in its own namespace, `bridge` as a real
+subprocess, HTTP through the Service's ClusterIP, and the check that the cluster is restored.
+
+The workload's container runs a tiny HTTP server answering `cluster <pod> <port>` on every port
+in its PORTS variable; the swapped-in local child (`LOCAL_SERVER`) answers `laptop <port>`, so
+each response says who served it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge import state
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT = 60.0  # bound on any single wait in these tests
+
+CLUSTER_SERVER = r"""
+import http.server, os, socketserver, threading
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        port = self.server.server_address[1]
+        body = f"cluster {os.environ['HOSTNAME']} {port}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+servers = [S(("", int(p)), H) for p in os.environ["PORTS"].split(",")]
+for s in servers[1:]:
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+servers[0].serve_forever()
+"""
+
+# argv: PORT... ; GET /exit/N answers then exits with code N; GET /env answers the environment.
+LOCAL_SERVER = r"""
+import http.server, json, os, sys, threading
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        port = self.server.server_address[1]
+        if self.path == "/env":
+            body = json.dumps(dict(os.environ)).encode()
+        else:
+            body = f"laptop {port}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+        if self.path.startswith("/exit/"):
+            os._exit(int(self.path.rsplit("/", 1)[1]))
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+servers = [S(("127.0.0.1", int(p)), H) for p in sys.argv[1:]]
+for s in servers[1:]:
+    threading.Thread(target=s.serve_forever, daemon=True).start()
+print("local server up", flush=True)
+servers[0].serve_forever()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(ip: str, port: int, path: str = "/", timeout: float = 3.0) -> str:
+    """One HTTP/1.0 GET over a fresh connection; the body, or raise OSError."""
+    with socket.create_connection((ip, port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep or not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n")[0]:
+        raise OSError(f"bad HTTP response: {data[:200]!r}")
+    return body.decode()
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = WAIT,
+               every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (OSError, AssertionError, subprocess.SubprocessError) as e:
+            last = e
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Bridge:
+    """`bridge` running as a subprocess; stderr collected in a file."""
+
+    proc: subprocess.Popen[str]
+    stderr_path: Path
+    stdout_path: Path
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = WAIT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.stderr:
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"bridge exited {self.proc.returncode} before "
+                                     f"{text!r}:\n{self.stderr}")
+            time.sleep(0.1)
+        raise AssertionError(f"bridge did not say {text!r} within {timeout:g}s:\n{self.stderr}")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 2 * WAIT) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            raise AssertionError(
+                f"bridge did not exit within {timeout:g}s:\n{self.stderr}") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@dataclass
+class Workload:
+    """A Deployment + Service in a namespace of its own, and how to drive bridge against it."""
+
+    kubectl: Any
+    kubeconfig: str
+    namespace: str
+    name: str
+    replicas: int
+    tmp: Path
+    bridges: list[Bridge] = field(default_factory=list)
+    children: list[subprocess.Popen[str]] = field(default_factory=list)
+
+    def k(self, *args: str, check: bool = True) -> str:
+        out: str = self.kubectl("-n", self.namespace, *args, check=check)
+        return out
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.k("get", kind, name, "-o", "json"))
+        return data
+
+    def service_ip(self, service: str | None = None) -> str:
+        return str(self.get("service", service or self.name)["spec"]["clusterIP"])
+
+    def bridge(self, *args: str, env: dict[str, str] | None = None) -> Bridge:
+        """Start `bridge --kubeconfig K -n NS ARGS...`; it is killed at teardown if still alive."""
+        n = len(self.bridges)
+        err, out = self.tmp / f"bridge{n}.err", self.tmp / f"bridge{n}.out"
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        with open(err, "w") as e, open(out, "w") as o:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bridge.cli", "--kubeconfig", self.kubeconfig,
+                 "-n", self.namespace, *args],
+                cwd=REPO, stdin=subprocess.DEVNULL, stdout=o, stderr=e, env=full_env, text=True)
+        b = Bridge(proc, err, out)
+        self.bridges.append(b)
+        return b
+
+    def run_bridge(self, *args: str, env: dict[str, str] | None = None) -> tuple[int, Bridge]:
+        b = self.bridge(*args, env=env)
+        return b.wait(), b
+
+    def local_server(self, *ports: int) -> subprocess.Popen[str]:
+        """The laptop-side server, run by the test itself (attach mode)."""
+        p = subprocess.Popen([sys.executable, "-c", LOCAL_SERVER, *map(str, ports)],
+                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        self.children.append(p)
+        assert p.stdout is not None
+        assert p.stdout.readline().strip() == "local server up"
+        return p
+
+    def proxies(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = json.loads(self.k(
+            "get", "deployments", "-l", f"{state.MANAGED_BY_LABEL}={state.MANAGED_BY}",
+            "-o", "json"))["items"]
+        return items
+
+    def our_annotations(self) -> dict[str, str]:
+        ann = self.get("deployment", self.name)["metadata"].get("annotations") or {}
+        return {k: v for k, v in ann.items() if k.startswith(state.PREFIX)}
+
+    def assert_restored(self) -> None:
+        """The original has its replicas (Ready), and nothing of bridge's remains."""
+        dep = self.get("deployment", self.name)
+        assert dep["spec"]["replicas"] == self.replicas
+        assert self.our_annotations() == {}
+        assert self.proxies() == []
+        wait_until("the original to be Ready",
+                   lambda: (self.get("deployment", self.name).get("status") or {})
+                   .get("readyReplicas") == self.replicas)
+        wait_until("the proxy pods to be gone", lambda: json.loads(self.k(
+            "get", "pods", "-l", state.SESSION_LABEL, "-o", "json"))["items"] == [])
+
+    def assert_swapped(self) -> dict[str, Any]:
+        """The original is at zero with our lock; exactly one proxy. Returns the proxy."""
+        dep = self.get("deployment", self.name)
+        assert dep["spec"]["replicas"] == 0
+        assert state.decode(dep["metadata"].get("annotations")) is not None
+        proxies = self.proxies()
+        assert len(proxies) == 1
+        return proxies[0]
+
+    def cleanup(self) -> None:
+        for b in self.bridges:
+            b.kill()
+        for c in self.children:
+            if c.poll() is None:
+                c.kill()
+                c.wait(timeout=10)
+
+
+def workload_manifest(name: str, replicas: int, ports: list[dict[str, Any]],
+                      service_ports: list[dict[str, Any]], extra_env: list[dict[str, Any]]
+                      | None = None, env_from: list[dict[str, Any]] | None = None) -> str:
+    port_list = ",".join(str(p["containerPort"]) for p in ports)
+    container = {
+        "name": "web", "image": "python:3.11-slim",
+        "command": ["python3", "-c", CLUSTER_SERVER],
+        "ports": ports,
+        "env": [{"name": "PORTS", "value": port_list}] + (extra_env or []),
+        "readinessProbe": {"tcpSocket": {"port": ports[0]["containerPort"]},
+                           "periodSeconds": 1},
+    }
+    if env_from:
+        container["envFrom"] = env_from
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [container]}}}}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+               "spec": {"selector": {"app": name}, "ports": service_ports}}
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": [deployment, service]})
+
+
+@pytest.fixture
+def namespace(kubectl: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    ns = f"e2e-{request.node.name[:30].lower().replace('_', '-').strip('-')}-" \
+         f"{secrets.token_hex(2)}"
+    ns = "".join(c if c.isalnum() or c == "-" else "-" for c in ns)
+    kubectl("apply", "--validate=false", "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+    try:
+        yield ns
+    finally:
+        kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@pytest.fixture
+def make_workload(cluster: Any, kubectl: Any, namespace: str,
+                  tmp_path: Path) -> Iterator[Callable[..., Workload]]:
+    """Create the sample workload; at teardown, check that bridge left the cluster as it was."""
+    made: list[Workload] = []
+
+    def make(name: str = "hello", replicas: int = 2, ports: list[dict[str, Any]] | None = None,
+             service_ports: list[dict[str, Any]] | None = None, prelude: str = "",
+             **kw: Any) -> Workload:
+        if ports is None:
+            ports = [{"name": "http", "containerPort": free_port()}]
+        if service_ports is None:
+            service_ports = [{"name": "http", "port": 80, "targetPort": ports[0].get("name")
+                              or ports[0]["containerPort"]}]
+        if prelude:
+            kubectl("-n", namespace, "apply", "--validate=false", "-f", "-", input=prelude)
+        kubectl("-n", namespace, "apply", "--validate=false", "-f", "-",
+                input=workload_manifest(name, replicas, ports, service_ports, **kw))
+        w = Workload(kubectl, cluster.kubeconfig, namespace, name, replicas, tmp_path)
+        made.append(w)
+        wait_until(f"deployment/{name} to be Ready",
+                   lambda: (w.get("deployment", name).get("status") or {})
+                   .get("readyReplicas") == replicas)
+        ip = w.service_ip()
+        wait_until("the Service to answer from the cluster",
+                   lambda: http_get(ip, 80).startswith("cluster "))
+        return w
+
+    yield make
+    for w in made:
+        w.cleanup()
+    for w in made:  # after every test: original replicas, no proxy, no annotation of ours
+        w.assert_restored()
+
+
+def sig_name(sig: int) -> str:
+    return signal.Signals(sig).name

@@ -1,0 +1,332 @@
+"""`bridge swap` end to end on the local test cluster, with real HTTP through the Service.
+
+After every test the `make_workload` fixture checks that the original Deployment has its
+replicas (Ready), and that no proxy and no annotation of bridge's remains.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from bridge import env as envmod
+from bridge import state
+from sidecar import protocol
+
+from .conftest import LOCAL_SERVER, free_port, http_get, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+
+
+def local_child(*ports: int) -> list[str]:
+    import sys
+
+    return ["--", sys.executable, "-c", LOCAL_SERVER, *map(str, ports)]
+
+
+def test_traffic_reaches_the_child_on_every_port(make_workload: Any) -> None:
+    """Named targetPort, REMOTE:LOCAL mapping, and a port below 1024, through svc/NAME."""
+    http_port, other_port = free_port(), free_port()
+    w = make_workload(
+        ports=[{"name": "http", "containerPort": http_port},
+               {"containerPort": other_port}, {"name": "low", "containerPort": 80}],
+        service_ports=[{"name": "web", "port": 80, "targetPort": "http"},
+                       {"name": "other", "port": 81, "targetPort": other_port},
+                       {"name": "low", "port": 82, "targetPort": 80}])
+    ip = w.service_ip()
+    local_other, local_low = free_port(), free_port()
+    b = w.bridge("swap", "svc/hello", "--port", "http", "--port", f"{other_port}:{local_other}",
+                 "--port", f"80:{local_low}", *local_child(http_port, local_other, local_low))
+    b.wait_for("swapped: ")
+    proxy = w.assert_swapped()
+    pod = proxy["spec"]["template"]["spec"]
+    assert {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"} in \
+        pod["securityContext"]["sysctls"]
+    # every Service port now reaches the laptop process, on the mapped local port
+    for _ in range(5):
+        assert http_get(ip, 80) == f"laptop {http_port}\n"
+        assert http_get(ip, 81) == f"laptop {local_other}\n"
+        assert http_get(ip, 82) == f"laptop {local_low}\n"
+    assert http_get(ip, 80, "/exit/0") == f"laptop {http_port}\n"
+    assert b.wait() == 0
+    assert "restored" in b.stderr
+    assert http_get(ip, 80).startswith("cluster ")
+    assert http_get(ip, 82).startswith("cluster ")
+
+
+PRELUDE = """
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: ConfigMap
+  metadata: {name: settings}
+  data: {LOG_LEVEL: debug, FROM_CM_PREFIXED: "yes"}
+- apiVersion: v1
+  kind: Secret
+  metadata: {name: creds}
+  stringData:
+    password: "s3cr3t 'quoted' $HOME"
+    cert: |
+      -----BEGIN CERT-----
+      line two
+      -----END CERT-----
+- apiVersion: v1
+  kind: Service
+  metadata: {name: db}
+  spec:
+    selector: {app: nothing}
+    ports: [{name: pg, port: 5432}]
+"""
+
+
+def test_child_environment_comes_from_the_pod(make_workload: Any, tmp_path: Any) -> None:
+    w = make_workload(
+        prelude=PRELUDE,
+        extra_env=[
+            {"name": "PLAIN", "value": "plain value"},
+            {"name": "FROM_CM", "valueFrom": {"configMapKeyRef": {"name": "settings",
+                                                                  "key": "LOG_LEVEL"}}},
+            {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds",
+                                                                   "key": "password"}}},
+            {"name": "HOME", "value": "/pod-home"},
+        ],
+        env_from=[{"configMapRef": {"name": "settings"}, "prefix": "CM_"},
+                  {"secretRef": {"name": "creds"}}])
+    port = w.get("deployment", "hello")["spec"]["template"]["spec"]["containers"][0][
+        "ports"][0]["containerPort"]
+    dump, env_file = tmp_path / "env.json", tmp_path / "pod.env"
+    script = ("import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], 'w')); "
+              "sys.exit(0)")
+    import os
+    import sys
+
+    code, b = w.run_bridge("swap", "hello", "--env-file", str(env_file), "--",
+                           sys.executable, "-c", script, str(dump))
+    assert code == 0, b.stderr
+    env = json.loads(dump.read_text())
+    assert env["PLAIN"] == "plain value"  # env
+    assert env["FROM_CM"] == "debug"  # configMapKeyRef
+    assert env["DB_PASSWORD"] == "s3cr3t 'quoted' $HOME"  # secretKeyRef
+    assert env["CM_LOG_LEVEL"] == "debug"  # envFrom configMap with prefix
+    assert env["cert"] == "-----BEGIN CERT-----\nline two\n-----END CERT-----\n"  # envFrom secret
+    db_ip = w.service_ip("db")
+    assert env["DB_SERVICE_HOST"] == db_ip  # service links
+    assert env["DB_SERVICE_PORT"] == "5432"
+    assert env["HELLO_SERVICE_HOST"] == w.service_ip()
+    assert env["PORTS"] == str(port)
+    # the laptop's own session variables are kept; bridge's sidecar settings are not leaked
+    assert env["HOME"] == os.environ["HOME"]
+    assert env["PATH"] == os.environ["PATH"]
+    assert not any(k.startswith(protocol.SETTINGS_PREFIX) for k in env)
+    # the env file holds the pod's values, multi-line secrets intact
+    written = envmod.parse_dotenv(env_file.read_text())
+    assert written["cert"] == env["cert"]
+    assert written["DB_PASSWORD"] == env["DB_PASSWORD"]
+    assert "HOME" not in written  # the laptop's own variables are not the pod's to export
+
+
+@pytest.mark.parametrize("script,expected", [
+    ("import sys; sys.exit(7)", 7),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", 128 + signal.SIGTERM),
+])
+def test_exit_code_propagates(make_workload: Any, script: str, expected: int) -> None:
+    import sys
+
+    w = make_workload(replicas=1)
+    code, b = w.run_bridge("swap", "hello", "--", sys.executable, "-c", script)
+    assert code == expected, b.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_signal_restores(make_workload: Any, sig: int) -> None:
+    w = make_workload()
+    port = free_port()
+    ip = w.service_ip()
+    b = w.bridge("swap", "hello", "--port", f"http:{port}", *local_child(port))
+    b.wait_for("swapped: ")
+    assert http_get(ip, 80) == f"laptop {port}\n"
+    b.signal(sig)
+    if sig == signal.SIGINT:  # a second Ctrl-C while restoring must not skip the restore
+        b.wait_for("restoring deployment/hello")
+        b.signal(signal.SIGINT)
+    code = b.wait()
+    assert code == 128 + sig, b.stderr  # the child died of the forwarded signal
+    assert "deployment/hello restored" in b.stderr
+    assert http_get(ip, 80).startswith("cluster ")
+
+
+def test_attach_mode_ends_on_ctrl_c(make_workload: Any) -> None:
+    w = make_workload()
+    port = free_port()
+    w.local_server(port)
+    b = w.bridge("swap", "hello", "--port", f"http:{port}")
+    b.wait_for("attached")
+    assert f"127.0.0.1:{port}" in b.stderr
+    env_path = b.stderr.split("environment in ", 1)[1].split(";", 1)[0]
+    assert envmod.parse_dotenv(open(env_path).read())["PORTS"]
+    assert http_get(w.service_ip(), 80) == f"laptop {port}\n"
+    b.signal(signal.SIGINT)
+    assert b.wait() == 0, b.stderr
+    assert b.stdout == ""  # progress goes to stderr only
+
+
+def test_kill_9_then_bridge_restore(make_workload: Any) -> None:
+    w = make_workload()
+    port = free_port()
+    w.local_server(port)
+    b = w.bridge("swap", "hello", "--port", f"http:{port}")
+    b.wait_for("attached")
+    b.kill()  # SIGKILL: nothing of bridge's cleanup runs
+    w.assert_swapped()
+    code, r = w.run_bridge("restore", "hello")
+    assert code == 0, r.stderr
+    w.assert_restored()
+    assert http_get(w.service_ip(), 80).startswith("cluster ")
+    code, r = w.run_bridge("restore", "hello")  # idempotent
+    assert code == 0, r.stderr
+    assert "not swapped; nothing to restore" in r.stderr
+
+
+def test_kill_9_then_next_swap_repairs_the_stale_session(make_workload: Any) -> None:
+    import sys
+
+    w = make_workload()
+    port = free_port()
+    w.local_server(port)
+    b = w.bridge("swap", "hello", "--port", f"http:{port}",
+                 env={"BRIDGE_HEARTBEAT_INTERVAL": "0.5", "BRIDGE_OWNER": "dead@laptop"})
+    b.wait_for("attached")
+    b.kill()
+    old_proxy = w.assert_swapped()["metadata"]["name"]
+    # while the heartbeat is fresh, a new swap is refused
+    code, r = w.run_bridge("swap", "hello", "--", "true", env={"BRIDGE_HEARTBEAT_TTL": "30"})
+    assert code == 1 and "already swapped by dead@laptop" in r.stderr, r.stderr
+    lock = state.decode(w.get("deployment", "hello")["metadata"]["annotations"])
+    assert lock is not None
+    # once it is stale (TTL 2s), the next swap restores it first, then proceeds
+    wait_until("the heartbeat to be 2s old",
+               lambda: state.is_stale(state.parse_time(time.strftime(
+                   "%Y-%m-%dT%H:%M:%SZ", time.gmtime())), lock.heartbeat, 2.0))
+    code, r = w.run_bridge("swap", "hello", "--", sys.executable, "-c",
+                           "import sys; sys.exit(3)", env={"BRIDGE_HEARTBEAT_TTL": "2"})
+    assert code == 3, r.stderr
+    assert "dead@laptop" in r.stderr and "restoring it first" in r.stderr
+    assert f"deleted proxy deployment/{old_proxy}" in r.stderr
+
+
+def test_second_swap_is_refused_naming_the_holder(make_workload: Any) -> None:
+    w = make_workload()
+    port = free_port()
+    w.local_server(port)
+    first = w.bridge("swap", "hello", "--port", f"http:{port}",
+                     env={"BRIDGE_OWNER": "alice@alices-laptop"})
+    first.wait_for("attached")
+    proxy = w.assert_swapped()
+    before = w.get("deployment", "hello")["metadata"]["annotations"]
+    code, second = w.run_bridge("swap", "hello", "--", "true",
+                                env={"BRIDGE_OWNER": "bob@bobs-laptop"})
+    assert code == 1
+    errors = [ln for ln in second.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1
+    assert "already swapped by alice@alices-laptop since" in errors[0]
+    assert errors[0].endswith("nothing was changed")
+    # nothing changed: same lock (bar the heartbeat), same single proxy
+    after = w.get("deployment", "hello")["metadata"]["annotations"]
+    assert {k: v for k, v in after.items() if k != state.HEARTBEAT} == \
+        {k: v for k, v in before.items() if k != state.HEARTBEAT}
+    assert [p["metadata"]["name"] for p in w.proxies()] == [proxy["metadata"]["name"]]
+    code, status = w.run_bridge("status")
+    assert code == 0
+    assert "alice@alices-laptop" in status.stdout and "live" in status.stdout
+    first.signal(signal.SIGTERM)
+    assert first.wait() == 0, first.stderr
+
+
+def test_restricted_user_gets_forbidden_and_nothing_changes(make_workload: Any) -> None:
+    w = make_workload()
+    before = w.get("deployment", "hello")
+    code, b = w.run_bridge("--context", "bridge-test-restricted", "swap", "hello", "--",
+                           "true")
+    assert code == 1
+    errors = [ln for ln in b.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1, b.stderr
+    assert "forbidden" in errors[0]
+    assert 'cannot patch resource "deployments"' in errors[0]
+    assert errors[0].endswith("nothing was changed")
+    after = w.get("deployment", "hello")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert w.proxies() == []
+
+
+@pytest.mark.parametrize("args,message", [
+    (["swap", "nope", "--", "true"], 'no deployment or service named "nope"'),
+    (["swap", "deployment/nope", "--", "true"], 'deployment "nope" not found'),
+    (["swap", "hello", "--port", "12", "--", "true"], "has no port 12"),
+    (["swap", "hello", "--container", "db", "--", "true"], "has no container 'db'"),
+    (["-n", "no-such-ns", "swap", "hello", "--", "true"], 'namespace "no-such-ns" not found'),
+])
+def test_user_errors_change_nothing(make_workload: Any, args: list[str], message: str) -> None:
+    w = make_workload(replicas=1)
+    rv = w.get("deployment", "hello")["metadata"]["resourceVersion"]
+    code, b = w.run_bridge(*args)
+    assert code == 1
+    errors = [ln for ln in b.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1, b.stderr
+    assert message in errors[0]
+    assert errors[0].endswith("nothing was changed")
+    assert w.get("deployment", "hello")["metadata"]["resourceVersion"] == rv
+
+
+def test_proxy_pod_that_cannot_start_is_reported(make_workload: Any) -> None:
+    w = make_workload(replicas=1)
+    code, b = w.run_bridge("swap", "hello", "--sidecar-image", "example.invalid/nothing:1",
+                           "--timeout", "30", "--", "true")
+    assert code == 1
+    errors = [ln for ln in b.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1, b.stderr
+    assert "proxy pod" in errors[0]
+    assert errors[0].endswith("the cluster was restored as it was")
+
+
+def test_handover_without_a_gap(make_workload: Any) -> None:
+    """A client requesting the Service every 50 ms through swap-in and restore: no failure."""
+    w = make_workload()
+    ip = w.service_ip()
+    port = free_port()
+    w.local_server(port)
+    answers: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        deadline = time.monotonic() + 240  # bounded, whatever happens
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                answers.append(http_get(ip, 80, timeout=5).split()[0])
+            except OSError as e:
+                failures.append(f"{len(answers)}: {e}")
+            time.sleep(0.05)
+
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    try:
+        wait_until("a few answers from the cluster", lambda: answers.count("cluster") >= 5)
+        b = w.bridge("swap", "hello", "--port", f"http:{port}")
+        b.wait_for("attached")
+        wait_until("answers from the laptop", lambda: answers[-5:] == ["laptop"] * 5)
+        b.signal(signal.SIGINT)
+        assert b.wait() == 0, b.stderr
+        n = len(answers)
+        wait_until("more answers after the restore", lambda: len(answers) >= n + 5)
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert failures == []
+    assert answers[0] == "cluster" and "laptop" in answers and answers[-5:] == ["cluster"] * 5
