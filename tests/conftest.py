@@ -179,3 +179,21 @@ def _wait_until(predicate: Callable[[], T | None | bool], timeout: float = 20.0,
 @pytest.fixture(scope="session")
 def wait_until() -> Callable[..., Any]:
     return _wait_until
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., ClusterProcess]]:
+    """Start extra test cluster instances (e.g. to check startup and shutdown); each is
+    stopped at teardown if the test did not stop it."""
+    started: list[ClusterProcess] = []
+
+    def start(*extra_args: str) -> ClusterProcess:
+        running = start_cluster(tmp_path / f"kubeconfig-{len(started)}", *extra_args)
+        started.append(running)
+        return running
+
+    try:
+        yield start
+    finally:
+        for running in started:
+            running.stop()

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from . import resources, tables
 from .auth import UNAUTHORIZED, Authenticator, User, authorize
-from .errors import ApiError, bad_request, method_not_allowed, not_found
+from .errors import ApiError, bad_request, method_not_allowed
 from .patch import SUPPORTED as PATCH_TYPES
 from .registry import DeleteOptions, Registry
 from .resources import Resource
@@ -124,9 +124,8 @@ class ApiServer:
                                reuse_address=True)
             await site.start()
             if i == 0 and port == 0:
-                server = site._server
-                assert server is not None
-                port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+                server: Any = site._server
+                port = server.sockets[0].getsockname()[1]
         return port
 
     async def close(self) -> None:
@@ -235,9 +234,6 @@ class ApiServer:
 
     # -- reads ---------------------------------------------------------------------------
 
-    def _namespace_must_exist(self, target: Target) -> None:
-        del target  # Kubernetes lists in a missing namespace return an empty list
-
     async def _get(self, request: web.Request, target: Target) -> web.StreamResponse:
         obj = self.store.get(target.resource.key, target.namespace, target.name or "")
         return self._render(request, target.resource, obj)
@@ -245,8 +241,7 @@ class ApiServer:
     async def _list(self, request: web.Request, target: Target) -> web.StreamResponse:
         r = target.resource
         predicate = predicate_for(request.query.get("labelSelector"),
-                                  request.query.get("fieldSelector"), r.key, r.kind,
-                                  r.api_version)
+                                  request.query.get("fieldSelector"), r.key)
         if _bool_param(request.query, "watch") or "/watch/" in request.path:
             return await self._watch(request, target, predicate)
         items, rv = self.store.list(r.key, target.namespace, predicate)
@@ -393,7 +388,7 @@ class ApiServer:
         obj, finished = self.registry.delete(r.key, target.namespace, target.name or "",
                                              options)
         if r.key in ("pods", "services", "namespaces") or not finished:
-            return json_response(obj, 200 if not finished or r.key != "x" else 200)
+            return json_response(obj)  # these return the object; others a Success Status
         details: Obj = {"name": obj["metadata"]["name"], "kind": r.plural,
                         "uid": obj["metadata"].get("uid")}
         if r.group:
@@ -406,8 +401,7 @@ class ApiServer:
         r = target.resource
         options = self._delete_options(request, await self._body(request))
         predicate = predicate_for(request.query.get("labelSelector"),
-                                  request.query.get("fieldSelector"), r.key, r.kind,
-                                  r.api_version)
+                                  request.query.get("fieldSelector"), r.key)
         items, _ = self.store.list(r.key, target.namespace, predicate)
         deleted = []
         for item in items:
@@ -486,6 +480,3 @@ class ApiServer:
             await response.write_eof()
         return response
 
-
-def not_found_path() -> ApiError:
-    return not_found("", "")

@@ -39,11 +39,8 @@ class Authenticator:
 
     def authenticate(self, authorization: str | None, peercert: dict[str, Any] | None
                      ) -> User | None:
-        """The user a request's Authorization header or (verified) client certificate names.
-
-        A presented but wrong token is rejected even when a certificate is also presented,
-        as Kubernetes' union authenticator would fail the token first only if no other one
-        succeeds; we keep it simple: a valid certificate wins, else the token decides."""
+        """The user a request's (CA-verified) client certificate or bearer token names, or
+        None. A verified certificate is tried first, then the token."""
         if peercert:
             user = user_from_cert(peercert)
             if user is not None:

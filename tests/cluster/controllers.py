@@ -157,6 +157,8 @@ def deployment_status(deployment: Obj, new_rs: Obj | None, all_rss: list[Obj],
         "readyReplicas": sum(s.get("readyReplicas", 0) for s in st),
         "availableReplicas": available,
     }
+    if previous.get("collisionCount"):
+        status["collisionCount"] = previous["collisionCount"]
     unavailable = max(0, replicas - available)
     if unavailable:
         status["unavailableReplicas"] = unavailable
@@ -363,7 +365,7 @@ class ControllerManager:
                 d["spec"].get("replicas", 1) + surge_and_unavailable(d)[0]),
             REVISION: str(revision),
         })
-        rs = {
+        rs: Obj = {
             "apiVersion": "apps/v1", "kind": "ReplicaSet",
             "metadata": {
                 "name": f"{d['metadata']['name']}-{h}", "namespace": d["metadata"]["namespace"],
@@ -523,7 +525,7 @@ class ControllerManager:
             subset = groups.setdefault(key, {"ports": ports})
             field = "addresses" if pod_ready(pod) else "notReadyAddresses"
             subset.setdefault(field, []).append(address)
-        subsets = []
+        subsets: list[Obj] = []
         for subset in groups.values():
             for field in ("addresses", "notReadyAddresses"):
                 if field in subset:
@@ -577,12 +579,10 @@ class ControllerManager:
         ns = self.store.try_get("namespaces", None, name)
         if ns is None or not ns["metadata"].get("deletionTimestamp"):
             return
-        remaining = 0
         for key, r in BY_KEY.items():
             if not r.namespaced:
                 continue
             for obj in self.store.list(key, name)[0]:
-                remaining += 1
                 if key == "pods" and obj["metadata"].get("deletionTimestamp"):
                     continue
                 try:
@@ -593,5 +593,4 @@ class ControllerManager:
         if any(self.store.list(key, name)[0] for key, r in BY_KEY.items() if r.namespaced):
             self.namespaces.add_later("", name, 0.2)
             return
-        del remaining
         self.store.delete("namespaces", None, name)

@@ -85,8 +85,9 @@ def _smp_map(target: dict[str, Any], patch: JSON, path: tuple[str, ...]) -> JSON
         if value is None:
             result.pop(key, None)
         elif isinstance(value, dict):
-            sub = _smp_map(result.get(key) if isinstance(result.get(key), dict) else {},
-                           value, path + (key,))
+            existing = result.get(key)
+            sub = _smp_map(existing if isinstance(existing, dict) else {}, value,
+                           path + (key,))
             if sub is None:
                 result.pop(key, None)
             else:

@@ -104,7 +104,8 @@ async def serve_portforward(request: web.Request, store: Any, node: Any, namespa
 
     reader_task = asyncio.ensure_future(pump_in())
     try:
-        await asyncio.wait({reader_task, all_done}, return_when=asyncio.FIRST_COMPLETED)
+        waiting: list[asyncio.Future[Any]] = [reader_task, all_done]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in (reader_task, *tasks):
             task.cancel()

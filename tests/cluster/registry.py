@@ -15,7 +15,7 @@ from typing import Any
 
 from .config import ClusterConfig
 from .defaults import apply_defaults, validate
-from .errors import ApiError, bad_request, conflict, forbidden, invalid, not_found
+from .errors import ApiError, already_exists, bad_request, conflict, forbidden, invalid, not_found
 from .patch import apply_patch
 from .resources import BY_KEY
 from .selectors import format_selector, selector_from_label_selector
@@ -84,7 +84,6 @@ class Registry:
         validate(resource, obj)
         if self.store.try_get(resource, obj["metadata"].get("namespace"),
                               obj["metadata"]["name"]) is not None:
-            from .errors import already_exists
             raise already_exists(resource, obj["metadata"]["name"])
         if resource == "services":
             self._allocate_cluster_ip(obj)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ApiError, bad_request
+from .errors import bad_request
 
 Obj = dict[str, Any]
 
@@ -35,7 +35,9 @@ class Requirement:
 
 def _split_top(text: str) -> list[str]:
     """Split on commas that are not inside parentheses."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for ch in text:
         if ch == "(":
             depth += 1
@@ -146,8 +148,7 @@ _EXTRA_FIELDS = {
 }
 
 
-def parse_field_selector(text: str, resource: str, kind: str, api_version: str
-                         ) -> Callable[[Obj], bool]:
+def parse_field_selector(text: str, resource: str) -> Callable[[Obj], bool]:
     allowed = _GENERIC_FIELDS + _EXTRA_FIELDS.get(resource, ())
     checks: list[tuple[str, bool, str]] = []
     for part in (p.strip() for p in text.split(",")):
@@ -160,7 +161,6 @@ def parse_field_selector(text: str, resource: str, kind: str, api_version: str
         if field not in allowed:
             raise bad_request(f'field label not supported: {field}')
         checks.append((field, op != "!=", value))
-    del kind, api_version
 
     def predicate(obj: Obj) -> bool:
         return all((_FIELD_GETTERS[f](obj) == v) == eq for f, eq, v in checks)
@@ -168,15 +168,11 @@ def parse_field_selector(text: str, resource: str, kind: str, api_version: str
     return predicate
 
 
-def predicate_for(label_selector: str | None, field_selector: str | None, resource: str,
-                  kind: str, api_version: str) -> Callable[[Obj], bool]:
+def predicate_for(label_selector: str | None, field_selector: str | None, resource: str
+                  ) -> Callable[[Obj], bool]:
     """One predicate for a request's labelSelector and fieldSelector (either may be empty)."""
-    try:
-        reqs = parse_label_selector(label_selector) if label_selector else []
-        fields = (parse_field_selector(field_selector, resource, kind, api_version)
-                  if field_selector else None)
-    except ApiError:
-        raise
+    reqs = parse_label_selector(label_selector) if label_selector else []
+    fields = parse_field_selector(field_selector, resource) if field_selector else None
 
     def predicate(obj: Obj) -> bool:
         labels = obj.get("metadata", {}).get("labels") or {}
