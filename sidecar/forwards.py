@@ -60,7 +60,12 @@ class Tally:
 
 
 class Pipe:
-    """One forwarded TCP connection: a socket end and a channel end."""
+    """One forwarded TCP connection: a socket end and a channel end.
+
+    It counts as open in the Tally until both ends are fully closed (the socket's
+    connection_lost and the channel's close handshake), so a shutdown that waits for
+    the Tally never cuts a channel close in flight.
+    """
 
     def __init__(self, label: str, tally: Tally) -> None:
         self.label = label
@@ -72,7 +77,14 @@ class Pipe:
         self.to_channel = 0
         self.to_socket = 0
         self._closed = False
+        self._sock_gone = False
+        self._chan_gone = False
+        self._counted = True
         tally.opened()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     # -- socket -> channel
     def from_socket(self, data: bytes) -> None:
@@ -89,6 +101,11 @@ class Pipe:
             return False
         return True
 
+    def socket_lost(self, exc: Exception | None) -> None:
+        self._sock_gone = True
+        self.close(str(exc) if exc else "")
+        self._settle()
+
     # -- channel -> socket
     def from_channel(self, data: bytes) -> None:
         self.to_socket += len(data)
@@ -104,6 +121,11 @@ class Pipe:
             return False
         return True
 
+    def channel_lost(self, exc: Exception | None) -> None:
+        self._chan_gone = True
+        self.close(str(exc) if exc else "")
+        self._settle()
+
     def close(self, reason: str = "") -> None:
         if self._closed:
             return
@@ -112,7 +134,6 @@ class Pipe:
             self.sock.close()
         if self.chan is not None:
             self.chan.close()
-        self._tally.closed()
         suffix = f": {reason}" if reason else ""
         log.info(
             "%s closed (%d bytes to the SSH client, %d bytes from it)%s",
@@ -121,6 +142,14 @@ class Pipe:
             self.to_socket,
             suffix,
         )
+        self._settle()
+
+    def _settle(self) -> None:
+        sock_done = self.sock is None or self._sock_gone
+        chan_done = self.chan is None or self._chan_gone
+        if self._closed and self._counted and sock_done and chan_done:
+            self._counted = False
+            self._tally.closed()
 
 
 class SocketEnd(asyncio.Protocol):
@@ -151,7 +180,7 @@ class SocketEnd(asyncio.Protocol):
             self._pipe.chan.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._pipe.close(str(exc) if exc else "")
+        self._pipe.socket_lost(exc)
 
 
 class ChannelEnd(asyncssh.SSHTCPSession[bytes]):
@@ -159,6 +188,9 @@ class ChannelEnd(asyncssh.SSHTCPSession[bytes]):
         self._pipe = pipe
 
     def connection_made(self, chan: Any) -> None:
+        if self._pipe.closed:  # the socket went away while the channel was opening
+            chan.close()
+            return
         chan.set_write_buffer_limits(high=CHANNEL_HIGH_WATER)
         self._pipe.chan = chan
 
@@ -177,7 +209,7 @@ class ChannelEnd(asyncssh.SSHTCPSession[bytes]):
             self._pipe.sock.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._pipe.close(str(exc) if exc else "")
+        self._pipe.channel_lost(exc)
 
 
 # ---------------------------------------------------------------- remote forwards

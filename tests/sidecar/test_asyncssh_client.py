@@ -193,6 +193,20 @@ def test_remote_forward_carries_traffic_both_ways_on_all_interfaces(
     assert f"remote forward port {port} bound on all interfaces (asked for localhost)" in log
 
 
+def test_many_concurrent_forwarded_connections(sidecar: Sidecar, key: ClientKey) -> None:
+    """A bounded burst: 64 connections at once, each with its own 64 KiB payload."""
+    port = sidecar.allowed[0]
+    payloads = [bytes([i]) * 65536 + str(i).encode() for i in range(64)]
+
+    async def scenario() -> list[bytes]:
+        async with TagServer(b"ok") as laptop, await sidecar.connect(key) as conn:
+            await conn.forward_remote_port("", port, "127.0.0.1", laptop.port)
+            return list(await asyncio.gather(*(exchange("127.0.0.1", port, p) for p in payloads)))
+
+    answers = asyncio.run(scenario())
+    assert answers == [b"ok:" + p for p in payloads]
+
+
 def test_disallowed_port_is_refused(sidecar: Sidecar, key: ClientKey) -> None:
     (other,) = free_ports(1)
 

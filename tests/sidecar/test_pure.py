@@ -180,3 +180,29 @@ def test_probe_responses() -> None:
     assert health.respond("GET", "/", reg)[0] == 404
     head = health.render("HEAD", 200, {"ok": True})
     assert head.endswith(b"\r\n\r\n") and b"Content-Length: 13" in head
+
+
+# ---------------------------------------------------------------- dependencies
+
+
+def test_sidecar_imports_only_stdlib_asyncssh_and_itself() -> None:
+    """The image installs asyncssh alone; nothing of bridge/ (or anything else) may creep in."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    allowed = set(sys.stdlib_module_names) | {"asyncssh", "sidecar", "__future__"}
+    package = Path(protocol.__file__).parent
+    found: dict[str, set[str]] = {}
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                found.setdefault(name.split(".")[0], set()).add(path.name)
+    assert "asyncssh" in found
+    assert {name: files for name, files in found.items() if name not in allowed} == {}
