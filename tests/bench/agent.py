@@ -5,15 +5,14 @@
 127.0.0.1, asks for the remote forward, prints ``forwarding`` and holds the tunnel until
 SIGTERM. Its own process, so its CPU and RSS are the agent's alone, as in ``bridge swap``.
 
-``--tuning`` passes keyword arguments to ``Tunnel.connect`` (only those it accepts; the
-others are reported on stderr and make it exit 2, so a sweep never measures a silent no-op).
+``--tuning`` sets knobs (``tests/bench/knobs.py``) before connecting; an unknown knob makes
+it exit 2, so a sweep never measures a silent no-op.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import json
 import logging
 import signal
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import asyncssh
 
+from tests.bench import knobs
 from tests.bench.server import raise_fd_limit
 
 
@@ -36,30 +36,23 @@ def write_client_key(directory: Path) -> tuple[Path, str]:
     return path, public_key_line(key)
 
 
-def accepted_tuning(tuning: dict[str, object]) -> tuple[dict[str, object], list[str]]:
-    """Split ``tuning`` into what ``Tunnel.connect`` accepts and the names it does not."""
-    from bridge.tunnel import Tunnel
-
-    params = inspect.signature(Tunnel.connect).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    ok = {k: v for k, v in tuning.items() if takes_any or k in params}
-    return ok, sorted(set(tuning) - set(ok))
-
-
 async def run(args: argparse.Namespace) -> int:
     from bridge.tunnel import Tunnel
 
-    tuning, unknown = accepted_tuning(json.loads(args.tuning))
-    if unknown:
-        print(f"Tunnel.connect does not accept tuning {unknown}", file=sys.stderr, flush=True)
+    try:
+        knobs.apply(json.loads(args.tuning), "agent")
+    except ValueError as exc:
+        print(f"agent: {exc}", file=sys.stderr, flush=True)
         return 2
     remote, local_host, local_port = args.forward.split(":")
     key = asyncssh.read_private_key(args.key_file)
     tunnel = await Tunnel.connect(host="127.0.0.1", port=args.port, client_key=key,
-                                  host_key=args.host_key, **tuning)  # type: ignore[arg-type]
+                                  host_key=args.host_key)
     try:
         await tunnel.forward(int(remote), local_host, int(local_port))
-        print("forwarding", flush=True)
+        conn = getattr(tunnel, "_conn", None)  # to show what was negotiated, not to steer it
+        cipher = conn.get_extra_info("send_cipher") if conn is not None else "unknown"
+        print(f"forwarding cipher {cipher}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -83,7 +76,7 @@ def main() -> int:
     parser.add_argument("--key-file", required=True)
     parser.add_argument("--host-key", required=True)
     parser.add_argument("--forward", required=True, help="REMOTE_PORT:LOCAL_HOST:LOCAL_PORT")
-    parser.add_argument("--tuning", default="{}", help="JSON keyword arguments for connect")
+    parser.add_argument("--tuning", default="{}", help="JSON of knobs (tests/bench/knobs.py)")
     parser.add_argument("--log-level", default="WARNING", help="asyncssh log level")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="agent: %(name)s: %(message)s")

@@ -17,11 +17,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import procs
+from . import knobs, procs
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SSHD = "/usr/sbin/sshd"
@@ -109,8 +110,7 @@ def openssh(server_port: int, workdir: Path, cipher: str | None = OPENSSH_CIPHER
         raise RuntimeError("OpenSSH is not installed (Debian openssh-server and openssh-client)")
     if os.geteuid() != 0:
         raise RuntimeError("the OpenSSH reference needs root (sshd privilege separation)")
-    d = workdir / "openssh"
-    d.mkdir(parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix="openssh-", dir=workdir))
     host_pub = _keygen(d / "host_key")
     client_pub = _keygen(d / "client_key")
     (d / "authorized_keys").write_text(client_pub + "\n")
@@ -151,13 +151,15 @@ def tunnel(server_port: int, workdir: Path, tuning: Mapping[str, object] | None 
     """A real sidecar subprocess and bridge's Tunnel (in tests/bench/agent.py) over loopback."""
     from . import agent
 
-    d = workdir / "tunnel"
-    d.mkdir(parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix="tunnel-", dir=workdir))
     key_file, pub_line = agent.write_client_key(d)
     ssh_port, health_port, remote_port = (procs.free_port() for _ in range(3))
+    # The benchmark proper runs the sidecar untouched; a tuning sweep sets its knobs first.
+    module = "tests.bench.sidecar_tuned" if tuning else "sidecar"
     sidecar = procs.Proc(
-        "sidecar", [sys.executable, "-m", "sidecar"], cwd=str(REPO),
+        "sidecar", [sys.executable, "-m", module], cwd=str(REPO),
         env=procs.python_env({
+            **({knobs.ENV: json.dumps(dict(tuning))} if tuning else {}),
             "BRIDGE_AUTHORIZED_KEY": pub_line, "BRIDGE_PORTS": str(remote_port),
             "BRIDGE_SSH_PORT": str(ssh_port), "BRIDGE_HEALTH_PORT": str(health_port),
             "BRIDGE_BIND": "127.0.0.1",
@@ -175,12 +177,13 @@ def tunnel(server_port: int, workdir: Path, tuning: Mapping[str, object] | None 
             cwd=str(REPO), env=procs.python_env(),
         )
         with procs.running(agent_proc):
-            agent_proc.wait_line(lambda s: s.startswith("forwarding"), SETUP_TIMEOUT)
+            ready = agent_proc.wait_line(lambda s: s.startswith("forwarding"), SETUP_TIMEOUT)
             procs.wait_port("127.0.0.1", remote_port, SETUP_TIMEOUT)
             yield Endpoint(
                 "tunnel", "127.0.0.1", remote_port,
                 processes={"client": (agent_proc.pid, False), "server": (sidecar.pid, False)},
-                notes=["bridge Tunnel (own process) -> sidecar subprocess over loopback TCP"
+                notes=["bridge Tunnel (own process) -> sidecar subprocess over loopback TCP, "
+                       + ready.removeprefix("forwarding").strip()
                        + (f", tuning {dict(tuning)}" if tuning else "")],
                 carriers=[sidecar, agent_proc],
             )

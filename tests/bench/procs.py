@@ -141,6 +141,23 @@ def wait_port_open(host: str, port: int, timeout: float, owner: Proc) -> None:
     raise RuntimeError(f"{owner.name} did not listen on {host}:{port} within {timeout:.0f}s")
 
 
+def cpu_seconds(processes: Mapping[str, tuple[int, bool]]) -> float:
+    """User + system CPU seconds used so far by the processes (each with its descendants when
+    flagged); gone processes count as zero."""
+    total = 0.0
+    for pid, with_children in processes.values():
+        try:
+            root = psutil.Process(pid)
+            members = [root, *(root.children(recursive=True) if with_children else [])]
+        except psutil.Error:
+            continue
+        for p in members:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+    return total
+
+
 class RssSampler:
     """Peak resident memory of some processes (each optionally with its descendants, summed)."""
 

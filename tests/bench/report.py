@@ -34,6 +34,8 @@ class Figure:
 FIGURES = (
     Figure("upload", "bulk upload (client->server)", "MB/s"),
     Figure("download", "bulk download (server->client)", "MB/s"),
+    Figure("upload_cpu", "CPU of tunnel processes, upload", "s/GB"),
+    Figure("download_cpu", "CPU of tunnel processes, download", "s/GB"),
     Figure("rtt_p50", "round trip 64 B, p50", "ms"),
     Figure("rtt_p99", "round trip 64 B, p99", "ms"),
     Figure("connect_p50", "new connection + first byte, p50", "ms"),
@@ -224,15 +226,17 @@ def targets_text(results: Results) -> str:
 def tuning_text(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return ""
-    keys = ["upload", "download", "rtt_p50", "connect_p50"]
+    keys = ["upload", "download", "upload_cpu", "download_cpu", "rtt_p50", "connect_p50"]
+    units = ["MB/s", "MB/s", "CPU s/GB", "CPU s/GB", "ms", "ms"]
     lines = ["tuning sweep over the loopback tunnel (median of rounds):",
-             "  " + "setting".ljust(44) + "".join(k.rjust(14) for k in keys)]
+             "  " + "setting".ljust(40) + "".join(k.rjust(13) for k in keys),
+             "  " + "".ljust(40) + "".join(u.rjust(13) for u in units)]
     for row in rows:
         vals = "".join(
             (fmt(row[k]) if isinstance(row.get(k), int | float) else str(row.get(k, "-")))
-            .rjust(14) for k in keys
+            .rjust(13) for k in keys
         )
-        lines.append("  " + str(row["setting"]).ljust(44) + vals)
+        lines.append("  " + str(row["setting"]).ljust(40) + vals)
     return "\n".join(lines)
 
 

@@ -153,9 +153,13 @@ def measure(results: Results, endpoints: dict[str, Slot], cfg: Config,
                 sizes[ep.name] = int(min(cfg.bulk_max_bytes,
                                          max(cfg.bulk_calibrate_bytes, rate * cfg.bulk_seconds)))
             n = sizes[ep.name]
-            return {key: n / transfer(ep.host, ep.port, n) / MB}
+            cpu0 = procs.cpu_seconds(ep.processes)
+            out = {key: n / transfer(ep.host, ep.port, n) / MB}
+            if ep.processes:  # the tunnel's own processes, CPU seconds per GB carried
+                out[f"{key}_cpu"] = (procs.cpu_seconds(ep.processes) - cpu0) / (n / 1e9)
+            return out
 
-        run_rounds(results, endpoints, cfg.rounds, [key], bulk, log)
+        run_rounds(results, endpoints, cfg.rounds, [key, f"{key}_cpu"], bulk, log)
 
     def rtt(ep: paths.Endpoint) -> dict[str, float]:
         xs = workloads.round_trips(ep.host, ep.port, cfg.rtt_count, cfg.rtt_seconds)
@@ -256,6 +260,21 @@ def sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _start_slot(stack: contextlib.ExitStack, name: str,
+                factory: Callable[[], AbstractContextManager[paths.Endpoint]], restartable: bool,
+                results: Results, log: Callable[[str], None]) -> Slot | None:
+    try:
+        slot = Slot(name, factory, restartable)
+    except Exception as exc:  # noqa: BLE001 - a path that cannot start is reported, not fatal
+        reason = f"{type(exc).__name__}: {exc}"
+        log(f"  {name}: not available: {reason}")
+        results.paths[name] = PathInfo(False, reason)
+        return None
+    stack.callback(slot.close)
+    results.paths[name] = PathInfo(True, notes=list(slot.ep.notes))
+    return slot
+
+
 def _start_path(stack: contextlib.ExitStack, name: str, server_port: int, workdir: Path,
                 cfg: Config, results: Results, log: Callable[[str], None]) -> Slot | None:
     def factory() -> AbstractContextManager[paths.Endpoint]:
@@ -269,16 +288,7 @@ def _start_path(stack: contextlib.ExitStack, name: str, server_port: int, workdi
 
         return cluster.swapped(workdir, cfg.swap_rounds, results, log)
 
-    try:
-        slot = Slot(name, factory, restartable=name != "cluster")
-    except Exception as exc:  # noqa: BLE001 - a path that cannot start is reported, not fatal
-        reason = f"{type(exc).__name__}: {exc}"
-        log(f"  {name}: not available: {reason}")
-        results.paths[name] = PathInfo(False, reason)
-        return None
-    stack.callback(slot.close)
-    results.paths[name] = PathInfo(True, notes=list(slot.ep.notes))
-    return slot
+    return _start_slot(stack, name, factory, name != "cluster", results, log)
 
 
 def run(cfg: Config, log: Callable[[str], None] = print) -> Results:
@@ -300,36 +310,51 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> Results:
     return results
 
 
+def setting_label(setting: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in setting.items()) or "bridge defaults"
+
+
+TUNING_FIGURES = ("upload", "download", "upload_cpu", "download_cpu", "rtt_p50", "connect_p50")
+
+
 def run_tuning(cfg: Config, settings: Sequence[dict[str, Any]],
                log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """The loopback tunnel once per setting (plus OpenSSH as the yardstick): bulk, round trip
-    and new-connection figures, median of ``cfg.rounds``."""
+    """One loopback tunnel per setting, all up at once and measured round-robin (so drift on
+    a shared machine hits every setting alike), with OpenSSH as the yardstick: bulk, round
+    trip and new-connection figures, median of ``cfg.rounds``."""
     raise_fd_limit()
-    rows: list[dict[str, Any]] = []
+    results = Results()
     with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="bridge-bench-") as tmp, \
-            paths.workload_server() as server:
-        for setting in [{"path": "openssh"}, *settings]:
-            label = ", ".join(f"{k}={v}" for k, v in setting.items())
-            log(f"tuning: {label}")
-            sub = Results()
-            with contextlib.ExitStack() as stack:
-                if setting == {"path": "openssh"}:
-                    name = "openssh"
-                    slot = _start_path(stack, "openssh", server.port, Path(tmp), cfg, sub, log)
-                else:
-                    name = "tunnel"
-                    slot = _start_path(stack, "tunnel", server.port, Path(tmp),
-                                       replace(cfg, tunnel_tuning=dict(setting)), sub, log)
-                row: dict[str, Any] = {"setting": label}
-                if slot is None:
-                    row["error"] = sub.paths[name].reason
-                else:
-                    core = replace(cfg, workloads=("bulk", "rtt", "connect"))
-                    measure(sub, {name: slot}, core, log)
-                    for k in ("upload", "download", "rtt_p50", "connect_p50"):
-                        m = sub.figures.get(k, {}).get(name)
-                        row[k] = m.value if isinstance(m, Measurement) else m
-                rows.append(row)
+            contextlib.ExitStack() as stack:
+        server = stack.enter_context(paths.workload_server())
+        slots: dict[str, Slot] = {}
+        log("setting up: OpenSSH ssh -R")
+        ssh = _start_path(stack, "openssh", server.port, Path(tmp), cfg, results, log)
+        if ssh is not None:
+            slots["openssh"] = ssh
+        for setting in settings:
+            label = setting_label(setting)
+            log(f"setting up: tunnel with {label}")
+            slot = _start_slot(
+                stack, label,
+                lambda s=dict(setting): paths.tunnel(server.port, Path(tmp), s),  # type: ignore[misc]
+                True, results, log)
+            if slot is not None:
+                slots[label] = slot
+        measure(results, slots, replace(cfg, workloads=("bulk", "rtt", "connect")), log)
+        log("tearing down")
+    rows: list[dict[str, Any]] = []
+    for name, info in results.paths.items():
+        row: dict[str, Any] = {"setting": "OpenSSH ssh -R" if name == "openssh" else name}
+        if not info.available:
+            row["error"] = info.reason
+        for k in TUNING_FIGURES:
+            m = results.figures.get(k, {}).get(name)
+            row[k] = m.value if isinstance(m, Measurement) else m
+            if isinstance(m, Measurement):
+                row[f"{k}_rounds"] = m.rounds
+        row["notes"] = info.notes
+        rows.append(row)
     return rows
 
 

@@ -1,13 +1,24 @@
-"""The settings ``scripts/bench --tuning`` sweeps over the loopback tunnel.
-
-Each setting is a dict of keyword arguments for ``bridge.tunnel.Tunnel.connect``; a setting
-the Tunnel does not accept is reported as such, never measured as a silent no-op.
-"""
+"""The settings ``scripts/bench --tuning`` sweeps over the loopback tunnel, one knob at a time
+from bridge's defaults (knobs in ``tests/bench/knobs.py``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+KiB = 1024
+MiB = 1024 * KiB
+
 SETTINGS: list[dict[str, Any]] = [
-    {},  # the Tunnel's defaults
+    {},  # bridge's defaults
+    {"cipher": "chacha20-poly1305@openssh.com"},
+    {"cipher": "aes256-gcm@openssh.com"},
+    {"cipher": "aes128-ctr"},
+    {"window": 256 * KiB},
+    {"window": 2 * MiB},  # OpenSSH's channel window
+    {"window": 16 * MiB},
+    {"pktsize": 32 * KiB},  # OpenSSH's packet size
+    {"pktsize": 256 * KiB},
+    {"read_size": 64 * KiB},
+    {"read_size": 1 * MiB},
+    {"nodelay": False},
 ]
