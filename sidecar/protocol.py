@@ -46,6 +46,13 @@ HEALTH_PATH = "/healthz"  # 200 while the server runs
 ENV_DRAIN_SECONDS = "BRIDGE_DRAIN_SECONDS"
 DEFAULT_DRAIN_SECONDS = 2.0
 
+# Seconds between SSH keepalives the sidecar sends; a client that misses
+# KEEPALIVE_COUNT_MAX of them in a row is dropped and its ports are freed, so a
+# laptop that vanished without closing does not hold its ports for long.
+ENV_KEEPALIVE_SECONDS = "BRIDGE_KEEPALIVE_SECONDS"
+DEFAULT_KEEPALIVE_SECONDS = 5.0
+KEEPALIVE_COUNT_MAX = 3
+
 # `/ready` when BRIDGE_PORTS is empty (a workload with no ports): 200 while an
 # authenticated client is connected, since there is no forward to hold.
 

@@ -19,8 +19,6 @@ from sidecar.settings import Settings
 
 log = logging.getLogger("sidecar")
 
-KEEPALIVE_INTERVAL = 10.0  # a vanished client frees its ports after about 3 intervals
-KEEPALIVE_COUNT_MAX = 3
 LOGIN_TIMEOUT = 30.0
 SHUTDOWN_REASON = "bridge sidecar is shutting down (SIGTERM)"
 
@@ -245,8 +243,8 @@ async def serve(
             x11_forwarding=False,
             agent_forwarding=False,
             encryption_algs=_encryption_algs(),
-            keepalive_interval=KEEPALIVE_INTERVAL,
-            keepalive_count_max=KEEPALIVE_COUNT_MAX,
+            keepalive_interval=settings.keepalive_seconds,
+            keepalive_count_max=protocol.KEEPALIVE_COUNT_MAX,
             login_timeout=LOGIN_TIMEOUT,
             reuse_address=True,
         )

@@ -24,6 +24,7 @@ class Settings:
     health_port: int
     bind: str
     drain_seconds: float
+    keepalive_seconds: float
 
 
 def _port(name: str, raw: str) -> int:
@@ -97,6 +98,11 @@ def parse_seconds(name: str, raw: str) -> float:
     return value
 
 
+def _optional_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    return default if raw.strip() == "" else parse_seconds(name, raw)
+
+
 def load(env: Mapping[str, str]) -> Settings:
     """Build settings from an environment mapping; raise SettingsError on the first problem."""
     key_raw = env.get(protocol.ENV_AUTHORIZED_KEY)
@@ -117,12 +123,15 @@ def load(env: Mapping[str, str]) -> Settings:
     health_port = _optional_port(env, protocol.ENV_HEALTH_PORT, protocol.DEFAULT_HEALTH_PORT)
     bind_raw = env.get(protocol.ENV_BIND, "")
     bind = protocol.DEFAULT_BIND if bind_raw.strip() == "" else parse_bind(bind_raw)
-    drain_raw = env.get(protocol.ENV_DRAIN_SECONDS)
-    drain = (
-        protocol.DEFAULT_DRAIN_SECONDS
-        if drain_raw is None or drain_raw.strip() == ""
-        else parse_seconds(protocol.ENV_DRAIN_SECONDS, drain_raw)
+    drain = _optional_seconds(env, protocol.ENV_DRAIN_SECONDS, protocol.DEFAULT_DRAIN_SECONDS)
+    keepalive = _optional_seconds(
+        env, protocol.ENV_KEEPALIVE_SECONDS, protocol.DEFAULT_KEEPALIVE_SECONDS
     )
+    if keepalive == 0:
+        raise SettingsError(
+            f"{protocol.ENV_KEEPALIVE_SECONDS} must be > 0; a vanished client would hold "
+            "its ports for ever"
+        )
     if ssh_port == health_port:
         raise SettingsError(
             f"{protocol.ENV_SSH_PORT} and {protocol.ENV_HEALTH_PORT} are both {ssh_port}; "
@@ -141,4 +150,5 @@ def load(env: Mapping[str, str]) -> Settings:
         health_port=health_port,
         bind=bind,
         drain_seconds=drain,
+        keepalive_seconds=keepalive,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,3 +195,33 @@ def test_direct_tcpip_with_openssh_stdio_forward(sidecar: Sidecar, key: ClientKe
 
     rc, out, err = asyncio.run(scenario())
     assert (rc, out) == (0, "svc:through -W"), err
+
+
+def test_a_vanished_holder_is_dropped_by_keepalive_and_its_port_freed(
+    tmp_path: Path, key: ClientKey
+) -> None:
+    """A client that stops answering (SIGSTOP: its kernel still ACKs, SSH is silent) is
+    dropped after the keepalives go unanswered, so a reconnecting client gets the port."""
+    env = {protocol.ENV_KEEPALIVE_SECONDS: "0.5"}
+    with running_sidecar(tmp_path, key, extra_env=env) as sidecar:
+        port = sidecar.allowed[0]
+        argv = sidecar.ssh_argv(
+            key, *FORWARD_OPTS, "-R", f"{port}:127.0.0.1:9", "developer@127.0.0.1"
+        )
+        with popen(argv) as frozen:
+            sidecar.wait_ready(200)
+            os.kill(frozen.pid, signal.SIGSTOP)
+            try:
+                sidecar.wait_ready(503, timeout=30)
+                taker = sidecar.ssh(
+                    key,
+                    protocol.CMD_VERSION,
+                    opts=("-o", "ExitOnForwardFailure=yes", "-R", f"{port}:127.0.0.1:9"),
+                )
+            finally:
+                os.kill(frozen.pid, signal.SIGCONT)
+        assert taker.returncode == 0, taker.stderr
+        assert json.loads(taker.stdout)["protocol"] == protocol.PROTOCOL_VERSION
+        log = sidecar.log()
+        assert f"remote forward port {port} released" in log
+        assert "conn 2" in log and log.count(f"remote forward port {port} bound") == 2

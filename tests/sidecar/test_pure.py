@@ -31,6 +31,7 @@ def test_settings_defaults_and_parsing() -> None:
     assert loaded.health_port == protocol.DEFAULT_HEALTH_PORT
     assert loaded.bind == protocol.DEFAULT_BIND
     assert loaded.drain_seconds == protocol.DEFAULT_DRAIN_SECONDS
+    assert loaded.keepalive_seconds == protocol.DEFAULT_KEEPALIVE_SECONDS
 
 
 def test_settings_overrides() -> None:
@@ -62,6 +63,8 @@ def test_empty_ports_means_no_remote_forwards() -> None:
         ({"BRIDGE_AUTHORIZED_KEY": KEY_LINE + "\n" + KEY_LINE}, "got several lines"),
         ({"BRIDGE_DRAIN_SECONDS": "nan"}, "must be a number of seconds >= 0"),
         ({"BRIDGE_HEALTH_PORT": "8080"}, "BRIDGE_PORTS includes 8080"),
+        ({"BRIDGE_KEEPALIVE_SECONDS": "0"}, "BRIDGE_KEEPALIVE_SECONDS must be > 0"),
+        ({"BRIDGE_BIND": "0.0.0.0:22"}, "BRIDGE_BIND must be an IP address"),
     ],
 )
 def test_settings_errors_name_the_variable(change: dict[str, str], message: str) -> None:
