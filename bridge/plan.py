@@ -121,8 +121,7 @@ def plan_proxy(original: Obj, opts: Options) -> dict[str, Any]:
             "name": proxy_name(name, opts.session),
             "namespace": meta.get("namespace"),
             "labels": proxy_labels,
-            "annotations": {
-                state.SESSION: opts.session,
+            "annotations": {  # not the lock's keys: a proxy is never mistaken for a swap
                 state.OWNER: opts.owner,
                 state.PROXY_FOR_LABEL: name,
             },

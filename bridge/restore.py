@@ -192,7 +192,7 @@ async def _scale_back(kube: Kube, name: str, original: Obj, lock: state.Lock,
                                 f"{e}; run: {fix}")
             progress.error(out.failures[-1])
             return False
-    if wait and lock.replicas > 0:
+    if wait and lock.replicas > 0 and current != lock.replicas:
         try:
             await wait_original_ready(kube, name, lock.replicas, wait_timeout, progress)
         except TimeoutError:
@@ -210,8 +210,9 @@ async def restore_all(kube: Kube, progress: Progress, *, wait: bool = True,
     deployments = await kube.list_deployments()
     live_sessions = set()
     for dep in deployments:
+        labels = dep.get("metadata", {}).get("labels") or {}
         lock = state.decode(dep.get("metadata", {}).get("annotations"))
-        if lock is None:
+        if lock is None or labels.get(state.MANAGED_BY_LABEL) == state.MANAGED_BY:
             continue
         live_sessions.add(lock.session)
         out = await restore(kube, name_of(dep), progress, wait=wait, wait_timeout=wait_timeout)

@@ -330,3 +330,52 @@ def test_handover_without_a_gap(make_workload: Any) -> None:
         t.join(timeout=30)
     assert failures == []
     assert answers[0] == "cluster" and "laptop" in answers and answers[-5:] == ["cluster"] * 5
+
+
+def test_tunnel_comes_back_when_the_proxy_pod_is_replaced(make_workload: Any) -> None:
+    """The proxy pod dies (deleted, evicted...): its Deployment makes a new one, bridge
+    reconnects to it (new pod, new host key) and traffic reaches the laptop again."""
+    w = make_workload()
+    ip = w.service_ip()
+    port = free_port()
+    w.local_server(port)
+    b = w.bridge("swap", "hello", "--port", f"http:{port}",
+                 env={"BRIDGE_HEARTBEAT_INTERVAL": "0.5"})
+    b.wait_for("attached")
+    assert http_get(ip, 80) == f"laptop {port}\n"
+    old = json.loads(w.k("get", "pods", "-l", state.SESSION_LABEL, "-o", "json"))["items"]
+    assert len(old) == 1
+    old_name = old[0]["metadata"]["name"]
+    w.k("delete", "pod", old_name, "--wait=false")
+    b.wait_for("reconnected")
+    assert "connection to the proxy pod lost" in b.stderr
+    wait_until("the laptop to answer through the new proxy pod",
+               lambda: http_get(ip, 80) == f"laptop {port}\n")
+    pods = json.loads(w.k("get", "pods", "-l", state.SESSION_LABEL, "-o", "json"))["items"]
+    assert old_name not in [p["metadata"]["name"] for p in pods]
+    # the heartbeat kept going meanwhile
+    first = state.decode(w.get("deployment", "hello")["metadata"]["annotations"])
+    assert first is not None
+    wait_until("a newer heartbeat", lambda: state.decode(
+        w.get("deployment", "hello")["metadata"]["annotations"]).heartbeat > first.heartbeat)
+    b.signal(signal.SIGTERM)
+    assert b.wait() == 0, b.stderr
+
+
+def test_restore_all_after_kill_9(make_workload: Any) -> None:
+    w = make_workload()
+    port = free_port()
+    w.local_server(port)
+    b = w.bridge("swap", "deployment/hello", "--port", f"http:{port}")
+    b.wait_for("attached")
+    b.kill()
+    w.assert_swapped()
+    code, s = w.run_bridge("status")
+    assert code == 0 and "hello" in s.stdout
+    code, r = w.run_bridge("restore", "--all")
+    assert code == 0, r.stderr
+    w.assert_restored()
+    code, s = w.run_bridge("status")
+    assert code == 0 and s.stdout == "" and "No swapped deployments" in s.stderr
+    code, r = w.run_bridge("restore", "--all")
+    assert code == 0 and "nothing to restore" in r.stderr

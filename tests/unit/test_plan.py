@@ -60,6 +60,7 @@ def test_proxy_metadata_and_selector() -> None:
     assert m["metadata"]["labels"][state.PROXY_FOR_LABEL] == "hello"
     assert m["metadata"]["labels"][state.MANAGED_BY_LABEL] == "bridge"
     assert "resourceVersion" not in m["metadata"]
+    assert state.decode(m["metadata"]["annotations"]) is None  # never taken for a locked original
     assert m["spec"]["replicas"] == 1
     assert m["spec"]["selector"] == {"matchLabels": {"app": "hello", state.SESSION_LABEL: "s1"}}
     # the Service selects on the original labels: the proxy pods carry them all
