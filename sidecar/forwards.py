@@ -270,7 +270,9 @@ class RemoteForward(asyncssh.SSHListener):
         loop = asyncio.get_running_loop()
         try:
             for sock in socks:
-                server = await loop.create_server(self._accept, sock=sock)
+                server = await loop.create_server(
+                    self._accept, sock=sock, backlog=listen.LISTEN_BACKLOG
+                )
                 self._servers.append(server)
         except BaseException:
             for sock in socks:

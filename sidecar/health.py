@@ -69,7 +69,9 @@ async def start(port: int, registry: PortRegistry) -> list[asyncio.AbstractServe
     try:
         for sock in socks:
             servers.append(
-                await asyncio.start_server(handle, sock=sock, limit=MAX_HEADER_BYTES)
+                await asyncio.start_server(
+                    handle, sock=sock, limit=MAX_HEADER_BYTES, backlog=listen.LISTEN_BACKLOG
+                )
             )
     except BaseException:
         for server in servers:

@@ -94,7 +94,6 @@ class SidecarServer(asyncssh.SSHServer):
         self._id = next(state.ids)
         self.label = f"conn {self._id}"
         self._conn: asyncssh.SSHServerConnection | None = None
-        self._authenticated = False
         self._lost = False
 
     # -- connection lifecycle
@@ -138,7 +137,6 @@ class SidecarServer(asyncssh.SSHServer):
         return ok
 
     def auth_completed(self) -> None:
-        self._authenticated = True
         self._state.clients.add(self)
         self._state.registry.attach(self)
         log.info("%s authenticated with key %s", self.label, fingerprint(
