@@ -158,6 +158,9 @@ class PodWorker:
         self.policy: str = spec.get("restartPolicy") or "Always"
         self.init = [ContainerRuntime(c, True) for c in spec.get("initContainers") or []]
         self.main = [ContainerRuntime(c, False) for c in spec.get("containers") or []]
+        if self.init:
+            for c in self.main:
+                c.state = {"waiting": {"reason": "PodInitializing"}}
         self.sandbox: Sandbox | None = None
         self.start_time = now_rfc3339()
         self.terminating = False
@@ -567,6 +570,10 @@ class PodWorker:
             not_ready = [c.name for c in self.main if not c.ready]
             cond["reason"] = "ContainersNotReady"
             cond["message"] = f"containers with unready status: [{' '.join(not_ready)}]"
+        if not value and kind == "Initialized":
+            pending = [c.name for c in self.init if not c.succeeded]
+            cond["reason"] = "ContainersNotInitialized"
+            cond["message"] = f"containers with incomplete status: [{' '.join(pending)}]"
         return cond
 
     def status(self) -> Obj:

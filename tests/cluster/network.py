@@ -273,19 +273,21 @@ async def run_in_netns(ns: str, fn: Callable[[], T]) -> T:
 def connect_localhost(port: int, timeout: float = 5.0) -> socket.socket:
     """Connect to localhost:port from the calling thread's namespace, IPv4 then IPv6."""
     errors = []
-    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    for family, name, host in ((socket.AF_INET, "IPv4", "127.0.0.1"),
+                               (socket.AF_INET6, "IPv6", "[::1]")):
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
-            sock.connect((host, port))
+            sock.connect((host.strip("[]"), port))
         except OSError as exc:
             sock.close()
-            errors.append(f"dial {host}:{port}: {exc.strerror or exc}")
+            reason = (exc.strerror or str(exc)).lower()
+            errors.append(f"{name}: dial tcp{name[-1]} {host}:{port}: connect: {reason}")
             continue
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
-    raise ConnectionRefusedError("; ".join(errors))
+    raise ConnectionRefusedError(" ".join(errors))
 
 
 def write_sysctl(name: str, value: str) -> None:

@@ -57,9 +57,8 @@ class Node:
             connect = functools.partial(connect_localhost, port, DIAL_TIMEOUT)
             sock = await run_in_netns(netns, connect)
         except OSError as exc:
-            raise ConnectionError(
-                f"error forwarding port {port} to pod {worker.uid}, uid : failed to connect to "
-                f'localhost:{port} inside namespace "{netns}": {exc}'
+            raise ConnectionError(  # worded like the kubelet; the API server adds the prefix
+                f'failed to connect to localhost:{port} inside namespace "{netns}", {exc}'
             ) from exc
         reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
         return reader, writer

@@ -165,6 +165,8 @@ def test_deleted_pod_leaves_endpoints_before_sigterm(api_client: Any, cluster: A
     core.create_namespaced_service(ns, service("leaving", 8080))
     wait_for("an endpoint", lambda: ready_ips(core, ns, "leaving"))
     pod = core.list_namespaced_pod(ns, label_selector="app=leaving").items[0]
+    # Serving means the SIGTERM handler (installed before the server starts) is in place.
+    wait_for("serving", lambda: get(f"http://{pod.status.pod_ip}:8080/"))
     report: dict[str, Any] = {}
 
     def accept() -> None:
