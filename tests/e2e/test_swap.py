@@ -106,7 +106,9 @@ def test_child_environment_comes_from_the_pod(make_workload: Any, tmp_path: Any)
     import os
     import sys
 
-    code, b = w.run_bridge("swap", "hello", "--env-file", str(env_file), "--",
+    env_json = tmp_path / "pod.json"
+    code, b = w.run_bridge("swap", "hello", "--env-file", str(env_file), "--env-json",
+                           str(env_json), "--",
                            sys.executable, "-c", script, str(dump))
     assert code == 0, b.stderr
     env = json.loads(dump.read_text())
@@ -129,6 +131,8 @@ def test_child_environment_comes_from_the_pod(make_workload: Any, tmp_path: Any)
     assert written["cert"] == env["cert"]
     assert written["DB_PASSWORD"] == env["DB_PASSWORD"]
     assert "HOME" not in written  # the laptop's own variables are not the pod's to export
+    assert json.loads(env_json.read_text()) == written
+    assert oct(env_file.stat().st_mode & 0o777) == "0o600"
 
 
 @pytest.mark.parametrize("script,expected", [
@@ -139,8 +143,13 @@ def test_exit_code_propagates(make_workload: Any, script: str, expected: int) ->
     import sys
 
     w = make_workload(replicas=1)
-    code, b = w.run_bridge("swap", "hello", "--", sys.executable, "-c", script)
+    log = w.tmp / "bridge.log"
+    code, b = w.run_bridge("swap", "hello", "-q", "--log-file", str(log), "--", sys.executable,
+                           "-c", "print('from the child', flush=True); " + script)
     assert code == expected, b.stderr
+    assert b.stdout == "from the child\n"  # the child's stdout, nothing of bridge's
+    assert "bridge:" not in b.stderr  # -q: no progress
+    assert "deployment/hello restored" in log.read_text()  # ...but all of it in the log file
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
@@ -379,3 +388,56 @@ def test_restore_all_after_kill_9(make_workload: Any) -> None:
     assert code == 0 and s.stdout == "" and "No swapped deployments" in s.stderr
     code, r = w.run_bridge("restore", "--all")
     assert code == 0 and "nothing to restore" in r.stderr
+
+
+def test_ctrl_c_during_setup_restores(make_workload: Any) -> None:
+    w = make_workload()
+    port = free_port()
+    b = w.bridge("swap", "hello", "--port", f"http:{port}", *local_child(port))
+    b.wait_for("created proxy deployment")
+    b.signal(signal.SIGINT)
+    # whether it landed before the command started (bridge ends) or after (forwarded): 130
+    assert b.wait() == 130, b.stderr
+    assert "deployment/hello restored" in b.stderr
+
+
+GRANDCHILD = """
+import os, signal, subprocess, sys, time
+pidfile, port = sys.argv[1], sys.argv[2]
+stubborn = subprocess.Popen([sys.executable, "-c",
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+open(pidfile, "w").write(str(stubborn.pid))
+os.execv(sys.executable, [sys.executable, "-c", LOCAL, port])
+"""
+
+
+def test_child_process_tree_is_gone_after_the_session(make_workload: Any, tmp_path: Any) -> None:
+    """A grandchild that ignores SIGTERM is killed once the grace period is over."""
+    import os
+    import sys
+
+    w = make_workload(replicas=1)
+    port, pidfile = free_port(), tmp_path / "grandchild.pid"
+    script = GRANDCHILD.replace("LOCAL", repr(LOCAL_SERVER))
+    b = w.bridge("swap", "hello", "--port", f"http:{port}", "--", sys.executable, "-c", script,
+                 str(pidfile), str(port))
+    b.wait_for("swapped: ")
+    grandchild = int(pidfile.read_text())
+    os.kill(grandchild, 0)  # alive
+    b.signal(signal.SIGTERM)
+    assert b.wait() == 128 + signal.SIGTERM, b.stderr
+
+    def gone() -> bool:
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            return True
+        # a zombie whose parent is gone is reaped by init; count it as gone
+        with open(f"/proc/{grandchild}/stat") as f:
+            return f.read().split(") ", 1)[1].startswith("Z")
+
+    try:
+        wait_until("the grandchild to be gone", gone, timeout=15)
+    finally:
+        if not gone():
+            os.kill(grandchild, signal.SIGKILL)
