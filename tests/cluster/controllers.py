@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import events
 from .errors import ApiError
 from .registry import DeleteOptions, Registry
 from .resources import BY_KEY
@@ -394,9 +395,16 @@ class ControllerManager:
         if rs["spec"].get("replicas") == replicas and \
                 annotations.get("deployment.kubernetes.io/desired-replicas") == desired:
             return rs
+        before = rs["spec"].get("replicas", 0)
         rs["spec"]["replicas"] = replicas
         annotations["deployment.kubernetes.io/desired-replicas"] = desired
-        return self.store.replace("apps/replicasets", rs)
+        updated = self.store.replace("apps/replicasets", rs)
+        if before != replicas:
+            direction = "up" if replicas > before else "down"
+            events.record(self.store, d, "Normal", "ScalingReplicaSet",
+                          f"Scaled {direction} replica set {rs['metadata']['name']} from "
+                          f"{before} to {replicas}", "deployment-controller")
+        return updated
 
     def _cleanup_history(self, d: Obj, old_rss: list[Obj]) -> None:
         limit = d["spec"].get("revisionHistoryLimit", 10)
@@ -428,6 +436,9 @@ class ControllerManager:
             for pod in sorted(active, key=rank)[:-diff]:
                 self.registry.delete("pods", namespace, pod["metadata"]["name"],
                                      DeleteOptions())
+                events.record(self.store, rs, "Normal", "SuccessfulDelete",
+                              f"Deleted pod: {pod['metadata']['name']}",
+                              "replicaset-controller")
         pods = self._owned("pods", rs)
         active = [p for p in pods if pod_active(p)]
         ready = sum(1 for p in active if pod_ready(p))
@@ -455,7 +466,10 @@ class ControllerManager:
         meta["ownerReferences"] = [owner_ref(rs)]
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
                "spec": template.get("spec", {})}
-        return self.registry.create("pods", rs["metadata"]["namespace"], pod)
+        created = self.registry.create("pods", rs["metadata"]["namespace"], pod)
+        events.record(self.store, rs, "Normal", "SuccessfulCreate",
+                      f"Created pod: {created['metadata']['name']}", "replicaset-controller")
+        return created
 
     # -- Endpoints -----------------------------------------------------------------------
 

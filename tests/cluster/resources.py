@@ -43,6 +43,7 @@ RESOURCES: tuple[Resource, ...] = (
              ("status", "log", "portforward"), ("all",)),
     Resource("", "v1", "Service", "services", "service", True, ("svc",), ("status",), ("all",)),
     Resource("", "v1", "Endpoints", "endpoints", "endpoints", True, ("ep",)),
+    Resource("", "v1", "Event", "events", "event", True, ("ev",)),
     Resource("", "v1", "ConfigMap", "configmaps", "configmap", True, ("cm",)),
     Resource("", "v1", "Secret", "secrets", "secret", True),
     Resource("apps", "v1", "Deployment", "deployments", "deployment", True, ("deploy",),

@@ -138,6 +138,11 @@ _FIELD_GETTERS: dict[str, Callable[[Obj], str]] = {
     "type": lambda o: str(o.get("type", "")),
     "spec.clusterIP": lambda o: o.get("spec", {}).get("clusterIP", ""),
     "spec.type": lambda o: o.get("spec", {}).get("type", ""),
+    "involvedObject.kind": lambda o: o.get("involvedObject", {}).get("kind", ""),
+    "involvedObject.name": lambda o: o.get("involvedObject", {}).get("name", ""),
+    "involvedObject.namespace": lambda o: o.get("involvedObject", {}).get("namespace", ""),
+    "involvedObject.uid": lambda o: o.get("involvedObject", {}).get("uid", ""),
+    "reason": lambda o: str(o.get("reason", "")),
 }
 _GENERIC_FIELDS = ("metadata.name", "metadata.namespace")
 _EXTRA_FIELDS = {
@@ -145,6 +150,8 @@ _EXTRA_FIELDS = {
     "secrets": ("type",),
     "services": ("spec.clusterIP", "spec.type"),
     "namespaces": ("status.phase",),
+    "events": ("involvedObject.kind", "involvedObject.name", "involvedObject.namespace",
+               "involvedObject.uid", "reason", "type"),
 }
 
 

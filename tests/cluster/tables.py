@@ -17,10 +17,13 @@ def wants_table(accept: str) -> bool:
 
 
 def age(obj: Obj) -> str:
-    created = obj.get("metadata", {}).get("creationTimestamp")
-    if not created:
+    return _since(obj.get("metadata", {}).get("creationTimestamp"))
+
+
+def _since(timestamp: str | None) -> str:
+    if not timestamp:
         return "<unknown>"
-    then = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     seconds = max(0, int((datetime.now(UTC) - then).total_seconds()))
     if seconds < 120:
         return f"{seconds}s"
@@ -151,6 +154,16 @@ COLUMNS: dict[str, list[Column]] = {
         ("Type", "string", "The type of the secret.", lambda s: s.get("type", ""), 0),
         ("Data", "integer", "Number of data items.", lambda s: len(s.get("data") or {}), 0),
         _AGE,
+    ],
+    "events": [
+        ("Last Seen", "string", "Time since the event was last seen.",
+         lambda e: _since(e.get("lastTimestamp") or e["metadata"].get("creationTimestamp")), 0),
+        ("Type", "string", "Normal or Warning.", lambda e: e.get("type", ""), 0),
+        ("Reason", "string", "Why the event happened.", lambda e: e.get("reason", ""), 0),
+        ("Object", "string", "The object the event is about.",
+         lambda e: f"{e.get('involvedObject', {}).get('kind', '').lower()}/"
+                   f"{e.get('involvedObject', {}).get('name', '')}", 0),
+        ("Message", "string", "What happened.", lambda e: e.get("message", ""), 0),
     ],
     "namespaces": [
         _NAME,

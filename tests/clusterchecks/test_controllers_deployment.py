@@ -226,3 +226,20 @@ def test_endpoints_list_ready_pods_with_named_target_port(apps_v1: Any, core_v1:
         assert address.target_ref.uid == pod.metadata.uid
     assert pods[unready[0].ip].metadata.labels.get("variant") == "unready"
     assert [(p.name, p.port, p.protocol) for p in ep.subsets[0].ports] == [("web", 8080, "TCP")]
+
+
+def test_controllers_record_events(apps_v1: Any, core_v1: Any, kubectl: Any, namespace: str,
+                                   wait_until: Any) -> None:
+    apps_v1.create_namespaced_deployment(namespace, deployment("evt", 2))
+    wait_until(lambda: rollout_done(apps_v1, namespace, "evt", 2), 30, "rollout")
+    rs = apps_v1.list_namespaced_replica_set(namespace, label_selector="app=evt").items[0]
+    found = core_v1.list_namespaced_event(
+        namespace, field_selector="involvedObject.kind=Deployment,involvedObject.name=evt")
+    messages = [(e.reason, e.message, e.type) for e in found.items]
+    assert ("ScalingReplicaSet", f"Scaled up replica set {rs.metadata.name} from 0 to 2",
+            "Normal") in messages
+    created = core_v1.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={rs.metadata.name}").items
+    assert sorted(e.reason for e in created) == ["SuccessfulCreate", "SuccessfulCreate"]
+    out = kubectl("describe", "deployment", "evt", "-n", namespace)
+    assert "ScalingReplicaSet" in out and "deployment-controller" in out
