@@ -31,8 +31,8 @@ NAME = "bench"
 READY_TIMEOUT = 90.0
 SWAP_TIMEOUT = 60.0
 RESTORE_TIMEOUT = 60.0
-ORIGINAL_BODY = b"original\n"
-CHILD_BODY = b"child\n"
+ORIGINAL_BODY = b"original"
+CHILD_BODY = b"child"
 
 
 def kubectl_path() -> str:
@@ -149,7 +149,7 @@ class Swap:
 
     def __init__(self, cluster: TestCluster, port: int) -> None:
         child = [sys.executable, str(REPO / "tests" / "bench" / "server.py"),
-                 "--port", str(port), "--body", CHILD_BODY.decode().strip()]
+                 "--port", str(port), "--body", CHILD_BODY.decode()]
         self.start = time.monotonic()
         self.proc = procs.Proc(
             "bridge swap",
