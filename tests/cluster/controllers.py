@@ -303,6 +303,12 @@ class ControllerManager:
             owner = self._owner_name(obj, "ReplicaSet")
             if owner:
                 self.replicasets.add(ns, owner)
+            elif not any(r.get("controller") for r in meta.get("ownerReferences") or []):
+                labels = meta.get("labels") or {}
+                for rs in self.store.list("apps/replicasets", ns)[0]:
+                    reqs = selector_from_label_selector(rs["spec"].get("selector")) or []
+                    if reqs and labels_match(reqs, labels):
+                        self.replicasets.add(ns, rs["metadata"]["name"])
             for svc in self.store.list("services", ns)[0]:
                 self.endpoints.add(ns, svc["metadata"]["name"])
         elif resource == "services":
@@ -421,6 +427,7 @@ class ControllerManager:
         rs = self.store.try_get("apps/replicasets", namespace, name)
         if rs is None or rs["metadata"].get("deletionTimestamp"):
             return
+        self._claim_pods(rs)
         pods = self._owned("pods", rs)
         active = [p for p in pods if pod_active(p)]
         diff = rs["spec"].get("replicas", 1) - len(active)
@@ -457,6 +464,26 @@ class ControllerManager:
         if status != rs.get("status"):
             rs["status"] = status
             self.store.replace("apps/replicasets", rs, status_only=True)
+
+    def _claim_pods(self, rs: Obj) -> None:
+        """Adopt orphan pods the selector matches and release owned pods it no longer
+        matches, as Kubernetes' controller ref manager does."""
+        selector = selector_from_label_selector(rs["spec"].get("selector")) or []
+        uid = rs["metadata"]["uid"]
+        for pod in self.store.list("pods", rs["metadata"]["namespace"])[0]:
+            meta = pod["metadata"]
+            matches = bool(selector) and labels_match(selector, meta.get("labels"))
+            owner = controller_uid(pod)
+            refs = meta.get("ownerReferences") or []
+            if owner is None and matches and pod_active(pod):
+                meta["ownerReferences"] = refs + [owner_ref(rs)]
+            elif owner == uid and not matches:
+                meta["ownerReferences"] = [r for r in refs if r.get("uid") != uid]
+                if not meta["ownerReferences"]:
+                    del meta["ownerReferences"]
+            else:
+                continue
+            self.store.replace("pods", pod)
 
     def _create_pod(self, rs: Obj) -> Obj:
         template = copy.deepcopy(rs["spec"]["template"])
@@ -537,7 +564,8 @@ class ControllerManager:
                                       "uid": pod["metadata"]["uid"]}}
             key = json.dumps(ports, sort_keys=True)
             subset = groups.setdefault(key, {"ports": ports})
-            field = "addresses" if pod_ready(pod) else "notReadyAddresses"
+            publish = svc["spec"].get("publishNotReadyAddresses")
+            field = "addresses" if publish or pod_ready(pod) else "notReadyAddresses"
             subset.setdefault(field, []).append(address)
         subsets: list[Obj] = []
         for subset in groups.values():

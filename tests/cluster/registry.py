@@ -212,7 +212,11 @@ class Registry:
         validate(resource, obj, current)
         if dry_run:
             return obj
-        return self.store.replace(resource, obj)
+        stored = self.store.replace(resource, obj)
+        if current["metadata"].get("deletionTimestamp") and not meta.get("finalizers") and \
+                resource not in ("pods", "namespaces"):
+            return self.store.delete(resource, namespace, name)  # the last finalizer went
+        return stored
 
     def _keep_cluster_ip(self, svc: Obj, current: Obj) -> None:
         spec, old = svc["spec"], current["spec"]
@@ -298,6 +302,13 @@ class Registry:
             return self._delete_namespace(obj, options), False
         if options.dry_run:
             return obj, True
+        if [f for f in meta.get("finalizers") or [] if f != "foregroundDeletion"]:
+            # Finalizers hold the object (marked for deletion) until clients remove them.
+            if not meta.get("deletionTimestamp"):
+                meta["deletionTimestamp"] = now_rfc3339()
+                meta["deletionGracePeriodSeconds"] = 0
+                obj = self.store.replace(resource, obj)
+            return obj, False
         if resource == "pods":
             return self._delete_pod(obj, options)
         if options.propagation == "Orphan":

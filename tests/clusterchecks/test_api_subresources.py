@@ -130,3 +130,27 @@ def test_delete_precondition_uid(core_v1: Any, namespace: str) -> None:
             preconditions=client.V1Preconditions(uid="not-the-uid")))
     assert info.value.status == 409
     core_v1.read_namespaced_config_map("pre", namespace)
+
+
+def test_finalizers_hold_deletion_until_removed(core_v1: Any, namespace: str) -> None:
+    core_v1.create_namespaced_config_map(namespace, client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="held", finalizers=["example.com/hold"])))
+    core_v1.delete_namespaced_config_map("held", namespace)
+    held = core_v1.read_namespaced_config_map("held", namespace)
+    assert held.metadata.deletion_timestamp is not None
+    core_v1.patch_namespaced_config_map("held", namespace, {"metadata": {"finalizers": None}})
+    with pytest.raises(ApiException) as info:
+        core_v1.read_namespaced_config_map("held", namespace)
+    assert info.value.status == 404
+
+
+def test_method_not_allowed_is_405(api_client: Any, namespace: str) -> None:
+    response = api_client.rest_client.request(
+        "POST", f"{api_client.configuration.host}/api/v1/namespaces/{namespace}/configmaps/x",
+        headers={"Content-Type": "application/json",
+                 "Authorization": api_client.configuration.api_key["authorization"]},
+        body={"metadata": {"name": "x"}})
+    assert response.status == 405
+    response.read()
+    body = json.loads(response.data)
+    assert (body["kind"], body["reason"], body["code"]) == ("Status", "MethodNotAllowed", 405)

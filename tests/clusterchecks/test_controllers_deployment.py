@@ -243,3 +243,24 @@ def test_controllers_record_events(apps_v1: Any, core_v1: Any, kubectl: Any, nam
     assert sorted(e.reason for e in created) == ["SuccessfulCreate", "SuccessfulCreate"]
     out = kubectl("describe", "deployment", "evt", "-n", namespace)
     assert "ScalingReplicaSet" in out and "deployment-controller" in out
+
+
+def test_replicaset_adopts_matching_orphans_and_releases_relabelled_pods(
+        apps_v1: Any, core_v1: Any, namespace: str, wait_until: Any) -> None:
+    apps_v1.create_namespaced_deployment(namespace, deployment("adopt", 1))
+    wait_until(lambda: rollout_done(apps_v1, namespace, "adopt", 1), 30, "rollout")
+    rs = apps_v1.list_namespaced_replica_set(namespace, label_selector="app=adopt").items[0]
+    pod = core_v1.list_namespaced_pod(namespace, label_selector="app=adopt").items[0]
+    # Relabelled out of the selector: released (no owner) and replaced.
+    core_v1.patch_namespaced_pod(pod.metadata.name, namespace,
+                                 {"metadata": {"labels": {"app": "elsewhere"}}})
+    wait_until(lambda: not core_v1.read_namespaced_pod(pod.metadata.name, namespace)
+               .metadata.owner_references, 30, "the pod to be released")
+    wait_until(lambda: len(active_pods(core_v1, namespace, "app=adopt")) == 1, 30,
+               "a replacement pod")
+    # Labelled back: adopted again, so one surplus pod goes.
+    core_v1.patch_namespaced_pod(pod.metadata.name, namespace,
+                                 {"metadata": {"labels": {"app": "adopt"}}})
+    wait_until(lambda: len(active_pods(core_v1, namespace, "app=adopt")) == 1
+               and all(owned_by(p, rs) for p in active_pods(core_v1, namespace, "app=adopt")),
+               30, "adoption and scale-down to one pod")
