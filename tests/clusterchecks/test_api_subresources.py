@@ -148,7 +148,7 @@ def test_method_not_allowed_is_405(api_client: Any, namespace: str) -> None:
     response = api_client.rest_client.request(
         "POST", f"{api_client.configuration.host}/api/v1/namespaces/{namespace}/configmaps/x",
         headers={"Content-Type": "application/json",
-                 "Authorization": api_client.configuration.api_key["authorization"]},
+                 "Authorization": api_client.configuration.api_key["BearerToken"]},
         body={"metadata": {"name": "x"}})
     assert response.status == 405
     response.read()
