@@ -2,7 +2,8 @@
 pod's own network namespace, and owns `pod.status`.
 
 Per pod: a sandbox (netns + veth + IP), pod-level `net.*` sysctls, init containers in order to
-completion, then every container with its probes. Containers restart per `restartPolicy` with a
+completion, then every container with its postStart hook and probes (preStop runs on graceful
+deletion). Containers restart per `restartPolicy` with a
 CrashLoopBackOff-style delay: 1 s, doubling, capped at 10 s for tests (Kubernetes: 10 s doubling
 to 5 min), reset once an instance ran for 10 s. Deletion: a pod with a deletionTimestamp first
 leaves every Endpoints (bounded wait), then gets SIGTERM, SIGKILL after its grace period, and is
@@ -43,6 +44,8 @@ BACKOFF_RESET_AFTER = 10.0
 ENDPOINTS_LEAVE_TIMEOUT = 2.0
 CONFIG_RETRY = 1.0
 STOP_GRACE = 2.0  # Node.stop: SIGTERM, then SIGKILL after this
+HOOK_TIMEOUT = 3600  # lifecycle hooks have no timeout of their own
+PRE_STOP_EXTENSION = 2.0
 
 
 class StartError(Exception):
@@ -319,7 +322,8 @@ class PodWorker:
                 cwd = c.spec["workingDir"]
                 if not os.path.isdir(cwd):
                     raise StartError(f'workingDir "{cwd}" does not exist on the node')
-        full_env = podenv.process_environment(env, self.name)
+        hostname = self.pod.get("spec", {}).get("hostname") or self.name
+        full_env = podenv.process_environment(env, hostname)
         argv[0] = resolve_executable(argv[0], full_env)
         return Launch(argv, full_env, cwd)
 
@@ -382,6 +386,12 @@ class PodWorker:
 
     async def _probe(self, c: ContainerRuntime, inst: Instance) -> None:
         spec = c.spec
+        post_start = (spec.get("lifecycle") or {}).get("postStart")
+        if post_start:
+            ok, message = await self._run_hook(c, post_start)
+            if not ok:
+                await self._kill_instance(c, inst, f"PostStartHook failed: {message}")
+                return
         startup, readiness, liveness = (
             spec.get("startupProbe"), spec.get("readinessProbe"), spec.get("livenessProbe")
         )
@@ -460,6 +470,30 @@ class PodWorker:
 
         return run
 
+    async def _run_hook(self, c: ContainerRuntime, handler: Obj) -> tuple[bool, str]:
+        """A lifecycle handler (exec, httpGet, tcpSocket, sleep), bounded only by the caller."""
+        if "sleep" in handler:
+            await asyncio.sleep(float(handler["sleep"].get("seconds", 0)))
+            return True, ""
+        hook = {**handler, "timeoutSeconds": HOOK_TIMEOUT}
+        return await probes.check(hook, c.spec, self.pod_ip, self._exec_runner(c))
+
+    async def _stop_container(self, c: ContainerRuntime, grace: float, pre_stop: bool) -> None:
+        """preStop hook (if asked), then SIGTERM, SIGKILL once the grace period is used up."""
+        inst = c.instance
+        if inst is None:
+            return
+        deadline = time.monotonic() + grace
+        hook = (c.spec.get("lifecycle") or {}).get("preStop") if pre_stop else None
+        if hook:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._run_hook(c, hook), grace)
+            # As the kubelet: a hook that used up the grace period earns 2 s more.
+            remaining = max(deadline - time.monotonic(), PRE_STOP_EXTENSION)
+        else:
+            remaining = grace
+        await _terminate(inst.process, remaining)
+
     async def _kill_instance(self, c: ContainerRuntime, inst: Instance, reason: str) -> None:
         inst.kill_reason = f"{reason}, container will be restarted"
         c.ready = False
@@ -483,7 +517,7 @@ class PodWorker:
     async def _terminate_gracefully(self) -> None:
         try:
             await self._wait_endpoints_left()
-            await self.shutdown(self.grace_period())
+            await self.shutdown(self.grace_period(), pre_stop=True)
             with contextlib.suppress(ApiError):
                 current = self.kubelet.store.try_get("pods", self.namespace, self.name)
                 if current is not None and current["metadata"]["uid"] == self.uid:
@@ -507,11 +541,11 @@ class PodWorker:
             for address in subset.get("addresses") or []
         )
 
-    async def shutdown(self, grace: float) -> None:
-        """SIGTERM every container, SIGKILL after `grace`, then remove the sandbox."""
+    async def shutdown(self, grace: float, *, pre_stop: bool = False) -> None:
+        """(preStop hooks,) SIGTERM every container, SIGKILL after `grace`, remove the sandbox."""
         self.terminating = True
-        running = [c.instance.process for c in self.init + self.main if c.instance]
-        await asyncio.gather(*(_terminate(p, grace) for p in running))
+        await asyncio.gather(*(self._stop_container(c, grace, pre_stop)
+                               for c in self.init + self.main))
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -465,6 +465,39 @@ def test_graceful_deletion_leaves_endpoints_before_sigterm(tmp_path: Path) -> No
     run(scenario)
 
 
+def test_lifecycle_hooks_post_start_failure_and_pre_stop_before_sigterm(tmp_path: Path) -> None:
+    order = tmp_path / "order"
+
+    async def scenario() -> None:
+        async with running_node() as (store, _node):
+            failing = server(lifecycle={"postStart": {"exec": {"command": ["false"]}}})
+            store.create("pods", pod("poststart", failing))
+            p = await wait_pod(store, "poststart",
+                               lambda p: cstatus(p).get("restartCount", 0) >= 1,
+                               "restarted after its postStart hook failed")
+            assert "PostStartHook failed" in cstatus(p)["lastState"]["terminated"]["message"]
+            assert not condition(p, "Ready")
+
+            trap = (f"import signal,sys,time\n"
+                    f"def h(*a):\n open({str(order)!r},'a').write('term\\n'); sys.exit(0)\n"
+                    "signal.signal(signal.SIGTERM, h)\n"
+                    + SERVER.replace("signal.signal(", "_ = ("))  # keep h as the handler
+            hooked = container(command=["python3", "-c", trap], lifecycle={
+                "preStop": {"exec": {"command": ["sh", "-c", f"echo prestop >> {order}"]}}})
+            store.create("pods", pod("prestop", hooked))
+            p = await ready(store, "prestop")
+            await http_get_retry(f"http://{p['status']['podIP']}:8080/")  # handler installed
+            p["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
+            p["metadata"]["deletionGracePeriodSeconds"] = 10
+            store.replace("pods", p)
+            deadline = time.monotonic() + WAIT
+            while store.try_get("pods", "default", "prestop") is not None:
+                assert time.monotonic() < deadline, "pod never removed"
+                await asyncio.sleep(0.05)
+    run(scenario)
+    assert order.read_text() == "prestop\nterm\n"
+
+
 def test_pod_removed_from_store_is_killed_at_once() -> None:
     async def scenario() -> None:
         async with running_node() as (store, node):
