@@ -158,7 +158,9 @@ async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock
                                 f"run: {kubectl(kube, 'delete', 'deployment/' + lock.proxy)}")
             progress.error(out.failures[-1])
 
-    if original is not None and ours:
+    annotations = (original or {}).get("metadata", {}).get("annotations") or {}
+    stray = found is None and any(k in annotations for k in state.KEYS)
+    if original is not None and (ours or stray):
         if scaled:
             try:
                 await kube.patch_deployment(name, state.clear_patch())

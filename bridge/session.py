@@ -143,9 +143,11 @@ class Session:
         async with anyio.create_task_group() as outer:
             await outer.start(self._signals)
             try:
+                finished = False
                 with anyio.CancelScope() as self.body_scope:
                     code = await self._body()
-                if self.interrupted is not None:
+                    finished = True
+                if not finished and self.interrupted is not None:
                     code = 0 if self.attach_mode_held else 128 + self.interrupted
             except BridgeError as e:
                 error = e
