@@ -101,7 +101,14 @@ class Node:
             raise bad_request(
                 f'container "{container}" in pod "{pod}" is waiting to start: ContainerCreating'
             )
-        target = runtime.previous_log if previous else runtime.log
+        # As the kubelet: --previous is the instance in lastState.terminated, which is the one
+        # that just ended while the container waits to be restarted.
+        if previous:
+            in_backoff = "waiting" in runtime.state and runtime.instance is None
+            target = (runtime.log if in_backoff else runtime.previous_log) \
+                if runtime.last_state else None
+        else:
+            target = runtime.log
         if target is None:
             if previous:
                 raise bad_request(

@@ -278,17 +278,33 @@ def test_container_without_command_fails_visibly_and_backs_off() -> None:
 
 
 def test_restart_policy_always_restarts_with_backoff_and_keeps_previous_log() -> None:
+    # Attempt N prints "attempt N"; attempt 2 lives for a while, the others exit at once.
+    script = ('n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count; '
+              'echo "attempt $n"; echo oops >&2; [ "$n" = 2 ] && sleep 5; exit 3')
+
+    def state(p: Obj) -> str:
+        return next(iter(cstatus(p).get("state") or {"": 0}))
+
     async def scenario() -> None:
         async with running_node() as (store, node):
-            c = container(command=["sh", "-c", "echo run; echo oops >&2; exit 3"])
-            store.create("pods", pod("crash", c))
-            p = await wait_pod(store, "crash", lambda p: cstatus(p).get("restartCount", 0) >= 2,
-                               "restarted twice")
+            store.create("pods", pod("crash", container(command=["sh", "-c", script])))
+            # Backing off after attempt 1: current and previous are both the one that ended.
+            p = await wait_pod(store, "crash", lambda p: state(p) == "waiting"
+                               and cstatus(p).get("lastState"), "backing off")
             st = cstatus(p)
+            assert st["state"]["waiting"]["reason"] == "CrashLoopBackOff"
             assert st["lastState"]["terminated"]["exitCode"] == 3
             assert st["lastState"]["terminated"]["reason"] == "Error"
             assert p["status"]["phase"] == "Running"
-            assert await read_logs(node, "crash", previous=True) == "run\noops\n"
+            assert await read_logs(node, "crash") == "attempt 1\noops\n"
+            assert await read_logs(node, "crash", previous=True) == "attempt 1\noops\n"
+            # Attempt 2 running: previous is attempt 1.
+            p = await wait_pod(store, "crash", lambda p: state(p) == "running"
+                               and cstatus(p)["restartCount"] == 1, "running attempt 2")
+            assert await read_logs(node, "crash", previous=True) == "attempt 1\noops\n"
+            await wait_log(node, "crash", "attempt 2\n")
+            p = await wait_pod(store, "crash", lambda p: cstatus(p)["restartCount"] >= 2,
+                               "restarted twice")
             with pytest.raises(ApiError, match="container nope is not valid for pod crash"):
                 node.logs("default", "crash", "nope")
     run(scenario)
