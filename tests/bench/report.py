@@ -47,6 +47,7 @@ FIGURES = (
     Figure("burst_seconds", "1,000 concurrent: total time", "s"),
     Figure("rss_client", "peak RSS agent/ssh, 1,000 conns", "MB"),
     Figure("rss_server", "peak RSS sidecar/sshd, 1,000 conns", "MB"),
+    Figure("restarts", "path died, set up again (times)", "count", ratios=False),
     Figure("swap_start", "swap: start to first request served", "s", ratios=False),
     Figure("swap_restore", "swap: restore", "s", ratios=False),
 )
@@ -121,6 +122,8 @@ TARGETS = (
     Target("tunnel round trip p50 <= 2x OpenSSH", "rtt_p50", "tunnel", 2.0, "max_ratio"),
     Target("tunnel 1,000 concurrent: zero errors", "burst_errors", "tunnel", 0, "zero"),
     Target("cluster 1,000 concurrent: zero errors", "burst_errors", "cluster", 0, "zero"),
+    Target("tunnel never died during the run", "restarts", "tunnel", 0, "zero"),
+    Target("cluster path never died during the run", "restarts", "cluster", 0, "zero"),
     Target("swap to first request served <= 3 s", "swap_start", "cluster", 3.0, "max_value"),
     Target("agent RSS <= 100 MB under load (tunnel)", "rss_client", "tunnel", 100.0,
            "max_value"),
@@ -148,7 +151,8 @@ def evaluate(results: Results, target: Target) -> dict[str, Any]:
         met = r >= target.bound if target.kind == "min_ratio" else r <= target.bound
         out.update(value=r, met=met, detail=f"{r:.2f}x OpenSSH")
     elif target.kind == "zero":
-        out.update(value=value, met=value == 0, detail=f"{value:g} errors")
+        noun = "errors" if "errors" in target.figure else "times"
+        out.update(value=value, met=value == 0, detail=f"{value:g} {noun}")
     else:
         out.update(value=value, met=value <= target.bound, detail=f"{fmt(value)}")
     return out
@@ -207,10 +211,13 @@ def table(results: Results) -> str:
             out.append(f"{PATH_TITLES[p]}: not available: {info.reason}")
         for note in info.notes:
             out.append(f"{PATH_TITLES[p]}: {note}")
+    errors: dict[tuple[str, str], list[str]] = {}
     for key, per_path in results.figures.items():
         for p, m in per_path.items():
             if isinstance(m, str):
-                out.append(f"{PATH_TITLES.get(p, p)} {key}: error: {m}")
+                errors.setdefault((p, m), []).append(key)
+    for (p, m), keys in errors.items():
+        out.append(f"{PATH_TITLES.get(p, p)}: error in {', '.join(keys)}: {m}")
     return "\n".join(out)
 
 

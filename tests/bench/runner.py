@@ -59,7 +59,7 @@ _SUM = {"http_keepalive_errors", "http_newconn_errors", "burst_errors"}
 _MAX = {"rss_client", "rss_server"}
 
 RoundFn = Callable[[paths.Endpoint], dict[str, float]]
-MAX_RESTARTS = 2
+MAX_RESTARTS = 12  # bounded: a path that keeps dying is set up again at most this often
 
 
 class Slot:
@@ -82,14 +82,15 @@ class Slot:
             return ""
         note = f"the path died before {what}: {dead}"
         log(f"  {self.name}: {note}")
+        notes = results.paths[self.name].notes
+        if note not in notes:
+            notes.append(note)
         if not self._restartable or self.restarts >= MAX_RESTARTS:
-            results.paths[self.name].notes.append(note)
             return f"path dead: {dead}"
         self.close()
         self._stack = contextlib.ExitStack()
         self.restarts += 1
         self.ep = self._stack.enter_context(self._factory())
-        results.paths[self.name].notes.append(note + " (set up again)")
         return ""
 
     def close(self) -> None:
@@ -305,6 +306,9 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> Results:
             if slot is not None:
                 slots[name] = slot
         measure(results, slots, cfg, log)
+        for name, slot in slots.items():
+            if name != "limit":
+                results.record("restarts", name, float(slot.restarts))
         log("tearing down")
     results.meta["seconds"] = round(time.monotonic() - started, 1)
     return results
