@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from sidecar import podenv
 from sidecar import settings as settings_mod
 from sidecar.server import serve
 
@@ -33,7 +34,7 @@ def main() -> int:
         print(f"sidecar: bad settings: {exc}; nothing was started", file=sys.stderr)
         return EXIT_BAD_SETTINGS
     _configure_logging()
-    environ = dict(os.environ)
+    environ = podenv.pod_environment(os.environ, podenv.load_image_env())
     try:
         return asyncio.run(serve(settings, environ))
     except KeyboardInterrupt:

@@ -64,6 +64,21 @@ def test_right_key_runs_version_and_env(sidecar: Sidecar, key: ClientKey) -> Non
     assert key.public_line.split()[1] not in log  # keys are not logged, fingerprints are
 
 
+def test_env_leaves_out_the_lc_ctype_python_added(tmp_path: Path, key: ClientKey) -> None:
+    # With no usable LANG, Python coerces the C locale and sets LC_CTYPE in its own
+    # environment (PEP 538); that is not the pod's, so `env` must not report it.
+    with running_sidecar(tmp_path, key, extra_env={"LANG": "", "APP": "x"}) as sidecar:
+
+        async def scenario() -> str:
+            async with await sidecar.connect(key) as conn:
+                return str((await conn.run(protocol.CMD_ENV, check=True)).stdout)
+
+        env = json.loads(asyncio.run(scenario()))
+        expected = {k: v for k, v in sidecar.env.items() if not k.startswith("BRIDGE_")}
+        assert env == expected
+        assert "LC_CTYPE" not in env
+
+
 def test_user_name_is_not_checked(sidecar: Sidecar, key: ClientKey) -> None:
     async def scenario() -> str:
         async with await sidecar.connect(key, username="root") as conn:

@@ -209,3 +209,56 @@ def test_sidecar_imports_only_stdlib_asyncssh_and_itself() -> None:
                 found.setdefault(name.split(".")[0], set()).add(path.name)
     assert "asyncssh" in found
     assert {name: files for name, files in found.items() if name not in allowed} == {}
+
+
+# ---------------------------------------------------------------- the pod's environment
+
+
+def test_pod_environment_drops_settings_image_variables_and_coercion() -> None:
+    from sidecar import podenv
+
+    image = {"PATH": "/usr/local/bin:/usr/bin", "LANG": "C.UTF-8", "PYTHON_VERSION": "3.11.9"}
+    environ = {
+        "PATH": "/custom/bin:/usr/bin",  # the spec overrides the image's PATH: kept
+        "PYTHON_VERSION": "3.11.9",  # the image's own, unchanged: dropped
+        "BRIDGE_PORTS": "8080",
+        "DATABASE_URL": "postgres://db:5432/app",
+        "HOSTNAME": "hello-proxy",
+    }
+    assert podenv.pod_environment(environ, image) == {
+        "PATH": "/custom/bin:/usr/bin",
+        "DATABASE_URL": "postgres://db:5432/app",
+        "HOSTNAME": "hello-proxy",
+    }
+
+
+@pytest.mark.parametrize(
+    ("environ", "coerced"),
+    [
+        ({"LC_CTYPE": "C.UTF-8"}, True),
+        ({"LC_CTYPE": "C.UTF-8", "LANG": "C"}, True),
+        ({"LC_CTYPE": "C.UTF-8", "LANG": "en_US.UTF-8"}, False),
+        ({"LC_CTYPE": "C.UTF-8", "LC_ALL": "C"}, False),
+        ({"LC_CTYPE": "de_DE.UTF-8"}, False),
+        ({}, False),
+    ],
+)
+def test_locale_coercion_is_recognised(environ: dict[str, str], coerced: bool) -> None:
+    from sidecar import podenv
+
+    assert podenv.locale_was_coerced(environ) is coerced
+    kept = "LC_CTYPE" in podenv.pod_environment(environ, {})
+    assert kept is ("LC_CTYPE" in environ and not coerced)
+
+
+def test_image_record_round_trip(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from sidecar import podenv
+
+    path = Path(str(tmp_path)) / "image-env.json"
+    podenv.record(path, {"PATH": "/usr/bin", "HOSTNAME": "buildkitsandbox", "HOME": "/root"})
+    assert podenv.load_image_env(path) == {"PATH": "/usr/bin"}
+    assert podenv.load_image_env(Path(str(tmp_path)) / "missing.json") == {}
+    path.write_text("[1, 2]")
+    assert podenv.load_image_env(path) == {}
