@@ -193,7 +193,15 @@ def test_kill_9_then_bridge_restore(make_workload: Any) -> None:
     b = w.bridge("swap", "hello", "--port", f"http:{port}")
     b.wait_for("attached")
     b.kill()  # SIGKILL: nothing of bridge's cleanup runs
-    w.assert_swapped()
+    proxy = w.assert_swapped()["metadata"]["name"]
+    # a user who may not write: every step fails, each with the command to finish by hand
+    code, r = w.run_bridge("--context", "bridge-test-restricted", "restore", "hello")
+    assert code == 1
+    ctx = f"kubectl --context bridge-test-restricted -n {w.namespace}"
+    assert f"run: {ctx} scale deployment/hello --replicas=2" in r.stderr
+    assert f"run: {ctx} delete deployment/{proxy}" in r.stderr
+    assert "kept bridge's annotations" in r.stderr
+    assert w.assert_swapped()["metadata"]["name"] == proxy  # still swapped, lock intact
     code, r = w.run_bridge("restore", "hello")
     assert code == 0, r.stderr
     w.assert_restored()

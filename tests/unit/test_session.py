@@ -1,0 +1,79 @@
+"""The session's cleanup stack: LIFO, every step runs whatever the others do, even cancelled."""
+
+from __future__ import annotations
+
+import io
+
+import anyio
+import pytest
+
+from bridge.errors import BridgeError
+from bridge.progress import Progress
+from bridge.session import CleanupStack, _first_bridge_error
+
+
+def test_steps_run_last_in_first_out_and_failures_do_not_skip_others() -> None:
+    out = io.StringIO()
+    stack = CleanupStack(Progress(stream=out))
+    ran: list[str] = []
+
+    def step(name: str, fail: bool = False):  # type: ignore[no-untyped-def]
+        async def run() -> None:
+            ran.append(name)
+            if fail:
+                raise BridgeError(f"{name} broke")
+        return run
+
+    stack.push("close api", step("api"))
+    stack.push("restore", step("restore", fail=True))
+    stack.push("stop child", step("child"))
+    anyio.run(stack.unwind)
+    assert ran == ["child", "restore", "api"]
+    assert stack.failures == ["restore: restore broke"]
+    assert "error: restore failed: restore broke" in out.getvalue()
+    anyio.run(stack.unwind)  # nothing left: unwinding twice runs nothing twice
+    assert ran == ["child", "restore", "api"]
+
+
+def test_unwind_in_a_shielded_scope_survives_cancellation() -> None:
+    stack = CleanupStack(Progress(stream=io.StringIO()))
+    ran: list[str] = []
+
+    async def slow() -> None:
+        await anyio.sleep(0.05)
+        ran.append("restored")
+
+    stack.push("restore", slow)
+
+    async def main() -> None:
+        with anyio.CancelScope() as scope:
+            try:
+                scope.cancel()
+                await anyio.sleep(10)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await stack.unwind()
+
+    anyio.run(main)
+    assert ran == ["restored"]
+
+
+def test_first_bridge_error_in_nested_groups() -> None:
+    inner = BridgeError("the one")
+    eg = BaseExceptionGroup("outer", [ValueError("x"), BaseExceptionGroup("inner", [inner])])
+    assert _first_bridge_error(eg) is inner
+    assert _first_bridge_error(BaseExceptionGroup("g", [ValueError("x")])) is None
+
+
+@pytest.mark.parametrize("verbosity,shown", [(0, ["warning"]), (1, ["info", "warning"]),
+                                             (2, ["info", "detail", "warning"])])
+def test_progress_levels(verbosity: int, shown: list[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = io.StringIO()
+    log = tmp_path / "log"
+    p = Progress(verbosity, str(log), stream=out)
+    p.info("info")
+    p.detail("detail")
+    p.warn("warning")
+    p.close()
+    assert [ln.split(": ")[-1] for ln in out.getvalue().splitlines()] == shown
+    assert len(log.read_text().splitlines()) == 3  # the log file gets everything
