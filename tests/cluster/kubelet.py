@@ -225,6 +225,7 @@ class PodWorker:
         while not self.terminating:
             try:
                 launch = self._launch_of(c)
+                exit_code, terminated, ran_for = await self._run_instance(c, launch)
             except podenv.ConfigError as exc:
                 c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
                 self.publish()
@@ -241,8 +242,6 @@ class PodWorker:
                 }
                 exit_code = 128
                 ran_for = 0.0
-            else:
-                exit_code, terminated, ran_for = await self._run_instance(c, launch)
             if self.terminating:
                 c.state = {"terminated": terminated}
                 return
@@ -329,17 +328,20 @@ class PodWorker:
 
     async def _run_instance(self, c: ContainerRuntime, launch: Launch) -> tuple[int, Obj, float]:
         assert self.sandbox is not None
+        try:
+            process = await asyncio.create_subprocess_exec(
+                NSENTER, f"--net=/run/netns/{self.sandbox.netns}", "--", *launch.argv,
+                env=launch.env,
+                cwd=launch.cwd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                limit=1 << 20,
+            )
+        except OSError as exc:
+            raise StartError(f"cannot start {launch.argv[0]}: {exc}") from exc
         container_log = self._new_log(c)
-        process = await asyncio.create_subprocess_exec(
-            NSENTER, f"--net=/run/netns/{self.sandbox.netns}", "--", *launch.argv,
-            env=launch.env,
-            cwd=launch.cwd,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            limit=1 << 20,
-        )
         started_at = now_rfc3339()
         inst = Instance(process, container_log, started_at, time.monotonic())
         c.instance = inst
@@ -565,7 +567,7 @@ class PodWorker:
         for c in self.init + self.main:
             if c.instance is not None:
                 _signal_group(c.instance.process, signal.SIGKILL)
-        asyncio.create_task(self._remove_sandbox())
+        self.kubelet.background(self._remove_sandbox())
         self.kubelet.forget(self)
 
     async def _remove_sandbox(self) -> None:
@@ -675,6 +677,7 @@ class Kubelet:
         self.network = network
         self._workers: dict[str, PodWorker] = {}  # by uid
         self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         pods, rv = self.store.list("pods")
@@ -706,6 +709,11 @@ class Kubelet:
         elif pod["metadata"].get("deletionTimestamp"):
             worker.begin_termination(pod)
 
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def forget(self, worker: PodWorker) -> None:
         if self._workers.get(worker.uid) is worker:
             del self._workers[worker.uid]
@@ -730,3 +738,5 @@ class Kubelet:
             if w._lifecycle is not None:
                 w._lifecycle.cancel()
         self._workers.clear()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
