@@ -222,6 +222,24 @@ def test_many_concurrent_forwarded_connections(sidecar: Sidecar, key: ClientKey)
     assert answers == [b"ok:" + p for p in payloads]
 
 
+def test_forwarded_connection_to_a_dead_laptop_port_is_closed_and_logged(
+    sidecar: Sidecar, key: ClientKey
+) -> None:
+    port = sidecar.allowed[0]
+    (dead,) = free_ports(1)
+
+    async def scenario() -> bytes:
+        async with await sidecar.connect(key) as conn:
+            await conn.forward_remote_port("", port, "127.0.0.1", dead)
+            try:
+                return await exchange("127.0.0.1", port, b"anyone?")
+            except ConnectionResetError:
+                return b""
+
+    assert asyncio.run(scenario()) == b""
+    sidecar.wait_log("client refused the forwarded connection")
+
+
 def test_disallowed_port_is_refused(sidecar: Sidecar, key: ClientKey) -> None:
     (other,) = free_ports(1)
 
