@@ -123,10 +123,14 @@ def _find(objs: Iterable[Obj], name: str) -> Obj | None:
 
 
 def _secret_data(secret: Obj) -> dict[str, str]:
-    data = {
-        k: base64.b64decode(v).decode("utf-8", errors="replace")
-        for k, v in (secret.get("data") or {}).items()
-    }
+    try:
+        data = {
+            k: base64.b64decode(v, validate=True).decode("utf-8", errors="replace")
+            for k, v in (secret.get("data") or {}).items()
+        }
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f'secret "{secret["metadata"]["name"]}" has data that is not '
+                          f"base64: {exc}") from exc
     data.update(secret.get("stringData") or {})
     return data
 
