@@ -216,3 +216,31 @@ def test_service_proxy_tables() -> None:
     assert serviceproxy.ready_backends(endpoints) == {
         ("team", "web", "http"): [("10.244.0.2", 8080)]
     }
+
+
+def test_log_tail_and_timestamps_with_partial_lines(tmp_path: object) -> None:
+    import asyncio
+    from pathlib import Path
+
+    from tests.cluster.logstore import ContainerLog
+
+    async def scenario() -> None:
+        log = ContainerLog(Path(str(tmp_path)) / "c" / "0.log")
+        log.write("stdout", b"a\nb")
+        log.write("stderr", b"c\nd\n")
+        log.write("stdout", b"tail-without-newline")
+        log.close()
+
+        async def read(**kw: object) -> bytes:
+            return b"".join([chunk async for chunk in log.read(**kw)])  # type: ignore[arg-type]
+
+        assert await read() == b"a\nbc\nd\ntail-without-newline"
+        assert await read(tail_lines=2) == b"d\ntail-without-newline"
+        assert await read(tail_lines=0) == b""
+        stamped = (await read(timestamps=True)).split(b"\n")
+        assert [line.split(b" ", 1)[1] for line in stamped] == [
+            b"a", b"bc", b"d", b"tail-without-newline"]
+        assert all(line.split(b" ", 1)[0].endswith(b"Z") for line in stamped)
+        assert await read(follow=True) == b"a\nbc\nd\ntail-without-newline"  # closed: ends
+
+    asyncio.run(scenario())
