@@ -109,10 +109,12 @@ class Link:
     tunnel: Any
 
     async def close(self) -> None:
-        with anyio.move_on_after(5):
-            try:
+        """Close SSH then the port-forward; each bounded, the second whatever the first did."""
+        try:
+            with anyio.move_on_after(5):
                 await self.tunnel.close()
-            finally:
+        finally:
+            with anyio.move_on_after(5):
                 await self.forwarder.close()
 
 
@@ -365,7 +367,11 @@ class Session:
         waiter = self.progress.waiting("the proxy pod to start" if first
                                        else "the proxy pod to accept a new tunnel")
         selector = f"{state.SESSION_LABEL}={self.session_id}"
+        checked = time.monotonic()
         while True:
+            if not first and time.monotonic() - checked > 2:
+                await self._check_still_ours()  # the proxy may be gone for good
+                checked = time.monotonic()
             pods = [q for q in await kube.list_pods(selector)
                     if not q.get("metadata", {}).get("deletionTimestamp")]
             pods.sort(key=lambda q: str(q.get("metadata", {}).get("creationTimestamp", "")))
@@ -558,9 +564,23 @@ class Session:
                     self.progress.info(
                         f"reconnected after {time.monotonic() - started:.1f}s")
                 except (BridgeError, OSError, TimeoutError) as e:
+                    await self._check_still_ours()
                     self.progress.warn(f"reconnecting failed ({e}); retrying in {delay:g}s")
                     await anyio.sleep(delay)
                     delay = min(delay * 2, 5.0)
+
+    async def _check_still_ours(self) -> None:
+        """End the session when someone else restored the Deployment meanwhile."""
+        try:
+            dep = await self._kube().get_deployment(self.name)
+        except ApiError as e:
+            if e.status != 404:
+                return  # API trouble: keep trying
+            raise BridgeError(f"deployment/{self.name} was deleted while swapped") from e
+        lock = state.decode(_annotations(dep))
+        if lock is None or self.lock is None or lock.session != self.lock.session:
+            raise BridgeError(f"deployment/{self.name} was restored or taken over by someone "
+                              "else (bridge restore?) while this session ran")
 
     async def _close_link(self) -> None:
         if self.link is not None:

@@ -449,3 +449,17 @@ def test_child_process_tree_is_gone_after_the_session(make_workload: Any, tmp_pa
     finally:
         if not gone():
             os.kill(grandchild, signal.SIGKILL)
+
+
+def test_session_ends_when_someone_else_restores(make_workload: Any) -> None:
+    w = make_workload()
+    port = free_port()
+    w.local_server(port)
+    b = w.bridge("swap", "hello", "--port", f"http:{port}")
+    b.wait_for("attached")
+    code, r = w.run_bridge("restore", "hello")
+    assert code == 0, r.stderr
+    assert b.wait() == 1
+    errors = [ln for ln in b.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1, b.stderr
+    assert "restored or taken over by someone else" in errors[0]
