@@ -130,6 +130,7 @@ class Session:
         self.body_scope: anyio.CancelScope | None = None
         self.interrupted: int | None = None
         self.restoring = False
+        self.attach_mode_held = False
         self.cluster_touched = False
         self.restore_outcome: restore.Outcome | None = None
         self.name = ""
@@ -178,8 +179,6 @@ class Session:
             self.progress.error("restoring was incomplete, see the messages above")
             return code or 1
         return code
-
-    attach_mode_held = False
 
     async def _signals(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(*SIGNALS) as receiver:
@@ -426,8 +425,8 @@ class Session:
         waiter = self.progress.waiting(f"proxy pod {pod_name} to become Ready")
         services: list[Obj] | None = None
         while True:
-            pod = await kube.list_pods(f"{state.SESSION_LABEL}={self.session_id}")
-            mine = [q for q in pod if target.name_of(q) == pod_name]
+            pods = await kube.list_pods(f"{state.SESSION_LABEL}={self.session_id}")
+            mine = [q for q in pods if target.name_of(q) == pod_name]
             if mine:
                 await self._check_pod_failure(mine[0])
                 if restore._pod_ready(mine[0]):
