@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from . import resources, tables
+from . import protobuf, resources, tables
 from .auth import UNAUTHORIZED, Authenticator, User, authorize
 from .errors import ApiError, bad_request, method_not_allowed
 from .patch import SUPPORTED as PATCH_TYPES
@@ -325,6 +325,8 @@ class ApiServer:
         raw = await request.read()
         if not raw:
             return None
+        if request.content_type == protobuf.CONTENT_TYPE:
+            return protobuf.decode(raw)
         try:
             return json.loads(raw)
         except json.JSONDecodeError:
