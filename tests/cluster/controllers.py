@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from . import events
@@ -22,7 +23,7 @@ from .errors import ApiError
 from .registry import DeleteOptions, Registry
 from .resources import BY_KEY
 from .selectors import labels_match, selector_from_label_selector
-from .store import Store, now_rfc3339
+from .store import Store
 
 log = logging.getLogger("test-cluster.controllers")
 Obj = dict[str, Any]
@@ -72,6 +73,17 @@ def pod_ready(pod: Obj) -> bool:
         return False
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in pod.get("status", {}).get("conditions") or [])
+
+
+def ready_for(pod: Obj, now: datetime) -> float:
+    """Seconds the pod has been Ready (its Ready condition's lastTransitionTime)."""
+    condition: Obj = next((c for c in pod.get("status", {}).get("conditions") or []
+                      if c.get("type") == "Ready"), {})
+    since = condition.get("lastTransitionTime")
+    if not since:
+        return 0.0
+    then = datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return max(0.0, (now - then).total_seconds())
 
 
 def pod_active(pod: Obj) -> bool:
@@ -145,8 +157,23 @@ def rollout_plan(deployment: Obj, new_rs: Obj, old_rss: list[Obj]) -> RolloutPla
     return RolloutPlan(new_target, old_targets)
 
 
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def _format_time(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_COUNTERS = ("replicas", "updatedReplicas", "readyReplicas", "availableReplicas")
+
+
 def deployment_status(deployment: Obj, new_rs: Obj | None, all_rss: list[Obj],
-                      previous: Obj) -> Obj:
+                      previous: Obj, now: datetime, created_new: bool = False) -> Obj:
+    """The Deployment's status from its ReplicaSets (pure). Progressing turns False with
+    ProgressDeadlineExceeded when a rollout made no progress for progressDeadlineSeconds."""
     spec = deployment["spec"]
     replicas = spec.get("replicas", 1)
     st = [rs.get("status", {}) for rs in all_rss]
@@ -158,29 +185,31 @@ def deployment_status(deployment: Obj, new_rs: Obj | None, all_rss: list[Obj],
         "readyReplicas": sum(s.get("readyReplicas", 0) for s in st),
         "availableReplicas": available,
     }
+    progressed = created_new or any(status[k] != previous.get(k, 0) for k in _COUNTERS) or \
+        status["observedGeneration"] != previous.get("observedGeneration")
     if previous.get("collisionCount"):
         status["collisionCount"] = previous["collisionCount"]
     unavailable = max(0, replicas - available)
     if unavailable:
         status["unavailableReplicas"] = unavailable
-    for key in ("readyReplicas", "availableReplicas", "updatedReplicas", "replicas"):
+    for key in _COUNTERS:
         if not status[key]:
             del status[key]
     _, max_unavailable = surge_and_unavailable(deployment)
-    now = now_rfc3339()
+    stamp = _format_time(now)
     old_conditions = {c["type"]: c for c in previous.get("conditions") or []}
 
-    def condition(type_: str, ok: bool, reason: str, message: str) -> Obj:
+    def condition(type_: str, ok: bool, reason: str, message: str, touch: bool = False) -> Obj:
         old = old_conditions.get(type_)
         state = "True" if ok else "False"
-        changed = old is None or old.get("status") != state
-        same_reason = old is not None and old.get("reason") == reason
-        return {"type": type_, "status": state,
-                "lastUpdateTime": old["lastUpdateTime"] if (old and same_reason and not changed
-                                                            and old.get("message") == message)
-                else now,
-                "lastTransitionTime": now if changed else old["lastTransitionTime"],  # type: ignore[index]
-                "reason": reason, "message": message}
+        if old is not None and old.get("status") == state:
+            same = old.get("reason") == reason and old.get("message") == message
+            return {"type": type_, "status": state,
+                    "lastUpdateTime": old["lastUpdateTime"] if same and not touch else stamp,
+                    "lastTransitionTime": old["lastTransitionTime"],
+                    "reason": reason, "message": message}
+        return {"type": type_, "status": state, "lastUpdateTime": stamp,
+                "lastTransitionTime": stamp, "reason": reason, "message": message}
 
     is_available = available >= replicas - max_unavailable
     conditions = [condition(
@@ -190,21 +219,46 @@ def deployment_status(deployment: Obj, new_rs: Obj | None, all_rss: list[Obj],
         else "Deployment does not have minimum availability.")]
     if new_rs is not None:
         name = new_rs["metadata"]["name"]
-        new_status = new_rs.get("status", {})
         complete = (status.get("updatedReplicas", 0) == replicas
                     and status.get("replicas", 0) == replicas
-                    and new_status.get("availableReplicas", 0) >= replicas)
+                    and new_rs.get("status", {}).get("availableReplicas", 0) >= replicas)
+        old = old_conditions.get("Progressing")
+        deadline = spec.get("progressDeadlineSeconds")
+        last = _parse_time(old.get("lastUpdateTime")) if old else None
         if complete:
-            reason, msg = "NewReplicaSetAvailable", f'ReplicaSet "{name}" has successfully ' \
-                                                    "progressed."
-        elif old_conditions.get("Progressing", {}).get("reason") == "NewReplicaSetCreated" and \
-                f'"{name}"' in old_conditions["Progressing"].get("message", ""):
-            reason, msg = "NewReplicaSetCreated", f'Created new replica set "{name}"'
+            progressing = condition("Progressing", True, "NewReplicaSetAvailable",
+                                    f'ReplicaSet "{name}" has successfully progressed.')
+        elif created_new:
+            progressing = condition("Progressing", True, "NewReplicaSetCreated",
+                                    f'Created new replica set "{name}"', touch=True)
+        elif not progressed and deadline is not None and last is not None and \
+                (now - last).total_seconds() >= deadline and not spec.get("paused"):
+            progressing = condition("Progressing", False, "ProgressDeadlineExceeded",
+                                    f'ReplicaSet "{name}" has timed out progressing.')
+            progressing["lastUpdateTime"] = old["lastUpdateTime"] if old and \
+                old.get("reason") == "ProgressDeadlineExceeded" else stamp
+        elif not progressed and old is not None and old.get("status") == "False":
+            progressing = old  # timed out and still stuck
         else:
-            reason, msg = "ReplicaSetUpdated", f'ReplicaSet "{name}" is progressing.'
-        conditions.append(condition("Progressing", True, reason, msg))
+            progressing = condition("Progressing", True, "ReplicaSetUpdated",
+                                    f'ReplicaSet "{name}" is progressing.', touch=progressed)
+        conditions.append(progressing)
     status["conditions"] = sorted(conditions, key=lambda c: c["type"])
     return status
+
+
+def progress_check_after(deployment: Obj, now: datetime) -> float | None:
+    """Seconds until the rollout's progress deadline, if one is running (pure)."""
+    deadline = deployment["spec"].get("progressDeadlineSeconds")
+    progressing = next((c for c in deployment.get("status", {}).get("conditions") or []
+                        if c["type"] == "Progressing"), None)
+    if deadline is None or progressing is None or progressing.get("status") != "True" or \
+            progressing.get("reason") == "NewReplicaSetAvailable":
+        return None
+    last = _parse_time(progressing.get("lastUpdateTime"))
+    if last is None:
+        return None
+    return max(0.0, deadline - (now - last).total_seconds())
 
 
 # -- the machinery -------------------------------------------------------------------------
@@ -334,6 +388,7 @@ class ControllerManager:
         old_rss = [rs for rs in rss if rs is not new_rs]
         revisions = [int(rs["metadata"].get("annotations", {}).get(REVISION, "0") or 0)
                      for rs in rss]
+        created_new = new_rs is None
         if new_rs is None:
             new_rs = self._create_replicaset(d, max(revisions, default=0) + 1)
             rss.append(new_rs)
@@ -352,10 +407,15 @@ class ControllerManager:
         if revision and d["metadata"].get("annotations", {}).get(REVISION) != revision:
             d["metadata"].setdefault("annotations", {})[REVISION] = revision
             d = self.store.replace("apps/deployments", d)
-        status = deployment_status(d, new_rs, [new_rs] + old_rss, d.get("status") or {})
+        now = datetime.now(UTC)
+        status = deployment_status(d, new_rs, [new_rs] + old_rss, d.get("status") or {}, now,
+                                   created_new)
         if status != d.get("status"):
             d["status"] = status
-            self.store.replace("apps/deployments", d, status_only=True)
+            d = self.store.replace("apps/deployments", d, status_only=True)
+        wait = progress_check_after(d, now)
+        if wait is not None:
+            self.deployments.add_later(namespace, name, wait + 1.0)
 
     def _create_replicaset(self, d: Obj, revision: int) -> Obj:
         template = copy.deepcopy(d["spec"]["template"])
@@ -448,14 +508,21 @@ class ControllerManager:
                               "replicaset-controller")
         pods = self._owned("pods", rs)
         active = [p for p in pods if pod_active(p)]
-        ready = sum(1 for p in active if pod_ready(p))
+        ready = [p for p in active if pod_ready(p)]
+        now = datetime.now(UTC)
+        min_ready = rs["spec"].get("minReadySeconds", 0)
+        waits = [ready_for(p, now) for p in ready]
+        available = sum(1 for w in waits if w >= min_ready)
+        pending = [min_ready - w for w in waits if w < min_ready]
+        if pending:
+            self.replicasets.add_later(namespace, name, min(pending) + 0.1)
         selector = selector_from_label_selector(rs["spec"].get("selector")) or []
         status: Obj = {
             "replicas": len(active),
             "fullyLabeledReplicas": sum(1 for p in active
                                         if labels_match(selector, p["metadata"].get("labels"))),
-            "readyReplicas": ready,
-            "availableReplicas": ready,
+            "readyReplicas": len(ready),
+            "availableReplicas": available,
             "observedGeneration": rs["metadata"].get("generation", 1),
         }
         for key in ("fullyLabeledReplicas", "readyReplicas", "availableReplicas"):

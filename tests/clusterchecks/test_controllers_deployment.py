@@ -264,3 +264,41 @@ def test_replicaset_adopts_matching_orphans_and_releases_relabelled_pods(
     wait_until(lambda: len(active_pods(core_v1, namespace, "app=adopt")) == 1
                and all(owned_by(p, rs) for p in active_pods(core_v1, namespace, "app=adopt")),
                30, "adoption and scale-down to one pod")
+
+
+def test_progress_deadline_exceeded(apps_v1: Any, kubectl: Any, namespace: str,
+                                    wait_until: Any) -> None:
+    body = deployment("stuck", 1, ready=False)
+    body["spec"]["progressDeadlineSeconds"] = 2
+    apps_v1.create_namespaced_deployment(namespace, body)
+
+    def timed_out() -> Any:
+        conditions = apps_v1.read_namespaced_deployment("stuck", namespace).status.conditions
+        c = next((c for c in conditions or [] if c.type == "Progressing"), None)
+        return c if c is not None and c.status == "False" else None
+
+    c = wait_until(timed_out, 30, "the progress deadline to pass")
+    assert c.reason == "ProgressDeadlineExceeded"
+    assert c.message.endswith("has timed out progressing.")
+    result = kubectl.run("rollout", "status", "deployment/stuck", "-n", namespace,
+                         "--timeout=30s", check=False)
+    assert result.returncode != 0
+    assert 'deployment "stuck" exceeded its progress deadline' in result.stderr
+
+
+def test_min_ready_seconds_delays_availability(apps_v1: Any, namespace: str,
+                                               wait_until: Any) -> None:
+    from kubernetes import watch
+    start = apps_v1.list_namespaced_deployment(namespace).metadata.resource_version
+    body = deployment("patient", 1)
+    body["spec"]["minReadySeconds"] = 2
+    apps_v1.create_namespaced_deployment(namespace, body)
+    seen = []
+    for event in watch.Watch().stream(apps_v1.list_namespaced_deployment, namespace,
+                                      resource_version=start, timeout_seconds=30):
+        s = event["object"].status
+        seen.append((s.ready_replicas or 0, s.available_replicas or 0))
+        if seen[-1] == (1, 1):
+            break
+    assert (1, 0) in seen  # Ready, but not yet for minReadySeconds
+    assert seen[-1] == (1, 1)
