@@ -360,6 +360,20 @@ def test_pod_sysctl_applies_inside_the_pod_netns_only() -> None:
     assert host_sysctl.read_text() == host_value
 
 
+def test_image_commands_map_images_to_programs() -> None:
+    mapping = {"example.org/echo:1": ["sh", "-c", 'echo "mapped $*"', "sh"]}
+
+    async def scenario() -> None:
+        async with running_node(image_commands=mapping) as (store, node):
+            c = {"name": "main", "image": "example.org/echo:1", "args": ["a", "$(WHO)"],
+                 "env": [{"name": "WHO", "value": "b"}]}
+            store.create("pods", pod("mapped", c, restartPolicy="Never"))
+            await wait_pod(store, "mapped", lambda p: p["status"]["phase"] == "Succeeded",
+                           "succeeded")
+            assert await read_logs(node, "mapped") == "mapped a b\n"
+    run(scenario)
+
+
 def test_sidecar_image_runs_the_checkouts_sidecar() -> None:
     import asyncssh
 
