@@ -250,7 +250,8 @@ class Workload:
 
 def workload_manifest(name: str, replicas: int, ports: list[dict[str, Any]],
                       service_ports: list[dict[str, Any]], extra_env: list[dict[str, Any]]
-                      | None = None, env_from: list[dict[str, Any]] | None = None) -> str:
+                      | None = None, env_from: list[dict[str, Any]] | None = None,
+                      container_extra: dict[str, Any] | None = None) -> str:
     port_list = ",".join(str(p["containerPort"]) for p in ports)
     container = {
         "name": "web", "image": "python:3.11-slim",
@@ -262,6 +263,7 @@ def workload_manifest(name: str, replicas: int, ports: list[dict[str, Any]],
     }
     if env_from:
         container["envFrom"] = env_from
+    container.update(container_extra or {})
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},

@@ -463,3 +463,51 @@ def test_session_ends_when_someone_else_restores(make_workload: Any) -> None:
     errors = [ln for ln in b.stderr.splitlines() if "error" in ln]
     assert len(errors) == 1, b.stderr
     assert "restored or taken over by someone else" in errors[0]
+
+
+# Passes in the original's pods, fails in a proxy pod (its name carries "-bridge-").
+NOT_A_PROXY = ["python3", "-c", "import os, sys; sys.exit('-bridge-' in os.environ['HOSTNAME'])"]
+
+
+def test_probes_and_hooks_of_the_original_do_not_touch_the_proxy(make_workload: Any) -> None:
+    """Liveness/startup probes that would fail in the proxy, and a preStop hook that would
+    hold its deletion, are not carried over: the sidecar is never restarted."""
+    w = make_workload(container_extra={
+        "livenessProbe": {"exec": {"command": NOT_A_PROXY}, "periodSeconds": 1,
+                          "failureThreshold": 1},
+        "startupProbe": {"exec": {"command": NOT_A_PROXY}, "periodSeconds": 1,
+                         "failureThreshold": 1},
+        "lifecycle": {"preStop": {"exec": {"command": ["sleep", "60"]}}},
+    })
+    ip = w.service_ip()
+    port = free_port()
+    w.local_server(port)
+    b = w.bridge("swap", "hello", "--port", f"http:{port}")
+    b.wait_for("attached")
+    proxy_container = w.assert_swapped()["spec"]["template"]["spec"]["containers"][0]
+    assert not {"livenessProbe", "startupProbe", "lifecycle"} & set(proxy_container)
+    for _ in range(30):  # many probe periods: every request answered by the laptop
+        assert http_get(ip, 80) == f"laptop {port}\n"
+        time.sleep(0.1)
+    pod = json.loads(w.k("get", "pods", "-l", state.SESSION_LABEL, "-o", "json"))["items"][0]
+    assert [c["restartCount"] for c in pod["status"]["containerStatuses"]] == [0]
+    b.signal(signal.SIGINT)
+    assert b.wait() == 0, b.stderr
+
+
+def test_service_selecting_several_deployments_is_ambiguous(make_workload: Any) -> None:
+    w = make_workload(replicas=1)
+    twin = json.loads(w.k("get", "deployment", "hello", "-o", "json"))
+    twin = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "hello-twin"},
+            "spec": {**twin["spec"], "replicas": 0}}
+    w.kubectl("-n", w.namespace, "apply", "--validate=false", "-f", "-", input=json.dumps(twin))
+    try:
+        code, b = w.run_bridge("swap", "svc/hello", "--", "true")
+        assert code == 1
+        errors = [ln for ln in b.stderr.splitlines() if "error" in ln]
+        assert len(errors) == 1, b.stderr
+        assert "selects pods of several Deployments (deployment/hello, deployment/hello-twin)" \
+            in errors[0]
+        assert errors[0].endswith("nothing was changed")
+    finally:
+        w.k("delete", "deployment", "hello-twin")
