@@ -144,7 +144,8 @@ def test_exit_code_propagates(make_workload: Any, script: str, expected: int) ->
 
     w = make_workload(replicas=1)
     log = w.tmp / "bridge.log"
-    code, b = w.run_bridge("swap", "hello", "-q", "--log-file", str(log), "--", sys.executable,
+    code, b = w.run_bridge("swap", "hello", "-q", "--no-wait", "--log-file", str(log), "--",
+                           sys.executable,
                            "-c", "print('from the child', flush=True); " + script)
     assert code == expected, b.stderr
     assert b.stdout == "from the child\n"  # the child's stdout, nothing of bridge's
