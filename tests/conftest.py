@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 KUBECTL = str(VENV_BIN / "kubectl") if (VENV_BIN / "kubectl").exists() else "kubectl"
 READY_TIMEOUT = 60.0
+READY_LINE = "test cluster ready"  # what scripts/test-cluster prints once it serves
 STOP_TIMEOUT = 30.0
 T = TypeVar("T")
 
@@ -65,7 +66,7 @@ def start_cluster(kubeconfig: Path, *extra_args: str) -> ClusterProcess:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))
-            if not ready.is_set() and "ready" in line:
+            if not ready.is_set() and READY_LINE in line:
                 m = re.search(r"index[= ](\d+)", line)
                 if m:
                     index_box.append(int(m.group(1)))
@@ -74,7 +75,8 @@ def start_cluster(kubeconfig: Path, *extra_args: str) -> ClusterProcess:
 
     threading.Thread(target=pump, daemon=True, name="test-cluster-output").start()
     ready.wait(READY_TIMEOUT)
-    if proc.poll() is not None or not kubeconfig.exists() or not any("ready" in x for x in lines):
+    served = any(READY_LINE in x for x in lines)
+    if proc.poll() is not None or not kubeconfig.exists() or not served:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)

@@ -21,6 +21,7 @@ from . import protobuf, resources, tables
 from .auth import UNAUTHORIZED, Authenticator, User, authorize
 from .errors import ApiError, bad_request, method_not_allowed
 from .patch import SUPPORTED as PATCH_TYPES
+from .portforward import serve_portforward
 from .registry import DeleteOptions, Registry
 from .resources import Resource
 from .selectors import predicate_for
@@ -183,7 +184,6 @@ class ApiServer:
         authorize(user, verb, target.resource.group, target.resource.plural,
                   target.subresource, target.namespace, target.name)
         if target.subresource == "portforward":
-            from .portforward import serve_portforward
             return await serve_portforward(request, self.store, self.node, target.namespace
                                            or "default", target.name or "")
         if target.subresource == "log":

@@ -94,10 +94,7 @@ class Registry:
 
     def _check_kind(self, kind: str, api_version: str, obj: Obj) -> None:
         if obj.get("kind") and obj["kind"] != kind:
-            raise bad_request(f"the API version in the data ({obj.get('apiVersion')}) does not "
-                              f"match the expected API version ({api_version})"
-                              if obj.get("apiVersion") != api_version else
-                              f"the kind in the data ({obj['kind']}) does not match the "
+            raise bad_request(f"the kind in the data ({obj['kind']}) does not match the "
                               f"expected kind ({kind})")
         if obj.get("apiVersion") and obj["apiVersion"] != api_version:
             raise bad_request(f"the API version in the data ({obj['apiVersion']}) does not "
