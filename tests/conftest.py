@@ -99,11 +99,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess
 class Kubectl:
     kubeconfig: str
 
+    @property
+    def cache_dir(self) -> str:
+        """kubectl's discovery/HTTP cache, beside the kubeconfig (not in ~/.kube/cache)."""
+        return str(Path(self.kubeconfig).parent / "kubectl-cache")
+
     def run(self, *args: str, input: str | None = None, check: bool = True,
             timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run kubectl; with check=True a non-zero exit fails the test showing stderr."""
         result = subprocess.run(
-            [KUBECTL, "--kubeconfig", self.kubeconfig, *args],
+            [KUBECTL, "--kubeconfig", self.kubeconfig, "--cache-dir", self.cache_dir, *args],
             input=input, capture_output=True, text=True, timeout=timeout,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
