@@ -110,17 +110,20 @@ class RolloutPlan:
     old_replicas: dict[str, int]  # old ReplicaSet name -> desired spec.replicas
 
 
-def rollout_plan(deployment: Obj, new_rs: Obj, old_rss: list[Obj]) -> RolloutPlan:
-    """Next replica counts for a RollingUpdate or Recreate step (pure)."""
+def rollout_plan(deployment: Obj, new_rs: Obj, old_rss: list[Obj],
+                 old_pods_left: int | None = None) -> RolloutPlan:
+    """Next replica counts for a RollingUpdate or Recreate step (pure). `old_pods_left`:
+    pods of the old ReplicaSets still present, terminating ones included (Recreate starts
+    new pods only once they are all gone)."""
     spec = deployment["spec"]
     replicas = spec.get("replicas", 1)
     new_current = new_rs["spec"].get("replicas", 0)
     old_current = {rs["metadata"]["name"]: rs["spec"].get("replicas", 0) for rs in old_rss}
-    old_pods = sum(rs.get("status", {}).get("replicas", 0) for rs in old_rss)
+    if old_pods_left is None:
+        old_pods_left = sum(rs.get("status", {}).get("replicas", 0) for rs in old_rss)
     if (spec.get("strategy") or {}).get("type") == "Recreate":
-        if any(old_current.values()) or old_pods:
-            return RolloutPlan(0 if old_pods or any(old_current.values()) else replicas,
-                               dict.fromkeys(old_current, 0))
+        if any(old_current.values()) or old_pods_left:
+            return RolloutPlan(new_current, dict.fromkeys(old_current, 0))
         return RolloutPlan(replicas, old_current)
     if not any(old_current.values()):
         return RolloutPlan(replicas, old_current)
@@ -357,6 +360,10 @@ class ControllerManager:
             owner = self._owner_name(obj, "ReplicaSet")
             if owner:
                 self.replicasets.add(ns, owner)
+                rs = self.store.try_get("apps/replicasets", ns, owner)
+                deployment = self._owner_name(rs, "Deployment") if rs else None
+                if deployment and type_ == "DELETED":
+                    self.deployments.add(ns, deployment)  # Recreate waits for pods to go
             elif not any(r.get("controller") for r in meta.get("ownerReferences") or []):
                 labels = meta.get("labels") or {}
                 for rs in self.store.list("apps/replicasets", ns)[0]:
@@ -398,7 +405,12 @@ class ControllerManager:
             new_rs = self.store.replace("apps/replicasets", new_rs)
             rss = [new_rs] + old_rss
         if not d["spec"].get("paused"):
-            plan = rollout_plan(d, new_rs, old_rss)
+            old_uids = {rs["metadata"]["uid"] for rs in old_rss}
+            old_pods_left = sum(
+                1 for p in self.store.list("pods", namespace)[0]
+                if controller_uid(p) in old_uids
+                and p.get("status", {}).get("phase") not in ("Succeeded", "Failed"))
+            plan = rollout_plan(d, new_rs, old_rss, old_pods_left)
             new_rs = self._set_replicas(new_rs, plan.new_replicas, d)
             for i, rs in enumerate(old_rss):
                 old_rss[i] = self._set_replicas(rs, plan.old_replicas[rs["metadata"]["name"]], d)

@@ -122,3 +122,13 @@ def test_watch_from_compacted_resource_version_is_410(monkeypatch: pytest.Monkey
         return await asyncio.wait_for(task, 5)
 
     assert asyncio.run(main()) == ["late"]
+
+
+def test_recreate_waits_for_old_pods() -> None:
+    d = {"spec": {"replicas": 2, "strategy": {"type": "Recreate"}}}
+    plan = rollout_plan(d, _rs("new", 0, 0, "2"), [_rs("old", 2, 2)], old_pods_left=2)
+    assert (plan.new_replicas, plan.old_replicas) == (0, {"old": 0})
+    plan = rollout_plan(d, _rs("new", 0, 0, "2"), [_rs("old", 0, 0)], old_pods_left=1)
+    assert plan.new_replicas == 0  # one old pod still terminating
+    plan = rollout_plan(d, _rs("new", 0, 0, "2"), [_rs("old", 0, 0)], old_pods_left=0)
+    assert plan.new_replicas == 2

@@ -302,3 +302,33 @@ def test_min_ready_seconds_delays_availability(apps_v1: Any, namespace: str,
             break
     assert (1, 0) in seen  # Ready, but not yet for minReadySeconds
     assert seen[-1] == (1, 1)
+
+
+def test_recreate_strategy_replaces_all_pods_after_old_ones_are_gone(
+        apps_v1: Any, core_v1: Any, namespace: str, wait_until: Any) -> None:
+    from kubernetes import watch
+    body = deployment("rec", 2)
+    body["spec"]["strategy"] = {"type": "Recreate"}
+    apps_v1.create_namespaced_deployment(namespace, body)
+    wait_until(lambda: rollout_done(apps_v1, namespace, "rec", 2), 30, "first rollout")
+    start = core_v1.list_namespaced_pod(namespace).metadata.resource_version
+    old = {p.metadata.name for p in core_v1.list_namespaced_pod(namespace,
+                                                                label_selector="app=rec").items}
+    apps_v1.patch_namespaced_deployment("rec", namespace, {"spec": {"template": {"spec": {
+        "containers": [{"name": "main", "env": [{"name": "VERSION", "value": "2"}]}]}}}})
+    live: set[str] = set(old)
+    overlap = False
+    for event in watch.Watch().stream(core_v1.list_namespaced_pod, namespace,
+                                      label_selector="app=rec", resource_version=start,
+                                      timeout_seconds=40):
+        name = event["object"].metadata.name
+        if event["type"] == "DELETED":
+            live.discard(name)
+        else:
+            live.add(name)
+        if live - old and live & old:
+            overlap = True
+        if len(live - old) == 2 and not live & old:
+            break
+    assert not overlap, "a new pod existed while an old one was still there"
+    wait_until(lambda: rollout_done(apps_v1, namespace, "rec", 2), 30, "second rollout")
