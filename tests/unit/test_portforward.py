@@ -487,3 +487,102 @@ def test_server_closing_gives_eof_then_connection_lost(tmp_path: Path) -> None:
 
     run(main())
 
+
+
+# -- through the local test cluster ----------------------------------------------------------
+
+ECHO_POD = """
+import socket, threading
+def serve(conn):
+    with conn:
+        while data := conn.recv(65536):
+            conn.sendall(data)
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 8080))
+srv.listen(16)
+while True:
+    threading.Thread(target=serve, args=(srv.accept()[0],), daemon=True).start()
+"""
+
+
+def make_pod(api_client: Any, namespace: str, name: str, container: dict[str, Any]) -> None:
+    """Create a pod with one container and wait (bounded) until it runs."""
+    import time
+
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    core.create_namespaced_pod(namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"containers": [container], "terminationGracePeriodSeconds": 1}})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pod = core.read_namespaced_pod(name, namespace)
+        if pod.status.phase == "Running":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"pod {namespace}/{name} did not start: {pod.status}")
+
+
+async def aio_client(kubeconfig: str) -> ApiClient:
+    from kubernetes.aio import config as aio_config
+
+    return await aio_config.new_client_from_config(config_file=kubeconfig)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_port_forward_through_the_test_cluster(cluster: Any, api_client: Any,
+                                               namespace: str) -> None:
+    make_pod(api_client, namespace, "echo", {
+        "name": "main", "image": "python:3.12", "command": ["python3", "-c", ECHO_POD],
+        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}})
+
+    async def main() -> None:
+        client = await aio_client(cluster.kubeconfig)
+        forwarder = PortForwarder(client, namespace, "echo")
+        try:
+            stream = None
+            for _ in range(100):  # the process may not listen yet: bounded retries
+                stream = await forwarder.open(8080)
+                stream.writer.write(b"hello")
+                try:
+                    if await stream.reader.readexactly(5) == b"hello":
+                        break
+                except (BridgeError, asyncio.IncompleteReadError):
+                    await stream.close()
+                    stream = None
+                    await asyncio.sleep(0.2)
+            assert stream is not None, "the pod never answered"
+            payload = os.urandom(4 * 1024 * 1024)
+            received = bytearray()
+
+            async def read_all() -> None:
+                while len(received) < len(payload):
+                    chunk = await stream.reader.read(1 << 20)
+                    assert chunk, "stream ended early"
+                    received.extend(chunk)
+
+            reading = asyncio.create_task(read_all())
+            stream.writer.write(payload)
+            await stream.writer.drain()
+            await reading
+            assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+            await stream.close()
+
+            nothing = await forwarder.open(9999)  # nothing listens there in the pod
+            with pytest.raises(BridgeError, match=f"pod {namespace}/echo port 9999 failed: "):
+                nothing.writer.write(b"x")
+                await nothing.reader.read(10)
+            await nothing.close()
+
+            missing = PortForwarder(client, namespace, "no-such-pod")
+            with pytest.raises(BridgeError, match="port 80 failed: the pod does not exist"):
+                await missing.open(80)
+            await missing.close()
+        finally:
+            await forwarder.close()
+            await client.close()
+
+    run(main())

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from bridge.tunnel import (
     public_key_line,
 )
 from sidecar import protocol
-from tests.unit.test_portforward import echo, port_of, serve_fake_api
+from tests.unit.test_portforward import aio_client, echo, make_pod, port_of, serve_fake_api
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -189,8 +190,9 @@ def test_nothing_listening_is_a_clear_error() -> None:
     run(main())
 
 
-async def _exchange(port: int, payload: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def _exchange(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
+    """Send `payload` to an echo at host:port while reading the echo back."""
+    reader, writer = await asyncio.open_connection(host, port)
     received = bytearray()
 
     async def read_all() -> None:
@@ -302,3 +304,57 @@ def test_port_forward_error_reaches_the_tunnel_caller(tmp_path: Path) -> None:
             await runner.cleanup()
 
     run(main())
+
+
+# -- through the local test cluster ----------------------------------------------------------
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(180)
+def test_tunnel_over_the_test_cluster(cluster: Any, api_client: Any, namespace: str) -> None:
+    """The sidecar image in a pod; SSH over bridge's port-forward; a remote forward that
+    carries traffic sent to the pod's IP inside the cluster network."""
+    from kubernetes import client as k8s
+
+    key = new_client_key()
+    make_pod(api_client, namespace, "proxy", {
+        "name": "proxy", "image": protocol.DEFAULT_IMAGE,
+        "env": [{"name": protocol.ENV_AUTHORIZED_KEY, "value": public_key_line(key)},
+                {"name": protocol.ENV_PORTS, "value": "8080"},
+                {"name": "GREETING", "value": "from the pod\nsecond line"}]})
+    core = k8s.CoreV1Api(api_client)
+    host_key = None
+    for _ in range(300):  # bounded: the sidecar prints its key once it listens
+        try:
+            host_key = parse_host_key(core.read_namespaced_pod_log("proxy", namespace))
+        except k8s.ApiException:
+            host_key = None
+        if host_key:
+            break
+        time.sleep(0.1)
+    assert host_key, "the sidecar never printed its host key"
+    pod_ip = core.read_namespaced_pod("proxy", namespace).status.pod_ip
+
+    async def main() -> None:
+        api = await aio_client(cluster.kubeconfig)
+        forwarder = PortForwarder(api, namespace, "proxy")
+        local = await asyncio.start_server(echo, "127.0.0.1", 0)
+        try:
+            tunnel = await Tunnel.connect(host="proxy", port=protocol.DEFAULT_SSH_PORT,
+                                          client_key=key, host_key=host_key, tunnel=forwarder)
+            try:
+                assert (await tunnel.version())["protocol"] == protocol.PROTOCOL_VERSION
+                assert (await tunnel.env())["GREETING"] == "from the pod\nsecond line"
+                await tunnel.forward(8080, "127.0.0.1", port_of(local))
+                payload = os.urandom(1024 * 1024)
+                back = await _exchange(8080, payload, host=pod_ip)
+                assert back == payload
+            finally:
+                await tunnel.close()
+        finally:
+            local.close()
+            await forwarder.close()
+            await api.close()
+
+    run(main())
+
