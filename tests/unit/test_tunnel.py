@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -128,6 +129,48 @@ def test_version_mismatch_message() -> None:
     assert f"speaks protocol {protocol.PROTOCOL_VERSION + 1} (sidecar 9.0.0)" in message
     assert f"this bridge speaks protocol {protocol.PROTOCOL_VERSION}" in message
     assert "--sidecar-image" in message
+
+
+def test_version_mismatch_from_a_newer_sidecar_is_refused() -> None:
+    """A stand-in SSH server answering `version` with a protocol this bridge does not speak."""
+    client_key, host_key = new_client_key(), new_client_key()
+
+    class Server(asyncssh.SSHServer):
+        def begin_auth(self, username: str) -> bool:
+            return True
+
+        def public_key_auth_supported(self) -> bool:
+            return True
+
+        def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+            return key.public_data == client_key.public_data
+
+    def process(proc: asyncssh.SSHServerProcess[str]) -> None:
+        if proc.command == protocol.CMD_VERSION:
+            reply = {"sidecar": "9.9.9", "protocol": protocol.PROTOCOL_VERSION + 1}
+            proc.stdout.write(json.dumps(reply) + "\n")
+        proc.exit(0)
+
+    async def main() -> None:
+        server = await asyncssh.create_server(Server, "127.0.0.1", 0,
+                                              server_host_keys=[host_key],
+                                              process_factory=process)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            tunnel = await Tunnel.connect(host="127.0.0.1", port=port, client_key=client_key,
+                                          host_key=public_key_line(host_key))
+            try:
+                with pytest.raises(BridgeError) as err:
+                    await tunnel.version()
+            finally:
+                await tunnel.close()
+        finally:
+            server.close()
+        assert str(err.value).startswith(
+            f"the sidecar speaks protocol {protocol.PROTOCOL_VERSION + 1} (sidecar 9.9.9) "
+            f"but this bridge speaks protocol {protocol.PROTOCOL_VERSION}")
+
+    run(main())
 
 
 # -- against the real sidecar ------------------------------------------------------------
