@@ -300,9 +300,10 @@ class PodWorker:
         image = c.spec.get("image", "")
         cwd = str(self.work_dir)
         if image == self.kubelet.config.sidecar_image:
+            # `-m` puts the working directory first on sys.path, so the checkout's sidecar runs
+            # without a PYTHONPATH that would leak into the pod's environment (and the laptop's).
             argv = [sys.executable, "-m", "sidecar"]
             cwd = str(REPO_ROOT)
-            env = {**env, "PYTHONPATH": str(REPO_ROOT)}
         else:
             command = list(c.spec.get("command") or [])
             args = list(c.spec.get("args") or [])

@@ -131,6 +131,7 @@ def test_child_environment_comes_from_the_pod(make_workload: Any, tmp_path: Any)
     assert written["cert"] == env["cert"]
     assert written["DB_PASSWORD"] == env["DB_PASSWORD"]
     assert "HOME" not in written  # the laptop's own variables are not the pod's to export
+    assert "PYTHONPATH" not in written  # nothing of how the test cluster runs the sidecar
     assert json.loads(env_json.read_text()) == written
     assert oct(env_file.stat().st_mode & 0o777) == "0o600"
 
