@@ -34,6 +34,7 @@ from bridge.portforward import SUBPROTOCOL, PortForwarder
 
 SERVER_NAME = "kubernetes.bridge.test"
 TOKEN = "t0ken"
+CLIENT_CN = "bridge-user"
 
 
 def run(coro: Any) -> Any:
@@ -67,6 +68,8 @@ class Pki:
     ca_file: str
     cert_file: str
     key_file: str
+    client_cert_file: str = ""
+    client_key_file: str = ""
 
     @classmethod
     def create(cls, directory: Path) -> Pki:
@@ -79,10 +82,20 @@ class Pki:
                     str(directory / "srv.key"))
         Path(paths.ca_file).write_bytes(ca.public_bytes(serialization.Encoding.PEM))
         Path(paths.cert_file).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        Path(paths.key_file).write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
+        Path(paths.key_file).write_bytes(_pem_key(key))
+        user_key = ec.generate_private_key(ec.SECP256R1())
+        user = _cert(CLIENT_CN, user_key, ca.subject, ca_key, False, [])
+        paths.client_cert_file = str(directory / "user.crt")
+        paths.client_key_file = str(directory / "user.key")
+        Path(paths.client_cert_file).write_bytes(user.public_bytes(serialization.Encoding.PEM))
+        Path(paths.client_key_file).write_bytes(_pem_key(user_key))
         return paths
+
+
+def _pem_key(key: Any) -> bytes:
+    return bytes(key.private_bytes(serialization.Encoding.PEM,
+                                   serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()))
 
 
 # -- the server side of v4.channel.k8s.io ------------------------------------------------
@@ -94,6 +107,7 @@ class FakeApiServer:
 
     backends: dict[int, int]
     token: str = TOKEN
+    client_certs: bool = False  # authenticate by client certificate instead of the token
     status: int | None = None  # answer every request with this status instead
     port_frames_together: bool = False  # send the port inside the first data frame
     seen_paths: list[str] = field(default_factory=list)
@@ -104,7 +118,12 @@ class FakeApiServer:
         self.seen_paths.append(request.path_qs)
         if self.status is not None:
             return web.Response(status=self.status, text="no")
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
+        if self.client_certs:
+            peer = request.transport.get_extra_info("peercert") if request.transport else None
+            subject = dict(x[0] for x in (peer or {}).get("subject", ()))
+            if subject.get("commonName") != CLIENT_CN:
+                return web.Response(status=401, text="Unauthorized")
+        elif request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.Response(status=401, text="Unauthorized")
         port = int(request.query["ports"])
         ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,), max_msg_size=0)
@@ -166,14 +185,20 @@ async def serve_fake_api(tmp_path: Path, backends: dict[int, int],
     await runner.setup()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(pki.cert_file, pki.key_file)
+    if server.client_certs:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(pki.ca_file)
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     config = Configuration(host=f"https://127.0.0.1:{port}")
     config.ssl_ca_cert = pki.ca_file
     config.tls_server_name = SERVER_NAME
-    config.api_key = {"authorization": TOKEN}
-    config.api_key_prefix = {"authorization": "Bearer"}
+    if server.client_certs:
+        config.cert_file, config.key_file = pki.client_cert_file, pki.client_key_file
+    else:
+        config.api_key = {"authorization": TOKEN}
+        config.api_key_prefix = {"authorization": "Bearer"}
     server.url = config.host
     return Running(server, config, ApiClient(configuration=config)), runner
 
@@ -328,6 +353,23 @@ def test_token_is_refreshed_through_the_configuration_hook(tmp_path: Path) -> No
             await _cleanup(forwarder, api.api_client, runner, backend)
 
     run(main())
+
+
+def test_client_certificate_authentication(tmp_path: Path) -> None:
+    async def main() -> bytes:
+        backend = await tcp_backend(echo)
+        api, runner = await serve_fake_api(tmp_path, {80: port_of(backend)}, client_certs=True)
+        forwarder = PortForwarder(api.api_client, "default", "p")
+        try:
+            stream = await forwarder.open(80)
+            stream.writer.write(b"cert")
+            answer = await stream.reader.readexactly(4)
+            await stream.close()
+            return answer
+        finally:
+            await _cleanup(forwarder, api.api_client, runner, backend)
+
+    assert run(main()) == b"cert"
 
 
 def test_unknown_ca_is_a_tls_error(tmp_path: Path) -> None:
