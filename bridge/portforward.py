@@ -333,13 +333,18 @@ class PortForwarder:
             session, self._session = self._session, None
             await session.close()
 
+    @property
+    def target(self) -> str:
+        """What this forwards to, for messages: ``pod NS/NAME``."""
+        return f"pod {self.namespace}/{self.pod}"
+
     def url(self, port: int) -> str:
         host = str(self._config.host).rstrip("/")
         ns, pod = quote(self.namespace, safe=""), quote(self.pod, safe="")
         return f"{host}/api/v1/namespaces/{ns}/pods/{pod}/portforward?ports={port}"
 
     def describe(self, port: int) -> str:
-        return f"port-forward to pod {self.namespace}/{self.pod} port {port}"
+        return f"port-forward to {self.target} port {port}"
 
     async def open(self, port: int) -> PortForwardStream:
         """A stream to `port` of the pod."""

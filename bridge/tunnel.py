@@ -15,7 +15,8 @@ Tuning (measured with `scripts/tune-tunnel`; figures in the commit that set thes
   server opens for a remote forward; those take theirs from the listener that
   `SSHClientConnection.create_server` creates, so `forward` passes them there.
   Each side's receive window governs one direction, which is why the sidecar sets
-  the same values on the channels it opens. Packets above 32 KiB cost more CPU per byte in asyncssh (see the constants);
+  the same values on the channels it opens. Packets above 32 KiB cost more CPU
+  per byte in asyncssh (see the constants);
 - TCP_NODELAY on the local sockets (asyncssh's forwarder sets it): without it a
   small-message round trip took 44 ms instead of 0.3 ms;
 - socket reads: asyncio's 256 KiB per call; 64 KiB measured the same, 1 MiB worse.
@@ -118,7 +119,8 @@ class Tunnel:
         `ciphers`, `forward_window` and `forward_max_pktsize` exist for measuring
         (scripts/tune-tunnel, make bench); the defaults are the tuned values.
         """
-        where = f"the sidecar at {host}:{port}"
+        target = getattr(tunnel, "target", None)  # PortForwarder: "pod NS/NAME"
+        where = f"the sidecar in {target}" if target else f"the sidecar at {host}:{port}"
         try:
             pinned = asyncssh.import_public_key(host_key)
         except (asyncssh.KeyImportError, ValueError):

@@ -316,6 +316,7 @@ def test_ssh_over_the_port_forward(tmp_path: Path) -> None:
                     tunnel = await side.connect(host="hello-bridge-x", port=8022,
                                                 tunnel=forwarder)
                     await tunnel.version()
+                    assert tunnel.where == "the sidecar in pod default/hello-bridge-x"
                     await tunnel.forward(side.forward_port, "127.0.0.1", port_of(local))
                     big = os.urandom(4 * 1024 * 1024)
                     back = await _exchange(side.forward_port, big)
