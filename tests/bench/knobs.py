@@ -9,7 +9,12 @@ asyncio read size both use, so a sweep measures the real code with one value cha
   both sides (``bridge.tunnel.FORWARD_*`` and ``sidecar.protocol.FORWARD_*``: each side's
   window governs one direction);
 - ``read_size``: bytes asyncio asks ``recv()`` for per read on every socket (default 256 KiB);
-- ``nodelay``: False drops every ``TCP_NODELAY`` asyncio, asyncssh and the sidecar set.
+- ``ssh_read_size``: the same, on the SSH connection's socket only (asyncssh re-slices its
+  input buffer once per packet, so a read of many packets costs more than its bytes);
+- ``nodelay``: False drops every ``TCP_NODELAY`` asyncio, asyncssh and the sidecar set;
+- ``ignore_packets``: False stops asyncssh from sending an empty ``SSH_MSG_IGNORE`` before
+  every packet (a guard for CBC ciphers, moot with AES-GCM); an experiment to size what an
+  upstream change would gain, not a setting bridge could ship.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-KNOBS = frozenset({"cipher", "window", "pktsize", "read_size", "nodelay"})
+KNOBS = frozenset({"cipher", "window", "pktsize", "read_size", "ssh_read_size", "nodelay",
+                   "ignore_packets"})
 ENV = "BRIDGE_BENCH_TUNING"  # JSON of the knobs, for the sidecar process
 
 
@@ -37,15 +43,50 @@ def apply(tuning: Mapping[str, Any], side: str) -> None:
     else:
         import sidecar.protocol as module  # type: ignore[no-redef]
     if "cipher" in tuning and side == "agent":
-        module.ENCRYPTION_ALGS = (str(tuning["cipher"]),)  # type: ignore[attr-defined]
+        module.ENCRYPTION_ALGS = (str(tuning["cipher"]),)  # type: ignore[assignment]
     if "window" in tuning:
         module.FORWARD_WINDOW = int(tuning["window"])
     if "pktsize" in tuning:
         module.FORWARD_MAX_PKTSIZE = int(tuning["pktsize"])
     if "read_size" in tuning:
-        asyncio.selector_events._SelectorSocketTransport.max_size = int(tuning["read_size"])
+        _transport_class().max_size = int(tuning["read_size"])
+    if "ssh_read_size" in tuning:
+        _ssh_read_size(int(tuning["ssh_read_size"]))
     if tuning.get("nodelay") is False:
         _drop_nodelay()
+    if tuning.get("ignore_packets") is False:
+        _drop_ignore_packets()
+
+
+def _transport_class() -> Any:
+    """asyncio's TCP transport class, whose ``max_size`` is the bytes asked per recv()."""
+    return asyncio.selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
+
+
+def _ssh_read_size(size: int) -> None:
+    import asyncssh.connection as conn_mod
+
+    original = conn_mod.SSHConnection.connection_made
+
+    def connection_made(self: Any, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, _transport_class()):
+            transport.max_size = size  # an instance attribute shadows the class default
+        original(self, transport)
+
+    conn_mod.SSHConnection.connection_made = connection_made  # type: ignore[method-assign]
+
+
+def _drop_ignore_packets() -> None:
+    import asyncssh.connection as conn_mod
+
+    original = conn_mod.SSHConnection.send_packet
+
+    def send_packet(self: Any, pkttype: int, *args: bytes, **kwargs: Any) -> None:
+        if pkttype == conn_mod.MSG_IGNORE:
+            return
+        original(self, pkttype, *args, **kwargs)
+
+    conn_mod.SSHConnection.send_packet = send_packet  # type: ignore[method-assign]
 
 
 def _drop_nodelay() -> None:

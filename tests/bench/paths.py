@@ -62,7 +62,7 @@ def workload_server(host: str = "127.0.0.1", body: str = "ok\n") -> Iterator[pro
     )
     with procs.running(server):
         line = server.wait_line(lambda s: s.startswith("listening "), SETUP_TIMEOUT)
-        server.port = int(line.split()[1])  # type: ignore[attr-defined]
+        server.port = int(line.split()[1])
         yield server
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import psutil
 
 PR_SET_PDEATHSIG = 1
+_STARTED: list[Proc] = []  # every child, for the last-resort sweep in stop_all()
 
 
 def _child_setup() -> None:
@@ -42,6 +43,7 @@ class Proc:
         self.name = name
         self.argv = list(argv)
         self.lines: list[str] = []
+        self.port = 0  # set by whoever learns which port it listens on
         self._queue: queue.Queue[str | None] = queue.Queue()
         self.popen = subprocess.Popen(
             self.argv, env=dict(env) if env is not None else None, cwd=cwd,
@@ -49,6 +51,7 @@ class Proc:
             text=True, bufsize=1, start_new_session=True, preexec_fn=_child_setup,
         )
         self.pid = self.popen.pid
+        _STARTED.append(self)
         threading.Thread(target=self._pump, daemon=True, name=f"out-{name}").start()
 
     def _pump(self) -> None:
@@ -89,6 +92,16 @@ class Proc:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=grace)
         return self.popen.returncode
+
+
+def stop_all() -> list[str]:
+    """Stop every child still running (after the orderly teardown, only a bug leaves any);
+    the names of those that were."""
+    left = [p for p in _STARTED if p.alive()]
+    for p in reversed(left):
+        p.stop(grace=5.0)
+    _STARTED.clear()
+    return [p.name for p in left]
 
 
 def stop_tree(pid: int, *, sig: int = signal.SIGTERM, grace: float = 10.0) -> None:

@@ -5,6 +5,7 @@ drift on a shared machine hits them alike), collect figures, tear everything dow
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import signal
@@ -298,6 +299,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> Results:
     started = time.monotonic()
     with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="bridge-bench-") as tmp, \
             contextlib.ExitStack() as stack:
+        stack.callback(_sweep, log)
         server = stack.enter_context(paths.workload_server())
         slots: dict[str, Slot] = {}
         for name in cfg.paths:
@@ -312,6 +314,12 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> Results:
         log("tearing down")
     results.meta["seconds"] = round(time.monotonic() - started, 1)
     return results
+
+
+def _sweep(log: Callable[[str], None]) -> None:
+    left = procs.stop_all()
+    if left:
+        log(f"stopped processes the teardown missed: {', '.join(left)}")
 
 
 def setting_label(setting: dict[str, Any]) -> str:
@@ -330,6 +338,7 @@ def run_tuning(cfg: Config, settings: Sequence[dict[str, Any]],
     results = Results()
     with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="bridge-bench-") as tmp, \
             contextlib.ExitStack() as stack:
+        stack.callback(_sweep, log)
         server = stack.enter_context(paths.workload_server())
         slots: dict[str, Slot] = {}
         log("setting up: OpenSSH ssh -R")
@@ -339,10 +348,8 @@ def run_tuning(cfg: Config, settings: Sequence[dict[str, Any]],
         for setting in settings:
             label = setting_label(setting)
             log(f"setting up: tunnel with {label}")
-            slot = _start_slot(
-                stack, label,
-                lambda s=dict(setting): paths.tunnel(server.port, Path(tmp), s),  # type: ignore[misc]
-                True, results, log)
+            factory = functools.partial(paths.tunnel, server.port, Path(tmp), dict(setting))
+            slot = _start_slot(stack, label, factory, True, results, log)
             if slot is not None:
                 slots[label] = slot
         measure(results, slots, replace(cfg, workloads=("bulk", "rtt", "connect")), log)

@@ -20,5 +20,9 @@ SETTINGS: list[dict[str, Any]] = [
     {"pktsize": 256 * KiB},
     {"read_size": 64 * KiB},
     {"read_size": 1 * MiB},
+    {"ssh_read_size": 64 * KiB},
+    {"ssh_read_size": 32 * KiB},
     {"nodelay": False},
+    {"ignore_packets": False},  # experiment: asyncssh without its per-packet SSH_MSG_IGNORE
+    {"ssh_read_size": 64 * KiB, "ignore_packets": False},
 ]
