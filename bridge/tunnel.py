@@ -40,11 +40,10 @@ ENCRYPTION_ALGS = (
     "chacha20-poly1305@openssh.com",
     "aes128-ctr",
 )
-# Measured with scripts/tune-tunnel (CPU seconds per GiB through sidecar + agent, median
-# of 7 interleaved rounds): 32 KiB packets 4.2; 64 KiB on either side 5.1-5.7; 4 MiB and
-# 2 MiB windows cost the same CPU, 4 MiB keeps a long-latency path busier.
-FORWARD_WINDOW = 4 * 1024 * 1024  # receive window of each forwarded channel
-FORWARD_MAX_PKTSIZE = 32 * 1024  # largest SSH data packet we accept on it
+# Both ends use the same flow control on forwarded channels; the figures behind it are in
+# sidecar/protocol.py.
+FORWARD_WINDOW = protocol.FORWARD_WINDOW  # receive window of each forwarded channel
+FORWARD_MAX_PKTSIZE = protocol.FORWARD_MAX_PKTSIZE  # largest SSH data packet we accept on it
 SESSION_WINDOW = 2 * 1024 * 1024
 KEEPALIVE_COUNT_MAX = 3
 USERNAME = "bridge"
