@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import ssl
-import tempfile
 import urllib.error
 import urllib.request
 from typing import Any
@@ -186,14 +186,15 @@ def test_restricted_portforward_forbidden_with_subresource_wording(
         f'in API group "" in the namespace "{namespace}"')
 
 
-def test_tls_certificate_names(cluster: Any) -> None:
+def test_tls_certificate_names(cluster: Any, core_v1: Any) -> None:
     kc = _kubeconfig(cluster)
     server = kc["clusters"][0]["cluster"]["server"]
     host, port = server.removeprefix("https://").rsplit(":", 1)
     ctx = _ca_context(kc)
-    import socket
     with socket.create_connection((host, int(port)), timeout=10) as raw, \
             ctx.wrap_socket(raw, server_hostname="kubernetes.default.svc") as tls:
-        assert tls.version() is not None
-    with tempfile.TemporaryDirectory():
-        pass
+        sans = {value for _, value in tls.getpeercert()["subjectAltName"]}
+    kube_ip = core_v1.read_namespaced_service("kubernetes", "default").spec.cluster_ip
+    gateway = core_v1.read_namespaced_endpoints("kubernetes", "default") \
+        .subsets[0].addresses[0].ip
+    assert {"127.0.0.1", "localhost", "kubernetes.default.svc", kube_ip, gateway} <= sans
