@@ -12,6 +12,8 @@ asyncio read size both use, so a sweep measures the real code with one value cha
 - ``ssh_read_size``: the same, on the SSH connection's socket only (asyncssh re-slices its
   input buffer once per packet, so a read of many packets costs more than its bytes);
 - ``nodelay``: False drops every ``TCP_NODELAY`` asyncio, asyncssh and the sidecar set;
+- ``loop``: "uvloop" runs the event loop of uvloop (when importable) instead of asyncio's,
+  "uvloop-agent" only in the agent; an experiment to size what a faster loop would gain;
 - ``ignore_packets``: False stops asyncssh from sending an empty ``SSH_MSG_IGNORE`` before
   every packet (a guard for CBC ciphers, moot with AES-GCM); an experiment to size what an
   upstream change would gain, not a setting bridge could ship.
@@ -25,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 KNOBS = frozenset({"cipher", "window", "pktsize", "read_size", "ssh_read_size", "nodelay",
-                   "ignore_packets"})
+                   "ignore_packets", "loop"})
 ENV = "BRIDGE_BENCH_TUNING"  # JSON of the knobs, for the sidecar process
 
 
@@ -56,6 +58,13 @@ def apply(tuning: Mapping[str, Any], side: str) -> None:
         _drop_nodelay()
     if tuning.get("ignore_packets") is False:
         _drop_ignore_packets()
+    if tuning.get("loop") == "uvloop" or (tuning.get("loop") == "uvloop-agent"
+                                          and side == "agent"):
+        import uvloop  # an experiment only: not a dependency of bridge
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    elif tuning.get("loop", "asyncio") not in ("asyncio", "uvloop-agent"):
+        raise ValueError(f"unknown event loop {tuning['loop']!r}; known: asyncio, uvloop")
 
 
 def _transport_class() -> Any:

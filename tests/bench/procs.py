@@ -220,6 +220,5 @@ def running(proc: Proc, sig: int = signal.SIGTERM) -> Iterator[Proc]:
 
 def python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
     env.update(extra or {})
     return env

@@ -244,6 +244,8 @@ def tuning_text(rows: Sequence[dict[str, Any]]) -> str:
             .rjust(13) for k in keys
         )
         lines.append("  " + str(row["setting"]).ljust(40) + vals)
+        if row.get("error"):
+            lines.append(f"    not available: {row['error']}")
     return "\n".join(lines)
 
 

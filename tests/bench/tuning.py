@@ -3,6 +3,7 @@ from bridge's defaults (knobs in ``tests/bench/knobs.py``)."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 KiB = 1024
@@ -26,3 +27,6 @@ SETTINGS: list[dict[str, Any]] = [
     {"ignore_packets": False},  # experiment: asyncssh without its per-packet SSH_MSG_IGNORE
     {"ssh_read_size": 64 * KiB, "ignore_packets": False},
 ]
+if importlib.util.find_spec("uvloop") is not None:  # an experiment, when uvloop is there
+    # uvloop in the agent only (the sidecar's own listeners do not run under uvloop)
+    SETTINGS += [{"loop": "uvloop-agent"}]
