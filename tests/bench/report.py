@@ -235,15 +235,16 @@ def tuning_text(rows: Sequence[dict[str, Any]]) -> str:
         return ""
     keys = ["upload", "download", "upload_cpu", "download_cpu", "rtt_p50", "connect_p50"]
     units = ["MB/s", "MB/s", "CPU s/GB", "CPU s/GB", "ms", "ms"]
+    w = max(len("setting"), *(len(str(r["setting"])) for r in rows)) + 2
     lines = ["tuning sweep over the loopback tunnel (median of rounds):",
-             "  " + "setting".ljust(40) + "".join(k.rjust(13) for k in keys),
-             "  " + "".ljust(40) + "".join(u.rjust(13) for u in units)]
+             "  " + "setting".ljust(w) + "".join(k.rjust(13) for k in keys),
+             "  " + "".ljust(w) + "".join(u.rjust(13) for u in units)]
     for row in rows:
         vals = "".join(
             (fmt(row[k]) if isinstance(row.get(k), int | float) else str(row.get(k, "-")))
             .rjust(13) for k in keys
         )
-        lines.append("  " + str(row["setting"]).ljust(40) + vals)
+        lines.append("  " + str(row["setting"]).ljust(w) + vals)
         if row.get("error"):
             lines.append(f"    not available: {row['error']}")
     return "\n".join(lines)
