@@ -245,11 +245,13 @@ class ApiServer:
         if _bool_param(request.query, "watch") or "/watch/" in request.path:
             return await self._watch(request, target, predicate)
         items, rv = self.store.list(r.key, target.namespace, predicate)
-        body = {"kind": f"{r.kind}List", "apiVersion": r.api_version,
-                "metadata": {"resourceVersion": rv}, "items": items}
         if tables.wants_table(request.headers.get("Accept", "")):
             return json_response(tables.table(r, items, rv, request.query))
-        return json_response(body)
+        # As Kubernetes serves typed lists: the items carry no kind/apiVersion of their own.
+        bare = [{k: v for k, v in item.items() if k not in ("kind", "apiVersion")}
+                for item in items]
+        return json_response({"kind": f"{r.kind}List", "apiVersion": r.api_version,
+                              "metadata": {"resourceVersion": rv}, "items": bare})
 
     def _render(self, request: web.Request, r: Resource, obj: Obj,
                 status: int = 200) -> web.Response:

@@ -246,3 +246,16 @@ def test_pod_defaults(core_v1: Any, namespace: str) -> None:
     assert pod.spec.dns_policy == "ClusterFirst"
     assert pod.spec.node_name
     core_v1.delete_namespaced_pod("defaults", namespace, grace_period_seconds=0)
+
+
+def test_list_shape(api_client: Any, core_v1: Any, namespace: str) -> None:
+    core_v1.create_namespaced_config_map(namespace, _cm("shape"))
+    response = core_v1.list_namespaced_config_map(namespace, _preload_content=False)
+    body = json.loads(response.data)
+    assert (body["kind"], body["apiVersion"]) == ("ConfigMapList", "v1")
+    assert body["metadata"]["resourceVersion"]
+    # Items of a typed list carry no kind/apiVersion, as Kubernetes serves them.
+    assert [set(i) & {"kind", "apiVersion"} for i in body["items"]] == [set()]
+    single = json.loads(core_v1.read_namespaced_config_map("shape", namespace,
+                                                           _preload_content=False).data)
+    assert (single["kind"], single["apiVersion"]) == ("ConfigMap", "v1")
