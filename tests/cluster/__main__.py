@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -32,6 +33,20 @@ async def run(kubeconfig: Path, sidecar_image: str | None) -> int:
         print("test cluster stopped", flush=True)
 
 
+def preflight(kubeconfig: Path) -> str | None:
+    """What would stop the cluster from starting, found before anything is changed."""
+    if os.geteuid() != 0:
+        return "needs root (it creates network namespaces, veth pairs and a bridge)"
+    parent = kubeconfig.resolve().parent
+    if not parent.is_dir():
+        return f"cannot write the kubeconfig: directory {parent} does not exist"
+    if not os.access(parent, os.W_OK):
+        return f"cannot write the kubeconfig: directory {parent} is not writable"
+    if kubeconfig.is_dir():
+        return f"cannot write the kubeconfig: {kubeconfig} is a directory"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="test-cluster",
                                      description="Run bridge's local Kubernetes test cluster.")
@@ -41,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="image name the node runs as the checkout's sidecar")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    problem = preflight(args.kubeconfig)
+    if problem:
+        print(f"test-cluster: {problem}; nothing was started", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     try:

@@ -112,3 +112,18 @@ def test_new_run_cleans_what_a_killed_one_left(cluster_factory: Any, wait_until:
     finally:
         second.stop()
     assert _netns(f"btc{second.index}-") == []
+
+
+def test_unwritable_kubeconfig_path_is_refused_before_starting(tmp_path: Any) -> None:
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[2] / "scripts" / "test-cluster"
+    target = tmp_path / "missing-dir" / "kubeconfig"
+    result = subprocess.run([sys.executable, str(script), "--kubeconfig", str(target)],
+                            capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"test-cluster: cannot write the kubeconfig: directory {target.parent} does not "
+        "exist; nothing was started")
+    assert not target.parent.exists()
