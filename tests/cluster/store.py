@@ -8,7 +8,9 @@ deep copies, so callers may mutate what they get.
 
 One global resourceVersion counter, as etcd's revision. ``watch`` replays the bounded event
 log after a given resourceVersion and then streams live events; a resourceVersion older than
-the log gives 410 Expired, as Kubernetes does.
+the log gives 410 Expired, as Kubernetes does (``check_since`` tells before a watch starts).
+Each event also carries the object as it was before (``prev``), so a watch filtered by a
+selector can report objects leaving it as DELETED, as Kubernetes' watch cache does.
 """
 
 from __future__ import annotations
