@@ -177,7 +177,7 @@ def _cell(results: Results, fig: Figure, path: str) -> str:
         return "n/a" if info is None or info.available else "-"
     if isinstance(m, str):
         return "error"
-    text = fmt(m.value)
+    text = f"{m.value:,.0f}" if fig.unit == "count" else fmt(m.value)
     if fig.ratios and path not in (REFERENCE, LIMIT):
         ro = ratio(m.value, results.value(fig.key, REFERENCE))
         rl = ratio(m.value, results.value(fig.key, LIMIT))
