@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -50,8 +51,7 @@ def _check_path(doc: dict, path: str) -> None:
 @needs_openssh
 def test_loopback_and_openssh(tmp_path: Path) -> None:
     before = _children()
-    results = runner.run(TINY.__class__(**{**TINY.__dict__, "paths": ("limit", "openssh")}),
-                         log=lambda _: None)
+    results = runner.run(replace(TINY, paths=("limit", "openssh")), log=lambda _: None)
     out = tmp_path / "bench.json"
     report.write_json(results, out)
     doc = json.loads(out.read_text())
@@ -84,8 +84,8 @@ def test_bridge_tunnel(tmp_path: Path) -> None:
     if not (Path(__file__).resolve().parents[2] / "sidecar" / "__main__.py").exists():
         pytest.skip("the sidecar is not there")
     before = _children()
-    cfg = TINY.__class__(**{**TINY.__dict__, "paths": ("limit", "openssh", "tunnel"),
-                            "workloads": ("bulk", "rtt", "connect", "burst")})
+    cfg = replace(TINY, paths=("limit", "openssh", "tunnel"),
+                  workloads=("bulk", "rtt", "connect", "burst"))
     results = runner.run(cfg, log=lambda _: None)
     doc = report.to_json(results)
     assert doc["paths"]["tunnel"]["available"], doc["paths"]["tunnel"]["reason"]
