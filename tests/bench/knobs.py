@@ -44,12 +44,17 @@ def apply(tuning: Mapping[str, Any], side: str) -> None:
         import bridge.tunnel as module
     else:
         import sidecar.protocol as module  # type: ignore[no-redef]
+    def set_setting(name: str, value: object) -> None:
+        if not hasattr(module, name):  # renamed upstream: refuse rather than measure a no-op
+            raise ValueError(f"{module.__name__} has no setting {name} any more")
+        setattr(module, name, value)
+
     if "cipher" in tuning and side == "agent":
-        module.ENCRYPTION_ALGS = (str(tuning["cipher"]),)  # type: ignore[assignment]
+        set_setting("ENCRYPTION_ALGS", (str(tuning["cipher"]),))
     if "window" in tuning:
-        module.FORWARD_WINDOW = int(tuning["window"])
+        set_setting("FORWARD_WINDOW", int(tuning["window"]))
     if "pktsize" in tuning:
-        module.FORWARD_MAX_PKTSIZE = int(tuning["pktsize"])
+        set_setting("FORWARD_MAX_PKTSIZE", int(tuning["pktsize"]))
     if "read_size" in tuning:
         _transport_class().max_size = int(tuning["read_size"])
     if "ssh_read_size" in tuning:

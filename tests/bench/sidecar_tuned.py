@@ -11,7 +11,11 @@ from tests.bench import knobs
 
 
 def main() -> int:
-    knobs.apply(json.loads(os.environ.pop(knobs.ENV, "{}")), "sidecar")
+    try:
+        knobs.apply(json.loads(os.environ.pop(knobs.ENV, "{}")), "sidecar")
+    except ValueError as exc:
+        print(f"sidecar_tuned: {exc}", file=sys.stderr, flush=True)
+        return 2
     from sidecar.__main__ import main as sidecar_main
 
     return sidecar_main()
