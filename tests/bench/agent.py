@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import logging
 import signal
@@ -39,20 +40,26 @@ def write_client_key(directory: Path) -> tuple[Path, str]:
 async def run(args: argparse.Namespace) -> int:
     from bridge.tunnel import Tunnel
 
+    tuning = json.loads(args.tuning)
     try:
-        knobs.apply(json.loads(args.tuning), "agent")
+        knobs.apply(tuning, "agent")
+        kwargs = knobs.connect_kwargs(tuning, inspect.signature(Tunnel.connect).parameters)
     except ValueError as exc:
         print(f"agent: {exc}", file=sys.stderr, flush=True)
         return 2
     remote, local_host, local_port = args.forward.split(":")
     key = asyncssh.read_private_key(args.key_file)
     tunnel = await Tunnel.connect(host="127.0.0.1", port=args.port, client_key=key,
-                                  host_key=args.host_key)
+                                  host_key=args.host_key, **kwargs)
     try:
         await tunnel.forward(int(remote), local_host, int(local_port))
-        conn = getattr(tunnel, "_conn", None)  # to show what was negotiated, not to steer it
+        # What was negotiated and set, read back to show it (never to steer it).
+        conn = getattr(tunnel, "_conn", None)
         cipher = conn.get_extra_info("send_cipher") if conn is not None else "unknown"
-        print(f"forwarding cipher {cipher}", flush=True)
+        window = getattr(tunnel, "_window", "unknown")
+        pktsize = getattr(tunnel, "_max_pktsize", "unknown")
+        print(f"forwarding cipher {cipher}, agent window {window}, packets {pktsize}",
+              flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -3,11 +3,11 @@
 The knobs are the module-level settings bridge and the sidecar read at call time, and the
 asyncio read size both use, so a sweep measures the real code with one value changed:
 
-- ``cipher``: the agent's only offered cipher (``bridge.tunnel.ENCRYPTION_ALGS``; the client's
-  preference decides what is negotiated);
+- ``cipher``: the only cipher both ends offer (``Tunnel.connect(ciphers=)``,
+  ``sidecar.protocol.PREFERRED_CIPHERS``);
 - ``window`` / ``pktsize``: receive window and largest packet of the forwarded channels, on
-  both sides (``bridge.tunnel.FORWARD_*`` and ``sidecar.protocol.FORWARD_*``: each side's
-  window governs one direction);
+  both sides (``Tunnel.connect(forward_window=, forward_max_pktsize=)`` and
+  ``sidecar.protocol.FORWARD_*``: each side's window governs one direction);
 - ``read_size``: bytes asyncio asks ``recv()`` for per read on every socket (default 256 KiB);
 - ``ssh_read_size``: the same, on the SSH connection's socket only (asyncssh re-slices its
   input buffer once per packet, so a read of many packets costs more than its bytes);
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio.selector_events
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 KNOBS = frozenset({"cipher", "window", "pktsize", "read_size", "ssh_read_size", "nodelay",
@@ -35,26 +35,43 @@ def unknown(tuning: Mapping[str, Any]) -> list[str]:
     return sorted(set(tuning) - KNOBS)
 
 
+# Agent-side knobs are keyword arguments of Tunnel.connect (its defaults are bound when the
+# module loads, so patching module constants would measure nothing).
+CONNECT_KWARGS = {"cipher": "ciphers", "window": "forward_window",
+                  "pktsize": "forward_max_pktsize"}
+
+
+def connect_kwargs(tuning: Mapping[str, Any], accepted: Iterable[str]) -> dict[str, Any]:
+    """The ``Tunnel.connect`` keyword arguments for ``tuning``; ValueError if it takes none
+    of that name (a sweep must never measure a silent no-op)."""
+    accepted = set(accepted)
+    out: dict[str, Any] = {}
+    for knob, kwarg in CONNECT_KWARGS.items():
+        if knob not in tuning:
+            continue
+        if kwarg not in accepted:
+            raise ValueError(f"Tunnel.connect takes no {kwarg}= (for the {knob} knob)")
+        out[kwarg] = (str(tuning[knob]),) if knob == "cipher" else int(tuning[knob])
+    return out
+
+
 def apply(tuning: Mapping[str, Any], side: str) -> None:
-    """Set the knobs in this process; ``side`` is "agent" or "sidecar"."""
+    """Set this process's knobs; ``side`` is "agent" or "sidecar" (the agent's connection
+    knobs go through ``connect_kwargs``)."""
     bad = unknown(tuning)
     if bad:
         raise ValueError(f"unknown tuning knob(s) {bad}; known: {sorted(KNOBS)}")
-    if side == "agent":
-        import bridge.tunnel as module
-    else:
-        import sidecar.protocol as module  # type: ignore[no-redef]
-    def set_setting(name: str, value: object) -> None:
-        if not hasattr(module, name):  # renamed upstream: refuse rather than measure a no-op
-            raise ValueError(f"{module.__name__} has no setting {name} any more")
-        setattr(module, name, value)
+    if side == "sidecar":  # the sidecar reads these from its protocol module at each use
+        import sidecar.protocol as module
 
-    if "cipher" in tuning and side == "agent":
-        set_setting("ENCRYPTION_ALGS", (str(tuning["cipher"]),))
-    if "window" in tuning:
-        set_setting("FORWARD_WINDOW", int(tuning["window"]))
-    if "pktsize" in tuning:
-        set_setting("FORWARD_MAX_PKTSIZE", int(tuning["pktsize"]))
+        settings = (("window", "FORWARD_WINDOW", int), ("pktsize", "FORWARD_MAX_PKTSIZE", int),
+                    ("cipher", "PREFERRED_CIPHERS", lambda c: (str(c),)))
+        for knob, name, conv in settings:
+            if knob not in tuning:
+                continue
+            if not hasattr(module, name):  # renamed: refuse rather than measure a no-op
+                raise ValueError(f"sidecar.protocol has no setting {name} any more")
+            setattr(module, name, conv(tuning[knob]))
     if "read_size" in tuning:
         _transport_class().max_size = int(tuning["read_size"])
     if "ssh_read_size" in tuning:

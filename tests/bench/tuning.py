@@ -10,19 +10,19 @@ KiB = 1024
 MiB = 1024 * KiB
 
 SETTINGS: list[dict[str, Any]] = [
-    {},  # bridge's defaults
+    {},  # bridge's defaults (sidecar.protocol: AES-GCM, 4 MiB windows, 32 KiB packets)
     {"cipher": "chacha20-poly1305@openssh.com"},
     {"cipher": "aes256-gcm@openssh.com"},
     {"cipher": "aes128-ctr"},
     {"window": 256 * KiB},
     {"window": 2 * MiB},  # OpenSSH's channel window
     {"window": 16 * MiB},
-    {"pktsize": 32 * KiB},  # OpenSSH's packet size
+    {"pktsize": 16 * KiB},
+    {"pktsize": 64 * KiB},
     {"pktsize": 256 * KiB},
     {"read_size": 64 * KiB},
     {"read_size": 1 * MiB},
     {"ssh_read_size": 64 * KiB},
-    {"ssh_read_size": 32 * KiB},
     {"nodelay": False},
     {"ignore_packets": False},  # experiment: asyncssh without its per-packet SSH_MSG_IGNORE
     {"ssh_read_size": 64 * KiB, "ignore_packets": False},
