@@ -29,11 +29,6 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def key(tmp_path: Path) -> ClientKey:
-    return make_key(tmp_path, "id_bridge")
-
-
-@pytest.fixture
 def sidecar(tmp_path: Path, key: ClientKey) -> Iterator[Sidecar]:
     with running_sidecar(tmp_path, key, extra_env={"APP_MODE": "debug", "MULTI": "a=b\nc d"}) as sc:
         yield sc

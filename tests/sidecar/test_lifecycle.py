@@ -23,18 +23,12 @@ from tests.sidecar.harness import (
     TagServer,
     base_env,
     free_ports,
-    make_key,
     popen,
     running_sidecar,
     start_sidecar,
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def key(tmp_path: Path) -> ClientKey:
-    return make_key(tmp_path, "id_bridge")
 
 
 # ---------------------------------------------------------------- bad settings

@@ -35,11 +35,6 @@ FORWARD_OPTS = ("-N", "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterv
 
 
 @pytest.fixture
-def key(tmp_path: Path) -> ClientKey:
-    return make_key(tmp_path, "id_bridge")
-
-
-@pytest.fixture
 def sidecar(tmp_path: Path, key: ClientKey) -> Iterator[Sidecar]:
     with running_sidecar(tmp_path, key, extra_env={"SERVICE_URL": "http://db:5432"}) as sc:
         yield sc
