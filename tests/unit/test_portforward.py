@@ -11,11 +11,12 @@ does not match 127.0.0.1, so `tls_server_name` and the CA are exercised.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import os
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from cryptography.x509.oid import NameOID
 from kubernetes.aio.client import ApiClient, Configuration
 
 from bridge.errors import BridgeError
-from bridge.portforward import SUBPROTOCOL, PortForwarder
+from bridge.portforward import SUBPROTOCOL, PortForwarder, PortForwardStream
 
 SERVER_NAME = "kubernetes.bridge.test"
 TOKEN = "t0ken"
@@ -203,8 +204,10 @@ async def serve_fake_api(tmp_path: Path, backends: dict[int, int],
     return Running(server, config, ApiClient(configuration=config)), runner
 
 
-async def tcp_backend(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]
-                      ) -> asyncio.Server:
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]
+
+
+async def tcp_backend(handler: Handler) -> asyncio.Server:
     return await asyncio.start_server(handler, "127.0.0.1", 0)
 
 
@@ -229,34 +232,52 @@ async def _cleanup(*things: Any) -> None:
             await thing.close()
 
 
+@contextlib.asynccontextmanager
+async def fake_forwarder(tmp_path: Path, backend: Handler | None = None, *, port: int = 80,
+                         namespace: str = "default", pod: str = "p", **options: Any
+                         ) -> AsyncIterator[tuple[Running, PortForwarder]]:
+    """A `FakeApiServer` (relaying `port` to `backend` served on loopback, if given; any other
+    port is refused) and a `PortForwarder` to `namespace/pod` through it, all closed on exit."""
+    server = await tcp_backend(backend) if backend is not None else None
+    backends = {port: port_of(server)} if server is not None else {}
+    api, runner = await serve_fake_api(tmp_path, backends, **options)
+    forwarder = PortForwarder(api.api_client, namespace, pod)
+    try:
+        yield api, forwarder
+    finally:
+        await _cleanup(forwarder, api.api_client, runner, server)
+
+
+async def echo_through(stream: PortForwardStream, payload: bytes, chunk: int) -> bytes:
+    """Write `payload` in writes of `chunk` bytes while reading back as many; what came back."""
+    received = bytearray()
+
+    async def read_all() -> None:
+        while len(received) < len(payload):
+            data = await stream.reader.read(1 << 20)
+            assert data, "stream ended early"
+            received.extend(data)
+
+    reading = asyncio.create_task(read_all())
+    for offset in range(0, len(payload), chunk):
+        stream.writer.write(payload[offset:offset + chunk])
+        await stream.writer.drain()
+    await reading
+    return bytes(received)
+
+
 # -- tests ---------------------------------------------------------------------------------
 
 
 def test_round_trip_of_a_few_megabytes_both_ways(tmp_path: Path) -> None:
     async def main() -> None:
-        backend = await tcp_backend(echo)
-        api, runner = await serve_fake_api(tmp_path, {8080: port_of(backend)})
-        forwarder = PortForwarder(api.api_client, "default", "hello-bridge-x")
-        try:
+        async with fake_forwarder(tmp_path, echo, port=8080, pod="hello-bridge-x") as (
+                api, forwarder):
             stream = await forwarder.open(8080)
             payload = os.urandom(6 * 1024 * 1024)
-            received = bytearray()
-
-            async def read_all() -> None:
-                while len(received) < len(payload):
-                    chunk = await stream.reader.read(1 << 20)
-                    assert chunk, "stream ended early"
-                    received.extend(chunk)
-
-            reading = asyncio.create_task(read_all())
-            for offset in range(0, len(payload), 100_000):
-                stream.writer.write(payload[offset:offset + 100_000])
-                await stream.writer.drain()
-            await reading
+            received = await echo_through(stream, payload, 100_000)
             assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
             await stream.close()
-        finally:
-            await _cleanup(forwarder, api.api_client, runner, backend)
         assert api.server.seen_paths == [
             "/api/v1/namespaces/default/pods/hello-bridge-x/portforward?ports=8080"]
         assert api.server.seen_protocols == [SUBPROTOCOL]
@@ -272,26 +293,19 @@ def test_port_prefix_is_stripped_when_it_shares_a_frame_with_data(tmp_path: Path
         writer.close()
 
     async def main() -> bytes:
-        backend = await tcp_backend(greet)
-        api, runner = await serve_fake_api(tmp_path, {22: port_of(backend)},
-                                           port_frames_together=True)
-        forwarder = PortForwarder(api.api_client, "ns", "pod")
-        try:
+        async with fake_forwarder(tmp_path, greet, port=22, namespace="ns", pod="pod",
+                                  port_frames_together=True) as (_api, forwarder):
             stream = await forwarder.open(22)
             line = await stream.reader.readline()
             await stream.close()
             return line
-        finally:
-            await _cleanup(forwarder, api.api_client, runner, backend)
 
     assert run(main()) == b"SSH-2.0-hello\r\n"
 
 
 def test_error_channel_ends_the_stream_with_the_servers_reason(tmp_path: Path) -> None:
     async def main() -> None:
-        api, runner = await serve_fake_api(tmp_path, {})
-        forwarder = PortForwarder(api.api_client, "default", "hello-bridge-x")
-        try:
+        async with fake_forwarder(tmp_path, pod="hello-bridge-x") as (_api, forwarder):
             stream = await forwarder.open(8022)
             with pytest.raises(BridgeError) as err:
                 await stream.reader.read(100)
@@ -299,8 +313,6 @@ def test_error_channel_ends_the_stream_with_the_servers_reason(tmp_path: Path) -
                 "port-forward to pod default/hello-bridge-x port 8022 failed: "
                 "error forwarding port 8022 to pod: connection refused")
             await stream.close()
-        finally:
-            await _cleanup(forwarder, api.api_client, runner)
 
     run(main())
 
@@ -313,33 +325,27 @@ def test_error_channel_ends_the_stream_with_the_servers_reason(tmp_path: Path) -
 )
 def test_handshake_refusals_are_one_line_errors(tmp_path: Path, status: int, words: str) -> None:
     async def main() -> None:
-        api, runner = await serve_fake_api(tmp_path, {}, status=status)
-        forwarder = PortForwarder(api.api_client, "default", "hello-bridge-x")
-        try:
+        async with fake_forwarder(tmp_path, pod="hello-bridge-x", status=status) as (
+                _api, forwarder):
             with pytest.raises(BridgeError, match=words) as err:
                 await forwarder.open(8022)
             assert "\n" not in str(err.value)
             assert str(err.value).startswith(
                 "port-forward to pod default/hello-bridge-x port 8022 failed: ")
-        finally:
-            await _cleanup(forwarder, api.api_client, runner)
 
     run(main())
 
 
 def test_token_is_refreshed_through_the_configuration_hook(tmp_path: Path) -> None:
     async def main() -> None:
-        backend = await tcp_backend(echo)
-        api, runner = await serve_fake_api(tmp_path, {80: port_of(backend)}, token="fresh")
         calls: list[int] = []
 
         async def refresh(config: Configuration) -> None:  # what exec plugins install
             calls.append(1)
             config.api_key["authorization"] = "fresh"
 
-        api.config.api_key["authorization"] = "stale"
-        forwarder = PortForwarder(api.api_client, "default", "p")
-        try:
+        async with fake_forwarder(tmp_path, echo, token="fresh") as (api, forwarder):
+            api.config.api_key["authorization"] = "stale"
             api.config.refresh_api_key_hook = None
             with pytest.raises(BridgeError, match="rejected the credentials"):
                 await forwarder.open(80)
@@ -349,41 +355,30 @@ def test_token_is_refreshed_through_the_configuration_hook(tmp_path: Path) -> No
             assert await stream.reader.readexactly(4) == b"ping"
             await stream.close()
             assert calls
-        finally:
-            await _cleanup(forwarder, api.api_client, runner, backend)
 
     run(main())
 
 
 def test_client_certificate_authentication(tmp_path: Path) -> None:
     async def main() -> bytes:
-        backend = await tcp_backend(echo)
-        api, runner = await serve_fake_api(tmp_path, {80: port_of(backend)}, client_certs=True)
-        forwarder = PortForwarder(api.api_client, "default", "p")
-        try:
+        async with fake_forwarder(tmp_path, echo, client_certs=True) as (_api, forwarder):
             stream = await forwarder.open(80)
             stream.writer.write(b"cert")
             answer = await stream.reader.readexactly(4)
             await stream.close()
             return answer
-        finally:
-            await _cleanup(forwarder, api.api_client, runner, backend)
 
     assert run(main()) == b"cert"
 
 
 def test_unknown_ca_is_a_tls_error(tmp_path: Path) -> None:
     async def main() -> None:
-        api, runner = await serve_fake_api(tmp_path, {})
-        (tmp_path / "other").mkdir()
-        other = Pki.create(tmp_path / "other")
-        api.config.ssl_ca_cert = other.ca_file
-        forwarder = PortForwarder(api.api_client, "default", "p")
-        try:
+        async with fake_forwarder(tmp_path) as (api, forwarder):
+            (tmp_path / "other").mkdir()
+            other = Pki.create(tmp_path / "other")
+            api.config.ssl_ca_cert = other.ca_file
             with pytest.raises(BridgeError, match="TLS error"):
                 await forwarder.open(80)
-        finally:
-            await _cleanup(forwarder, api.api_client, runner)
 
     run(main())
 
@@ -446,10 +441,7 @@ def test_write_backpressure_pauses_and_resumes_the_protocol(tmp_path: Path) -> N
         writer.close()
 
     async def main() -> None:
-        backend = await tcp_backend(slow_sink)
-        api, runner = await serve_fake_api(tmp_path, {80: port_of(backend)})
-        forwarder = PortForwarder(api.api_client, "default", "p")
-        try:
+        async with fake_forwarder(tmp_path, slow_sink) as (_api, forwarder):
             transport, protocol = await forwarder.create_connection(Recorder, "p", 80)
             assert isinstance(protocol, Recorder)
             payload = os.urandom(size)
@@ -464,8 +456,6 @@ def test_write_backpressure_pauses_and_resumes_the_protocol(tmp_path: Path) -> N
             assert transport.get_write_buffer_size() == 0
             transport.close()
             assert await protocol.lost is None
-        finally:
-            await _cleanup(forwarder, api.api_client, runner, backend)
 
     run(main())
 
@@ -481,10 +471,7 @@ def test_paused_reading_delivers_nothing_until_resumed(tmp_path: Path) -> None:
         writer.close()
 
     async def main() -> None:
-        backend = await tcp_backend(source)
-        api, runner = await serve_fake_api(tmp_path, {80: port_of(backend)})
-        forwarder = PortForwarder(api.api_client, "default", "p")
-        try:
+        async with fake_forwarder(tmp_path, source) as (_api, forwarder):
             transport, protocol = await forwarder.create_connection(Recorder, "p", 80)
             assert isinstance(protocol, Recorder)
             await protocol.grew.wait()
@@ -503,8 +490,6 @@ def test_paused_reading_delivers_nothing_until_resumed(tmp_path: Path) -> None:
             transport.abort()
             assert await protocol.lost is None
             assert transport.is_closing()
-        finally:
-            await _cleanup(forwarder, api.api_client, runner, backend)
 
     run(main())
 
@@ -516,16 +501,11 @@ def test_server_closing_gives_eof_then_connection_lost(tmp_path: Path) -> None:
         writer.close()
 
     async def main() -> None:
-        backend = await tcp_backend(hello_and_bye)
-        api, runner = await serve_fake_api(tmp_path, {80: port_of(backend)})
-        forwarder = PortForwarder(api.api_client, "default", "p")
-        try:
+        async with fake_forwarder(tmp_path, hello_and_bye) as (_api, forwarder):
             stream = await forwarder.open(80)
             assert await stream.reader.read() == b"bye"
             assert stream.reader.at_eof()
             await stream.close()
-        finally:
-            await _cleanup(forwarder, api.api_client, runner, backend)
 
     run(main())
 
@@ -598,18 +578,7 @@ def test_port_forward_through_the_test_cluster(cluster: Any, api_client: Any,
                     await asyncio.sleep(0.2)
             assert stream is not None, "the pod never answered"
             payload = os.urandom(4 * 1024 * 1024)
-            received = bytearray()
-
-            async def read_all() -> None:
-                while len(received) < len(payload):
-                    chunk = await stream.reader.read(1 << 20)
-                    assert chunk, "stream ended early"
-                    received.extend(chunk)
-
-            reading = asyncio.create_task(read_all())
-            stream.writer.write(payload)
-            await stream.writer.drain()
-            await reading
+            received = await echo_through(stream, payload, len(payload))
             assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
             await stream.close()
 
