@@ -10,6 +10,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.clusterchecks.support import gone
+
 pytestmark = pytest.mark.cluster
 
 PRINTER = ("import signal, sys, time\n"
@@ -83,15 +85,8 @@ def test_graceful_pod_delete(core_v1: Any, namespace: str, wait_until: Any) -> N
     assert deleted.kind == "Pod"
     assert deleted.metadata.deletion_timestamp is not None
     assert deleted.metadata.deletion_grace_period_seconds == 20
-
-    def gone() -> bool:
-        try:
-            core_v1.read_namespaced_pod("graceful", namespace)
-        except ApiException as err:
-            return err.status == 404
-        return False
-
-    wait_until(gone, 30, "the pod to terminate")  # it exits on SIGTERM, well within 20 s
+    wait_until(gone(core_v1.read_namespaced_pod, "graceful", namespace), 30,
+               "the pod to terminate")  # it exits on SIGTERM, well within 20 s
 
 
 def test_delete_with_zero_grace_is_immediate(core_v1: Any, namespace: str,

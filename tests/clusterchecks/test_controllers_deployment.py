@@ -9,6 +9,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.clusterchecks.support import gone
+
 pytestmark = pytest.mark.cluster
 
 SLEEP = ["python3", "-c", "import signal, time; signal.signal(signal.SIGTERM, lambda *a: exit(0)); time.sleep(600)"]  # noqa: E501
@@ -169,15 +171,8 @@ def test_foreground_deletion_waits_for_dependents(apps_v1: Any, namespace: str,
     apps_v1.create_namespaced_deployment(namespace, deployment("fg", 1))
     wait_until(lambda: rollout_done(apps_v1, namespace, "fg", 1), 30, "rollout")
     apps_v1.delete_namespaced_deployment("fg", namespace, propagation_policy="Foreground")
-
-    def gone() -> bool:
-        try:
-            apps_v1.read_namespaced_deployment("fg", namespace)
-        except ApiException as err:
-            return err.status == 404
-        return False
-
-    wait_until(gone, 30, "foreground deletion")
+    wait_until(gone(apps_v1.read_namespaced_deployment, "fg", namespace), 30,
+               "foreground deletion")
     assert not apps_v1.list_namespaced_replica_set(namespace, label_selector="app=fg").items
 
 

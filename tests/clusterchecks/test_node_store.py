@@ -27,6 +27,7 @@ from tests.cluster.errors import ApiError
 from tests.cluster.network import NETNS_DIR, claim_index, release_index
 from tests.cluster.node import Node
 from tests.cluster.store import Store
+from tests.clusterchecks.support import HOSTNAME_SERVER
 
 pytestmark = [
     pytest.mark.cluster,
@@ -37,22 +38,9 @@ pytestmark = [
 Obj = dict[str, Any]
 WAIT = 20.0
 
-# Answers GET with its pod name (HOSTNAME) on $PORT (default 8080).
-SERVER = textwrap.dedent("""
-    import http.server, os, signal, sys
-    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = os.environ["HOSTNAME"].encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        def log_message(self, *args):
-            pass
-    addr = os.environ.get("BIND", "0.0.0.0")
-    http.server.ThreadingHTTPServer((addr, int(os.environ.get("PORT", "8080"))), H).serve_forever()
-""")
+# Answers GET with its pod name (HOSTNAME) on $PORT (default 8080); exits 0 on SIGTERM.
+SERVER = ("import signal, sys\n"
+          "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n" + HOSTNAME_SERVER)
 
 
 # Prints what GET argv[1] answered.
@@ -511,7 +499,7 @@ def test_lifecycle_hooks_post_start_failure_and_pre_stop_before_sigterm(tmp_path
             trap = (f"import signal,sys,time\n"
                     f"def h(*a):\n open({str(order)!r},'a').write('term\\n'); sys.exit(0)\n"
                     "signal.signal(signal.SIGTERM, h)\n"
-                    + SERVER.replace("signal.signal(", "_ = ("))  # keep h as the handler
+                    + HOSTNAME_SERVER)  # h stays the handler
             hooked = container(command=["python3", "-c", trap], lifecycle={
                 "preStop": {"exec": {"command": ["sh", "-c", f"echo prestop >> {order}"]}}})
             store.create("pods", pod("prestop", hooked))

@@ -4,12 +4,8 @@
 from __future__ import annotations
 
 import base64
-import contextlib
+import functools
 import json
-import secrets
-import textwrap
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,52 +13,19 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.clusterchecks.support import HOSTNAME_SERVER, get, scratch_namespace, wait_for
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
-
-WAIT = 30.0
-
-SERVER = textwrap.dedent("""
-    import http.server, os
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = os.environ["HOSTNAME"].encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        def log_message(self, *args):
-            pass
-    http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ.get("PORT", "8080"))), H).serve_forever()
-""")  # noqa: E501
 
 
 @pytest.fixture
 def ns(api_client: Any) -> Iterator[str]:
-    name = f"pods-{secrets.token_hex(3)}"
-    core = client.CoreV1Api(api_client)
-    core.create_namespace({"metadata": {"name": name}})
-    try:
+    with scratch_namespace(api_client, "pods") as name:
         yield name
-    finally:
-        for p in core.list_namespaced_pod(name).items:
-            with contextlib.suppress(ApiException):  # its controller may have removed it
-                core.delete_namespaced_pod(p.metadata.name, name, grace_period_seconds=0)
-        core.delete_namespace(name)
 
 
 def core_api(api_client: Any) -> client.CoreV1Api:
     return client.CoreV1Api(api_client)
-
-
-def wait_for(what: str, check: Callable[[], Any], within: float = WAIT) -> Any:
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"never {what}")
 
 
 def pod_manifest(name: str, *containers: dict, **spec: Any) -> dict:
@@ -92,8 +55,9 @@ def test_deployment_pods_run_with_own_ips_on_the_same_port(api_client: Any, kube
         "metadata": {"name": "web"},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
                  "template": {"metadata": {"labels": {"app": "web"}},
-                              "spec": {"containers": [{"name": "web", "image": "python:3.12",
-                                                       "command": ["python3", "-c", SERVER]}]}}},
+                              "spec": {"containers": [{
+                                  "name": "web", "image": "python:3.12",
+                                  "command": ["python3", "-c", HOSTNAME_SERVER]}]}}},
     })
     kubectl("wait", "-n", ns, "--for=condition=Ready", "pod", "-l", "app=web", "--timeout=30s")
     pods = core_api(api_client).list_namespaced_pod(ns, label_selector="app=web").items
@@ -104,14 +68,8 @@ def test_deployment_pods_run_with_own_ips_on_the_same_port(api_client: Any, kube
         st = p.status.container_statuses[0]
         assert p.status.phase == "Running"
         assert st.ready and st.restart_count == 0 and st.state.running is not None
-
-        def answer(ip: str = p.status.pod_ip) -> str | None:
-            try:
-                with urllib.request.urlopen(f"http://{ip}:8080/", timeout=5) as r:
-                    return r.read().decode()
-            except OSError:
-                return None
-        assert wait_for("answered", answer) == p.metadata.name
+        url = f"http://{p.status.pod_ip}:8080/"
+        assert wait_for("answered", functools.partial(get, url)) == p.metadata.name
 
 
 def test_environment_from_api_objects(api_client: Any, ns: str) -> None:
@@ -207,7 +165,7 @@ def test_restart_always_backs_off_and_keeps_previous_logs(api_client: Any, kubec
 def test_probes_readiness_liveness_startup(api_client: Any, ns: str) -> None:
     core = core_api(api_client)
     # Listens only after 1.5 s: the first readiness probes fail, later ones pass.
-    late = "import time; time.sleep(1.5)\n" + SERVER
+    late = "import time; time.sleep(1.5)\n" + HOSTNAME_SERVER
     readiness = {"name": "main", "image": "python:3.12", "command": ["python3", "-c", late],
                  "ports": [{"name": "web", "containerPort": 8080}],
                  "readinessProbe": {"httpGet": {"port": "web", "path": "/"}, "periodSeconds": 1}}

@@ -5,74 +5,26 @@ on localhost inside the pod only."""
 
 from __future__ import annotations
 
-import contextlib
-import secrets
 import socket
 import textwrap
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 from kubernetes.stream import portforward
 
+from tests.clusterchecks.support import HOSTNAME_SERVER, WAIT, get, scratch_namespace, wait_for
+
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
-
-WAIT = 30.0
-
-# Answers GET with its pod name; BIND (default 0.0.0.0) and PORT (default 8080) from env.
-SERVER = textwrap.dedent("""
-    import http.server, os
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = os.environ["HOSTNAME"].encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        def log_message(self, *args):
-            pass
-    addr = (os.environ.get("BIND", "0.0.0.0"), int(os.environ.get("PORT", "8080")))
-    http.server.ThreadingHTTPServer(addr, H).serve_forever()
-""")
 
 
 @pytest.fixture
 def ns(api_client: Any) -> Iterator[str]:
-    name = f"svc-{secrets.token_hex(3)}"
-    core = client.CoreV1Api(api_client)
-    core.create_namespace({"metadata": {"name": name}})
-    try:
+    with scratch_namespace(api_client, "svc") as name:
         yield name
-    finally:
-        for d in client.AppsV1Api(api_client).list_namespaced_deployment(name).items:
-            client.AppsV1Api(api_client).delete_namespaced_deployment(d.metadata.name, name)
-        for p in core.list_namespaced_pod(name).items:
-            with contextlib.suppress(ApiException):  # its controller may have removed it
-                core.delete_namespaced_pod(p.metadata.name, name, grace_period_seconds=0)
-        core.delete_namespace(name)
-
-
-def wait_for(what: str, check: Callable[[], Any], within: float = WAIT) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"never {what}")
-
-
-def get(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.read().decode()
-    except OSError:
-        return None
 
 
 def web_deployment(name: str, replicas: int, **container: Any) -> dict:
@@ -82,7 +34,7 @@ def web_deployment(name: str, replicas: int, **container: Any) -> dict:
                  "template": {"metadata": {"labels": {"app": name}},
                               "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
                                   "name": "web", "image": "python:3.12",
-                                  "command": ["python3", "-c", SERVER],
+                                  "command": ["python3", "-c", HOSTNAME_SERVER],
                                   "ports": [{"name": "http", "containerPort": 8080}],
                                   **container}]}}},
     }
@@ -107,7 +59,7 @@ def test_cluster_ip_balances_over_ready_pods(api_client: Any, kubectl: Any, ns: 
     core.create_namespaced_pod(ns, {
         "metadata": {"name": "unready", "labels": {"app": "hello"}},
         "spec": {"containers": [{"name": "web", "image": "python:3.12",
-                                 "command": ["python3", "-c", SERVER],
+                                 "command": ["python3", "-c", HOSTNAME_SERVER],
                                  "ports": [{"name": "http", "containerPort": 8080}],
                                  "readinessProbe": {"exec": {"command": ["false"]},
                                                     "periodSeconds": 1}}]}})
@@ -157,7 +109,7 @@ def test_deleted_pod_leaves_endpoints_before_sigterm(api_client: Any, cluster: A
             s = socket.create_connection((os.environ["HOST_IP"], {port}), timeout=5)
             s.sendall(os.environ["POD_IP"].encode()); s.close(); sys.exit(0)
         signal.signal(signal.SIGTERM, term)
-    """) + SERVER
+    """) + HOSTNAME_SERVER
     apps.create_namespaced_deployment(ns, web_deployment(
         "leaving", 1, command=["python3", "-c", on_term],
         env=[{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
@@ -189,7 +141,7 @@ def test_portforward_dials_localhost_inside_the_pod(api_client: Any, ns: str) ->
     core.create_namespaced_pod(ns, {
         "metadata": {"name": "local"},
         "spec": {"containers": [{"name": "web", "image": "python:3.12",
-                                 "command": ["python3", "-c", SERVER],
+                                 "command": ["python3", "-c", HOSTNAME_SERVER],
                                  "env": [{"name": "BIND", "value": "127.0.0.1"}]}]}})
     wait_for("running", lambda: core.read_namespaced_pod("local", ns).status.phase == "Running")
     pod_ip = core.read_namespaced_pod("local", ns).status.pod_ip

@@ -1,0 +1,84 @@
+"""What several cluster checks share: the workload they run in pods, a bounded wait, a scratch
+namespace that is emptied and removed afterwards, and "is it gone yet" for deletions."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import textwrap
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+WAIT = 30.0  # bound on any single wait through the API
+
+# Answers GET with its pod name (HOSTNAME); BIND (default 0.0.0.0) and PORT (default 8080)
+# from the environment. Installs no SIGTERM handler: a script may put its own in front.
+HOSTNAME_SERVER = textwrap.dedent("""
+    import http.server, os
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = os.environ["HOSTNAME"].encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    addr = (os.environ.get("BIND", "0.0.0.0"), int(os.environ.get("PORT", "8080")))
+    http.server.ThreadingHTTPServer(addr, H).serve_forever()
+""")
+
+
+def wait_for(what: str, check: Callable[[], Any], within: float = WAIT) -> Any:
+    """Poll `check` until it returns something truthy, and return that (bounded: a hang guard,
+    not a timing assertion)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"never {what}")
+
+
+def get(url: str) -> str | None:
+    """The body GET `url` answers, or None if it could not be fetched (yet)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def scratch_namespace(api_client: Any, prefix: str) -> Iterator[str]:
+    """A new namespace `PREFIX-xxxxxx`; afterwards its Deployments are deleted (so nothing
+    recreates pods), then its pods without grace, then the namespace."""
+    name = f"{prefix}-{secrets.token_hex(3)}"
+    core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
+    core.create_namespace({"metadata": {"name": name}})
+    try:
+        yield name
+    finally:
+        for d in apps.list_namespaced_deployment(name).items:
+            apps.delete_namespaced_deployment(d.metadata.name, name)
+        for p in core.list_namespaced_pod(name).items:
+            with contextlib.suppress(ApiException):  # its controller may have removed it
+                core.delete_namespaced_pod(p.metadata.name, name, grace_period_seconds=0)
+        core.delete_namespace(name)
+
+
+def gone(read: Callable[..., Any], *args: Any) -> Callable[[], bool]:
+    """A check for `wait_for`/`wait_until`: true once `read(*args)` answers 404 Not Found."""
+    def check() -> bool:
+        try:
+            read(*args)
+        except ApiException as err:
+            return err.status == 404
+        return False
+    return check
