@@ -13,6 +13,7 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from kubernetes.stream import portforward
 
 WAIT = 30.0  # bound on any single wait through the API
 
@@ -71,6 +72,17 @@ def scratch_namespace(api_client: Any, prefix: str) -> Iterator[str]:
             with contextlib.suppress(ApiException):  # its controller may have removed it
                 core.delete_namespaced_pod(p.metadata.name, name, grace_period_seconds=0)
         core.delete_namespace(name)
+
+
+@contextlib.contextmanager
+def port_forward(core: client.CoreV1Api, pod: str, namespace: str, port: int) -> Iterator[Any]:
+    """`kubernetes.stream.portforward` to one port of `pod`, closed afterwards."""
+    pf = portforward(core.connect_get_namespaced_pod_portforward, pod, namespace,
+                     ports=str(port))
+    try:
+        yield pf
+    finally:
+        pf.close()
 
 
 def gone(read: Callable[..., Any], *args: Any) -> Callable[[], bool]:

@@ -10,6 +10,8 @@ import pytest
 from kubernetes import client
 from kubernetes.stream import portforward
 
+from tests.clusterchecks.support import port_forward, wait_for
+
 pytestmark = pytest.mark.cluster
 
 SERVER = """
@@ -64,9 +66,7 @@ def _http_get(sock: Any, path: str) -> bytes:
 
 
 def test_http_through_portforward(core_v1: Any, namespace: str, web_pod: str) -> None:
-    pf = portforward(core_v1.connect_get_namespaced_pod_portforward, web_pod, namespace,
-                     ports="8080")
-    try:
+    with port_forward(core_v1, web_pod, namespace, 8080) as pf:
         sock = pf.socket(8080)
         sock.settimeout(20)
         response = _http_get(sock, "/hello")
@@ -74,28 +74,20 @@ def test_http_through_portforward(core_v1: Any, namespace: str, web_pod: str) ->
         assert response.startswith(b"HTTP/1.0 200") or response.startswith(b"HTTP/1.1 200")
         assert response.endswith(b"pod=pf path=/hello")
         assert pf.error(8080) is None
-    finally:
-        pf.close()
 
 
 def test_two_sequential_forwards_and_large_payload(core_v1: Any, namespace: str,
                                                    web_pod: str) -> None:
     for i in range(2):
-        pf = portforward(core_v1.connect_get_namespaced_pod_portforward, web_pod, namespace,
-                         ports="8080")
-        try:
+        with port_forward(core_v1, web_pod, namespace, 8080) as pf:
             sock = pf.socket(8080)
             sock.settimeout(20)
             response = _http_get(sock, "/" + "x" * 4000 + str(i))
             assert response.endswith(("x" * 4000 + str(i)).encode())
-        finally:
-            pf.close()
 
 
 def test_error_channel_when_nothing_listens(core_v1: Any, namespace: str, web_pod: str) -> None:
-    pf = portforward(core_v1.connect_get_namespaced_pod_portforward, web_pod, namespace,
-                     ports="9999")
-    try:
+    with port_forward(core_v1, web_pod, namespace, 9999) as pf:
         sock = pf.socket(9999)
         sock.settimeout(20)
         # The connection closes without data; the error channel says why.
@@ -105,14 +97,8 @@ def test_error_channel_when_nothing_listens(core_v1: Any, namespace: str, web_po
             data = b""
         assert data == b""
         sock.close()
-        import time
-        deadline = time.monotonic() + 10
-        while pf.error(9999) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        error = pf.error(9999)
-        assert error is not None and "9999" in error
-    finally:
-        pf.close()
+        error = wait_for("an error on the error channel", lambda: pf.error(9999), within=10)
+        assert "9999" in error
 
 
 def test_portforward_to_missing_pod_is_404(core_v1: Any, namespace: str) -> None:
@@ -126,14 +112,10 @@ def test_portforward_to_missing_pod_is_404(core_v1: Any, namespace: str) -> None
 
 def test_raw_http_client_through_portforward(core_v1: Any, namespace: str, web_pod: str
                                              ) -> None:
-    pf = portforward(core_v1.connect_get_namespaced_pod_portforward, web_pod, namespace,
-                     ports="8080")
-    try:
+    with port_forward(core_v1, web_pod, namespace, 8080) as pf:
         conn = http.client.HTTPConnection("pod", 8080, timeout=20)
         conn.sock = pf.socket(8080)
         conn.request("GET", "/via-http-client")
         resp = conn.getresponse()
         assert resp.status == 200 and resp.read() == b"pod=pf path=/via-http-client"
         conn.close()
-    finally:
-        pf.close()

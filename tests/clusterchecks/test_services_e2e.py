@@ -14,9 +14,15 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.stream import portforward
 
-from tests.clusterchecks.support import HOSTNAME_SERVER, WAIT, get, scratch_namespace, wait_for
+from tests.clusterchecks.support import (
+    HOSTNAME_SERVER,
+    WAIT,
+    get,
+    port_forward,
+    scratch_namespace,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -147,28 +153,24 @@ def test_portforward_dials_localhost_inside_the_pod(api_client: Any, ns: str) ->
     pod_ip = core.read_namespaced_pod("local", ns).status.pod_ip
 
     def fetch() -> bytes | None:
-        pf = portforward(core.connect_get_namespaced_pod_portforward, "local", ns, ports="8080")
-        sock = pf.socket(8080)
-        sock.settimeout(10)
-        try:
-            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-        except OSError:
-            return None
-        finally:
-            sock.close()
-            pf.close()
+        with port_forward(core, "local", ns, 8080) as pf:
+            sock = pf.socket(8080)
+            sock.settimeout(10)
+            try:
+                sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+            except OSError:
+                return None
+            finally:
+                sock.close()
         return data if data.startswith(b"HTTP/1.0 200") else None
 
     response = wait_for("answered through the port-forward", fetch)
     assert response.endswith(b"local")
     assert get(f"http://{pod_ip}:8080/") is None  # bound to the pod's localhost only
 
-    pf = portforward(core.connect_get_namespaced_pod_portforward, "local", ns, ports="9999")
-    try:
+    with port_forward(core, "local", ns, 9999) as pf:
         error = wait_for("an error on the error channel", lambda: pf.error(9999), within=10)
-    finally:
-        pf.close()
     assert "9999" in error
