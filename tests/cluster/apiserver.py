@@ -73,6 +73,16 @@ def _bool_param(query: Any, name: str) -> bool:
     return str(query.get(name, "")).lower() in ("1", "true", "yes")
 
 
+def patch_type(request: web.Request) -> str:
+    """The request's patch content type; 415 UnsupportedMediaType if it is none we apply."""
+    ctype = request.content_type
+    if ctype not in PATCH_TYPES:
+        raise ApiError(415, "UnsupportedMediaType",
+                       f"the body of the request was in an unknown format - accepted "
+                       f"media types include: {', '.join(PATCH_TYPES)}")
+    return ctype
+
+
 def parse_target(parts: list[str]) -> Target | None:
     """`parts` after the group/version prefix; None when it names no served resource."""
     if parts[:1] == ["api"] and len(parts) >= 2:
@@ -357,11 +367,7 @@ class ApiServer:
         return self._render(request, target.resource, obj)
 
     async def _patch(self, request: web.Request, target: Target) -> web.StreamResponse:
-        ctype = request.content_type
-        if ctype not in PATCH_TYPES:
-            raise ApiError(415, "UnsupportedMediaType",
-                           f"the body of the request was in an unknown format - accepted "
-                           f"media types include: {', '.join(PATCH_TYPES)}")
+        ctype = patch_type(request)
         body = await self._body(request)
         dry = bool(request.query.get("dryRun"))
         obj = self.registry.patch(target.resource.key, target.namespace, target.name or "",
@@ -427,11 +433,7 @@ class ApiServer:
             body = await self._body(request)
             return json_response(self.registry.update_scale(key, ns, name, body, dry_run=dry))
         if request.method == "PATCH":
-            ctype = request.content_type
-            if ctype not in PATCH_TYPES:
-                raise ApiError(415, "UnsupportedMediaType",
-                               f"the body of the request was in an unknown format - accepted "
-                               f"media types include: {', '.join(PATCH_TYPES)}")
+            ctype = patch_type(request)
             body = await self._body(request)
             return json_response(self.registry.patch_scale(key, ns, name, ctype, body,
                                                            dry_run=dry))

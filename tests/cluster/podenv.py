@@ -135,6 +135,30 @@ def _secret_data(secret: Obj) -> dict[str, str]:
     return data
 
 
+def _referenced_data(ref: Obj, objs: list[Obj], kind: str) -> dict[str, str] | None:
+    """The data of the ConfigMap or Secret (`kind`) that `ref` names among `objs`; None when it
+    is missing and the reference is optional."""
+    found = _find(objs, ref["name"])
+    if found is None:
+        if ref.get("optional"):
+            return None
+        raise ConfigError(f'{kind.lower()} "{ref["name"]}" not found')
+    return _secret_data(found) if kind == "Secret" else dict(found.get("data") or {})
+
+
+def _referenced_key(ref: Obj, objs: list[Obj], kind: str, namespace: str) -> str | None:
+    """The value of the key that `ref` names in a ConfigMap or Secret; None when it or its
+    key is missing and the reference is optional."""
+    data = _referenced_data(ref, objs, kind)
+    if data is None:
+        return None
+    if ref["key"] not in data:
+        if ref.get("optional"):
+            return None
+        raise ConfigError(f"couldn't find key {ref['key']} in {kind} {namespace}/{ref['name']}")
+    return str(data[ref["key"]])
+
+
 def _field_ref(path: str, pod: Obj, pod_ip: str, host_ip: str) -> str:
     meta, spec = pod["metadata"], pod.get("spec", {})
     simple = {
@@ -182,23 +206,13 @@ def container_environment(
     for source in container.get("envFrom") or []:
         prefix = source.get("prefix") or ""
         if "configMapRef" in source:
-            ref = source["configMapRef"]
-            cm = _find(configmaps, ref["name"])
-            if cm is None:
-                if ref.get("optional"):
-                    continue
-                raise ConfigError(f'configmap "{ref["name"]}" not found')
-            data: dict[str, str] = dict(cm.get("data") or {})
+            data = _referenced_data(source["configMapRef"], configmaps, "ConfigMap")
         elif "secretRef" in source:
-            ref = source["secretRef"]
-            secret = _find(secrets, ref["name"])
-            if secret is None:
-                if ref.get("optional"):
-                    continue
-                raise ConfigError(f'secret "{ref["name"]}" not found')
-            data = _secret_data(secret)
+            data = _referenced_data(source["secretRef"], secrets, "Secret")
         else:
             continue
+        if data is None:
+            continue  # optional reference to something missing: nothing added
         for key, value in data.items():
             env[prefix + key] = value
 
@@ -231,33 +245,9 @@ def _value_from(
     host_ip: str,
 ) -> str | None:
     if "configMapKeyRef" in source:
-        ref = source["configMapKeyRef"]
-        cm = _find(configmaps, ref["name"])
-        if cm is None:
-            if ref.get("optional"):
-                return None
-            raise ConfigError(f'configmap "{ref["name"]}" not found')
-        data = cm.get("data") or {}
-        if ref["key"] not in data:
-            if ref.get("optional"):
-                return None
-            raise ConfigError(
-                f"couldn't find key {ref['key']} in ConfigMap {namespace}/{ref['name']}"
-            )
-        return str(data[ref["key"]])
+        return _referenced_key(source["configMapKeyRef"], configmaps, "ConfigMap", namespace)
     if "secretKeyRef" in source:
-        ref = source["secretKeyRef"]
-        secret = _find(secrets, ref["name"])
-        if secret is None:
-            if ref.get("optional"):
-                return None
-            raise ConfigError(f'secret "{ref["name"]}" not found')
-        sdata = _secret_data(secret)
-        if ref["key"] not in sdata:
-            if ref.get("optional"):
-                return None
-            raise ConfigError(f"couldn't find key {ref['key']} in Secret {namespace}/{ref['name']}")
-        return sdata[ref["key"]]
+        return _referenced_key(source["secretKeyRef"], secrets, "Secret", namespace)
     if "fieldRef" in source:
         return _field_ref(source["fieldRef"]["fieldPath"], pod, pod_ip, host_ip)
     if "resourceFieldRef" in source:

@@ -128,22 +128,16 @@ def format_selector(reqs: list[Requirement]) -> str:
 
 # -- field selectors -----------------------------------------------------------------------
 
-_FIELD_GETTERS: dict[str, Callable[[Obj], str]] = {
-    "metadata.name": lambda o: o.get("metadata", {}).get("name", ""),
-    "metadata.namespace": lambda o: o.get("metadata", {}).get("namespace", ""),
-    "spec.nodeName": lambda o: o.get("spec", {}).get("nodeName", ""),
-    "status.phase": lambda o: o.get("status", {}).get("phase", ""),
-    "spec.restartPolicy": lambda o: o.get("spec", {}).get("restartPolicy", ""),
-    "status.podIP": lambda o: o.get("status", {}).get("podIP", ""),
-    "type": lambda o: str(o.get("type", "")),
-    "spec.clusterIP": lambda o: o.get("spec", {}).get("clusterIP", ""),
-    "spec.type": lambda o: o.get("spec", {}).get("type", ""),
-    "involvedObject.kind": lambda o: o.get("involvedObject", {}).get("kind", ""),
-    "involvedObject.name": lambda o: o.get("involvedObject", {}).get("name", ""),
-    "involvedObject.namespace": lambda o: o.get("involvedObject", {}).get("namespace", ""),
-    "involvedObject.uid": lambda o: o.get("involvedObject", {}).get("uid", ""),
-    "reason": lambda o: str(o.get("reason", "")),
-}
+
+def _field(obj: Obj, path: str) -> Any:
+    """The value of a supported field path: `outer.inner` ("" where absent), or a top-level
+    field (`type`, `reason`) as text."""
+    outer, _, inner = path.partition(".")
+    if not inner:
+        return str(obj.get(outer, ""))
+    return obj.get(outer, {}).get(inner, "")
+
+
 _GENERIC_FIELDS = ("metadata.name", "metadata.namespace")
 _EXTRA_FIELDS = {
     "pods": ("spec.nodeName", "status.phase", "spec.restartPolicy", "status.podIP"),
@@ -170,7 +164,7 @@ def parse_field_selector(text: str, resource: str) -> Callable[[Obj], bool]:
         checks.append((field, op != "!=", value))
 
     def predicate(obj: Obj) -> bool:
-        return all((_FIELD_GETTERS[f](obj) == v) == eq for f, eq, v in checks)
+        return all((_field(obj, f) == v) == eq for f, eq, v in checks)
 
     return predicate
 
