@@ -31,7 +31,7 @@ from cryptography.x509.oid import NameOID
 from kubernetes.aio.client import ApiClient, Configuration
 
 from bridge.errors import BridgeError
-from bridge.portforward import SUBPROTOCOL, PortForwarder, PortForwardStream
+from bridge.portforward import SUBPROTOCOL, PortForwarder
 
 SERVER_NAME = "kubernetes.bridge.test"
 TOKEN = "t0ken"
@@ -233,13 +233,17 @@ async def _cleanup(*things: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def fake_forwarder(tmp_path: Path, backend: Handler | None = None, *, port: int = 80,
-                         namespace: str = "default", pod: str = "p", **options: Any
-                         ) -> AsyncIterator[tuple[Running, PortForwarder]]:
-    """A `FakeApiServer` (relaying `port` to `backend` served on loopback, if given; any other
-    port is refused) and a `PortForwarder` to `namespace/pod` through it, all closed on exit."""
-    server = await tcp_backend(backend) if backend is not None else None
-    backends = {port: port_of(server)} if server is not None else {}
+async def fake_forwarder(tmp_path: Path, backend: Handler | int | None = None, *,
+                         port: int = 80, namespace: str = "default", pod: str = "p",
+                         **options: Any) -> AsyncIterator[tuple[Running, PortForwarder]]:
+    """A `FakeApiServer` and a `PortForwarder` to `namespace/pod` through it, all closed on exit.
+
+    The pod's `port` relays to `backend`: a handler (served on loopback here, and closed with
+    the rest) or the loopback port of something already listening; any other port is refused.
+    """
+    server = await tcp_backend(backend) if callable(backend) else None
+    target = port_of(server) if server is not None else backend
+    backends = {port: target} if isinstance(target, int) else {}
     api, runner = await serve_fake_api(tmp_path, backends, **options)
     forwarder = PortForwarder(api.api_client, namespace, pod)
     try:
@@ -248,20 +252,22 @@ async def fake_forwarder(tmp_path: Path, backend: Handler | None = None, *, port
         await _cleanup(forwarder, api.api_client, runner, server)
 
 
-async def echo_through(stream: PortForwardStream, payload: bytes, chunk: int) -> bytes:
-    """Write `payload` in writes of `chunk` bytes while reading back as many; what came back."""
+async def echo_through(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       payload: bytes, chunk: int) -> bytes:
+    """Write `payload` in writes of `chunk` bytes to an echo while reading back as many bytes;
+    what came back."""
     received = bytearray()
 
     async def read_all() -> None:
         while len(received) < len(payload):
-            data = await stream.reader.read(1 << 20)
+            data = await reader.read(1 << 20)
             assert data, "stream ended early"
             received.extend(data)
 
     reading = asyncio.create_task(read_all())
     for offset in range(0, len(payload), chunk):
-        stream.writer.write(payload[offset:offset + chunk])
-        await stream.writer.drain()
+        writer.write(payload[offset:offset + chunk])
+        await writer.drain()
     await reading
     return bytes(received)
 
@@ -275,7 +281,7 @@ def test_round_trip_of_a_few_megabytes_both_ways(tmp_path: Path) -> None:
                 api, forwarder):
             stream = await forwarder.open(8080)
             payload = os.urandom(6 * 1024 * 1024)
-            received = await echo_through(stream, payload, 100_000)
+            received = await echo_through(stream.reader, stream.writer, payload, 100_000)
             assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
             await stream.close()
         assert api.server.seen_paths == [
@@ -578,7 +584,7 @@ def test_port_forward_through_the_test_cluster(cluster: Any, api_client: Any,
                     await asyncio.sleep(0.2)
             assert stream is not None, "the pod never answered"
             payload = os.urandom(4 * 1024 * 1024)
-            received = await echo_through(stream, payload, len(payload))
+            received = await echo_through(stream.reader, stream.writer, payload, len(payload))
             assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
             await stream.close()
 

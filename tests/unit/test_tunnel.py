@@ -33,7 +33,14 @@ from bridge.tunnel import (
     public_key_line,
 )
 from sidecar import protocol
-from tests.unit.test_portforward import aio_client, echo, make_pod, port_of, serve_fake_api
+from tests.unit.test_portforward import (
+    aio_client,
+    echo,
+    echo_through,
+    fake_forwarder,
+    make_pod,
+    port_of,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,6 +69,15 @@ class Sidecar:
                                    "client_key": self.client_key, "host_key": self.host_key}
         options.update(kwargs)
         return await Tunnel.connect(**options)
+
+    @contextlib.asynccontextmanager
+    async def tunnel(self, **kwargs: Any) -> AsyncIterator[Tunnel]:
+        """`connect`, and close the tunnel afterwards."""
+        tunnel = await self.connect(**kwargs)
+        try:
+            yield tunnel
+        finally:
+            await tunnel.close()
 
 
 @contextlib.asynccontextmanager
@@ -181,12 +197,8 @@ def test_version_and_env_round_trip() -> None:
                "KUBERNETES_SERVICE_HOST": "10.96.0.1"}
 
     async def main() -> tuple[dict[str, Any], dict[str, str]]:
-        async with sidecar(pod_env) as side:
-            tunnel = await side.connect()
-            try:
-                return await tunnel.version(), await tunnel.env()
-            finally:
-                await tunnel.close()
+        async with sidecar(pod_env) as side, side.tunnel() as tunnel:
+            return await tunnel.version(), await tunnel.env()
 
     version, env = run(main())
     assert version["protocol"] == protocol.PROTOCOL_VERSION
@@ -236,39 +248,24 @@ def test_nothing_listening_is_a_clear_error() -> None:
 async def _exchange(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
     """Send `payload` to an echo at host:port while reading the echo back."""
     reader, writer = await asyncio.open_connection(host, port)
-    received = bytearray()
-
-    async def read_all() -> None:
-        while len(received) < len(payload):
-            chunk = await reader.read(1 << 20)
-            assert chunk, "connection ended early"
-            received.extend(chunk)
-
-    reading = asyncio.create_task(read_all())
-    writer.write(payload)
-    await writer.drain()
-    await reading
+    received = await echo_through(reader, writer, payload, len(payload))
     writer.close()
-    return bytes(received)
+    return received
 
 
 def test_remote_forward_carries_tcp_both_ways() -> None:
     async def main() -> None:
         local = await asyncio.start_server(echo, "127.0.0.1", 0)
         try:
-            async with sidecar() as side:
-                tunnel = await side.connect()
-                try:
-                    await tunnel.forward(side.forward_port, "127.0.0.1", port_of(local))
-                    big = os.urandom(8 * 1024 * 1024)
-                    back = await _exchange(side.forward_port, big)
-                    assert hashlib.sha256(back).digest() == hashlib.sha256(big).digest()
-                    small = [os.urandom(1000 + i) for i in range(20)]
-                    answers = await asyncio.gather(
-                        *(_exchange(side.forward_port, data) for data in small))
-                    assert answers == small
-                finally:
-                    await tunnel.close()
+            async with sidecar() as side, side.tunnel() as tunnel:
+                await tunnel.forward(side.forward_port, "127.0.0.1", port_of(local))
+                big = os.urandom(8 * 1024 * 1024)
+                back = await _exchange(side.forward_port, big)
+                assert hashlib.sha256(back).digest() == hashlib.sha256(big).digest()
+                small = [os.urandom(1000 + i) for i in range(20)]
+                answers = await asyncio.gather(
+                    *(_exchange(side.forward_port, data) for data in small))
+                assert answers == small
         finally:
             local.close()
 
@@ -277,13 +274,9 @@ def test_remote_forward_carries_tcp_both_ways() -> None:
 
 def test_forward_of_a_port_the_pod_does_not_allow_is_refused() -> None:
     async def main() -> None:
-        async with sidecar() as side:
-            tunnel = await side.connect()
-            try:
-                with pytest.raises(BridgeError, match="refused to forward port"):
-                    await tunnel.forward(free_port(), "127.0.0.1", 1)
-            finally:
-                await tunnel.close()
+        async with sidecar() as side, side.tunnel() as tunnel:
+            with pytest.raises(BridgeError, match="refused to forward port"):
+                await tunnel.forward(free_port(), "127.0.0.1", 1)
 
     run(main())
 
@@ -309,23 +302,18 @@ def test_ssh_over_the_port_forward(tmp_path: Path) -> None:
     async def main() -> None:
         local = await asyncio.start_server(echo, "127.0.0.1", 0)
         try:
-            async with sidecar() as side:
-                api, runner = await serve_fake_api(tmp_path, {8022: side.ssh_port})
-                forwarder = PortForwarder(api.api_client, "default", "hello-bridge-x")
-                try:
-                    tunnel = await side.connect(host="hello-bridge-x", port=8022,
-                                                tunnel=forwarder)
-                    await tunnel.version()
-                    assert tunnel.where == "the sidecar in pod default/hello-bridge-x"
-                    await tunnel.forward(side.forward_port, "127.0.0.1", port_of(local))
-                    big = os.urandom(4 * 1024 * 1024)
-                    back = await _exchange(side.forward_port, big)
-                    assert hashlib.sha256(back).digest() == hashlib.sha256(big).digest()
-                    await tunnel.close()
-                finally:
-                    await forwarder.close()
-                    await api.api_client.close()
-                    await runner.cleanup()
+            async with (
+                sidecar() as side,
+                fake_forwarder(tmp_path, side.ssh_port, port=8022,
+                               pod="hello-bridge-x") as (_api, forwarder),
+                side.tunnel(host="hello-bridge-x", port=8022, tunnel=forwarder) as tunnel,
+            ):
+                await tunnel.version()
+                assert tunnel.where == "the sidecar in pod default/hello-bridge-x"
+                await tunnel.forward(side.forward_port, "127.0.0.1", port_of(local))
+                big = os.urandom(4 * 1024 * 1024)
+                back = await _exchange(side.forward_port, big)
+                assert hashlib.sha256(back).digest() == hashlib.sha256(big).digest()
         finally:
             local.close()
 
@@ -334,18 +322,13 @@ def test_ssh_over_the_port_forward(tmp_path: Path) -> None:
 
 def test_port_forward_error_reaches_the_tunnel_caller(tmp_path: Path) -> None:
     async def main() -> None:
-        api, runner = await serve_fake_api(tmp_path, {})  # nothing listens on 8022
-        forwarder = PortForwarder(api.api_client, "default", "hello-bridge-x")
-        try:
+        # Nothing listens on 8022.
+        async with fake_forwarder(tmp_path, pod="hello-bridge-x") as (_api, forwarder):
             with pytest.raises(BridgeError, match="port 8022 failed: .*connection refused"):
                 await Tunnel.connect(host="hello-bridge-x", port=8022,
                                      client_key=new_client_key(),
                                      host_key=public_key_line(new_client_key()),
                                      tunnel=forwarder, timeout=10)
-        finally:
-            await forwarder.close()
-            await api.api_client.close()
-            await runner.cleanup()
 
     run(main())
 
