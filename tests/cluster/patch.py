@@ -142,15 +142,27 @@ def _pointer(path: str) -> list[str]:
     return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
 
 
+def _has(node: JSON, key: str) -> bool:
+    """Whether `node` is an object with member `key` or an array with index `key`."""
+    return ((isinstance(node, dict) and key in node)
+            or (isinstance(node, list) and key.isdigit() and int(key) < len(node)))
+
+
+def _at(node: JSON, key: str) -> JSON:
+    """The member or element `key` of `node` (which `_has`)."""
+    return node[key] if isinstance(node, dict) else node[int(key)]
+
+
+def _missing(op: str, path: str) -> ApiError:
+    return _patch_error(f'{op} operation does not apply: doc is missing path: "{path}"')
+
+
 def _parent(doc: JSON, parts: list[str], op: str, path: str) -> tuple[JSON, str]:
     node = doc
     for part in parts[:-1]:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            raise _patch_error(f'{op} operation does not apply: doc is missing path: "{path}"')
+        if not _has(node, part):
+            raise _missing(op, path)
+        node = _at(node, part)
     return node, parts[-1]
 
 
@@ -163,11 +175,9 @@ def _get(doc: JSON, path: str, op: str) -> JSON:
     if not parts:
         return doc
     parent, last = _parent(doc, parts, op, path)
-    if isinstance(parent, dict) and last in parent:
-        return parent[last]
-    if isinstance(parent, list) and last.isdigit() and int(last) < len(parent):
-        return parent[int(last)]
-    raise _patch_error(f'{op} operation does not apply: doc is missing path: "{path}"')
+    if _has(parent, last):
+        return _at(parent, last)
+    raise _missing(op, path)
 
 
 def _add(doc: JSON, path: str, value: JSON, op: str = "add") -> JSON:
@@ -183,21 +193,21 @@ def _add(doc: JSON, path: str, value: JSON, op: str = "add") -> JSON:
         elif last.isdigit() and int(last) <= len(parent):
             parent.insert(int(last), copy.deepcopy(value))
         else:
-            raise _patch_error(f'{op} operation does not apply: doc is missing path: "{path}"')
+            raise _missing(op, path)
     else:
-        raise _patch_error(f'{op} operation does not apply: doc is missing path: "{path}"')
+        raise _missing(op, path)
     return doc
 
 
 def _remove(doc: JSON, path: str, op: str = "remove") -> JSON:
     parts = _pointer(path)
     parent, last = _parent(doc, parts, op, path)
-    if isinstance(parent, dict) and last in parent:
+    if not _has(parent, last):
+        raise _missing(op, path)
+    if isinstance(parent, dict):
         del parent[last]
-    elif isinstance(parent, list) and last.isdigit() and int(last) < len(parent):
-        del parent[int(last)]
     else:
-        raise _patch_error(f'{op} operation does not apply: doc is missing path: "{path}"')
+        del parent[int(last)]
     return doc
 
 
