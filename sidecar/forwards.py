@@ -95,7 +95,11 @@ class Pipe:
     def socket_eof(self) -> bool:
         self.sock_eof = True
         if self.chan is not None:
-            self.chan.write_eof()
+            try:
+                self.chan.write_eof()
+            except (OSError, asyncssh.Error) as exc:  # the channel closed under us
+                self.close(str(exc))
+                return False
         if self.chan_eof:
             self.close()
             return False
@@ -114,8 +118,15 @@ class Pipe:
 
     def channel_eof(self) -> bool:
         self.chan_eof = True
-        if self.sock is not None and self.sock.can_write_eof():
-            self.sock.write_eof()
+        if self.sock is not None and not self.sock.is_closing() and self.sock.can_write_eof():
+            try:
+                self.sock.write_eof()
+            except OSError as exc:
+                # The peer reset the socket and asyncio has not seen it yet (ENOTCONN). Left
+                # to propagate, this would reach asyncssh's packet loop and close the whole SSH
+                # connection, every forward of the session with it; it ends only this pipe.
+                self.close(str(exc))
+                return False
         if self.sock_eof:
             self.close()
             return False
