@@ -114,6 +114,14 @@ async def wait_pod(store: Store, name: str, predicate: Callable[[Obj], bool],
     raise AssertionError(f"pod {name} never {what}; last seen: {json.dumps(current, indent=1)}")
 
 
+async def until(done: Callable[[], bool], what: str) -> None:
+    """Poll `done` until it is true; fail with `what` after WAIT (a hang guard)."""
+    deadline = time.monotonic() + WAIT
+    while not done():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.05)
+
+
 def condition(p: Obj, kind: str) -> bool:
     return any(c["type"] == kind and c["status"] == "True"
                for c in p.get("status", {}).get("conditions", []))
@@ -475,10 +483,8 @@ def test_graceful_deletion_leaves_endpoints_before_sigterm(tmp_path: Path) -> No
             ep = store.get("endpoints", "default", "svc")
             ep["subsets"] = []
             store.replace("endpoints", ep)
-            deadline = time.monotonic() + WAIT
-            while store.try_get("pods", "default", "graceful") is not None:
-                assert time.monotonic() < deadline, "pod never removed"
-                await asyncio.sleep(0.05)
+            await until(lambda: store.try_get("pods", "default", "graceful") is None,
+                        "pod never removed")
             assert marker.read_text() == "TERM"
     run(scenario)
 
@@ -508,10 +514,8 @@ def test_lifecycle_hooks_post_start_failure_and_pre_stop_before_sigterm(tmp_path
             p["metadata"]["deletionTimestamp"] = "2024-01-01T00:00:00Z"
             p["metadata"]["deletionGracePeriodSeconds"] = 10
             store.replace("pods", p)
-            deadline = time.monotonic() + WAIT
-            while store.try_get("pods", "default", "prestop") is not None:
-                assert time.monotonic() < deadline, "pod never removed"
-                await asyncio.sleep(0.05)
+            await until(lambda: store.try_get("pods", "default", "prestop") is None,
+                        "pod never removed")
     run(scenario)
     assert order.read_text() == "prestop\nterm\n"
 
@@ -525,10 +529,7 @@ def test_pod_removed_from_store_is_killed_at_once() -> None:
             assert worker is not None and worker.sandbox is not None
             netns = worker.sandbox.netns
             store.delete("pods", "default", "gone")
-            deadline = time.monotonic() + WAIT
-            while (NETNS_DIR / netns).exists():
-                assert time.monotonic() < deadline, "sandbox never removed"
-                await asyncio.sleep(0.05)
+            await until(lambda: not (NETNS_DIR / netns).exists(), "sandbox never removed")
     run(scenario)
 
 
@@ -639,10 +640,8 @@ def test_service_proxy_balances_over_ready_endpoints_only() -> None:
             assert "got s1" in await read_logs(node, "client")
             # Service gone: listener and address gone.
             store.delete("services", "default", "web")
-            deadline = time.monotonic() + WAIT
-            while cluster_ip in node.network.service_ips():
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+            await until(lambda: cluster_ip not in node.network.service_ips(),
+                        "service address never removed")
             with pytest.raises(OSError):
                 await http_get(url, within=1)
     run(scenario)
