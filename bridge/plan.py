@@ -44,25 +44,71 @@ def proxy_name(original: str, session: str) -> str:
     return original[: 63 - len(suffix) - 7].rstrip("-") + "-" + h + suffix
 
 
-def _sidecar_env(opts: Options) -> list[dict[str, str]]:
+@dataclass(frozen=True)
+class ControlPorts:
+    """The sidecar's own ports inside the proxy pod: SSH (the port-forward's target) and the
+    readiness HTTP endpoint."""
+
+    ssh: int = protocol.DEFAULT_SSH_PORT
+    health: int = protocol.DEFAULT_HEALTH_PORT
+
+
+def _declared_ports(pod_spec: Obj) -> set[int]:
+    found: set[int] = set()
+    for key in ("initContainers", "containers"):
+        for c in pod_spec.get(key) or []:
+            for p in c.get("ports") or []:
+                if isinstance(p.get("containerPort"), int):
+                    found.add(p["containerPort"])
+    return found
+
+
+def control_ports(pod_spec: Obj, forwarded: Sequence[PortMap]) -> ControlPorts:
+    """The default 8022/8023 unless the pod uses them: every container of a pod shares one
+    network namespace, so the sidecar must not take a port the app or another container
+    declares (or one we forward). Then the next free pair up from 18022."""
+    taken = _declared_ports(pod_spec) | {p.remote for p in forwarded}
+    defaults = ControlPorts()
+    if defaults.ssh not in taken and defaults.health not in taken:
+        return defaults
+    candidate = 18022
+    while candidate in taken or candidate + 1 in taken:
+        candidate += 2
+    return ControlPorts(ssh=candidate, health=candidate + 1)
+
+
+def ssh_port_of(proxy: Obj, container: str) -> int:
+    """The sidecar's SSH port as the proxy manifest (or its pod) sets it."""
+    spec = proxy.get("spec", {})
+    pod_spec = spec.get("template", {}).get("spec", spec)  # a Deployment, or a pod's spec
+    for c in pod_spec.get("containers") or []:
+        if c.get("name") == container:
+            for e in c.get("env") or []:
+                if e.get("name") == protocol.ENV_SSH_PORT:
+                    return int(e["value"])
+    return protocol.DEFAULT_SSH_PORT
+
+
+def _sidecar_env(opts: Options, ports: ControlPorts) -> list[dict[str, str]]:
     return [
         {"name": protocol.ENV_AUTHORIZED_KEY, "value": opts.authorized_key},
         {"name": protocol.ENV_PORTS, "value": ",".join(str(p.remote) for p in opts.ports)},
-        {"name": protocol.ENV_SSH_PORT, "value": str(protocol.DEFAULT_SSH_PORT)},
-        {"name": protocol.ENV_HEALTH_PORT, "value": str(protocol.DEFAULT_HEALTH_PORT)},
+        {"name": protocol.ENV_SSH_PORT, "value": str(ports.ssh)},
+        {"name": protocol.ENV_HEALTH_PORT, "value": str(ports.health)},
     ]
 
 
-def _sidecar_container(original: Obj, opts: Options) -> dict[str, Any]:
+def _sidecar_container(original: Obj, opts: Options, ports: ControlPorts) -> dict[str, Any]:
     c = copy.deepcopy(dict(original))
     for key in _REMOVED_FROM_CONTAINER:
         c.pop(key, None)
     c["image"] = opts.image
     c["imagePullPolicy"] = "IfNotPresent"
-    ours = {e["name"] for e in _sidecar_env(opts)}
-    c["env"] = [e for e in c.get("env") or [] if e.get("name") not in ours] + _sidecar_env(opts)
+    settings = _sidecar_env(opts, ports)
+    ours = {e["name"] for e in settings}
+    c["env"] = [e for e in c.get("env") or [] if e.get("name") not in ours] + settings
     c["readinessProbe"] = {
-        "httpGet": {"path": protocol.READY_PATH, "port": protocol.DEFAULT_HEALTH_PORT},
+        "httpGet": {"path": protocol.READY_PATH, "port": ports.health},
         "periodSeconds": READY_PERIOD_SECONDS,
         "failureThreshold": 1,
         "successThreshold": 1,
@@ -90,11 +136,12 @@ def plan_proxy(original: Obj, opts: Options) -> dict[str, Any]:
     labels[state.SESSION_LABEL] = opts.session
     tmeta["labels"] = labels
     pod_spec = template.setdefault("spec", {})
+    ports = control_ports(pod_spec, opts.ports)
     found = False
     new_containers = []
     for c in pod_spec.get("containers") or []:
         if c.get("name") == opts.container:
-            new_containers.append(_sidecar_container(c, opts))
+            new_containers.append(_sidecar_container(c, opts, ports))
             found = True
         else:
             new_containers.append(c)

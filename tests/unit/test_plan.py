@@ -122,3 +122,37 @@ def test_proxy_name_stays_a_valid_name() -> None:
     n = plan.proxy_name(long, "abcd1234")
     assert len(n) <= 63 and n.endswith("-bridge-abcd1234")
     assert plan.proxy_name(long, "abcd1234") != plan.proxy_name("y" * 63, "abcd1234")
+
+
+def _sidecar_of(m: dict[str, Any]) -> dict[str, Any]:
+    return m["spec"]["template"]["spec"]["containers"][0]
+
+
+def _env_of(c: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in c["env"]}
+
+
+def test_sidecar_control_ports_default_to_the_protocol_ones() -> None:
+    m = plan.plan_proxy(ORIGINAL, options())
+    env = _env_of(_sidecar_of(m))
+    assert env[protocol.ENV_SSH_PORT] == str(protocol.DEFAULT_SSH_PORT)
+    assert env[protocol.ENV_HEALTH_PORT] == str(protocol.DEFAULT_HEALTH_PORT)
+    assert plan.ssh_port_of(m, "app") == protocol.DEFAULT_SSH_PORT
+
+
+def test_sidecar_control_ports_avoid_every_port_the_pod_declares() -> None:
+    """All containers share the pod's network namespace: the sidecar must not take a port the
+    app forwards or another container listens on."""
+    original = copy.deepcopy(ORIGINAL)
+    containers = original["spec"]["template"]["spec"]["containers"]
+    containers[0]["ports"] = [{"containerPort": 8022}]  # the app itself uses the SSH default
+    containers[1]["ports"] = [{"containerPort": 18023}]  # another container, next candidate
+    m = plan.plan_proxy(original, options(PortMap(8022, 8022, None)))
+    c = _sidecar_of(m)
+    env = _env_of(c)
+    ssh, health = int(env[protocol.ENV_SSH_PORT]), int(env[protocol.ENV_HEALTH_PORT])
+    assert {ssh, health}.isdisjoint({8022, 18023})
+    assert ssh != health
+    assert c["readinessProbe"]["httpGet"]["port"] == health
+    assert plan.ssh_port_of(m, "app") == ssh
+    assert env[protocol.ENV_PORTS] == "8022"
