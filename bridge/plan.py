@@ -21,8 +21,10 @@ Obj = Mapping[str, Any]
 
 UNPRIVILEGED_PORT_SYSCTL = "net.ipv4.ip_unprivileged_port_start"
 READY_PERIOD_SECONDS = 1
-_REMOVED_FROM_CONTAINER = ("command", "args", "livenessProbe", "readinessProbe", "startupProbe",
-                           "lifecycle")
+# The sidecar image brings its own entrypoint and working directory; the app's probes and hooks
+# would fail against it (a failing liveness probe would restart the tunnel away).
+_REMOVED_FROM_CONTAINER = ("command", "args", "workingDir", "livenessProbe", "readinessProbe",
+                           "startupProbe", "lifecycle")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ ORIGINAL: dict[str, Any] = {
                      "envFrom": [{"configMapRef": {"name": "hello-env"}}],
                      "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}],
                      "ports": [{"name": "http", "containerPort": 8080}],
+                     "workingDir": "/srv/app",
                      "livenessProbe": {"httpGet": {"path": "/l", "port": 8080}},
                      "readinessProbe": {"httpGet": {"path": "/r", "port": 8080}},
                      "startupProbe": {"exec": {"command": ["true"]}},
@@ -83,7 +84,8 @@ def test_sidecar_container() -> None:
     o = ORIGINAL["spec"]["template"]["spec"]["containers"][0]
     assert c["name"] == "app"
     assert c["image"] == "sidecar:test"
-    for removed in ("command", "args", "livenessProbe", "startupProbe", "lifecycle"):
+    for removed in ("command", "args", "workingDir", "livenessProbe", "startupProbe",
+                    "lifecycle"):
         assert removed not in c
     assert c["readinessProbe"]["httpGet"] == {"path": protocol.READY_PATH,
                                              "port": protocol.DEFAULT_HEALTH_PORT}
