@@ -129,6 +129,8 @@ def _env_float(name: str, default: float) -> float:
                                          state.DEFAULT_HEARTBEAT_INTERVAL))
 @click.option("--heartbeat-ttl", type=float, hidden=True,
               default=lambda: _env_float("BRIDGE_HEARTBEAT_TTL", state.DEFAULT_HEARTBEAT_TTL))
+@click.option("--keepalive-interval", type=click.FloatRange(min=0.1), hidden=True,
+              default=lambda: _env_float("BRIDGE_KEEPALIVE_INTERVAL", 5.0))
 @common_options
 @click.pass_context
 def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -> None:
@@ -150,7 +152,8 @@ def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -
         context=common.context, namespace=common.namespace, container=kw["container"],
         ports=tuple(kw["ports"]), env_file=kw["env_file"], env_json=kw["env_json"],
         sidecar_image=kw["sidecar_image"], timeout=kw["timeout"], wait=not kw["no_wait"],
-        heartbeat_interval=kw["heartbeat_interval"], heartbeat_ttl=kw["heartbeat_ttl"])
+        heartbeat_interval=kw["heartbeat_interval"], heartbeat_ttl=kw["heartbeat_ttl"],
+        keepalive_interval=kw["keepalive_interval"])
     try:
         code = anyio.run(Session(opts, progress).run)
     finally:

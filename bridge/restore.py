@@ -8,8 +8,11 @@ Idempotent: restoring a restored Deployment changes nothing.
 
 from __future__ import annotations
 
+import functools
 import shlex
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import anyio
 
@@ -19,8 +22,13 @@ from bridge.kube import ApiError, Kube, Obj
 from bridge.progress import Progress
 from bridge.target import name_of, service_selects, template_labels
 
+T = TypeVar("T")
+
 POLL = 0.25
 DEFAULT_TIMEOUT = 120.0
+RETRY_FOR = 20.0  # how long one restore step keeps retrying while the API server falters
+RETRY_DELAY = 1.0
+CONFLICT_RETRIES = 5
 
 
 @dataclass
@@ -63,6 +71,25 @@ def _endpoint_ips(endpoints: Obj) -> set[str]:
             for a in s.get("addresses") or []}
 
 
+def _transient(e: BridgeError) -> bool:
+    """An answer worth retrying: no answer at all, throttling, or a server-side error."""
+    return isinstance(e, ApiError) and (e.status == 0 or e.status == 429 or e.status >= 500)
+
+
+async def _retrying(what: str, call: Callable[[], Awaitable[T]], progress: Progress) -> T:
+    """`call()`, retried while the API server does not answer or answers 5xx (bounded); the
+    last error is raised when the time is up. Other refusals (403, 404...) are raised at once."""
+    deadline = anyio.current_time() + RETRY_FOR
+    while True:
+        try:
+            return await call()
+        except BridgeError as e:
+            if not _transient(e) or anyio.current_time() + RETRY_DELAY > deadline:
+                raise
+            progress.warn(f"{what}: {e}; retrying")
+        await anyio.sleep(RETRY_DELAY)
+
+
 async def services_selecting(kube: Kube, deployment: Obj) -> list[Obj]:
     labels = template_labels(deployment)
     try:
@@ -90,9 +117,13 @@ async def wait_original_ready(kube: Kube, name: str, replicas: int, wait_timeout
                               f"replica{'s' if replicas != 1 else ''}")
     with anyio.fail_after(wait_timeout):
         while True:
-            dep = await kube.get_deployment(name)
-            if _is_ready(dep, replicas):
-                break
+            try:
+                dep = await kube.get_deployment(name)
+                if _is_ready(dep, replicas):
+                    break
+            except BridgeError as e:
+                if not _transient(e):
+                    raise
             waiter.tick()
             await anyio.sleep(POLL)
         services = await services_selecting(kube, dep)
@@ -112,9 +143,14 @@ async def wait_original_ready(kube: Kube, name: str, replicas: int, wait_timeout
 
 async def wait_pods_gone(kube: Kube, selector: str, wait_timeout: float) -> bool:
     with anyio.move_on_after(wait_timeout):
-        while await kube.list_pods(selector):  # noqa: ASYNC110 - polling the API
+        while True:
+            try:
+                if not await kube.list_pods(selector):
+                    return True
+            except BridgeError as e:
+                if not _transient(e):
+                    raise
             await anyio.sleep(POLL)
-        return True
     return False
 
 
@@ -125,10 +161,20 @@ async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock
     out = Outcome()
     original: Obj | None = None
     try:
-        original = await kube.get_deployment(name)
-    except ApiError as e:
-        if e.status != 404 or lock is None:
+        original = await _retrying(f"reading deployment/{name}",
+                                   lambda: kube.get_deployment(name), progress)
+    except BridgeError as e:
+        if lock is None:
             raise
+        if not isinstance(e, ApiError) or e.status != 404:
+            # Nothing can be checked: leave the proxy and the lock, so that the Deployment
+            # stays locked and `bridge restore` finds all it needs to finish.
+            scale = kubectl(kube, "scale", f"deployment/{name}", f"--replicas={lock.replicas}")
+            delete = kubectl(kube, "delete", f"deployment/{lock.proxy}")
+            out.failures.append(f"could not read deployment/{name}: {e}; nothing was "
+                                f"restored; run `bridge restore {name}` (or: {scale}; {delete})")
+            progress.error(out.failures[-1])
+            return out
         progress.warn(f"deployment/{name} no longer exists; removing what bridge left")
     found = state.decode((original or {}).get("metadata", {}).get("annotations"))
     if lock is None:
@@ -147,7 +193,9 @@ async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock
 
     if lock.proxy:
         try:
-            if await kube.delete_deployment(lock.proxy):
+            proxy = lock.proxy
+            if await _retrying(f"deleting deployment/{proxy}",
+                               lambda: kube.delete_deployment(proxy), progress):
                 out.restored = True
                 progress.info(f"deleted proxy deployment/{lock.proxy}")
             if wait and not await wait_pods_gone(
@@ -163,9 +211,9 @@ async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock
     if original is not None and (ours or stray):
         if scaled:
             try:
-                await kube.patch_deployment(name, state.clear_patch())
-                out.restored = True
-                progress.detail(f"cleared bridge's annotations on deployment/{name}")
+                if await _clear_lock(kube, name, lock.session if ours else None, progress):
+                    out.restored = True
+                    progress.detail(f"cleared bridge's annotations on deployment/{name}")
             except BridgeError as e:
                 keys = " ".join(k + "-" for k in state.KEYS)
                 out.failures.append(
@@ -178,6 +226,31 @@ async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock
     return out
 
 
+async def _clear_lock(kube: Kube, name: str, session: str | None, progress: Progress) -> bool:
+    """Remove our annotations, only while they still hold `session` (None: no lock, only stray
+    keys). The patch carries the resourceVersion read, so a swap that took the Deployment in
+    between (409 Conflict) is seen, never overwritten. False when it was not ours to clear."""
+    for _ in range(CONFLICT_RETRIES):
+        dep = await _retrying(f"reading deployment/{name}", lambda: kube.get_deployment(name),
+                              progress)
+        meta = dep.get("metadata", {})
+        found = state.decode(meta.get("annotations"))
+        if (found.session if found else None) != session:
+            holder = f"session {found.session} of {found.owner}" if found else "nobody"
+            progress.warn(f"deployment/{name} is now held by {holder}; leaving its "
+                          "annotations alone")
+            return False
+        patch = state.clear_patch(meta.get("resourceVersion"))
+        try:
+            await _retrying(f"clearing bridge's annotations on deployment/{name}",
+                            functools.partial(kube.patch_deployment, name, patch), progress)
+            return True
+        except ApiError as e:
+            if e.status != 409:
+                raise
+    raise BridgeError(f"deployment/{name} kept changing ({CONFLICT_RETRIES} conflicts)")
+
+
 async def _scale_back(kube: Kube, name: str, original: Obj, lock: state.Lock,
                       progress: Progress, wait: bool, wait_timeout: float, out: Outcome) -> bool:
     """Replicas back to the recorded count; with `wait`, until they are Ready (bounded)."""
@@ -185,7 +258,9 @@ async def _scale_back(kube: Kube, name: str, original: Obj, lock: state.Lock,
     fix = kubectl(kube, "scale", f"deployment/{name}", f"--replicas={lock.replicas}")
     if current != lock.replicas:
         try:
-            await kube.patch_deployment(name, {"spec": {"replicas": lock.replicas}})
+            replicas = {"spec": {"replicas": lock.replicas}}
+            await _retrying(f"scaling deployment/{name}",
+                            lambda: kube.patch_deployment(name, replicas), progress)
             out.restored = True
             progress.info(f"scaled deployment/{name} back to {lock.replicas} "
                           f"replica{'s' if lock.replicas != 1 else ''}")

@@ -46,6 +46,10 @@ _BAD_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLo
                 "ErrImageNeverPull"}
 
 
+class NotOurs(BridgeError):
+    """The Deployment is no longer locked by this session (restored, taken, deleted)."""
+
+
 def default_owner() -> str:
     if os.environ.get("BRIDGE_OWNER"):
         return os.environ["BRIDGE_OWNER"]
@@ -76,6 +80,7 @@ class SwapOptions:
     wait: bool = True
     heartbeat_interval: float = state.DEFAULT_HEARTBEAT_INTERVAL
     heartbeat_ttl: float = state.DEFAULT_HEARTBEAT_TTL
+    keepalive_interval: float = 5.0  # SSH keepalives; 3 missed ones end the connection
     owner: str = field(default_factory=default_owner)
 
 
@@ -264,26 +269,34 @@ class Session:
             owner=o.owner, authorized_key=tunnelmod.public_key_line(self.client_key),
             image=o.sidecar_image))
         self.manifest["metadata"]["namespace"] = ns
+        # Pushed before the lock is taken: if the patch's outcome is unknown (cancelled by a
+        # signal, or no answer), restoring finds out, and touches only a lock of ours.
+        self.stack.push(f"restoring deployment/{name}", self._restore)
         try:
             await kube.patch_deployment(name, state.lock_patch(
                 self.lock, deployment.get("metadata", {}).get("resourceVersion")))
         except ApiError as e:
+            if e.status != 0:  # the API server refused: the lock was not taken
+                self.stack.steps.pop()
             if e.status == 409:
                 raise BridgeError(f"deployment/{name} changed while bridge was taking it "
                                   "(another swap?); nothing was changed; try again") from e
             raise
         self.cluster_touched = True
-        self.stack.push(f"restoring deployment/{name}", self._restore)
         p.info(f"swapping deployment/{name} (container {self.container}, ports "
                f"{self.lock.ports}) in namespace {ns}, session {self.session_id}")
 
     async def _restore(self) -> None:
         assert self.kube is not None and self.lock is not None
         self.progress.info(f"restoring deployment/{self.name}")
-        self.restore_outcome = await restore.restore(
-            self.kube, self.name, self.progress, lock=self.lock, wait=self.opts.wait,
-            wait_timeout=self.opts.timeout)
-        if self.restore_outcome.ok:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._beat_while_restoring)
+            outcome = await restore.restore(
+                self.kube, self.name, self.progress, lock=self.lock, wait=self.opts.wait,
+                wait_timeout=self.opts.timeout)
+            tg.cancel_scope.cancel()
+        self.restore_outcome = outcome
+        if outcome.ok:
             self.progress.info(f"deployment/{self.name} restored")
 
     async def _start_proxy(self) -> None:
@@ -334,8 +347,10 @@ class Session:
         forwarder = portforward.PortForwarder(kube.api_client, kube.namespace, pod)
         try:
             tun = await tunnelmod.Tunnel.connect(
-                host="127.0.0.1", port=protocol.DEFAULT_SSH_PORT, client_key=self.client_key,
-                host_key=host_key, tunnel=forwarder)
+                host="127.0.0.1", port=plan.ssh_port_of(self.manifest, self.container),
+                client_key=self.client_key,
+                host_key=host_key, tunnel=forwarder,
+                keepalive_interval=self.opts.keepalive_interval)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await forwarder.close()
@@ -367,9 +382,10 @@ class Session:
                                        else "the proxy pod to accept a new tunnel")
         selector = f"{state.SESSION_LABEL}={self.session_id}"
         checked = time.monotonic()
+        last_problem = ""
         while True:
             if not first and time.monotonic() - checked > 2:
-                await self._check_still_ours()  # the proxy may be gone for good
+                await self._still_ours_unless_unsure()  # the proxy may be gone for good
                 checked = time.monotonic()
             pods = [q for q in await kube.list_pods(selector)
                     if not q.get("metadata", {}).get("deletionTimestamp")]
@@ -377,7 +393,13 @@ class Session:
             if pods:
                 pod = pods[-1]
                 pname = target.name_of(pod)
-                await self._check_pod_failure(pod)
+                if first:
+                    await self._check_pod_failure(pod)
+                else:  # a restart or a crash loop is what we wait out here, not a failure
+                    problem = pod_problem(pod, self.container, past=False)
+                    if problem and problem != last_problem:
+                        self.progress.warn(f"proxy pod {pname}: {problem}; waiting for it")
+                    last_problem = problem
                 if _container_running(pod, self.container):
                     log = await kube.pod_log(pname, self.container)
                     host_key = tunnelmod.parse_host_key(log)
@@ -389,25 +411,7 @@ class Session:
 
     async def _check_pod_failure(self, pod: Obj) -> None:
         pname = target.name_of(pod)
-        st = pod.get("status") or {}
-        reason = ""
-        if st.get("phase") == "Failed":
-            reason = f"failed: {st.get('reason') or ''} {st.get('message') or ''}".strip()
-        for cond in st.get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
-                    and cond.get("reason") == "Unschedulable":
-                reason = f"cannot be scheduled: {cond.get('message') or ''}".strip()
-        for cs in st.get("containerStatuses") or []:
-            if cs.get("name") != self.container:
-                continue
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            term = (cs.get("state") or {}).get("terminated") or \
-                (cs.get("lastState") or {}).get("terminated")
-            if waiting.get("reason") in _BAD_WAITING:
-                reason = f"{waiting['reason']}: {waiting.get('message') or ''}".strip(": ")
-            elif term:
-                reason = (f"the sidecar exited with code {term.get('exitCode')}"
-                          f" ({term.get('reason') or 'Error'})")
+        reason = pod_problem(pod, self.container, past=True)
         if not reason:
             return
         tail = ""
@@ -531,19 +535,47 @@ class Session:
         return code
 
     async def _heartbeat(self) -> None:
-        kube, interval = self._kube(), self.opts.heartbeat_interval
+        """Refresh the lock every interval; end the session once the lock is not ours."""
         failing = False
         while True:
-            await anyio.sleep(interval)
+            await anyio.sleep(self.opts.heartbeat_interval)
             try:
-                await kube.patch_deployment(self.name, state.heartbeat_patch(now()))
+                await self._beat()
                 if failing:
                     self.progress.info("heartbeat: the API server answers again")
                 failing = False
+            except NotOurs:
+                raise
             except BridgeError as e:
                 if not failing:
                     self.progress.warn(f"heartbeat failed ({e}); retrying")
                 failing = True
+
+    async def _beat_while_restoring(self) -> None:
+        """The heartbeat goes on while the restore waits (the original may take longer to be
+        Ready than the TTL), so nobody repairs this session under its feet; quietly."""
+        while True:
+            await anyio.sleep(self.opts.heartbeat_interval)
+            try:
+                await self._beat()
+            except NotOurs:
+                return
+            except BridgeError:
+                pass
+
+    async def _beat(self) -> None:
+        """One heartbeat: only onto our own lock (the patch is conditional on what was read)."""
+        kube = self._kube()
+        for _ in range(3):
+            dep = await self._check_still_ours()
+            rv = dep.get("metadata", {}).get("resourceVersion")
+            try:
+                await kube.patch_deployment(self.name, state.heartbeat_patch(now(), rv))
+                return
+            except ApiError as e:
+                if e.status != 409:
+                    raise
+        # changed three times in a row under us: the next beat will do
 
     async def _watchdog(self) -> None:
         """Reconnect the tunnel whenever the connection to the proxy pod drops."""
@@ -562,24 +594,38 @@ class Session:
                         self.link = await self._connect(first=False)
                     self.progress.info(
                         f"reconnected after {time.monotonic() - started:.1f}s")
-                except (BridgeError, OSError, TimeoutError) as e:
-                    await self._check_still_ours()
-                    self.progress.warn(f"reconnecting failed ({e}); retrying in {delay:g}s")
+                except NotOurs:
+                    raise
+                except Exception as e:  # whatever broke this attempt, the next may work
+                    await self._still_ours_unless_unsure()
+                    why = str(e) or type(e).__name__
+                    self.progress.warn(f"reconnecting failed ({why}); retrying in {delay:g}s")
                     await anyio.sleep(delay)
                     delay = min(delay * 2, 5.0)
 
-    async def _check_still_ours(self) -> None:
-        """End the session when someone else restored the Deployment meanwhile."""
+    async def _check_still_ours(self) -> Obj:
+        """The Deployment, while this session holds its lock; NotOurs once someone else
+        restored (or took) it or it was deleted. API trouble is raised as it is."""
         try:
             dep = await self._kube().get_deployment(self.name)
         except ApiError as e:
             if e.status != 404:
-                return  # API trouble: keep trying
-            raise BridgeError(f"deployment/{self.name} was deleted while swapped") from e
+                raise
+            raise NotOurs(f"deployment/{self.name} was deleted while swapped") from e
         lock = state.decode(_annotations(dep))
         if lock is None or self.lock is None or lock.session != self.lock.session:
-            raise BridgeError(f"deployment/{self.name} was restored or taken over by someone "
-                              "else (bridge restore?) while this session ran")
+            raise NotOurs(f"deployment/{self.name} was restored or taken over by someone "
+                          "else (bridge restore?) while this session ran")
+        return dep
+
+    async def _still_ours_unless_unsure(self) -> None:
+        """NotOurs when the lock is gone; API trouble is no answer, so no verdict."""
+        try:
+            await self._check_still_ours()
+        except NotOurs:
+            raise
+        except BridgeError:
+            pass
 
     async def _close_link(self) -> None:
         if self.link is not None:
@@ -626,6 +672,34 @@ async def _accepts(port: int) -> bool:
 
 def _annotations(obj: Obj) -> dict[str, str]:
     return dict(obj.get("metadata", {}).get("annotations") or {})
+
+
+def pod_problem(pod: Obj, container: str, *, past: bool) -> str:
+    """Why this proxy pod cannot serve (empty when nothing is wrong that we can see). With
+    `past`, a container that terminated earlier (and was restarted) counts too: while the proxy
+    starts, a sidecar that exited once will do it again. Without, only the present state
+    counts: a sidecar that crashed, was restarted and now runs is fine."""
+    st = pod.get("status") or {}
+    reason = ""
+    if st.get("phase") == "Failed":
+        reason = f"failed: {st.get('reason') or ''} {st.get('message') or ''}".strip()
+    for cond in st.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
+                and cond.get("reason") == "Unschedulable":
+            reason = f"cannot be scheduled: {cond.get('message') or ''}".strip()
+    for cs in st.get("containerStatuses") or []:
+        if cs.get("name") != container:
+            continue
+        now_state = cs.get("state") or {}
+        waiting = now_state.get("waiting") or {}
+        term = now_state.get("terminated") or (
+            (cs.get("lastState") or {}).get("terminated") if past else None)
+        if waiting.get("reason") in _BAD_WAITING:
+            reason = f"{waiting['reason']}: {waiting.get('message') or ''}".strip(": ")
+        elif term:
+            reason = (f"the sidecar exited with code {term.get('exitCode')}"
+                      f" ({term.get('reason') or 'Error'})")
+    return reason
 
 
 def _container_running(pod: Obj, container: str) -> bool:

@@ -63,8 +63,13 @@ def encode(lock: Lock) -> dict[str, str]:
     }
 
 
-def heartbeat_patch(now: dt.datetime) -> dict[str, object]:
-    return {"metadata": {"annotations": {HEARTBEAT: format_time(now)}}}
+def heartbeat_patch(now: dt.datetime, resource_version: str | None = None) -> dict[str, object]:
+    """Merge patch refreshing the heartbeat; with a resourceVersion it fails (409) if the
+    Deployment changed since it was read (so it never lands on a lock that is not ours)."""
+    meta: dict[str, object] = {"annotations": {HEARTBEAT: format_time(now)}}
+    if resource_version:
+        meta["resourceVersion"] = resource_version
+    return {"metadata": meta}
 
 
 def lock_patch(lock: Lock, resource_version: str | None = None) -> dict[str, object]:
@@ -75,9 +80,13 @@ def lock_patch(lock: Lock, resource_version: str | None = None) -> dict[str, obj
     return {"metadata": meta}
 
 
-def clear_patch() -> dict[str, object]:
-    """Merge patch removing every annotation of ours."""
-    return {"metadata": {"annotations": {k: None for k in KEYS}}}
+def clear_patch(resource_version: str | None = None) -> dict[str, object]:
+    """Merge patch removing every annotation of ours; with a resourceVersion it fails (409) if
+    the Deployment changed since it was read."""
+    meta: dict[str, object] = {"annotations": {k: None for k in KEYS}}
+    if resource_version:
+        meta["resourceVersion"] = resource_version
+    return {"metadata": meta}
 
 
 def decode(annotations: Mapping[str, str] | None) -> Lock | None:

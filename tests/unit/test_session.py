@@ -9,7 +9,7 @@ import pytest
 
 from bridge.errors import BridgeError
 from bridge.progress import Progress
-from bridge.session import CleanupStack, _first_bridge_error
+from bridge.session import CleanupStack, _first_bridge_error, pod_problem
 
 
 def test_steps_run_last_in_first_out_and_failures_do_not_skip_others() -> None:
@@ -77,3 +77,26 @@ def test_progress_levels(verbosity: int, shown: list[str], tmp_path) -> None:  #
     p.close()
     assert [ln.split(": ")[-1] for ln in out.getvalue().splitlines()] == shown
     assert len(log.read_text().splitlines()) == 3  # the log file gets everything
+
+
+def _sidecar_status(state: dict, last: dict | None = None) -> dict:  # type: ignore[type-arg]
+    cs = {"name": "web", "state": state, "restartCount": 1 if last else 0}
+    if last:
+        cs["lastState"] = last
+    return {"status": {"phase": "Running", "containerStatuses": [cs]}}
+
+
+def test_a_sidecar_that_crashed_once_fails_the_start_but_not_a_reconnect() -> None:
+    crashed_then_running = _sidecar_status(
+        {"running": {}}, {"terminated": {"exitCode": 137, "reason": "Error"}})
+    assert pod_problem(crashed_then_running, "web", past=True) == \
+        "the sidecar exited with code 137 (Error)"
+    assert pod_problem(crashed_then_running, "web", past=False) == ""
+    dead_now = _sidecar_status({"terminated": {"exitCode": 1, "reason": "Error"}})
+    assert pod_problem(dead_now, "web", past=False) == "the sidecar exited with code 1 (Error)"
+    backoff = _sidecar_status({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
+                              {"terminated": {"exitCode": 137}})
+    assert pod_problem(backoff, "web", past=False) == "CrashLoopBackOff: back-off"
+    assert pod_problem(_sidecar_status({"running": {}}), "web", past=True) == ""
+    assert pod_problem(_sidecar_status({"running": {}}, {"terminated": {"exitCode": 2}}),
+                       "other", past=True) == ""

@@ -1,0 +1,151 @@
+"""The tunnel survives what happens to the proxy side, and a sidecar bridge cannot talk to
+leaves the cluster as it was. Real traffic through the Service before and after each event.
+
+After every test the `make_workload` fixture checks that the original Deployment has its
+replicas (Ready), and that no proxy and no annotation of bridge's remains.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from bridge import state
+from sidecar import protocol
+
+from .conftest import Workload, free_port, http_get, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+
+
+def proxy_pod(w: Workload) -> dict[str, Any]:
+    pods: list[dict[str, Any]] = json.loads(
+        w.k("get", "pods", "-l", state.SESSION_LABEL, "-o", "json"))["items"]
+    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
+    return pods[0]
+
+
+def sidecar_process(pod_name: str) -> psutil.Process:
+    """The `python -m sidecar` process running in pod `pod_name` (its HOSTNAME)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if cmdline[1:3] != ["-m", "sidecar"]:
+            continue
+        try:
+            if proc.environ().get("HOSTNAME") == pod_name and proc.status() != "zombie":
+                found.append(proc)
+        except psutil.Error:
+            continue
+    assert len(found) == 1, f"sidecar processes of {pod_name}: {found}"
+    return found[0]
+
+
+def restart_count(w: Workload, pod_name: str) -> int:
+    pod = w.get("pod", pod_name)
+    return int(pod["status"]["containerStatuses"][0]["restartCount"])
+
+
+def test_tunnel_comes_back_when_the_sidecar_restarts_in_the_same_pod(
+        make_workload: Any) -> None:
+    """The sidecar process dies; the kubelet restarts it in the same pod with a new host key.
+    bridge reads the current container's log (not the previous one), pins the new key, and
+    traffic reaches the laptop again."""
+    w = make_workload()
+    ip = w.service_ip()
+    port = free_port()
+    w.local_server(port)
+    b = w.bridge("swap", "hello", "--port", f"http:{port}")
+    b.wait_for("attached")
+    assert http_get(ip, 80) == f"laptop {port}\n"
+    pod = proxy_pod(w)["metadata"]["name"]
+    first = sidecar_process(pod)
+    old_log = w.k("logs", pod)
+    first.kill()
+    wait_until("the kubelet to restart the sidecar", lambda: restart_count(w, pod) == 1)
+    b.wait_for("reconnected")
+    assert "connection to the proxy pod lost" in b.stderr
+    wait_until("the laptop to answer through the restarted sidecar",
+               lambda: http_get(ip, 80) == f"laptop {port}\n")
+    assert proxy_pod(w)["metadata"]["name"] == pod  # the same pod, not a new one
+    assert sidecar_process(pod).pid != first.pid
+    new_log = w.k("logs", pod)
+    key_lines = [ln for ln in (old_log + new_log).splitlines()
+                 if ln.startswith(protocol.HOST_KEY_LOG_PREFIX)]
+    assert len(set(key_lines)) == 2, "the restarted sidecar has a new host key"
+    for _ in range(5):
+        assert http_get(ip, 80) == f"laptop {port}\n"
+    b.signal(signal.SIGINT)
+    assert b.wait() == 0, b.stderr
+
+
+def test_tunnel_comes_back_when_the_ssh_connection_drops(make_workload: Any) -> None:
+    """The SSH connection dies while the pod and the sidecar stay up: the sidecar is frozen
+    (SIGSTOP) until the agent's keepalives give up, then thawed. The sidecar may still hold
+    the old connection's ports for a while; bridge retries until its forwards are back."""
+    w = make_workload(extra_env=[{"name": protocol.ENV_KEEPALIVE_SECONDS, "value": "2"}])
+    ip = w.service_ip()
+    port = free_port()
+    w.local_server(port)
+    b = w.bridge("swap", "hello", "--port", f"http:{port}",
+                 env={"BRIDGE_KEEPALIVE_INTERVAL": "0.5"})
+    b.wait_for("attached")
+    assert http_get(ip, 80) == f"laptop {port}\n"
+    pod = proxy_pod(w)["metadata"]["name"]
+    sidecar = sidecar_process(pod)
+    sidecar.suspend()
+    try:
+        b.wait_for("connection to the proxy pod lost")
+    finally:
+        sidecar.resume()
+    b.wait_for("reconnected")
+    wait_until("the laptop to answer again",
+               lambda: http_get(ip, 80) == f"laptop {port}\n")
+    assert sidecar_process(pod).pid == sidecar.pid  # the same sidecar: only SSH dropped
+    assert restart_count(w, pod) == 0
+    for _ in range(5):
+        assert http_get(ip, 80) == f"laptop {port}\n"
+    b.signal(signal.SIGTERM)
+    assert b.wait() == 0, b.stderr
+
+
+# Imported at interpreter start through PYTHONPATH, in every python process of the pod: it
+# makes the checkout's sidecar answer `version` with a protocol no bridge speaks.
+OTHER_PROTOCOL = """
+    import os, sys
+    try:
+        sys.path.insert(0, os.getcwd())
+        import sidecar.protocol
+        sidecar.protocol.PROTOCOL_VERSION = 99
+    except ImportError:
+        pass
+    finally:
+        del sys.path[0]
+"""
+
+
+def test_sidecar_speaking_another_protocol_is_refused(make_workload: Any,
+                                                      tmp_path: Path) -> None:
+    site = tmp_path / "other-protocol"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent(OTHER_PROTOCOL))
+    w = make_workload(replicas=1, extra_env=[{"name": "PYTHONPATH", "value": str(site)}])
+    before = w.get("deployment", "hello")
+    code, b = w.run_bridge("swap", "hello", "--timeout", "30", "--", "true")
+    assert code == 1, b.stderr
+    errors = [ln for ln in b.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1, b.stderr
+    assert f"the sidecar speaks protocol 99 (sidecar {protocol.SIDECAR_VERSION}) but this " \
+           f"bridge speaks protocol {protocol.PROTOCOL_VERSION}" in errors[0]
+    assert errors[0].endswith("the cluster was restored as it was")
+    after = w.get("deployment", "hello")
+    assert after["spec"] == before["spec"]
+    assert (after["metadata"].get("annotations") or {}) == \
+        (before["metadata"].get("annotations") or {})
+    assert http_get(w.service_ip(), 80).startswith("cluster ")
