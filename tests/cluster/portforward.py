@@ -4,6 +4,8 @@ For the i-th requested port, channel 2*i carries data and 2*i+1 errors. Every bi
 is one channel byte and a payload; the first frame the server writes on each channel is the
 port as 2 bytes little-endian. Each port gets one TCP connection to localhost:PORT inside the
 pod's network namespace (node.dial); the websocket ends when all of them have ended.
+kubectl (1.31+) asks for the subprotocol `SPDY/3.1+portforward.k8s.io` instead, served by
+portforward_tunnel.py.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from .errors import bad_request
+from .portforward_tunnel import offers_tunnel, serve_tunnel
 
 PROTOCOLS = ("v4.channel.k8s.io", "channel.k8s.io")
 CHUNK = 64 * 1024
@@ -39,10 +42,13 @@ def parse_ports(values: list[str]) -> list[int]:
 async def serve_portforward(request: web.Request, store: Any, node: Any, namespace: str,
                             pod_name: str) -> web.StreamResponse:
     pod = store.get("pods", namespace, pod_name)
-    ports = parse_ports(request.query.getall("ports", []) + request.query.getall("port", []))
     phase = pod.get("status", {}).get("phase")
     if phase in ("Succeeded", "Failed"):
         raise bad_request(f"cannot port forward to a completed pod (phase {phase})")
+    if offers_tunnel(request):  # kubectl 1.31+: SPDY/3.1 inside the websocket, ports per stream
+        return await serve_tunnel(request, node, namespace, pod_name,
+                                  pod["metadata"].get("uid", ""))
+    ports = parse_ports(request.query.getall("ports", []) + request.query.getall("port", []))
     ws = web.WebSocketResponse(protocols=PROTOCOLS, autoping=True, max_msg_size=0,
                                compress=False)
     if not ws.can_prepare(request).ok:

@@ -1,0 +1,222 @@
+"""Point 7 through a real `kubectl port-forward` (1.31+: SPDY/3.1 tunneled in a websocket,
+subprotocol `SPDY/3.1+portforward.k8s.io`), to a pod serving HTTP on two ports bound to
+127.0.0.1 only (so only something dialing inside the pod's netns reaches them)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.clusterchecks.support import port_forward
+from tests.conftest import KUBECTL, Kubectl
+
+pytestmark = pytest.mark.cluster
+
+FORWARD_TIMEOUT = 30.0  # bound on waiting for kubectl's "Forwarding from" lines / its exit
+
+SERVER = """
+import hashlib, http.server, os, sys, threading
+class H(http.server.BaseHTTPRequestHandler):
+    def reply(self, body):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        if self.path.startswith("/bytes/"):
+            n = int(self.path.split("/")[2])
+            self.reply((b"0123456789abcdef" * (n // 16 + 1))[:n])
+            return
+        port = self.server.server_address[1]
+        self.reply(f"port={port} pod={os.environ['POD_NAME']} path={self.path}".encode())
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.reply(f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode())
+    def log_message(self, *a):
+        pass
+servers = [http.server.ThreadingHTTPServer(("127.0.0.1", p), H) for p in (8080, 8081)]
+threading.Thread(target=servers[1].serve_forever, daemon=True).start()
+servers[0].serve_forever()
+"""
+PROBE = ("import socket; [socket.create_connection(('127.0.0.1', p), 1).close() "
+         "for p in (8080, 8081)]")
+
+
+@pytest.fixture
+def web_pod(core_v1: Any, namespace: str, wait_until: Any) -> str:
+    core_v1.create_namespaced_pod(namespace, client.V1Pod(
+        metadata=client.V1ObjectMeta(name="kpf"),
+        spec=client.V1PodSpec(termination_grace_period_seconds=1, containers=[
+            client.V1Container(
+                name="web", image="example/web:1", command=["python3", "-c", SERVER],
+                env=[client.V1EnvVar(name="POD_NAME", value_from=client.V1EnvVarSource(
+                    field_ref=client.V1ObjectFieldSelector(field_path="metadata.name")))],
+                readiness_probe=client.V1Probe(
+                    _exec=client.V1ExecAction(command=["python3", "-c", PROBE]),
+                    period_seconds=1))])))
+
+    def ready() -> bool:
+        pod = core_v1.read_namespaced_pod("kpf", namespace)
+        return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+    wait_until(ready, 30, "the pod to be Ready")
+    return "kpf"
+
+
+@dataclass
+class Forward:
+    """A running `kubectl port-forward`: its local ports by remote port, and its output."""
+    process: subprocess.Popen[str]
+    local: dict[int, int] = field(default_factory=dict)
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+
+    def wait_exit(self) -> int:
+        return self.process.wait(timeout=FORWARD_TIMEOUT)
+
+
+@contextlib.contextmanager
+def kubectl_port_forward(kubectl: Kubectl, namespace: str, target: str,
+                         *remote_ports: int) -> Iterator[Forward]:
+    """`kubectl port-forward TARGET :P...` (kubectl picks free local ports); returns once it
+    printed a "Forwarding from 127.0.0.1:L -> P" line for every port; stopped afterwards."""
+    proc = subprocess.Popen(
+        [KUBECTL, "--kubeconfig", kubectl.kubeconfig, "--cache-dir", kubectl.cache_dir,
+         "-n", namespace, "port-forward", "--address", "127.0.0.1", target,
+         *[f":{p}" for p in remote_ports]],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    forward = Forward(proc)
+    all_listening = threading.Event()
+
+    def read_stdout() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            forward.stdout.append(line)
+            m = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)", line)
+            if m:
+                forward.local[int(m.group(2))] = int(m.group(1))
+                if set(forward.local) == set(remote_ports):
+                    all_listening.set()
+        all_listening.set()  # kubectl ended: unblock the waiter
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            forward.stderr.append(line)
+
+    readers = [threading.Thread(target=f, daemon=True) for f in (read_stdout, read_stderr)]
+    for reader in readers:
+        reader.start()
+    try:
+        all_listening.wait(FORWARD_TIMEOUT)
+        if set(forward.local) != set(remote_ports):
+            raise AssertionError(f"kubectl port-forward did not start: {forward.stdout} "
+                                 f"{forward.stderr}")
+        yield forward
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        for reader in readers:
+            reader.join(timeout=10)
+
+
+def _request(port: int, method: str, path: str, body: bytes | None = None
+             ) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        conn.request(method, path, body=body)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_http_through_kubectl_port_forward(kubectl: Kubectl, namespace: str,
+                                           web_pod: str) -> None:
+    with kubectl_port_forward(kubectl, namespace, f"pod/{web_pod}", 8080) as fwd:
+        # Several connections over the one SPDY session (header compression carries over).
+        for i in range(3):
+            status, body = _request(fwd.local[8080], "GET", f"/hello/{i}")
+            assert (status, body) == (200, f"port=8080 pod=kpf path=/hello/{i}".encode())
+        assert fwd.process.poll() is None
+    assert "Handling connection for" in "".join(fwd.stdout)
+
+
+def test_two_ports_at_once(kubectl: Kubectl, namespace: str, web_pod: str) -> None:
+    with kubectl_port_forward(kubectl, namespace, f"pod/{web_pod}", 8080, 8081) as fwd:
+        jobs = [(port, i) for i in range(4) for port in (8080, 8081)]
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            results = list(pool.map(
+                lambda job: _request(fwd.local[job[0]], "GET", f"/c{job[1]}"), jobs))
+        assert results == [(200, f"port={port} pod=kpf path=/c{i}".encode())
+                           for port, i in jobs]
+
+
+def test_large_payloads_both_ways(kubectl: Kubectl, namespace: str, web_pod: str) -> None:
+    size = 3_000_000  # many DATA frames, well past SPDY's default 64 KiB window
+    with kubectl_port_forward(kubectl, namespace, f"pod/{web_pod}", 8080) as fwd:
+        status, body = _request(fwd.local[8080], "GET", f"/bytes/{size}")
+        assert status == 200 and body == (b"0123456789abcdef" * (size // 16 + 1))[:size]
+        upload = bytes(range(256)) * (2_000_000 // 256)
+        status, body = _request(fwd.local[8080], "POST", "/echo", upload)
+        assert (status, body) == (200,
+                                  f"{len(upload)} {hashlib.sha256(upload).hexdigest()}".encode())
+
+
+def test_port_with_nothing_listening(kubectl: Kubectl, namespace: str, web_pod: str) -> None:
+    with kubectl_port_forward(kubectl, namespace, f"pod/{web_pod}", 9999) as fwd:
+        conn = http.client.HTTPConnection("127.0.0.1", fwd.local[9999], timeout=20)
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+            conn.request("GET", "/")
+            conn.getresponse()
+        conn.close()
+        # kubectl reports the kubelet-style error from the error stream, then gives up.
+        assert fwd.wait_exit() != 0
+    deadline = time.monotonic() + FORWARD_TIMEOUT
+    while "lost connection to pod" not in "".join(fwd.stderr) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stderr = "".join(fwd.stderr)
+    assert "error forwarding port 9999 to pod" in stderr
+    assert "connection refused" in stderr
+    assert "lost connection to pod" in stderr
+
+
+def test_missing_pod_is_reported(kubectl: Kubectl, namespace: str) -> None:
+    result = kubectl.run("-n", namespace, "port-forward", "pod/nope", ":8080", check=False,
+                         timeout=FORWARD_TIMEOUT)
+    assert result.returncode != 0
+    assert 'pods "nope" not found' in result.stderr
+
+
+def test_kubectl_and_websocket_v4_side_by_side(kubectl: Kubectl, core_v1: Any,
+                                               namespace: str, web_pod: str) -> None:
+    """The official client's v4.channel.k8s.io path keeps working next to kubectl's."""
+    with kubectl_port_forward(kubectl, namespace, f"pod/{web_pod}", 8081) as fwd, \
+            port_forward(core_v1, web_pod, namespace, 8080) as pf:
+        sock = pf.socket(8080)
+        sock.settimeout(20)
+        sock.sendall(b"GET /v4 HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        sock.close()
+        assert data.endswith(b"port=8080 pod=kpf path=/v4")
+        assert _request(fwd.local[8081], "GET", "/spdy") == (
+            200, b"port=8081 pod=kpf path=/spdy")
