@@ -40,6 +40,10 @@ from sidecar import protocol
 POLL = 0.25
 LOG_TAIL = 5
 CHILD_GRACE = 5.0
+# On a reconnect, how long a refused remote forward is retried: a sidecar that has not yet
+# noticed the previous connection died holds its ports until its keepalives give up
+# (protocol.DEFAULT_KEEPALIVE_SECONDS x KEEPALIVE_COUNT_MAX), plus a margin.
+FORWARD_PATIENCE = 2 * protocol.DEFAULT_KEEPALIVE_SECONDS * protocol.KEEPALIVE_COUNT_MAX
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _BAD_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
                 "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
@@ -136,6 +140,7 @@ class Session:
         self.interrupted: int | None = None
         self.restoring = False
         self.attach_mode_held = False
+        self.reconnected = False  # the tunnel was lost and re-made at least once
         self.cluster_touched = False
         self.restore_outcome: restore.Outcome | None = None
         self.name = ""
@@ -320,18 +325,42 @@ class Session:
         Services send traffic to the proxy: no request finds nobody."""
         o, p, kube, link = self.opts, self.progress, self._kube(), self.link
         assert link is not None
-        await self._forward(link)
+        for attempt in (1, 2):  # the watchdog only runs from the hand-over on
+            if link.tunnel.is_closed():
+                p.warn("connection to the proxy pod lost before the hand-over; reconnecting")
+                link = await self._reconnect_for_hand_over(link)
+            try:
+                await self._forward(link)
+                break
+            except BridgeError:
+                if attempt == 2 or not link.tunnel.is_closed():
+                    raise
         try:
             with anyio.fail_after(o.timeout):
                 await self._wait_proxy_ready(link.pod)
         except TimeoutError:
             raise BridgeError(f"timed out after {o.timeout:g}s waiting for proxy pod "
                               f"{link.pod} to become Ready") from None
+        if self.child is not None and self.child.returncode is not None:
+            return  # the command is gone already: keep the original serving
         await kube.patch_deployment(self.name, plan.scale_patch(0))
         await self._wait_drained(link.pod)
         assert self.lock is not None
         p.info(f"scaled deployment/{self.name} to 0 (was {self.lock.replicas}); traffic for "
                + ", ".join(f"port {pm.remote} -> localhost:{pm.local}" for pm in self.ports))
+
+    async def _reconnect_for_hand_over(self, old: Link) -> Link:
+        self.link = None
+        with anyio.CancelScope(shield=True):
+            await old.close()
+        self.reconnected = True
+        try:
+            with anyio.fail_after(self.opts.timeout):
+                self.link = await self._connect(first=False, forward=False)
+        except TimeoutError:
+            raise BridgeError(f"timed out after {self.opts.timeout:g}s reconnecting to the "
+                              "proxy pod") from None
+        return self.link
 
     def _kube(self) -> Kube:
         assert self.kube is not None
@@ -360,7 +389,7 @@ class Session:
             info = await tun.version()
             p.detail(f"sidecar {info.get('sidecar')} protocol {info.get('protocol')}")
             if forward:
-                await self._forward(link)
+                await self._forward(link, patience=0.0 if first else FORWARD_PATIENCE)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await link.close()
@@ -368,9 +397,29 @@ class Session:
         p.info(f"tunnel to pod {pod} up")
         return link
 
-    async def _forward(self, link: Link) -> None:
+    async def _forward(self, link: Link, patience: float = 0.0) -> None:
+        """Remote-forward every port. A refusal is retried for `patience` seconds: after a
+        reconnect the sidecar may still hold the ports for the connection that died."""
+        from bridge import tunnel as tunnelmod
+
         for pm in self.ports:
-            await link.tunnel.forward(pm.remote, "127.0.0.1", pm.local)
+            waiter = None
+            deadline = time.monotonic() + patience
+            while True:
+                try:
+                    await link.tunnel.forward(pm.remote, "127.0.0.1", pm.local)
+                    break
+                except tunnelmod.ForwardRefused:
+                    if time.monotonic() >= deadline:
+                        raise
+                if waiter is None:
+                    waiter = self.progress.waiting(
+                        f"the sidecar to release port {pm.remote} (still held for the "
+                        "connection that dropped)")
+                waiter.tick()
+                await anyio.sleep(POLL)
+            if waiter is not None:
+                waiter.done()
             self.progress.detail(f"remote forward {link.pod}:{pm.remote} -> 127.0.0.1:{pm.local}")
 
     async def _wait_proxy_pod(self, first: bool) -> tuple[str, str]:
@@ -411,7 +460,9 @@ class Session:
 
     async def _check_pod_failure(self, pod: Obj) -> None:
         pname = target.name_of(pod)
-        reason = pod_problem(pod, self.container, past=True)
+        # Until a first tunnel was up, a sidecar that exited once fails the start; after a
+        # reconnect, a restart is history and only the present state counts.
+        reason = pod_problem(pod, self.container, past=not self.reconnected)
         if not reason:
             return
         tail = ""
@@ -583,6 +634,7 @@ class Session:
             assert self.link is not None
             await self.link.tunnel.wait_closed()
             self.progress.warn("connection to the proxy pod lost; reconnecting")
+            self.reconnected = True
             old, self.link = self.link, None
             with anyio.CancelScope(shield=True):
                 await old.close()

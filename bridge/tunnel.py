@@ -82,6 +82,11 @@ def check_version(reply: dict[str, Any]) -> None:
         )
 
 
+class ForwardRefused(BridgeError):
+    """The sidecar refused a remote forward: not a port it may bind, or the port is taken (by
+    an earlier connection it has not yet dropped, for one)."""
+
+
 class Tunnel:
     """One SSH connection to a sidecar. Use `Tunnel.connect`."""
 
@@ -197,13 +202,17 @@ class Tunnel:
                 max_pktsize=self._max_pktsize,
             )
         except asyncssh.ChannelListenError:
-            raise BridgeError(
+            raise ForwardRefused(
                 f"{self.where} refused to forward port {remote_port} (not one of the pod's "
                 "forwardable ports, or the port is taken in the pod; the sidecar log says which)"
             ) from None
         except (asyncssh.Error, OSError) as exc:
             raise BridgeError(f"forwarding port {remote_port} failed: {_reason(exc)}") from None
         self._listeners[remote_port] = listener
+
+    def is_closed(self) -> bool:
+        """True once the SSH connection is lost or closed."""
+        return bool(self._conn.is_closed())
 
     async def wait_closed(self) -> None:
         """Return when the SSH connection is lost or closed."""

@@ -19,7 +19,7 @@ import pytest
 from bridge import state
 from sidecar import protocol
 
-from .conftest import Workload, free_port, http_get, wait_until
+from .conftest import LOCAL_SERVER, Workload, free_port, http_get, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -113,6 +113,42 @@ def test_tunnel_comes_back_when_the_ssh_connection_drops(make_workload: Any) -> 
         assert http_get(ip, 80) == f"laptop {port}\n"
     b.signal(signal.SIGTERM)
     assert b.wait() == 0, b.stderr
+
+
+# argv: TRIGGER PORT...: listens (LOCAL_SERVER) only once the file TRIGGER exists (bounded).
+SLOW_START = """
+import os, sys, time
+deadline = time.monotonic() + 120
+while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+    time.sleep(0.05)
+os.execv(sys.executable, [sys.executable, "-c", LOCAL, *sys.argv[2:]])
+"""
+
+
+def test_tunnel_lost_before_the_hand_over_comes_back(make_workload: Any,
+                                                     tmp_path: Path) -> None:
+    """The sidecar restarts while the command is still starting (before any traffic moved):
+    bridge reconnects at the hand-over instead of failing, and the command gets the traffic."""
+    import sys
+
+    w = make_workload()
+    ip = w.service_ip()
+    port, trigger = free_port(), tmp_path / "listen-now"
+    script = SLOW_START.replace("LOCAL", repr(LOCAL_SERVER))
+    b = w.bridge("swap", "hello", "--port", f"http:{port}", "--", sys.executable, "-c", script,
+                 str(trigger), str(port))
+    b.wait_for("waiting for the command to listen")
+    pod = proxy_pod(w)["metadata"]["name"]
+    sidecar_process(pod).kill()
+    wait_until("the kubelet to restart the sidecar", lambda: restart_count(w, pod) == 1)
+    trigger.write_text("")
+    b.wait_for("swapped: ")
+    assert "lost before the hand-over; reconnecting" in b.stderr
+    for _ in range(5):
+        assert http_get(ip, 80) == f"laptop {port}\n"
+    assert w.get("deployment", "hello")["spec"]["replicas"] == 0
+    assert http_get(ip, 80, "/exit/3") == f"laptop {port}\n"
+    assert b.wait() == 3, b.stderr
 
 
 # Imported at interpreter start through PYTHONPATH, in every python process of the pod: it

@@ -100,3 +100,55 @@ def test_a_sidecar_that_crashed_once_fails_the_start_but_not_a_reconnect() -> No
     assert pod_problem(_sidecar_status({"running": {}}), "web", past=True) == ""
     assert pod_problem(_sidecar_status({"running": {}}, {"terminated": {"exitCode": 2}}),
                        "other", past=True) == ""
+
+
+def test_a_reconnect_waits_for_the_sidecar_to_release_the_ports() -> None:
+    """The real sidecar still holds the port for a connection the agent gave up on; the new
+    connection's forward is retried until the old one is gone, then traffic flows through it.
+    Without patience the refusal is immediate."""
+    import asyncio
+
+    from bridge.session import Link, Session, SwapOptions
+    from bridge.target import PortMap
+    from bridge.tunnel import ForwardRefused
+    from tests.unit.test_tunnel import free_port, sidecar
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"laptop:" + await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        local = free_port()
+        server = await asyncio.start_server(answer, "127.0.0.1", local)
+        out = io.StringIO()
+        async with sidecar() as side:
+            old = await side.connect()
+            await old.forward(side.forward_port, "127.0.0.1", local)
+            new = await side.connect()
+            try:
+                s = Session(SwapOptions(target="hello"), Progress(stream=out))
+                s.ports = [PortMap(side.forward_port, local)]
+                link = Link("pod", forwarder=None, tunnel=new)
+                with pytest.raises(ForwardRefused):
+                    await s._forward(link, patience=0.0)
+                task = asyncio.create_task(s._forward(link, patience=60.0))
+                async with asyncio.timeout(30):
+                    while "to release port" not in out.getvalue():  # noqa: ASYNC110 - polls a buffer
+                        await asyncio.sleep(0.05)
+                assert not task.done()
+                await old.close()  # the sidecar lets the port go with the old connection
+                async with asyncio.timeout(30):
+                    await task
+                reader, writer = await asyncio.open_connection("127.0.0.1", side.forward_port)
+                writer.write(b"hello\n")
+                async with asyncio.timeout(30):
+                    assert await reader.read() == b"laptop:hello\n"
+                writer.close()
+            finally:
+                await new.close()
+                await old.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(asyncio.wait_for(main(), 120))
