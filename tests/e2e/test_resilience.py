@@ -185,3 +185,78 @@ def test_sidecar_speaking_another_protocol_is_refused(make_workload: Any,
     assert (after["metadata"].get("annotations") or {}) == \
         (before["metadata"].get("annotations") or {})
     assert http_get(w.service_ip(), 80).startswith("cluster ")
+
+
+def local_child(*ports: int) -> list[str]:
+    import sys
+
+    return ["--", sys.executable, "-c", LOCAL_SERVER, *map(str, ports)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_signal_during_setup_restores(make_workload: Any, sig: int) -> None:
+    w = make_workload()
+    port = free_port()
+    b = w.bridge("swap", "hello", "--port", f"http:{port}", *local_child(port))
+    b.wait_for("created proxy deployment")
+    b.signal(sig)
+    # before the command started (bridge ends) or after (passed to it): 128+N either way
+    assert b.wait() == 128 + sig, b.stderr
+    assert "deployment/hello restored" in b.stderr
+
+
+def slow_to_be_ready(make_workload: Any, delay: int) -> Workload:
+    """The sample workload whose pods turn Ready `delay` s after they start: a restore
+    waits at least that long for the original, a window to act in."""
+    port = free_port()
+    w: Workload = make_workload(
+        ports=[{"name": "http", "containerPort": port}],
+        container_extra={"readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 1,
+                                            "initialDelaySeconds": delay}})
+    return w
+
+
+def test_signals_during_the_restore_do_not_cut_it_short(make_workload: Any) -> None:
+    w = slow_to_be_ready(make_workload, 4)
+    port = free_port()
+    w.local_server(port)
+    b = w.bridge("swap", "hello", "--port", f"http:{port}")
+    b.wait_for("attached")
+    b.signal(signal.SIGINT)
+    b.wait_for("waiting for deployment/hello to have 2 ready replicas")
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        b.signal(sig)
+    assert b.wait() == 0, b.stderr
+    assert b.stderr.count("already restoring the cluster, please wait") == 4
+    assert "deployment/hello restored" in b.stderr
+
+
+def test_the_heartbeat_goes_on_while_restoring(make_workload: Any) -> None:
+    """The restore waits for the original longer than the heartbeat TTL; meanwhile the lock
+    stays fresh, so another swap is refused (not 'repairing' a session that is restoring)."""
+    w = slow_to_be_ready(make_workload, 8)
+    port = free_port()
+    w.local_server(port)
+    fast = {"BRIDGE_HEARTBEAT_INTERVAL": "0.3", "BRIDGE_HEARTBEAT_TTL": "2",
+            "BRIDGE_OWNER": "first@laptop"}
+    b = w.bridge("swap", "hello", "--port", f"http:{port}", env=fast)
+    b.wait_for("attached")
+    b.signal(signal.SIGINT)
+    b.wait_for("waiting for deployment/hello to have 2 ready replicas")
+    began = state.decode(w.get("deployment", "hello")["metadata"]["annotations"])
+    assert began is not None
+
+    def fresh_beyond_ttl() -> bool:
+        lk = state.decode(w.get("deployment", "hello")["metadata"].get("annotations"))
+        if lk is None:
+            pytest.fail(f"the lock went before a TTL passed into the restore:\n{b.stderr}")
+        return (lk.heartbeat - began.heartbeat).total_seconds() > 2
+
+    wait_until("a heartbeat more than a TTL into the restore", fresh_beyond_ttl, every=0.1)
+    code, second = w.run_bridge("swap", "hello", "--", "true",
+                                env={**fast, "BRIDGE_OWNER": "second@desk"})
+    assert code == 1, second.stderr
+    assert "already swapped by first@laptop" in second.stderr
+    assert "restoring it first" not in second.stderr
+    assert b.wait() == 0, b.stderr
+    assert "deployment/hello restored" in b.stderr
