@@ -19,7 +19,7 @@ import anyio
 from bridge import state
 from bridge.errors import BridgeError
 from bridge.kube import ApiError, Kube, Obj
-from bridge.progress import Progress
+from bridge.progress import Progress, Waiter
 from bridge.target import name_of, service_selects, template_labels
 
 T = TypeVar("T")
@@ -141,15 +141,23 @@ async def wait_original_ready(kube: Kube, name: str, replicas: int, wait_timeout
     waiter.done()
 
 
-async def wait_pods_gone(kube: Kube, selector: str, wait_timeout: float) -> bool:
+async def wait_pods_gone(kube: Kube, selector: str, wait_timeout: float, progress: Progress,
+                         what: str) -> bool:
+    """Until no pod matches `selector` (bounded, with progress); False when time ran out."""
+    waiter: Waiter | None = None
     with anyio.move_on_after(wait_timeout):
         while True:
             try:
                 if not await kube.list_pods(selector):
+                    if waiter is not None:
+                        waiter.done()
                     return True
             except BridgeError as e:
                 if not _transient(e):
                     raise
+            if waiter is None:
+                waiter = progress.waiting(what)
+            waiter.tick()
             await anyio.sleep(POLL)
     return False
 
@@ -199,7 +207,8 @@ async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock
                 out.restored = True
                 progress.info(f"deleted proxy deployment/{lock.proxy}")
             if wait and not await wait_pods_gone(
-                    kube, f"{state.SESSION_LABEL}={lock.session}", wait_timeout):
+                    kube, f"{state.SESSION_LABEL}={lock.session}", wait_timeout, progress,
+                    f"the pods of deployment/{lock.proxy} to terminate"):
                 progress.warn(f"pods of deployment/{lock.proxy} are still terminating")
         except BridgeError as e:
             out.failures.append(f"could not delete proxy deployment/{lock.proxy}: {e}; "

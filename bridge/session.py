@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from bridge import env as envmod
 from bridge import plan, restore, state, target
@@ -45,6 +46,9 @@ CHILD_GRACE = 5.0
 # (protocol.DEFAULT_KEEPALIVE_SECONDS x KEEPALIVE_COUNT_MAX), plus a margin.
 FORWARD_PATIENCE = 2 * protocol.DEFAULT_KEEPALIVE_SECONDS * protocol.KEEPALIVE_COUNT_MAX
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# After SIGHUP (the terminal is gone: nobody can press Ctrl-C any more) a command that keeps
+# running is stopped after this long, so the swap cannot outlive the terminal.
+HANGUP_GRACE = CHILD_GRACE
 _BAD_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
                 "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
                 "ErrImageNeverPull"}
@@ -137,6 +141,7 @@ class Session:
         self.link: Link | None = None
         self.child: Any = None
         self.body_scope: anyio.CancelScope | None = None
+        self.outer: anyio.abc.TaskGroup | None = None
         self.interrupted: int | None = None
         self.restoring = False
         self.attach_mode_held = False
@@ -154,6 +159,7 @@ class Session:
         code = 1
         error: BridgeError | None = None
         async with anyio.create_task_group() as outer:
+            self.outer = outer
             await outer.start(self._signals)
             try:
                 finished = False
@@ -198,6 +204,8 @@ class Session:
                 if self.child is not None and self.child.returncode is None:
                     self.progress.info(f"{name}: passing it to the command")
                     self.child.send_signal(sig)
+                    if sig == signal.SIGHUP and not self.restoring and self.outer is not None:
+                        self.outer.start_soon(self._end_after_hangup)
                 elif self.restoring:
                     self.progress.warn(f"{name}: already restoring the cluster, please wait "
                                        "(if bridge is killed, run `bridge restore` to finish)")
@@ -206,6 +214,15 @@ class Session:
                     self.interrupted = int(sig)
                     if self.body_scope is not None:
                         self.body_scope.cancel()
+
+    async def _end_after_hangup(self) -> None:
+        await anyio.sleep(HANGUP_GRACE)
+        if self.child is not None and self.child.returncode is None and not self.restoring:
+            self.progress.warn(f"the command still runs {HANGUP_GRACE:g}s after SIGHUP (the "
+                               "terminal is gone); stopping it and restoring the cluster")
+            self.interrupted = int(signal.SIGHUP)
+            if self.body_scope is not None:
+                self.body_scope.cancel()
 
     async def _body(self) -> int:
         await self._prepare()
@@ -243,7 +260,9 @@ class Session:
             p.info(f"deployment/{name} was swapped by {lk.owner} (session {lk.session}) whose "
                    f"heartbeat stopped {state.describe_age(decision.silent_for)} ago; "
                    "restoring it first")
-            out = await restore.restore(kube, name, p, lock=lk, wait=True, wait_timeout=o.timeout)
+            with anyio.CancelScope(shield=True):  # a Ctrl-C now ends bridge after the repair
+                out = await restore.restore(kube, name, p, lock=lk, wait=True,
+                                            wait_timeout=o.timeout)
             if not out.ok:
                 raise BridgeError(f"could not restore the stale session on deployment/{name}; "
                                   "fix it as shown above, then try again")

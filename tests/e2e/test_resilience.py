@@ -260,3 +260,23 @@ def test_the_heartbeat_goes_on_while_restoring(make_workload: Any) -> None:
     assert "restoring it first" not in second.stderr
     assert b.wait() == 0, b.stderr
     assert "deployment/hello restored" in b.stderr
+
+
+def test_hangup_ends_a_command_that_ignores_it(make_workload: Any) -> None:
+    """The terminal is gone (SIGHUP) and the command ignores the signal: nobody can press
+    Ctrl-C any more, so bridge stops the command after a grace period and restores."""
+    import sys
+
+    w = make_workload()
+    ip = w.service_ip()
+    port = free_port()
+    ignore_hup = "import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN)\n" + LOCAL_SERVER
+    b = w.bridge("swap", "hello", "--port", f"http:{port}", "--", sys.executable, "-c",
+                 ignore_hup, str(port))
+    b.wait_for("swapped: ")
+    assert http_get(ip, 80) == f"laptop {port}\n"
+    b.signal(signal.SIGHUP)
+    assert b.wait() == 128 + signal.SIGHUP, b.stderr
+    assert "still runs 5s after SIGHUP" in b.stderr
+    assert "deployment/hello restored" in b.stderr
+    assert http_get(ip, 80).startswith("cluster ")
