@@ -55,7 +55,8 @@ _BAD_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLo
 
 
 class NotOurs(BridgeError):
-    """The Deployment is no longer locked by this session (restored, taken, deleted)."""
+    """The session cannot go on: the Deployment is no longer locked by it (restored, taken,
+    deleted), or its proxy Deployment is gone."""
 
 
 def default_owner() -> str:
@@ -690,11 +691,19 @@ class Session:
         return dep
 
     async def _still_ours_unless_unsure(self) -> None:
-        """NotOurs when the lock is gone; API trouble is no answer, so no verdict."""
+        """While reconnecting: NotOurs when the lock is gone, or the proxy Deployment is (no
+        pod would ever come back, and the original stays at zero). API trouble is no answer,
+        so no verdict."""
         try:
             await self._check_still_ours()
+            assert self.lock is not None
+            await self._kube().get_deployment(self.lock.proxy)
         except NotOurs:
             raise
+        except ApiError as e:
+            if e.status == 404 and self.lock is not None:
+                raise NotOurs(f"proxy deployment/{self.lock.proxy} was deleted while "
+                              "swapped (by someone else?)") from e
         except BridgeError:
             pass
 

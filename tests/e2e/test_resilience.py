@@ -217,17 +217,19 @@ def slow_to_be_ready(make_workload: Any, delay: int) -> Workload:
 
 
 def test_signals_during_the_restore_do_not_cut_it_short(make_workload: Any) -> None:
-    w = slow_to_be_ready(make_workload, 4)
+    w = slow_to_be_ready(make_workload, 6)
     port = free_port()
     w.local_server(port)
     b = w.bridge("swap", "hello", "--port", f"http:{port}")
     b.wait_for("attached")
     b.signal(signal.SIGINT)
     b.wait_for("waiting for deployment/hello to have 2 ready replicas")
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        b.signal(sig)
+    ack = "already restoring the cluster, please wait"
+    for n, sig in enumerate((signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGINT), 1):
+        b.signal(sig)  # one at a time: two pending SIGINTs would merge into one
+        wait_until(f"bridge to acknowledge signal {n}", lambda n=n: b.stderr.count(ack) == n,
+                   every=0.05)
     assert b.wait() == 0, b.stderr
-    assert b.stderr.count("already restoring the cluster, please wait") == 4
     assert "deployment/hello restored" in b.stderr
 
 
@@ -279,4 +281,23 @@ def test_hangup_ends_a_command_that_ignores_it(make_workload: Any) -> None:
     assert b.wait() == 128 + signal.SIGHUP, b.stderr
     assert "still runs 5s after SIGHUP" in b.stderr
     assert "deployment/hello restored" in b.stderr
+    assert http_get(ip, 80).startswith("cluster ")
+
+
+def test_proxy_deployment_deleted_by_someone_ends_the_session(make_workload: Any) -> None:
+    """No proxy pod will ever come back: bridge must not wait forever with the original at
+    zero; it ends the session and scales the original back."""
+    w = make_workload()
+    ip = w.service_ip()
+    port = free_port()
+    w.local_server(port)
+    b = w.bridge("swap", "hello", "--port", f"http:{port}")
+    b.wait_for("attached")
+    proxy = w.assert_swapped()["metadata"]["name"]
+    w.k("delete", "deployment", proxy, "--wait=false")
+    assert b.wait() == 1, b.stderr
+    errors = [ln for ln in b.stderr.splitlines() if "error" in ln]
+    assert len(errors) == 1, b.stderr
+    assert f"proxy deployment/{proxy} was deleted while swapped" in errors[0]
+    assert errors[0].endswith("the cluster was restored as it was")
     assert http_get(ip, 80).startswith("cluster ")
