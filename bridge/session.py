@@ -567,7 +567,14 @@ class Session:
 
         cmd = self.opts.command
         self.child = child = await runner.Child.start(cmd, self.child_env)
-        self.stack.push("stopping the command", lambda: child.terminate_tree(CHILD_GRACE))
+
+        async def stop() -> None:
+            if child.returncode is None:
+                self.progress.info(f"stopping the command (pid {child.pid}): SIGTERM, then "
+                                   f"SIGKILL after {CHILD_GRACE:g}s")
+            await child.terminate_tree(CHILD_GRACE)
+
+        self.stack.push("stopping the command", stop)
         self.progress.info(f"started {' '.join(cmd)} (pid {child.pid})")
 
     async def _wait_child_listening(self) -> bool:
