@@ -743,7 +743,13 @@ async def resolve_target(kube: Kube, text: str) -> tuple[Obj, list[Obj]]:
             what = "service" if ref.kind == "service" else "deployment or service"
             raise BridgeError(f'no {what} named "{ref.name}" in namespace "{ns}"; '
                               "nothing was changed") from e
-        deployment = dict(target.resolve_service(svc, await kube.list_deployments()))
+        # A swapped Deployment's proxy has the same pod labels: the Service selects it too,
+        # but it is never what TARGET means (else `bridge restore svc/NAME` would be refused
+        # as ambiguous exactly when it is needed).
+        users = [d for d in await kube.list_deployments()
+                 if (d.get("metadata", {}).get("labels") or {}).get(state.MANAGED_BY_LABEL)
+                 != state.MANAGED_BY]
+        deployment = dict(target.resolve_service(svc, users))
     services = await restore.services_selecting(kube, deployment)
     return deployment, services
 

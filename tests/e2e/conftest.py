@@ -28,8 +28,15 @@ from bridge import state
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 60.0  # bound on any single wait in these tests
 
+# Like a well-behaved service, it keeps serving for a moment after SIGTERM: the endpoints
+# controller drops a terminating pod while the kubelet already signals it, and a server that
+# died at once would fail the requests in flight between the two (Kubernetes' own termination
+# race, which a preStop sleep or a graceful shutdown covers) whoever scaled it down.
 CLUSTER_SERVER = r"""
-import http.server, os, socketserver, threading
+import http.server, os, signal, socketserver, threading, time
+def _term(*_):
+    threading.Thread(target=lambda: (time.sleep(1.0), os._exit(0)), daemon=True).start()
+signal.signal(signal.SIGTERM, _term)
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         port = self.server.server_address[1]

@@ -301,3 +301,21 @@ def test_proxy_deployment_deleted_by_someone_ends_the_session(make_workload: Any
     assert f"proxy deployment/{proxy} was deleted while swapped" in errors[0]
     assert errors[0].endswith("the cluster was restored as it was")
     assert http_get(ip, 80).startswith("cluster ")
+
+
+def test_a_service_target_resolves_past_the_proxy(make_workload: Any) -> None:
+    """While swapped, the Service selects the proxy's pods too: `svc/NAME` still means the
+    original, for a second swap (refused naming the holder) and for `bridge restore`."""
+    w = make_workload()
+    port = free_port()
+    w.local_server(port)
+    b = w.bridge("swap", "svc/hello", "--port", f"http:{port}",
+                 env={"BRIDGE_OWNER": "first@laptop"})
+    b.wait_for("attached")
+    code, second = w.run_bridge("swap", "svc/hello", "--", "true")
+    assert code == 1
+    assert "already swapped by first@laptop" in second.stderr, second.stderr
+    b.kill()
+    code, r = w.run_bridge("restore", "svc/hello")
+    assert code == 0, r.stderr
+    assert "scaled deployment/hello back to 2 replicas" in r.stderr
