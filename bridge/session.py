@@ -638,7 +638,7 @@ class Session:
                 await self._beat()
             except NotOurs:
                 return
-            except BridgeError:
+            except Exception:  # noqa: BLE001 - nothing here may cut the restore short
                 pass
 
     async def _beat(self) -> None:

@@ -38,6 +38,7 @@ class FakeKube:
         self.fail: dict[str, list[Exception]] = {}
         self.calls: list[str] = []
         self.after: dict[str, Callable[[], None]] = {}  # method -> run after its next call
+        self.delay = 0.0  # seconds each list_pods takes
 
     def add(self, name: str, replicas: int, annotations: dict[str, str] | None = None) -> None:
         self.rv += 1
@@ -98,6 +99,7 @@ class FakeKube:
 
     async def list_pods(self, selector: str | None = None) -> list[dict[str, Any]]:
         self._enter("list_pods")
+        await anyio.sleep(self.delay)
         return []
 
     async def list_services(self) -> list[dict[str, Any]]:
@@ -259,3 +261,25 @@ def test_heartbeat_never_lands_on_a_lock_taken_between_read_and_write() -> None:
     with pytest.raises(NotOurs):
         anyio.run(s._beat)
     assert state.decode(kube.deployments["hello"]["metadata"]["annotations"]) == theirs
+
+
+def test_a_failing_heartbeat_never_cuts_the_restore_short() -> None:
+    kube = FakeKube()
+    lk = lock()
+    swapped(kube, lk)
+    kube.delay = 0.2  # the restore takes a while: the heartbeat fires meanwhile
+    s = session_on(kube, lk)
+    s.opts.heartbeat_interval = 0.01
+    beats = []
+
+    async def broken() -> None:
+        beats.append(1)
+        raise RuntimeError("a bug in the heartbeat")
+
+    s._beat = broken  # type: ignore[method-assign]
+    anyio.run(s._restore)
+    assert beats
+    assert s.restore_outcome is not None and s.restore_outcome.ok
+    assert kube.deployments["hello"]["spec"]["replicas"] == 2
+    assert lk.proxy not in kube.deployments
+    assert state.decode(kube.deployments["hello"]["metadata"]["annotations"]) is None
