@@ -37,13 +37,21 @@ class Options:
     image: str = protocol.DEFAULT_IMAGE
 
 
+MAX_NAME = 63  # a DNS-1123 label, and a label value
+
+
+def _fit(name: str, limit: int) -> str:
+    """`name` if it fits in `limit` characters, else a prefix of it plus a short hash."""
+    if len(name) <= limit:
+        return name
+    h = hashlib.sha256(name.encode()).hexdigest()[:6]
+    return name[: limit - 7].rstrip("-") + "-" + h
+
+
 def proxy_name(original: str, session: str) -> str:
     """`<original>-bridge-<session>`, shortened with a hash to stay a valid 63-char name."""
     suffix = f"-bridge-{session}"
-    if len(original) + len(suffix) <= 63:
-        return original + suffix
-    h = hashlib.sha256(original.encode()).hexdigest()[:6]
-    return original[: 63 - len(suffix) - 7].rstrip("-") + "-" + h + suffix
+    return _fit(original, MAX_NAME - len(suffix)) + suffix
 
 
 @dataclass(frozen=True)
@@ -92,11 +100,18 @@ def ssh_port_of(proxy: Obj, container: str) -> int:
 
 
 def _sidecar_env(opts: Options, ports: ControlPorts) -> list[dict[str, str]]:
+    """Every sidecar setting, set explicitly: the proxy container inherits the app's env and
+    envFrom, and an app variable that happened to be named like a setting (BRIDGE_BIND=0.0.0.0
+    would expose SSH on the pod IP) must never configure the sidecar."""
     return [
         {"name": protocol.ENV_AUTHORIZED_KEY, "value": opts.authorized_key},
         {"name": protocol.ENV_PORTS, "value": ",".join(str(p.remote) for p in opts.ports)},
         {"name": protocol.ENV_SSH_PORT, "value": str(ports.ssh)},
         {"name": protocol.ENV_HEALTH_PORT, "value": str(ports.health)},
+        {"name": protocol.ENV_BIND, "value": protocol.DEFAULT_BIND},
+        {"name": protocol.ENV_DRAIN_SECONDS, "value": str(protocol.DEFAULT_DRAIN_SECONDS)},
+        {"name": protocol.ENV_KEEPALIVE_SECONDS,
+         "value": str(protocol.DEFAULT_KEEPALIVE_SECONDS)},
     ]
 
 
@@ -160,7 +175,9 @@ def plan_proxy(original: Obj, opts: Options) -> dict[str, Any]:
 
     proxy_labels = {
         state.MANAGED_BY_LABEL: state.MANAGED_BY,
-        state.PROXY_FOR_LABEL: name,
+        # a label value has at most 63 characters, a Deployment name up to 253: the label marks
+        # the proxy, the annotation below carries the full name
+        state.PROXY_FOR_LABEL: _fit(name, MAX_NAME),
         state.SESSION_LABEL: opts.session,
     }
     manifest: dict[str, Any] = {

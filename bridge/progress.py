@@ -31,8 +31,11 @@ class Progress:
     def _emit(self, level: int, text: str) -> None:
         if self.log:
             stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-            self.log.write(f"{stamp} {text}\n")
-            self.log.flush()
+            try:
+                self.log.write(f"{stamp} {text}\n")
+                self.log.flush()
+            except (OSError, ValueError):
+                pass  # a full disk or a vanished log file must not break the restore either
         if level <= self.verbosity:
             try:
                 self.stream.write(f"bridge: {text}\n")

@@ -158,3 +158,31 @@ def test_sidecar_control_ports_avoid_every_port_the_pod_declares() -> None:
     assert c["readinessProbe"]["httpGet"]["port"] == health
     assert plan.ssh_port_of(m, "app") == ssh
     assert env[protocol.ENV_PORTS] == "8022"
+
+
+def test_every_sidecar_setting_is_set_by_the_plan_not_by_the_apps_env() -> None:
+    """The proxy container inherits the app's env: an app variable named like a setting must
+    not configure the sidecar (BRIDGE_BIND=0.0.0.0 would expose SSH on the pod IP)."""
+    original = copy.deepcopy(ORIGINAL)
+    app = original["spec"]["template"]["spec"]["containers"][0]
+    app["env"] += [{"name": protocol.ENV_BIND, "value": "0.0.0.0"},
+                   {"name": protocol.ENV_KEEPALIVE_SECONDS, "value": "soon"},
+                   {"name": protocol.ENV_DRAIN_SECONDS, "value": "never"}]
+    env = _sidecar_of(plan.plan_proxy(original, options()))["env"]
+    names = [e["name"] for e in env]
+    assert len(names) == len(set(names))  # one value each: ours
+    values = {e["name"]: e["value"] for e in env if "value" in e}
+    assert values[protocol.ENV_BIND] == protocol.DEFAULT_BIND
+    assert float(values[protocol.ENV_KEEPALIVE_SECONDS]) == protocol.DEFAULT_KEEPALIVE_SECONDS
+    assert float(values[protocol.ENV_DRAIN_SECONDS]) == protocol.DEFAULT_DRAIN_SECONDS
+
+
+def test_a_long_deployment_name_gives_valid_label_values() -> None:
+    original = copy.deepcopy(ORIGINAL)
+    long_name = "a-really-long-deployment-name-" + "x" * 60
+    original["metadata"]["name"] = long_name
+    m = plan.plan_proxy(original, options())
+    for value in m["metadata"]["labels"].values():
+        assert len(value) <= 63 and value[-1].isalnum()
+    assert len(m["metadata"]["name"]) <= 63
+    assert m["metadata"]["annotations"][state.PROXY_FOR_LABEL] == long_name
