@@ -204,6 +204,11 @@ class ChannelEnd(asyncssh.SSHTCPSession[bytes]):
             return
         chan.set_write_buffer_limits(high=CHANNEL_HIGH_WATER)
         self._pipe.chan = chan
+        # The socket end starts paused until there is a channel to carry what it reads (a
+        # server's greeting, an early EOF); from here on the pipe can take it.
+        sock = self._pipe.sock
+        if sock is not None and not sock.is_closing():
+            sock.resume_reading()
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         self._pipe.from_channel(data)
@@ -363,7 +368,9 @@ def direct_connection(
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda: SocketEnd(pipe), dest_host, dest_port),
+                loop.create_connection(
+                    lambda: SocketEnd(pipe, start_paused=True), dest_host, dest_port
+                ),
                 CONNECT_TIMEOUT,
             )
         except (OSError, TimeoutError) as exc:
