@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import anyio
 
-from bridge import state
+from bridge import plan, state
 from bridge.errors import BridgeError
 from bridge.kube import ApiError, Kube, Obj
 from bridge.progress import Progress, Waiter
@@ -267,7 +267,7 @@ async def _scale_back(kube: Kube, name: str, original: Obj, lock: state.Lock,
     fix = kubectl(kube, "scale", f"deployment/{name}", f"--replicas={lock.replicas}")
     if current != lock.replicas:
         try:
-            replicas = {"spec": {"replicas": lock.replicas}}
+            replicas = plan.scale_patch(lock.replicas)
             await _retrying(f"scaling deployment/{name}",
                             lambda: kube.patch_deployment(name, replicas), progress)
             out.restored = True

@@ -30,6 +30,7 @@ from bridge.errors import BridgeError
 
 _POLL = 0.05  # seconds between checks while waiting for processes to go
 _KILL_WAIT = 5.0  # bound on waiting for SIGKILLed processes to disappear
+_CLOCK_MARGIN = 2.0  # seconds; see Child.__init__
 
 
 def exit_status(returncode: int) -> int:
@@ -40,20 +41,25 @@ def exit_status(returncode: int) -> int:
 class Child:
     """A started command. Use `Child.start`."""
 
-    def __init__(self, process: asyncio.subprocess.Process, argv: Sequence[str]) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, argv: Sequence[str],
+                 started: float) -> None:
         self._process = process
         self.argv = list(argv)
         self.pid: int = process.pid
-        try:
-            self._created = psutil.Process(self.pid).create_time()
-        except psutil.Error:  # already gone: nothing of its tree can be newer than now
-            self._created = time.time()
+        # Processes of the child's session are ours only if created after it started (a
+        # process from before with the same session id would be one of a recycled pid). The
+        # bound is the wall clock before the spawn, less a margin: psutil's create_time counts
+        # from /proc/stat's boot time in whole seconds, so it can read up to 1 s early. (Asking
+        # psutil for the child's own create_time fails when a quick child is already gone, and
+        # "now" would then be later than the orphans it left.)
+        self._created = started - _CLOCK_MARGIN
 
     @classmethod
     async def start(cls, argv: Sequence[str], env: Mapping[str, str]) -> Child:
         """Start `argv` with exactly `env`, stdio inherited, in a new session."""
         if not argv:
             raise BridgeError("no command given to run")
+        started = time.time()
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv, env=dict(env), start_new_session=True
@@ -64,7 +70,7 @@ class Child:
             raise BridgeError(f"command is not executable: {argv[0]}") from None
         except OSError as exc:
             raise BridgeError(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
-        return cls(process, argv)
+        return cls(process, argv, started)
 
     @property
     def returncode(self) -> int | None:

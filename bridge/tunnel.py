@@ -45,7 +45,7 @@ ENCRYPTION_ALGS = (
 FORWARD_WINDOW = protocol.FORWARD_WINDOW  # receive window of each forwarded channel
 FORWARD_MAX_PKTSIZE = protocol.FORWARD_MAX_PKTSIZE  # largest SSH data packet we accept on it
 SESSION_WINDOW = 2 * 1024 * 1024
-KEEPALIVE_COUNT_MAX = 3
+KEEPALIVE_COUNT_MAX = protocol.KEEPALIVE_COUNT_MAX  # as the sidecar counts them
 USERNAME = "bridge"
 COMMAND_TIMEOUT = 30.0
 

@@ -188,6 +188,29 @@ def test_terminate_tree_after_exit_removes_orphans_left_in_the_session(tmp_path:
     assert _gone(found[0])
 
 
+def test_orphans_of_a_child_gone_before_it_was_looked_at_are_found(tmp_path: Path) -> None:
+    """A quick child can exit before bridge reads anything about it (a busy event loop): its
+    orphans still count as its tree, by the time bridge spawned it."""
+    import time
+
+    pids = tmp_path / "pids"
+
+    async def main() -> list[int]:
+        started = time.time()
+        process = await asyncio.create_subprocess_exec(
+            "sh", "-c", f"sleep 300 & echo $! > {pids}", env=ENV, start_new_session=True)
+        await process.wait()  # gone before the Child is made, as under load
+        await asyncio.sleep(1.5)  # "now" is well after the orphan was born
+        found = await _pids_from(pids, 1)
+        child = Child(process, ["sh"], started)
+        assert not _gone(found[0])
+        await child.terminate_tree(grace=5)
+        return found
+
+    found = run(main())
+    assert _gone(found[0])
+
+
 def test_terminate_tree_of_an_exited_child_is_harmless() -> None:
     async def main() -> int:
         child = await Child.start(["true"], ENV)
