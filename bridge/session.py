@@ -46,9 +46,13 @@ CHILD_GRACE = 5.0
 # (protocol.DEFAULT_KEEPALIVE_SECONDS x KEEPALIVE_COUNT_MAX), plus a margin.
 FORWARD_PATIENCE = 2 * protocol.DEFAULT_KEEPALIVE_SECONDS * protocol.KEEPALIVE_COUNT_MAX
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-# After SIGHUP (the terminal is gone: nobody can press Ctrl-C any more) a command that keeps
-# running is stopped after this long, so the swap cannot outlive the terminal.
-HANGUP_GRACE = CHILD_GRACE
+# After SIGHUP (the terminal is gone: nobody can press Ctrl-C any more), SIGTERM (an IDE,
+# systemd or CI wants bridge gone, and SIGKILLs it if it stays) or a second Ctrl-C, a command
+# that keeps running is stopped after this long, so the swap cannot outlive the request.
+END_GRACE = CHILD_GRACE
+# On a reconnect during the hand-over, how many times the tunnel may drop before bridge gives up.
+HAND_OVER_ATTEMPTS = 3
+READY, CHILD_EXITED, TUNNEL_CLOSED = "ready", "child exited", "tunnel closed"
 _BAD_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
                 "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
                 "ErrImageNeverPull"}
@@ -144,6 +148,8 @@ class Session:
         self.body_scope: anyio.CancelScope | None = None
         self.outer: anyio.abc.TaskGroup | None = None
         self.interrupted: int | None = None
+        self.sigints = 0  # SIGINTs passed to the command
+        self.ending = False  # the grace timer for a command that must end is running
         self.restoring = False
         self.attach_mode_held = False
         self.reconnected = False  # the tunnel was lost and re-made at least once
@@ -183,15 +189,8 @@ class Session:
         failed = bool(self.stack.failures) or (
             self.restore_outcome is not None and not self.restore_outcome.ok)
         if error is not None:
-            msg = str(error)
-            if "nothing was changed" not in msg and "left as it was" not in msg:
-                if not self.cluster_touched:
-                    msg += "; nothing was changed"
-                elif not failed:
-                    msg += "; the cluster was restored as it was"
-                else:
-                    msg += "; restoring was incomplete, see the messages above"
-            raise BridgeError(msg, exit_code=error.exit_code)
+            raise BridgeError(final_message(str(error), touched=self.cluster_touched,
+                                            failed=failed), exit_code=error.exit_code)
         if failed:
             self.progress.error("restoring was incomplete, see the messages above")
             return code or 1
@@ -205,8 +204,12 @@ class Session:
                 if self.child is not None and self.child.returncode is None:
                     self.progress.info(f"{name}: passing it to the command")
                     self.child.send_signal(sig)
-                    if sig == signal.SIGHUP and not self.restoring and self.outer is not None:
-                        self.outer.start_soon(self._end_after_hangup)
+                    if sig == signal.SIGINT:
+                        self.sigints += 1
+                    if must_end(sig, self.sigints) and not self.ending \
+                            and not self.restoring and self.outer is not None:
+                        self.ending = True
+                        self.outer.start_soon(self._end_after_grace, sig)
                 elif self.restoring:
                     self.progress.warn(f"{name}: already restoring the cluster, please wait "
                                        "(if bridge is killed, run `bridge restore` to finish)")
@@ -216,12 +219,16 @@ class Session:
                     if self.body_scope is not None:
                         self.body_scope.cancel()
 
-    async def _end_after_hangup(self) -> None:
-        await anyio.sleep(HANGUP_GRACE)
+    async def _end_after_grace(self, sig: int) -> None:
+        """The command was asked to end and may not: after END_GRACE, the session ends (the
+        cleanup stops the command's tree, then restores)."""
+        await anyio.sleep(END_GRACE)
         if self.child is not None and self.child.returncode is None and not self.restoring:
-            self.progress.warn(f"the command still runs {HANGUP_GRACE:g}s after SIGHUP (the "
-                               "terminal is gone); stopping it and restoring the cluster")
-            self.interrupted = int(signal.SIGHUP)
+            why = " (the terminal is gone)" if sig == signal.SIGHUP else ""
+            self.progress.warn(f"the command still runs {END_GRACE:g}s after "
+                               f"{signal.Signals(sig).name}{why}; stopping it and restoring "
+                               "the cluster")
+            self.interrupted = int(sig)
             if self.body_scope is not None:
                 self.body_scope.cancel()
 
@@ -243,6 +250,10 @@ class Session:
 
     async def _prepare(self) -> None:
         o, p = self.opts, self.progress
+        for option, path in (("--env-file", o.env_file), ("--env-json", o.env_json)):
+            problem = path and output_path_problem(option, path)
+            if problem:
+                raise BridgeError(f"{problem}; nothing was changed")
         self.kube = kube = await Kube.connect(o.kubeconfig, o.context, o.namespace)
         self.stack.push("closing the API connection", kube.close)
         self.stack.push("closing the tunnel", self._close_link)
@@ -261,6 +272,7 @@ class Session:
             p.info(f"deployment/{name} was swapped by {lk.owner} (session {lk.session}) whose "
                    f"heartbeat stopped {state.describe_age(decision.silent_for)} ago; "
                    "restoring it first")
+            self.cluster_touched = True  # the repair changes the cluster, even if it fails
             with anyio.CancelScope(shield=True):  # a Ctrl-C now ends bridge after the repair
                 out = await restore.restore(kube, name, p, lock=lk, wait=True,
                                             wait_timeout=o.timeout)
@@ -270,14 +282,16 @@ class Session:
             deployment = await kube.get_deployment(name)
             decision = state.decide(state.decode(_annotations(deployment)), now(),
                                     o.heartbeat_ttl)
+        unchanged = ("the stale session was restored, nothing else was changed"
+                     if self.cluster_touched else "nothing was changed")
         if isinstance(decision, state.Refuse):
             raise BridgeError(
                 f"deployment/{name} is already swapped by {decision.holder} since "
                 f"{state.format_time(decision.since)} (session {decision.session}); "
                 f"ask them to end it, or run `bridge restore {name}` if that session is dead; "
-                "nothing was changed")
+                + unchanged)
         if not isinstance(decision, state.Proceed):
-            raise BridgeError(f"deployment/{name} is locked; nothing was changed")
+            raise BridgeError(f"deployment/{name} is locked; {unchanged}")
 
         from bridge import tunnel as tunnelmod
 
@@ -303,9 +317,11 @@ class Session:
         except ApiError as e:
             if e.status != 0:  # the API server refused: the lock was not taken
                 self.stack.steps.pop()
+            else:  # no answer: the lock may have been taken (the restore step finds out)
+                self.cluster_touched = True
             if e.status == 409:
                 raise BridgeError(f"deployment/{name} changed while bridge was taking it "
-                                  "(another swap?); nothing was changed; try again") from e
+                                  f"(another swap?); {unchanged}; try again") from e
             raise
         self.cluster_touched = True
         p.info(f"swapping deployment/{name} (container {self.container}, ports "
@@ -342,32 +358,63 @@ class Session:
     async def _hand_over(self) -> None:
         """Remote forwards on (so the proxy turns Ready), then the original out. The proxy only
         gets traffic once the laptop side listens, and the original only goes once the
-        Services send traffic to the proxy: no request finds nobody."""
-        o, p, kube, link = self.opts, self.progress, self._kube(), self.link
+        Services send traffic to the proxy: no request finds nobody. The watchdog only runs
+        from the hand-over on, so a tunnel drop until then is handled here."""
+        o, p, link = self.opts, self.progress, self.link
         assert link is not None
-        for attempt in (1, 2):  # the watchdog only runs from the hand-over on
+        patience = 0.0
+        ready = ""
+        for attempt in range(1, HAND_OVER_ATTEMPTS + 1):
             if link.tunnel.is_closed():
-                p.warn("connection to the proxy pod lost before the hand-over; reconnecting")
+                p.warn("connection to the proxy pod lost "
+                       f"{'before' if attempt == 1 else 'during'} the hand-over; reconnecting")
                 link = await self._reconnect_for_hand_over(link)
+                patience = FORWARD_PATIENCE  # the sidecar may still hold the ports
             try:
-                await self._forward(link)
-                break
+                await self._forward(link, patience=patience)
             except BridgeError:
-                if attempt == 2 or not link.tunnel.is_closed():
-                    raise
-        try:
-            with anyio.fail_after(o.timeout):
-                await self._wait_proxy_ready(link.pod)
-        except TimeoutError:
-            raise BridgeError(f"timed out after {o.timeout:g}s waiting for proxy pod "
-                              f"{link.pod} to become Ready") from None
-        if self.child is not None and self.child.returncode is not None:
+                if link.tunnel.is_closed():
+                    continue
+                raise
+            try:
+                with anyio.fail_after(o.timeout):
+                    ready = await self._wait_proxy_ready(link)
+            except TimeoutError:
+                raise BridgeError(f"timed out after {o.timeout:g}s waiting for proxy pod "
+                                  f"{link.pod} to become Ready") from None
+            if ready != TUNNEL_CLOSED:
+                break
+        if ready != READY and ready != CHILD_EXITED:
+            raise BridgeError(f"the connection to the proxy pod dropped {HAND_OVER_ATTEMPTS} "
+                              "times during the hand-over; see the proxy pod's log")
+        if self._child_exited():
             return  # the command is gone already: keep the original serving
-        await kube.patch_deployment(self.name, plan.scale_patch(0))
+        await self._scale_original_to_zero()
         await self._wait_drained(link.pod)
         assert self.lock is not None
         p.info(f"scaled deployment/{self.name} to 0 (was {self.lock.replicas}); traffic for "
                + ", ".join(f"port {pm.remote} -> localhost:{pm.local}" for pm in self.ports))
+
+    def _child_exited(self) -> bool:
+        return self.child is not None and self.child.returncode is not None
+
+    async def _scale_original_to_zero(self) -> None:
+        """Only while the lock is still ours (a colleague's `bridge restore` may have cleared
+        it since the last heartbeat): the patch is conditional on what was read."""
+        kube = self._kube()
+        for _ in range(5):
+            dep = await self._check_still_ours()
+            patch = plan.scale_patch(0)
+            rv = dep.get("metadata", {}).get("resourceVersion")
+            if rv:
+                patch["metadata"] = {"resourceVersion": rv}
+            try:
+                await kube.patch_deployment(self.name, patch)
+                return
+            except ApiError as e:
+                if e.status != 409:
+                    raise
+        raise BridgeError(f"deployment/{self.name} kept changing while bridge scaled it to 0")
 
     async def _reconnect_for_hand_over(self, old: Link) -> Link:
         self.link = None
@@ -494,12 +541,19 @@ class Session:
             pass
         raise BridgeError(f"proxy pod {pname} failed to start: {reason}{tail}")
 
-    async def _wait_proxy_ready(self, pod_name: str) -> None:
-        """Until the proxy pod is Ready and every Service selecting it sends traffic to it."""
-        kube = self._kube()
+    async def _wait_proxy_ready(self, link: Link) -> str:
+        """Until the proxy pod is Ready and every Service selecting it sends traffic to it
+        (READY), the command exits (CHILD_EXITED: nothing to hand over to) or the tunnel
+        closes (TUNNEL_CLOSED: the forwards are gone, the pod will never turn Ready)."""
+        kube, pod_name = self._kube(), link.pod
         waiter = self.progress.waiting(f"proxy pod {pod_name} to become Ready")
         services: list[Obj] | None = None
         while True:
+            if self._child_exited():
+                waiter.done("the command exited; not handing over")
+                return CHILD_EXITED
+            if link.tunnel.is_closed():
+                return TUNNEL_CLOSED
             pods = await kube.list_pods(f"{state.SESSION_LABEL}={self.session_id}")
             mine = [q for q in pods if target.name_of(q) == pod_name]
             if mine:
@@ -510,7 +564,7 @@ class Session:
                         services = await restore.services_selecting(kube, self.manifest)
                     if await restore.endpoints_serve(kube, services, {ip}):
                         waiter.done(f"proxy pod {pod_name} Ready ({waiter.elapsed():.1f}s)")
-                        return
+                        return READY
             waiter.tick()
             await anyio.sleep(POLL)
 
@@ -526,7 +580,7 @@ class Session:
         waiter = self.progress.waiting(f"the original pods of deployment/{self.name} to leave "
                                        "the Service endpoints")
         with anyio.move_on_after(self.opts.timeout):
-            while True:
+            while not self._child_exited():  # then the restore starts at once
                 try:
                     current = set()
                     for svc in services:
@@ -539,6 +593,7 @@ class Session:
                     return
                 waiter.tick()
                 await anyio.sleep(POLL)
+            return  # the command exited
         self.progress.warn("the original pods are still in the Service endpoints after "
                            f"{self.opts.timeout:g}s")
 
@@ -752,6 +807,42 @@ async def resolve_target(kube: Kube, text: str) -> tuple[Obj, list[Obj]]:
         deployment = dict(target.resolve_service(svc, users))
     services = await restore.services_selecting(kube, deployment)
     return deployment, services
+
+
+def must_end(sig: int, sigints: int) -> bool:
+    """Whether the command, sent `sig`, gets only a bounded time to end: after SIGHUP (the
+    terminal is gone), SIGTERM (whoever sent it SIGKILLs bridge next) or a second Ctrl-C. A
+    first Ctrl-C is the command's own business (a debugger may use it)."""
+    return sig in (signal.SIGHUP, signal.SIGTERM) or (sig == signal.SIGINT and sigints >= 2)
+
+
+def final_message(msg: str, *, touched: bool, failed: bool) -> str:
+    """The error line bridge ends with, saying what became of the cluster. A failed restore
+    step wins over `touched`: whatever was believed untouched, something was left behind."""
+    if any(said in msg for said in ("nothing was changed", "nothing else was changed",
+                                    "left as it was")):
+        return msg
+    if failed:
+        return msg + "; restoring was incomplete, see the messages above"
+    if touched:
+        return msg + "; the cluster was restored as it was"
+    return msg + "; nothing was changed"
+
+
+def output_path_problem(option: str, path: str) -> str | None:
+    """Why `path` (given to `option`) cannot be written, or None. Checked before anything is
+    changed, so a typo does not cost a whole swap and restore."""
+    p = Path(path)
+    parent = p.parent
+    if p.is_dir():
+        return f"{option} {path} is a directory"
+    if not parent.is_dir():
+        return f"{option} {path}: directory {parent} does not exist"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{option} {path}: directory {parent} is not writable"
+    if p.exists() and not os.access(p, os.W_OK):
+        return f"{option} {path} is not writable"
+    return None
 
 
 async def _accepts(port: int) -> bool:

@@ -152,3 +152,229 @@ def test_a_reconnect_waits_for_the_sidecar_to_release_the_ports() -> None:
         await server.wait_closed()
 
     asyncio.run(asyncio.wait_for(main(), 120))
+
+
+# -- decisions and the hand-over, with small stand-ins for the API and the tunnel -------------
+
+def test_the_final_message_says_what_became_of_the_cluster() -> None:
+    from bridge.session import final_message
+
+    assert final_message("boom", touched=False, failed=False) == "boom; nothing was changed"
+    assert final_message("boom", touched=True, failed=False) == \
+        "boom; the cluster was restored as it was"
+    assert final_message("boom", touched=True, failed=True) == \
+        "boom; restoring was incomplete, see the messages above"
+    # a failed step means something was changed, whatever was believed untouched
+    assert final_message("boom", touched=False, failed=True) == \
+        "boom; restoring was incomplete, see the messages above"
+    said = "deployment/x is locked; nothing was changed"
+    assert final_message(said, touched=False, failed=False) == said
+
+
+def test_output_paths_are_checked_before_anything(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from bridge.session import output_path_problem
+
+    assert output_path_problem("--env-file", str(tmp_path / "x.env")) is None
+    assert output_path_problem("--env-file", "relative.env") is None  # the current directory
+    missing = tmp_path / "nope" / "x.env"
+    assert output_path_problem("--env-file", str(missing)) == \
+        f"--env-file {missing}: directory {missing.parent} does not exist"
+    assert output_path_problem("--env-json", str(tmp_path)) == \
+        f"--env-json {tmp_path} is a directory"
+
+
+def test_a_bad_env_file_fails_before_the_cluster_is_contacted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No kubeconfig is even read: the error comes first, and says nothing was changed."""
+    from bridge.session import Session, SwapOptions
+
+    bad = str(tmp_path / "missing" / "x.env")
+    s = Session(SwapOptions(target="hello", env_file=bad, kubeconfig=str(tmp_path / "no-kc")),
+                Progress(stream=io.StringIO()))
+    with pytest.raises(BridgeError) as e:
+        anyio.run(s.run)
+    assert str(e.value) == (f"--env-file {bad}: directory {tmp_path / 'missing'} does not "
+                            "exist; nothing was changed")
+
+
+def test_the_command_gets_a_bounded_time_to_end_after_sigterm_sighup_or_a_second_ctrl_c() -> None:
+    import signal
+
+    from bridge.session import must_end
+
+    assert must_end(signal.SIGTERM, 0)
+    assert must_end(signal.SIGHUP, 0)
+    assert not must_end(signal.SIGINT, 1)
+    assert must_end(signal.SIGINT, 2)
+
+
+class _Tunnel:
+    def __init__(self, closed: bool = False) -> None:
+        self.closed = closed
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+
+class _Child:
+    def __init__(self, returncode: int | None) -> None:
+        self.returncode = returncode
+
+
+class _Kube:
+    """Answers like an API server where the proxy pod never turns Ready."""
+
+    def __init__(self, deployment: dict | None = None) -> None:  # type: ignore[type-arg]
+        self.deployment = deployment or {}
+        self.patches: list[dict] = []  # type: ignore[type-arg]
+        self.conflicts = 0
+
+    async def list_pods(self, selector: str) -> list[dict]:  # type: ignore[type-arg]
+        return [{"metadata": {"name": "proxy-pod"},
+                 "status": {"phase": "Running", "conditions": [
+                     {"type": "Ready", "status": "False"}]}}]
+
+    async def get_deployment(self, name: str) -> dict:  # type: ignore[type-arg]
+        return self.deployment
+
+    async def patch_deployment(self, name: str, patch: dict) -> dict:  # type: ignore[type-arg]
+        self.patches.append(patch)
+        if self.conflicts:
+            from bridge.kube import ApiError
+            self.conflicts -= 1
+            raise ApiError("conflict", 409)
+        return {}
+
+
+def _session(kube: _Kube):  # type: ignore[no-untyped-def]
+    from bridge.session import Session, SwapOptions
+
+    s = Session(SwapOptions(target="hello"), Progress(stream=io.StringIO()))
+    s.kube = kube  # type: ignore[assignment]
+    s.name = "hello"
+    s.session_id = "abcd"
+    s.container = "web"
+    return s
+
+
+def test_waiting_for_the_proxy_to_be_ready_stops_when_the_command_exits() -> None:
+    from bridge.session import CHILD_EXITED, Link
+
+    s = _session(_Kube())
+    s.child = _Child(returncode=130)  # Ctrl-C was passed to it, and it exited
+
+    async def main() -> str:
+        with anyio.fail_after(10):
+            return await s._wait_proxy_ready(Link("proxy-pod", None, _Tunnel()))
+
+    assert anyio.run(main) == CHILD_EXITED
+
+
+def test_waiting_for_the_proxy_to_be_ready_stops_when_the_tunnel_closes() -> None:
+    from bridge.session import TUNNEL_CLOSED, Link
+
+    s = _session(_Kube())
+
+    async def main() -> str:
+        with anyio.fail_after(10):
+            return await s._wait_proxy_ready(Link("proxy-pod", None, _Tunnel(closed=True)))
+
+    assert anyio.run(main) == TUNNEL_CLOSED
+
+
+def test_a_tunnel_lost_while_waiting_for_ready_is_reconnected_with_patience() -> None:
+    """The tunnel drops after the forwards, while the proxy turns Ready: bridge reconnects,
+    forwards again waiting for the sidecar to release the old ports, and waits for Ready on
+    the new link."""
+    from bridge.session import FORWARD_PATIENCE, READY, TUNNEL_CLOSED, Link
+
+    s = _session(_Kube())
+    s.child = _Child(returncode=None)
+    first, second = Link("pod-1", None, _Tunnel()), Link("pod-1", None, _Tunnel())
+    s.link = first
+    forwards: list[tuple[str, float]] = []
+    readies: list[Link] = []
+
+    async def forward(link: Link, patience: float = 0.0) -> None:
+        forwards.append((str(id(link)), patience))
+
+    async def wait_ready(link: Link) -> str:
+        readies.append(link)
+        if link is first:
+            first.tunnel.closed = True
+            return TUNNEL_CLOSED
+        s.child.returncode = 0  # ends the hand-over before the scaling
+        return READY
+
+    async def reconnect(old: Link) -> Link:
+        assert old is first
+        s.link = second
+        return second
+
+    s._forward = forward  # type: ignore[method-assign]
+    s._wait_proxy_ready = wait_ready  # type: ignore[method-assign]
+    s._reconnect_for_hand_over = reconnect  # type: ignore[method-assign]
+    anyio.run(s._hand_over)
+    assert forwards == [(str(id(first)), 0.0), (str(id(second)), FORWARD_PATIENCE)]
+    assert readies == [first, second]
+
+
+def test_a_tunnel_that_keeps_dropping_during_the_hand_over_fails_clearly() -> None:
+    from bridge.session import HAND_OVER_ATTEMPTS, TUNNEL_CLOSED, Link
+
+    s = _session(_Kube())
+    s.link = Link("pod-1", None, _Tunnel())
+    reconnects = 0
+
+    async def forward(link: Link, patience: float = 0.0) -> None:
+        pass
+
+    async def wait_ready(link: Link) -> str:
+        link.tunnel.closed = True
+        return TUNNEL_CLOSED
+
+    async def reconnect(old: Link) -> Link:
+        nonlocal reconnects
+        reconnects += 1
+        return Link("pod-1", None, _Tunnel())
+
+    s._forward = forward  # type: ignore[method-assign]
+    s._wait_proxy_ready = wait_ready  # type: ignore[method-assign]
+    s._reconnect_for_hand_over = reconnect  # type: ignore[method-assign]
+    with pytest.raises(BridgeError, match="dropped 3 times during the hand-over"):
+        anyio.run(s._hand_over)
+    assert reconnects == HAND_OVER_ATTEMPTS - 1
+
+
+def _locked(session: str, rv: str) -> dict:  # type: ignore[type-arg]
+    import datetime as dt
+
+    from bridge import state
+
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    lock = state.Lock(session=session, owner="me@here", replicas=2, proxy="p", ports="80",
+                      started_at=t, heartbeat=t)
+    return {"metadata": {"resourceVersion": rv, "annotations": state.encode(lock)}}
+
+
+def test_the_original_is_scaled_to_zero_only_while_the_lock_is_ours() -> None:
+    from bridge.session import NotOurs
+
+    kube = _Kube({"metadata": {"resourceVersion": "7", "annotations": {}}})  # restored by someone
+    s = _session(kube)
+    s.lock = _lock_of("abcd")
+    with pytest.raises(NotOurs):
+        anyio.run(s._scale_original_to_zero)
+    assert kube.patches == []
+
+    kube = _Kube(_locked("abcd", "8"))
+    kube.conflicts = 1  # the heartbeat patched it in between: read again, patch again
+    s = _session(kube)
+    s.lock = _lock_of("abcd")
+    anyio.run(s._scale_original_to_zero)
+    assert kube.patches == [{"spec": {"replicas": 0}, "metadata": {"resourceVersion": "8"}}] * 2
+
+
+def _lock_of(session: str):  # type: ignore[no-untyped-def]
+    from bridge import state
+
+    return state.decode(_locked(session, "1")["metadata"]["annotations"])
