@@ -319,3 +319,31 @@ def test_a_service_target_resolves_past_the_proxy(make_workload: Any) -> None:
     code, r = w.run_bridge("restore", "svc/hello")
     assert code == 0, r.stderr
     assert "scaled deployment/hello back to 2 replicas" in r.stderr
+
+
+@pytest.mark.parametrize("sig,times", [(signal.SIGTERM, 1), (signal.SIGINT, 2)],
+                         ids=["SIGTERM", "second-SIGINT"])
+def test_a_command_that_ignores_the_end_is_stopped_after_a_grace(make_workload: Any, sig: int,
+                                                                 times: int) -> None:
+    """An IDE, systemd or CI sends SIGTERM (and SIGKILLs bridge if it stays), or the developer
+    presses Ctrl-C twice: a command that traps the signal gets a bounded grace, then bridge
+    stops its tree and restores."""
+    import sys
+
+    w = make_workload()
+    ip = w.service_ip()
+    port = free_port()
+    ignore = f"import signal; signal.signal({int(sig)}, signal.SIG_IGN)\n" + LOCAL_SERVER
+    b = w.bridge("swap", "hello", "--port", f"http:{port}", "--", sys.executable, "-c", ignore,
+                 str(port))
+    b.wait_for("swapped: ")
+    assert http_get(ip, 80) == f"laptop {port}\n"
+    name = signal.Signals(sig).name
+    for n in range(1, times + 1):
+        b.signal(sig)
+        wait_until(f"bridge to pass {name} #{n} on",
+                   lambda n=n: b.stderr.count(f"{name}: passing it to the command") == n)  # type: ignore[misc]
+    assert b.wait(timeout=60) == 128 + sig, b.stderr  # bounds a hang, not a timing check
+    assert f"still runs 5s after {name}; stopping it" in b.stderr
+    assert "deployment/hello restored" in b.stderr
+    assert http_get(ip, 80).startswith("cluster ")

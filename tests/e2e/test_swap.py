@@ -290,6 +290,9 @@ def test_restricted_user_gets_forbidden_and_nothing_changes(make_workload: Any) 
     (["swap", "hello", "--port", "12", "--", "true"], "has no port 12"),
     (["swap", "hello", "--container", "db", "--", "true"], "has no container 'db'"),
     (["-n", "no-such-ns", "swap", "hello", "--", "true"], 'namespace "no-such-ns" not found'),
+    (["swap", "hello", "--env-file", "/no-such-dir/x.env", "--", "true"],
+     "--env-file /no-such-dir/x.env: directory /no-such-dir does not exist"),
+    (["swap", "hello", "--env-json", "/", "--", "true"], "--env-json / is a directory"),
 ])
 def test_user_errors_change_nothing(make_workload: Any, args: list[str], message: str) -> None:
     w = make_workload(replicas=1)
