@@ -215,6 +215,16 @@ class Workload:
         assert p.stdout.readline().strip() == "local server up"
         return p
 
+    def attach(self, target: str = "hello",
+               env: dict[str, str] | None = None) -> tuple[Bridge, int]:
+        """An attach-mode swap of TARGET's `http` port to a local server on a free port,
+        returned once bridge says it is attached, with that port."""
+        port = free_port()
+        self.local_server(port)
+        b = self.bridge("swap", target, "--port", f"http:{port}", env=env)
+        b.wait_for("attached")
+        return b, port
+
     def proxies(self) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = json.loads(self.k(
             "get", "deployments", "-l", f"{state.MANAGED_BY_LABEL}={state.MANAGED_BY}",

@@ -59,10 +59,7 @@ def test_tunnel_comes_back_when_the_sidecar_restarts_in_the_same_pod(
     traffic reaches the laptop again."""
     w = make_workload()
     ip = w.service_ip()
-    port = free_port()
-    w.local_server(port)
-    b = w.bridge("swap", "hello", "--port", f"http:{port}")
-    b.wait_for("attached")
+    b, port = w.attach()
     assert http_get(ip, 80) == f"laptop {port}\n"
     pod = proxy_pod(w)["metadata"]["name"]
     first = sidecar_process(pod)
@@ -88,14 +85,11 @@ def test_tunnel_comes_back_when_the_sidecar_restarts_in_the_same_pod(
 def test_tunnel_comes_back_when_the_ssh_connection_drops(make_workload: Any) -> None:
     """The SSH connection dies while the pod and the sidecar stay up: the sidecar is frozen
     (SIGSTOP) until the agent's keepalives give up, then thawed. The sidecar may still hold
-    the old connection's ports for a while; bridge retries until its forwards are back."""
-    w = make_workload(extra_env=[{"name": protocol.ENV_KEEPALIVE_SECONDS, "value": "2"}])
+    the old connection's ports for a while (its own keepalives, which the plan sets and the
+    app's env cannot change, drop it within ~15 s); bridge retries until its forwards are back."""
+    w = make_workload()
     ip = w.service_ip()
-    port = free_port()
-    w.local_server(port)
-    b = w.bridge("swap", "hello", "--port", f"http:{port}",
-                 env={"BRIDGE_KEEPALIVE_INTERVAL": "0.5"})
-    b.wait_for("attached")
+    b, port = w.attach(env={"BRIDGE_KEEPALIVE_INTERVAL": "0.5"})
     assert http_get(ip, 80) == f"laptop {port}\n"
     pod = proxy_pod(w)["metadata"]["name"]
     sidecar = sidecar_process(pod)
@@ -218,10 +212,7 @@ def slow_to_be_ready(make_workload: Any, delay: int) -> Workload:
 
 def test_signals_during_the_restore_do_not_cut_it_short(make_workload: Any) -> None:
     w = slow_to_be_ready(make_workload, 6)
-    port = free_port()
-    w.local_server(port)
-    b = w.bridge("swap", "hello", "--port", f"http:{port}")
-    b.wait_for("attached")
+    b, port = w.attach()
     b.signal(signal.SIGINT)
     b.wait_for("waiting for deployment/hello to have 2 ready replicas")
     ack = "already restoring the cluster, please wait"
@@ -289,10 +280,7 @@ def test_proxy_deployment_deleted_by_someone_ends_the_session(make_workload: Any
     zero; it ends the session and scales the original back."""
     w = make_workload()
     ip = w.service_ip()
-    port = free_port()
-    w.local_server(port)
-    b = w.bridge("swap", "hello", "--port", f"http:{port}")
-    b.wait_for("attached")
+    b, port = w.attach()
     proxy = w.assert_swapped()["metadata"]["name"]
     w.k("delete", "deployment", proxy, "--wait=false")
     assert b.wait() == 1, b.stderr
@@ -307,11 +295,7 @@ def test_a_service_target_resolves_past_the_proxy(make_workload: Any) -> None:
     """While swapped, the Service selects the proxy's pods too: `svc/NAME` still means the
     original, for a second swap (refused naming the holder) and for `bridge restore`."""
     w = make_workload()
-    port = free_port()
-    w.local_server(port)
-    b = w.bridge("swap", "svc/hello", "--port", f"http:{port}",
-                 env={"BRIDGE_OWNER": "first@laptop"})
-    b.wait_for("attached")
+    b, port = w.attach("svc/hello", env={"BRIDGE_OWNER": "first@laptop"})
     code, second = w.run_bridge("swap", "svc/hello", "--", "true")
     assert code == 1
     assert "already swapped by first@laptop" in second.stderr, second.stderr

@@ -175,10 +175,7 @@ def test_signal_restores(make_workload: Any, sig: int) -> None:
 
 def test_attach_mode_ends_on_ctrl_c(make_workload: Any) -> None:
     w = make_workload()
-    port = free_port()
-    w.local_server(port)
-    b = w.bridge("swap", "hello", "--port", f"http:{port}")
-    b.wait_for("attached")
+    b, port = w.attach()
     assert f"127.0.0.1:{port}" in b.stderr
     env_path = b.stderr.split("environment in ", 1)[1].split(";", 1)[0]
     assert envmod.parse_dotenv(open(env_path).read())["PORTS"]
@@ -190,10 +187,7 @@ def test_attach_mode_ends_on_ctrl_c(make_workload: Any) -> None:
 
 def test_kill_9_then_bridge_restore(make_workload: Any) -> None:
     w = make_workload()
-    port = free_port()
-    w.local_server(port)
-    b = w.bridge("swap", "hello", "--port", f"http:{port}")
-    b.wait_for("attached")
+    b, port = w.attach()
     b.kill()  # SIGKILL: nothing of bridge's cleanup runs
     proxy = w.assert_swapped()["metadata"]["name"]
     # a user who may not write: every step fails, each with the command to finish by hand
@@ -217,11 +211,7 @@ def test_kill_9_then_next_swap_repairs_the_stale_session(make_workload: Any) -> 
     import sys
 
     w = make_workload()
-    port = free_port()
-    w.local_server(port)
-    b = w.bridge("swap", "hello", "--port", f"http:{port}",
-                 env={"BRIDGE_HEARTBEAT_INTERVAL": "0.5", "BRIDGE_OWNER": "dead@laptop"})
-    b.wait_for("attached")
+    b, port = w.attach(env={"BRIDGE_HEARTBEAT_INTERVAL": "0.5", "BRIDGE_OWNER": "dead@laptop"})
     b.kill()
     old_proxy = w.assert_swapped()["metadata"]["name"]
     # while the heartbeat is fresh, a new swap is refused
@@ -242,11 +232,7 @@ def test_kill_9_then_next_swap_repairs_the_stale_session(make_workload: Any) -> 
 
 def test_second_swap_is_refused_naming_the_holder(make_workload: Any) -> None:
     w = make_workload()
-    port = free_port()
-    w.local_server(port)
-    first = w.bridge("swap", "hello", "--port", f"http:{port}",
-                     env={"BRIDGE_OWNER": "alice@alices-laptop"})
-    first.wait_for("attached")
+    first, port = w.attach(env={"BRIDGE_OWNER": "alice@alices-laptop"})
     proxy = w.assert_swapped()
     before = w.get("deployment", "hello")["metadata"]["annotations"]
     code, second = w.run_bridge("swap", "hello", "--", "true",
@@ -359,11 +345,7 @@ def test_tunnel_comes_back_when_the_proxy_pod_is_replaced(make_workload: Any) ->
     reconnects to it (new pod, new host key) and traffic reaches the laptop again."""
     w = make_workload()
     ip = w.service_ip()
-    port = free_port()
-    w.local_server(port)
-    b = w.bridge("swap", "hello", "--port", f"http:{port}",
-                 env={"BRIDGE_HEARTBEAT_INTERVAL": "0.5"})
-    b.wait_for("attached")
+    b, port = w.attach(env={"BRIDGE_HEARTBEAT_INTERVAL": "0.5"})
     assert http_get(ip, 80) == f"laptop {port}\n"
     old = json.loads(w.k("get", "pods", "-l", state.SESSION_LABEL, "-o", "json"))["items"]
     assert len(old) == 1
@@ -386,10 +368,7 @@ def test_tunnel_comes_back_when_the_proxy_pod_is_replaced(make_workload: Any) ->
 
 def test_restore_all_after_kill_9(make_workload: Any) -> None:
     w = make_workload()
-    port = free_port()
-    w.local_server(port)
-    b = w.bridge("swap", "deployment/hello", "--port", f"http:{port}")
-    b.wait_for("attached")
+    b, port = w.attach("deployment/hello")
     b.kill()
     w.assert_swapped()
     code, s = w.run_bridge("status")
@@ -458,10 +437,7 @@ def test_child_process_tree_is_gone_after_the_session(make_workload: Any, tmp_pa
 
 def test_session_ends_when_someone_else_restores(make_workload: Any) -> None:
     w = make_workload()
-    port = free_port()
-    w.local_server(port)
-    b = w.bridge("swap", "hello", "--port", f"http:{port}")
-    b.wait_for("attached")
+    b, port = w.attach()
     code, r = w.run_bridge("restore", "hello")
     assert code == 0, r.stderr
     assert b.wait() == 1
@@ -485,10 +461,7 @@ def test_probes_and_hooks_of_the_original_do_not_touch_the_proxy(make_workload: 
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", "60"]}}},
     })
     ip = w.service_ip()
-    port = free_port()
-    w.local_server(port)
-    b = w.bridge("swap", "hello", "--port", f"http:{port}")
-    b.wait_for("attached")
+    b, port = w.attach()
     proxy_container = w.assert_swapped()["spec"]["template"]["spec"]["containers"][0]
     assert not {"livenessProbe", "startupProbe", "lifecycle"} & set(proxy_container)
     for _ in range(30):  # many probe periods: every request answered by the laptop
