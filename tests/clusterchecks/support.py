@@ -85,6 +85,32 @@ def port_forward(core: client.CoreV1Api, pod: str, namespace: str, port: int) ->
         pf.close()
 
 
+def localhost_web_pod(core: client.CoreV1Api, namespace: str, name: str, server: str,
+                      ports: tuple[int, ...]) -> str:
+    """Create pod `name` running the Python `server`, which knows its POD_NAME and listens on
+    127.0.0.1 only: reachable by port-forward (which dials localhost in the pod's network
+    namespace) and by an exec probe, not via the pod IP. Returns once it is Ready."""
+    probe = ("import socket; [socket.create_connection(('127.0.0.1', p), 1).close() "
+             f"for p in {ports!r}]")
+    core.create_namespaced_pod(namespace, client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name),
+        spec=client.V1PodSpec(termination_grace_period_seconds=1, containers=[
+            client.V1Container(
+                name="web", image="example/web:1", command=["python3", "-c", server],
+                env=[client.V1EnvVar(name="POD_NAME", value_from=client.V1EnvVarSource(
+                    field_ref=client.V1ObjectFieldSelector(field_path="metadata.name")))],
+                readiness_probe=client.V1Probe(
+                    _exec=client.V1ExecAction(command=["python3", "-c", probe]),
+                    period_seconds=1))])))
+
+    def ready() -> bool:
+        pod = core.read_namespaced_pod(name, namespace)
+        return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+    wait_for(f"pod {name} to be Ready", ready)
+    return name
+
+
 def gone(read: Callable[..., Any], *args: Any) -> Callable[[], bool]:
     """A check for `wait_for`/`wait_until`: true once `read(*args)` answers 404 Not Found."""
     def check() -> bool:

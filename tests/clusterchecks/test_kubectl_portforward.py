@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from kubernetes import client
 
-from tests.clusterchecks.support import port_forward
+from tests.clusterchecks.support import localhost_web_pod, port_forward
 from tests.conftest import KUBECTL, Kubectl
 
 pytestmark = pytest.mark.cluster
@@ -50,29 +49,11 @@ servers = [http.server.ThreadingHTTPServer(("127.0.0.1", p), H) for p in (8080, 
 threading.Thread(target=servers[1].serve_forever, daemon=True).start()
 servers[0].serve_forever()
 """
-PROBE = ("import socket; [socket.create_connection(('127.0.0.1', p), 1).close() "
-         "for p in (8080, 8081)]")
 
 
 @pytest.fixture
-def web_pod(core_v1: Any, namespace: str, wait_until: Any) -> str:
-    core_v1.create_namespaced_pod(namespace, client.V1Pod(
-        metadata=client.V1ObjectMeta(name="kpf"),
-        spec=client.V1PodSpec(termination_grace_period_seconds=1, containers=[
-            client.V1Container(
-                name="web", image="example/web:1", command=["python3", "-c", SERVER],
-                env=[client.V1EnvVar(name="POD_NAME", value_from=client.V1EnvVarSource(
-                    field_ref=client.V1ObjectFieldSelector(field_path="metadata.name")))],
-                readiness_probe=client.V1Probe(
-                    _exec=client.V1ExecAction(command=["python3", "-c", PROBE]),
-                    period_seconds=1))])))
-
-    def ready() -> bool:
-        pod = core_v1.read_namespaced_pod("kpf", namespace)
-        return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-
-    wait_until(ready, 30, "the pod to be Ready")
-    return "kpf"
+def web_pod(core_v1: Any, namespace: str) -> str:
+    return localhost_web_pod(core_v1, namespace, "kpf", SERVER, (8080, 8081))
 
 
 @dataclass

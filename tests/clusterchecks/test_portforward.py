@@ -7,10 +7,9 @@ import http.client
 from typing import Any
 
 import pytest
-from kubernetes import client
 from kubernetes.stream import portforward
 
-from tests.clusterchecks.support import port_forward, wait_for
+from tests.clusterchecks.support import localhost_web_pod, port_forward, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -30,28 +29,8 @@ http.server.ThreadingHTTPServer(("127.0.0.1", 8080), H).serve_forever()
 
 
 @pytest.fixture
-def web_pod(core_v1: Any, namespace: str, wait_until: Any) -> str:
-    core_v1.create_namespaced_pod(namespace, client.V1Pod(
-        metadata=client.V1ObjectMeta(name="pf"),
-        spec=client.V1PodSpec(termination_grace_period_seconds=1, containers=[
-            client.V1Container(
-                name="web", image="example/web:1", command=["python3", "-c", SERVER],
-                env=[client.V1EnvVar(name="POD_NAME", value_from=client.V1EnvVarSource(
-                    field_ref=client.V1ObjectFieldSelector(field_path="metadata.name")))],
-                # Bound to 127.0.0.1 only: reachable by port-forward (which dials localhost in
-                # the pod's network namespace) and by an exec probe, not via the pod IP.
-                readiness_probe=client.V1Probe(
-                    _exec=client.V1ExecAction(command=[
-                        "python3", "-c",
-                        "import socket; socket.create_connection(('127.0.0.1', 8080), 1)"]),
-                    period_seconds=1))])))
-
-    def ready() -> bool:
-        pod = core_v1.read_namespaced_pod("pf", namespace)
-        return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-
-    wait_until(ready, 30, "the pod to be Ready")
-    return "pf"
+def web_pod(core_v1: Any, namespace: str) -> str:
+    return localhost_web_pod(core_v1, namespace, "pf", SERVER, (8080,))
 
 
 def _http_get(sock: Any, path: str) -> bytes:
