@@ -16,7 +16,7 @@ typecheck: setup
 	$(VENV)/bin/mypy bridge sidecar
 
 unit: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests/unit
 
 test: lint typecheck unit
 

@@ -18,3 +18,8 @@ class BridgeError(Exception):
 
     def __str__(self) -> str:
         return " ".join(str(self.args[0]).split()) if self.args else ""
+
+
+class NothingChanged(BridgeError):
+    """A user error found before bridge changed anything; its message already says so, and the
+    session adds nothing about the cluster to it."""

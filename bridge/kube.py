@@ -4,7 +4,8 @@ Built on the official client's asyncio flavour (`kubernetes.aio`): its kubeconfi
 client certificate, exec plugins, CA, tls_server_name) and its ApiClient. Requests go through
 `ApiClient.call_api` with raw JSON bodies, so objects reach the pure modules exactly as the
 server sent them and merge patches can carry `null`. Every failure becomes a one-line
-`BridgeError` (`ApiError` with the HTTP status when the server answered).
+`BridgeError`: a typed `ApiError` (`NotFound`, `Conflict`, `Forbidden`, ...) with the HTTP
+status when the server answered, `Unreachable` when it did not.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -22,7 +23,7 @@ import yaml
 from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, NothingChanged
 
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -38,31 +39,88 @@ class ApiError(BridgeError):
         self.reason = reason
 
 
-class NamespaceNotFound(ApiError):
+class NotFound(ApiError):
+    """404: the object (or its namespace) does not exist."""
+
+
+class Conflict(ApiError):
+    """409: a conditional write lost (the resourceVersion changed), or the object exists."""
+
+
+class Forbidden(ApiError):
+    """403: RBAC (or an admission plugin) refused the request."""
+
+
+class Unauthorized(ApiError):
+    """401: the credentials were rejected."""
+
+
+class Invalid(ApiError):
+    """422 (or 400): the server would not accept the object as sent."""
+
+
+class ServerTrouble(ApiError):
+    """429 or 5xx: the server is throttling or faltering; worth retrying."""
+
+
+class NamespaceNotFound(NotFound):
     def __init__(self, namespace: str) -> None:
         super().__init__(f'namespace "{namespace}" not found', 404, "NotFound")
 
 
 class Unreachable(ApiError):
+    """No answer at all (status 0); whether a write landed is unknown."""
+
     def __init__(self, message: str) -> None:
         super().__init__(message, 0)
+
+
+_BY_STATUS: dict[int, type[ApiError]] = {
+    400: Invalid, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
+    422: Invalid, 429: ServerTrouble}
+
+
+def error_type(status: int) -> type[ApiError]:
+    """The ApiError subclass for an HTTP status."""
+    if status >= 500:
+        return ServerTrouble
+    return _BY_STATUS.get(status, ApiError)
+
+
+class Api(Protocol):
+    """The narrow interface the swap's phases use; `Kube` implements it, tests fake it."""
+
+    namespace: str
+    context: str
+
+    async def get_deployment(self, name: str) -> Obj: ...
+    async def list_deployments(self, label_selector: str | None = None) -> list[Obj]: ...
+    async def create_deployment(self, manifest: Obj) -> Obj: ...
+    async def patch_deployment(self, name: str, patch: Obj) -> Obj: ...
+    async def delete_deployment(self, name: str) -> bool: ...
+    async def get_service(self, name: str) -> Obj: ...
+    async def list_services(self) -> list[Obj]: ...
+    async def get_endpoints(self, name: str) -> Obj: ...
+    async def list_pods(self, label_selector: str | None = None) -> list[Obj]: ...
+    async def pod_log(self, name: str, container: str | None = None, *,
+                      tail_lines: int | None = None) -> str: ...
 
 
 def kubeconfig_paths(explicit: str | None) -> str:
     """The kubeconfig path list: --kubeconfig, else KUBECONFIG, else ~/.kube/config."""
     if explicit:
         if not Path(explicit).expanduser().exists():
-            raise BridgeError(f"kubeconfig {explicit} does not exist; nothing was changed")
+            raise NothingChanged(f"kubeconfig {explicit} does not exist; nothing was changed")
         return explicit
     env = os.environ.get("KUBECONFIG", "")
     if env:
         paths = [p for p in env.split(os.pathsep) if p]
         if not any(Path(p).expanduser().exists() for p in paths):
-            raise BridgeError(f"none of the KUBECONFIG files exist ({env}); nothing was changed")
+            raise NothingChanged(f"none of the KUBECONFIG files exist ({env}); nothing was changed")
         return os.pathsep.join(paths)
     default = Path.home() / ".kube" / "config"
     if not default.exists():
-        raise BridgeError(
+        raise NothingChanged(
             f"no kubeconfig: pass --kubeconfig, set KUBECONFIG or create {default}; "
             "nothing was changed"
         )
@@ -80,17 +138,17 @@ def _context_namespace(paths: str, context: str | None) -> tuple[str, str]:
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
-            raise BridgeError(f"cannot read kubeconfig {path}: {e}; nothing was changed") from e
+            raise NothingChanged(f"cannot read kubeconfig {path}: {e}; nothing was changed") from e
         current = current or str(data.get("current-context") or "")
         for c in data.get("contexts") or []:
             contexts.setdefault(str(c.get("name")), c.get("context") or {})
     name = context or current
     if not name:
-        raise BridgeError("the kubeconfig has no current context; pass --context; "
+        raise NothingChanged("the kubeconfig has no current context; pass --context; "
                           "nothing was changed")
     if name not in contexts:
         known = ", ".join(sorted(contexts)) or "none"
-        raise BridgeError(f"context {name!r} not found in the kubeconfig (contexts: {known}); "
+        raise NothingChanged(f"context {name!r} not found in the kubeconfig (contexts: {known}); "
                           "nothing was changed")
     return name, str(contexts[name].get("namespace") or "default")
 
@@ -113,7 +171,7 @@ class Kube:
                                            client_configuration=configuration,
                                            persist_config=False)
         except Exception as e:  # the loader raises many types for a bad kubeconfig
-            raise BridgeError(f"cannot load context {ctx!r} from the kubeconfig: "
+            raise NothingChanged(f"cannot load context {ctx!r} from the kubeconfig: "
                               f"{' '.join(str(e).split())}; nothing was changed") from e
         configuration.retries = None
         api = kclient.ApiClient(configuration)
@@ -200,10 +258,8 @@ class Kube:
                 f"{quote(name, safe='')}",
                 body={"kind": "DeleteOptions", "apiVersion": "v1",
                       "propagationPolicy": "Background"})
-        except ApiError as e:
-            if e.status == 404:
-                return False
-            raise
+        except NotFound:
+            return False
         return True
 
     async def get_service(self, name: str, namespace: str | None = None) -> Obj:
@@ -238,9 +294,8 @@ class Kube:
     async def _get(self, path: str, namespace: str | None) -> Obj:
         try:
             r: Obj = await self.request("GET", path)
-        except ApiError as e:
-            if e.status == 404:
-                await self._check_namespace(namespace)
+        except NotFound:
+            await self._check_namespace(namespace)
             raise
         return r
 
@@ -255,10 +310,10 @@ class Kube:
         ns = namespace or self.namespace
         try:
             await self.request("GET", f"/api/v1/namespaces/{quote(ns, safe='')}")
-        except ApiError as e:
-            if e.status == 404:
-                raise NamespaceNotFound(ns) from e
-            # forbidden to read namespaces: the original 404 stands
+        except NotFound as e:
+            raise NamespaceNotFound(ns) from e
+        except ApiError:
+            pass  # forbidden to read namespaces: the original 404 stands
 
 
 def _short(e: BaseException) -> str:
@@ -276,9 +331,10 @@ def _api_error(status: int, data: bytes, method: str, path: str) -> ApiError:
     except ValueError:
         message = data.decode("utf-8", "replace").strip()
     message = " ".join(message.split())
+    cls = error_type(status)
     if status == 401:
-        return ApiError(f"the API server rejected bridge's credentials (401 Unauthorized) for "
+        return cls(f"the API server rejected bridge's credentials (401 Unauthorized) for "
                         f"{method} {path}{': ' + message if message else ''}", status, reason)
     if not message:
         message = f"{method} {path}: HTTP {status}"
-    return ApiError(message, status, reason)
+    return cls(message, status, reason)

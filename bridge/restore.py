@@ -8,7 +8,6 @@ Idempotent: restoring a restored Deployment changes nothing.
 
 from __future__ import annotations
 
-import functools
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,9 +15,9 @@ from typing import TypeVar
 
 import anyio
 
-from bridge import plan, state
+from bridge import conditional, leftovers, plan, state
 from bridge.errors import BridgeError
-from bridge.kube import ApiError, Kube, Obj
+from bridge.kube import Api, ApiError, NotFound, Obj, ServerTrouble, Unreachable
 from bridge.progress import Progress, Waiter
 from bridge.target import name_of, service_selects, template_labels
 
@@ -28,7 +27,6 @@ POLL = 0.25
 DEFAULT_TIMEOUT = 120.0
 RETRY_FOR = 20.0  # how long one restore step keeps retrying while the API server falters
 RETRY_DELAY = 1.0
-CONFLICT_RETRIES = 5
 
 
 @dataclass
@@ -41,7 +39,7 @@ class Outcome:
         return not self.failures
 
 
-def kubectl(kube: Kube, *args: str) -> str:
+def kubectl(kube: Api, *args: str) -> str:
     base = ["kubectl"]
     if kube.context:
         base += ["--context", kube.context]
@@ -57,7 +55,7 @@ def _is_ready(deployment: Obj, replicas: int) -> bool:
             and int(st.get("updatedReplicas") or 0) >= replicas)
 
 
-def _pod_ready(pod: Obj) -> bool:
+def pod_ready(pod: Obj) -> bool:
     if pod.get("metadata", {}).get("deletionTimestamp"):
         return False
     for c in (pod.get("status") or {}).get("conditions") or []:
@@ -66,14 +64,14 @@ def _pod_ready(pod: Obj) -> bool:
     return False
 
 
-def _endpoint_ips(endpoints: Obj) -> set[str]:
+def endpoint_ips(endpoints: Obj) -> set[str]:
     return {str(a.get("ip")) for s in endpoints.get("subsets") or []
             for a in s.get("addresses") or []}
 
 
 def _transient(e: BridgeError) -> bool:
     """An answer worth retrying: no answer at all, throttling, or a server-side error."""
-    return isinstance(e, ApiError) and (e.status == 0 or e.status == 429 or e.status >= 500)
+    return isinstance(e, Unreachable | ServerTrouble)
 
 
 async def _retrying(what: str, call: Callable[[], Awaitable[T]], progress: Progress) -> T:
@@ -90,7 +88,7 @@ async def _retrying(what: str, call: Callable[[], Awaitable[T]], progress: Progr
         await anyio.sleep(RETRY_DELAY)
 
 
-async def services_selecting(kube: Kube, deployment: Obj) -> list[Obj]:
+async def services_selecting(kube: Api, deployment: Obj) -> list[Obj]:
     labels = template_labels(deployment)
     try:
         return [s for s in await kube.list_services() if service_selects(s, labels)]
@@ -98,19 +96,19 @@ async def services_selecting(kube: Kube, deployment: Obj) -> list[Obj]:
         return []
 
 
-async def endpoints_serve(kube: Kube, services: list[Obj], ips: set[str]) -> bool:
+async def endpoints_serve(kube: Api, services: list[Obj], ips: set[str]) -> bool:
     """True when every Service's Endpoints list at least one of these pod IPs as ready."""
     for svc in services:
         try:
             ep = await kube.get_endpoints(name_of(svc))
         except ApiError:
             return True  # cannot see Endpoints (RBAC): readiness of the pods is all we know
-        if not _endpoint_ips(ep) & ips:
+        if not endpoint_ips(ep) & ips:
             return False
     return True
 
 
-async def wait_original_ready(kube: Kube, name: str, replicas: int, wait_timeout: float,
+async def wait_original_ready(kube: Api, name: str, replicas: int, wait_timeout: float,
                               progress: Progress) -> None:
     """Until the Deployment has its replicas Ready and its Services send traffic to them."""
     waiter = progress.waiting(f"deployment/{name} to have {replicas} ready "
@@ -133,7 +131,7 @@ async def wait_original_ready(kube: Kube, name: str, replicas: int, wait_timeout
             pods = await kube.list_pods(sel or None)
             ips = {str(p.get("status", {}).get("podIP")) for p in pods
                    if state.SESSION_LABEL not in (p.get("metadata", {}).get("labels") or {})
-                   and _pod_ready(p)}
+                   and pod_ready(p)}
             if ips and await endpoints_serve(kube, services, ips):
                 break
             waiter.tick()
@@ -141,7 +139,7 @@ async def wait_original_ready(kube: Kube, name: str, replicas: int, wait_timeout
     waiter.done()
 
 
-async def wait_pods_gone(kube: Kube, selector: str, wait_timeout: float, progress: Progress,
+async def wait_pods_gone(kube: Api, selector: str, wait_timeout: float, progress: Progress,
                          what: str) -> bool:
     """Until no pod matches `selector` (bounded, with progress); False when time ran out."""
     waiter: Waiter | None = None
@@ -162,10 +160,19 @@ async def wait_pods_gone(kube: Kube, selector: str, wait_timeout: float, progres
     return False
 
 
-async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock | None = None,
-                  wait: bool = True, wait_timeout: float = DEFAULT_TIMEOUT) -> Outcome:
+def report_leftovers(session: str, progress: Progress) -> None:
+    """Say which local processes of a dead session still run (they may hold the ports)."""
+    for left in leftovers.find(session):
+        progress.warn(f"a process of session {session} still runs on this machine: "
+                      f"{left.describe()}; stop it with `kill {left.pid}`")
+
+
+async def restore(kube: Api, name: str, progress: Progress, *, lock: state.Lock | None = None,
+                  wait: bool = True, wait_timeout: float = DEFAULT_TIMEOUT,
+                  local_check: bool = True) -> Outcome:
     """Restore deployment `name`. With `lock` (the session's own), only that session's state
-    is touched; without, whatever lock the Deployment carries is repaired."""
+    is touched; without, whatever lock the Deployment carries is repaired. With `local_check`,
+    local processes the session left behind are reported."""
     out = Outcome()
     original: Obj | None = None
     try:
@@ -174,7 +181,7 @@ async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock
     except BridgeError as e:
         if lock is None:
             raise
-        if not isinstance(e, ApiError) or e.status != 404:
+        if not isinstance(e, NotFound):
             # Nothing can be checked: leave the proxy and the lock, so that the Deployment
             # stays locked and `bridge restore` finds all it needs to finish.
             scale = kubectl(kube, "scale", f"deployment/{name}", f"--replicas={lock.replicas}")
@@ -190,6 +197,8 @@ async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock
             progress.info(f"deployment/{name} is not swapped; nothing to restore")
             return out
         lock = found
+    if local_check:
+        report_leftovers(lock.session, progress)
     ours = found is not None and found.session == lock.session
 
     scaled = True
@@ -200,20 +209,7 @@ async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock
                       f"{found.owner}; leaving its replicas and annotations alone")
 
     if lock.proxy:
-        try:
-            proxy = lock.proxy
-            if await _retrying(f"deleting deployment/{proxy}",
-                               lambda: kube.delete_deployment(proxy), progress):
-                out.restored = True
-                progress.info(f"deleted proxy deployment/{lock.proxy}")
-            if wait and not await wait_pods_gone(
-                    kube, f"{state.SESSION_LABEL}={lock.session}", wait_timeout, progress,
-                    f"the pods of deployment/{lock.proxy} to terminate"):
-                progress.warn(f"pods of deployment/{lock.proxy} are still terminating")
-        except BridgeError as e:
-            out.failures.append(f"could not delete proxy deployment/{lock.proxy}: {e}; "
-                                f"run: {kubectl(kube, 'delete', 'deployment/' + lock.proxy)}")
-            progress.error(out.failures[-1])
+        await _delete_proxy(kube, lock, progress, wait, wait_timeout, out)
 
     annotations = (original or {}).get("metadata", {}).get("annotations") or {}
     stray = found is None and any(k in annotations for k in state.KEYS)
@@ -235,32 +231,46 @@ async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock
     return out
 
 
-async def _clear_lock(kube: Kube, name: str, session: str | None, progress: Progress) -> bool:
+async def _delete_proxy(kube: Api, lock: state.Lock, progress: Progress, wait: bool,
+                        wait_timeout: float, out: Outcome) -> None:
+    proxy = lock.proxy
+    try:
+        if await _retrying(f"deleting deployment/{proxy}",
+                           lambda: kube.delete_deployment(proxy), progress):
+            out.restored = True
+            progress.info(f"deleted proxy deployment/{proxy}")
+        if wait and not await wait_pods_gone(
+                kube, f"{state.SESSION_LABEL}={lock.session}", wait_timeout, progress,
+                f"the pods of deployment/{proxy} to terminate"):
+            progress.warn(f"pods of deployment/{proxy} are still terminating")
+    except BridgeError as e:
+        out.failures.append(f"could not delete proxy deployment/{proxy}: {e}; "
+                            f"run: {kubectl(kube, 'delete', 'deployment/' + proxy)}")
+        progress.error(out.failures[-1])
+
+
+async def _clear_lock(kube: Api, name: str, session: str | None, progress: Progress) -> bool:
     """Remove our annotations, only while they still hold `session` (None: no lock, only stray
-    keys). The patch carries the resourceVersion read, so a swap that took the Deployment in
-    between (409 Conflict) is seen, never overwritten. False when it was not ours to clear."""
-    for _ in range(CONFLICT_RETRIES):
-        dep = await _retrying(f"reading deployment/{name}", lambda: kube.get_deployment(name),
-                              progress)
-        meta = dep.get("metadata", {})
-        found = state.decode(meta.get("annotations"))
+    keys). The patch is conditional on what was read, so a swap that took the Deployment in
+    between is seen, never overwritten. False when it was not ours to clear."""
+    def decide(dep: Obj) -> dict[str, object] | None:
+        found = state.decode(dep.get("metadata", {}).get("annotations"))
         if (found.session if found else None) != session:
             holder = f"session {found.session} of {found.owner}" if found else "nobody"
             progress.warn(f"deployment/{name} is now held by {holder}; leaving its "
                           "annotations alone")
-            return False
-        patch = state.clear_patch(meta.get("resourceVersion"))
-        try:
-            await _retrying(f"clearing bridge's annotations on deployment/{name}",
-                            functools.partial(kube.patch_deployment, name, patch), progress)
-            return True
-        except ApiError as e:
-            if e.status != 409:
-                raise
-    raise BridgeError(f"deployment/{name} kept changing ({CONFLICT_RETRIES} conflicts)")
+            return None
+        return state.clear_patch()
+
+    return await conditional.patch_when(
+        lambda: _retrying(f"reading deployment/{name}", lambda: kube.get_deployment(name),
+                          progress),
+        lambda patch: _retrying(f"clearing bridge's annotations on deployment/{name}",
+                                lambda: kube.patch_deployment(name, patch), progress),
+        decide, what=f"deployment/{name}")
 
 
-async def _scale_back(kube: Kube, name: str, original: Obj, lock: state.Lock,
+async def _scale_back(kube: Api, name: str, original: Obj, lock: state.Lock,
                       progress: Progress, wait: bool, wait_timeout: float, out: Outcome) -> bool:
     """Replicas back to the recorded count; with `wait`, until they are Ready (bounded)."""
     current = int(original.get("spec", {}).get("replicas", 1))
@@ -289,7 +299,7 @@ async def _scale_back(kube: Kube, name: str, original: Obj, lock: state.Lock,
     return True
 
 
-async def restore_all(kube: Kube, progress: Progress, *, wait: bool = True,
+async def restore_all(kube: Api, progress: Progress, *, wait: bool = True,
                       wait_timeout: float = DEFAULT_TIMEOUT) -> Outcome:
     """Every swapped Deployment of the namespace, and proxies no session holds any more."""
     total = Outcome()

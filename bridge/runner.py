@@ -14,15 +14,22 @@ The session also marks the child's tree: `terminate_tree` finds every process
 descended from the child, and those that were orphaned (re-parented away) but
 still carry the child's session id, SIGTERMs them, and SIGKILLs what is left
 after a bounded grace period.
+
+The command never outlives bridge: the child gets PR_SET_PDEATHSIG (SIGKILL when bridge dies,
+even by SIGKILL), and a watcher process (`bridge.reaper`, in a session of its own) stops the
+rest of the tree when its pipe from bridge closes without a word (see reaper.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
+import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import psutil
 
@@ -31,6 +38,38 @@ from bridge.errors import BridgeError
 _POLL = 0.05  # seconds between checks while waiting for processes to go
 _KILL_WAIT = 5.0  # bound on waiting for SIGKILLed processes to disappear
 _CLOCK_MARGIN = 2.0  # seconds; see Child.__init__
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A preexec function: SIGKILL this process when `parent` dies (Linux); None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def preexec() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def start_reaper(pid: int, since: float) -> subprocess.Popen[bytes] | None:
+    """The watcher that stops `pid`'s tree if bridge dies (see reaper.py); None if it cannot
+    start (the command still dies with bridge through PR_SET_PDEATHSIG)."""
+    if os.environ.get("BRIDGE_TEST_NO_REAPER"):  # tests: show what the watcher adds
+        return None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bridge.reaper", str(pid), repr(since)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, close_fds=True)
+    except OSError:
+        return None
 
 
 def exit_status(returncode: int) -> int:
@@ -53,6 +92,7 @@ class Child:
         # psutil for the child's own create_time fails when a quick child is already gone, and
         # "now" would then be later than the orphans it left.)
         self._created = started - _CLOCK_MARGIN
+        self._reaper = start_reaper(self.pid, self._created)
 
     @classmethod
     async def start(cls, argv: Sequence[str], env: Mapping[str, str]) -> Child:
@@ -62,7 +102,8 @@ class Child:
         started = time.time()
         try:
             process = await asyncio.create_subprocess_exec(
-                *argv, env=dict(env), start_new_session=True
+                *argv, env=dict(env), start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()),
             )
         except FileNotFoundError:
             raise BridgeError(f"command not found: {argv[0]}") from None
@@ -95,7 +136,8 @@ class Child:
         return exit_status(await self._process.wait())
 
     async def terminate_tree(self, grace: float = 5.0) -> None:
-        """SIGTERM the child and every process of its tree, SIGKILL what is left after `grace`."""
+        """SIGTERM the child and every process of its tree, SIGKILL what is left after `grace`;
+        then the watcher is told that bridge took care of it."""
         procs = self._tree()
         self._signal_all(procs, signal.SIGTERM)
         if not await self._wait_gone(procs, grace):
@@ -103,6 +145,26 @@ class Child:
             procs = self._tree()
             self._signal_all(procs, signal.SIGKILL)
             await self._wait_gone(procs, _KILL_WAIT)
+        self.release_reaper()
+
+    def kill_tree(self) -> None:
+        """SIGKILL the child and every process of its tree, now (a second Ctrl-C)."""
+        self._signal_all(self._tree(), signal.SIGKILL)
+
+    def release_reaper(self) -> None:
+        """Tell the watcher bridge ends normally (it exits without touching anything)."""
+        reaper, self._reaper = self._reaper, None
+        if reaper is None or reaper.stdin is None:
+            return
+        try:
+            reaper.stdin.write(b"done")
+            reaper.stdin.close()
+        except OSError:
+            pass
+        try:
+            reaper.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
 
     def _tree(self) -> list[psutil.Process]:
         """The child (if running), its descendants, and orphans still in its session."""

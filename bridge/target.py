@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.errors import BridgeError
+from bridge.errors import BridgeError, NothingChanged
 
 Obj = Mapping[str, Any]
 
@@ -76,19 +76,19 @@ def resolve_service(service: Obj, deployments: Sequence[Obj]) -> Obj:
     svc = name_of(service)
     selector = service.get("spec", {}).get("selector") or {}
     if not selector:
-        raise BridgeError(
+        raise NothingChanged(
             f"service {svc!r} has no selector, so no Deployment serves it; nothing was changed"
         )
     found = deployments_of_service(service, deployments)
     sel = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
     if not found:
-        raise BridgeError(
+        raise NothingChanged(
             f"service {svc!r} selects {sel} but no Deployment has pods with those labels; "
             "nothing was changed"
         )
     if len(found) > 1:
         names = ", ".join(sorted(f"deployment/{name_of(d)}" for d in found))
-        raise BridgeError(
+        raise NothingChanged(
             f"service {svc!r} selects pods of several Deployments ({names}); "
             "name one of them as TARGET; nothing was changed"
         )
@@ -132,7 +132,7 @@ def choose_container(deployment: Obj, services: Sequence[Obj], wanted: str | Non
         for c in cs:
             if c.get("name") == wanted:
                 return c
-        raise BridgeError(
+        raise NothingChanged(
             f"deployment {dep!r} has no container {wanted!r} (containers: {', '.join(names)}); "
             "nothing was changed"
         )
@@ -141,7 +141,7 @@ def choose_container(deployment: Obj, services: Sequence[Obj], wanted: str | Non
     serving = [c for c in cs if any(_serves(c, tp) for s in services for tp in _target_ports(s))]
     if len(serving) == 1:
         return serving[0]
-    raise BridgeError(
+    raise NothingChanged(
         f"deployment {dep!r} has several containers ({', '.join(names)}) and the Service does not "
         "tell which one to swap; choose one with --container; nothing was changed"
     )
@@ -180,14 +180,14 @@ def choose_ports(container: Obj, services: Sequence[Obj], specs: Sequence[str]) 
             if isinstance(remote, str):
                 if remote not in by_name:
                     have = ", ".join(sorted(by_name)) or "none"
-                    raise BridgeError(
+                    raise NothingChanged(
                         f"container {cname!r} has no port named {remote!r} (named ports: {have}); "
                         "nothing was changed"
                     )
                 remote = by_name[remote]
             elif remote not in numbers:
                 have = ", ".join(str(n) for n in sorted(numbers)) or "none"
-                raise BridgeError(
+                raise NothingChanged(
                     f"container {cname!r} has no port {remote} (its ports: {have}); "
                     "nothing was changed"
                 )
@@ -197,7 +197,7 @@ def choose_ports(container: Obj, services: Sequence[Obj], specs: Sequence[str]) 
         for n in sorted(numbers):
             out.append(PortMap(n, n, names.get(n, "")))
         if not out:
-            raise BridgeError(
+            raise NothingChanged(
                 f"container {cname!r} declares no TCP port; say which with --port; "
                 "nothing was changed"
             )
@@ -205,7 +205,7 @@ def choose_ports(container: Obj, services: Sequence[Obj], specs: Sequence[str]) 
     seen_local: set[int] = set()
     for pm in out:
         if pm.remote in seen_remote or pm.local in seen_local:
-            raise BridgeError(f"port {pm.spec()} is given twice; nothing was changed")
+            raise NothingChanged(f"port {pm.spec()} is given twice; nothing was changed")
         seen_remote.add(pm.remote)
         seen_local.add(pm.local)
     return out

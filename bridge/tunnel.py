@@ -186,6 +186,10 @@ class Tunnel:
             raise BridgeError(f"{self.where} sent an environment that is not text")
         return {str(k): str(v) for k, v in reply.items()}
 
+    async def withdraw(self) -> None:
+        """Ask the sidecar to report not Ready while keeping every forward (the hand-back)."""
+        await self._command(protocol.CMD_WITHDRAW)
+
     async def forward(self, remote_port: int, local_host: str, local_port: int) -> None:
         """Remote forward: connections to the pod's `remote_port` reach local_host:local_port."""
         conn = self._conn

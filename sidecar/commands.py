@@ -37,6 +37,8 @@ def run(command: str, environ: Mapping[str, str]) -> Result:
     name = command.strip()
     if name == protocol.CMD_ENV:
         return Result(json.dumps(visible_environment(environ)) + "\n", "", 0)
+    if name == protocol.CMD_WITHDRAW:  # the server applies it (registry.withdraw)
+        return Result(json.dumps({"ready": False}) + "\n", "", 0)
     if name == protocol.CMD_VERSION:
         body = {"sidecar": protocol.SIDECAR_VERSION, "protocol": protocol.PROTOCOL_VERSION}
         return Result(json.dumps(body) + "\n", "", 0)

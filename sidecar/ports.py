@@ -38,6 +38,7 @@ class PortRegistry:
     _holders: dict[int, Hashable] = field(default_factory=dict)
     _clients: set[Hashable] = field(default_factory=set)
     _closed: bool = False
+    _withdrawn: bool = False  # the agent is handing traffic back: not ready, forwards kept
 
     def attach(self, client: Hashable) -> None:
         """An authenticated client is connected."""
@@ -69,6 +70,10 @@ class PortRegistry:
             return True
         return False
 
+    def withdraw(self) -> None:
+        """The agent hands traffic back: report not ready, keep every forward."""
+        self._withdrawn = True
+
     def close(self) -> None:
         """Shutting down: refuse new claims and report not ready."""
         self._closed = True
@@ -79,7 +84,7 @@ class PortRegistry:
     def ready(self) -> bool:
         """Ready while an authenticated client holds a forward (or, with no ports
         configured, while one is connected); never after close()."""
-        if self._closed:
+        if self._closed or self._withdrawn:
             return False
         if not self.allowed:
             return bool(self._clients)

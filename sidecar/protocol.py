@@ -33,7 +33,10 @@ HOST_KEY_LOG_PREFIX = "host-key: "
 # Commands (SSH "exec" requests). Each prints one JSON object on stdout, exits 0.
 CMD_ENV = "env"  # {"NAME": "value", ...} minus BRIDGE_* settings
 CMD_VERSION = "version"  # {"sidecar": SIDECAR_VERSION, "protocol": PROTOCOL_VERSION}
-COMMANDS = (CMD_ENV, CMD_VERSION)
+# The hand-back: /ready answers 503 from now on while every forward keeps working, so the pod
+# leaves the Service endpoints before the laptop process stops. Replies {"ready": false}.
+CMD_WITHDRAW = "withdraw"
+COMMANDS = (CMD_ENV, CMD_VERSION, CMD_WITHDRAW)
 
 # Readiness HTTP endpoints on the health port.
 READY_PATH = "/ready"  # 200 while an authenticated client holds a remote forward, else 503

@@ -64,6 +64,8 @@ class CommandSession(asyncssh.SSHServerSession[str]):
 
     def exec_requested(self, command: str) -> bool:
         self._result = commands.run(command, self._state.environ)
+        if command.strip() == protocol.CMD_WITHDRAW:
+            self._state.registry.withdraw()
         verdict = "ok" if self._result.exit_status == 0 else "refused (unknown command)"
         shown = command if len(command) <= 80 else command[:77] + "..."
         log.info("%s command %r %s", self._label, shown, verdict)

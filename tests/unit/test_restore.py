@@ -3,19 +3,18 @@ never clears or refreshes a lock another session holds, and says how to finish b
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import io
-from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pytest
 
 from bridge import restore, state
-from bridge.kube import ApiError, Unreachable
+from bridge.kube import Unreachable
+from bridge.lease import Lease, NotOurs
 from bridge.progress import Progress
-from bridge.session import NotOurs, Session, SwapOptions
+from tests.unit.support import FakeKube, api_error
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -23,90 +22,6 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 def lock(session: str = "s1", owner: str = "ann@laptop") -> state.Lock:
     return state.Lock(session=session, owner=owner, replicas=2, proxy=f"hello-bridge-{session}",
                       ports="8080", started_at=T0, heartbeat=T0)
-
-
-class FakeKube:
-    """Deployments in a dict; merge patches honour metadata.resourceVersion (409 if stale).
-    `fail` maps a method name to a list of exceptions raised by its next calls."""
-
-    namespace = "ns"
-    context = "ctx"
-
-    def __init__(self) -> None:
-        self.deployments: dict[str, dict[str, Any]] = {}
-        self.rv = 0
-        self.fail: dict[str, list[Exception]] = {}
-        self.calls: list[str] = []
-        self.after: dict[str, Callable[[], None]] = {}  # method -> run after its next call
-        self.delay = 0.0  # seconds each list_pods takes
-
-    def add(self, name: str, replicas: int, annotations: dict[str, str] | None = None) -> None:
-        self.rv += 1
-        self.deployments[name] = {
-            "metadata": {"name": name, "annotations": dict(annotations or {}),
-                         "resourceVersion": str(self.rv), "generation": 1},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                     "template": {"metadata": {"labels": {"app": name}}}},
-            "status": {"observedGeneration": 1, "readyReplicas": replicas,
-                       "updatedReplicas": replicas},
-        }
-
-    def _enter(self, method: str) -> None:
-        self.calls.append(method)
-        pending = self.fail.get(method)
-        if pending:
-            raise pending.pop(0)
-
-    def _leave(self, method: str) -> None:
-        hook = self.after.pop(method, None)
-        if hook:
-            hook()
-
-    async def get_deployment(self, name: str) -> dict[str, Any]:
-        self._enter("get_deployment")
-        if name not in self.deployments:
-            raise ApiError(f'deployments.apps "{name}" not found', 404)
-        out = copy.deepcopy(self.deployments[name])
-        self._leave("get_deployment")
-        return out
-
-    async def patch_deployment(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        self._enter("patch_deployment")
-        dep = self.deployments[name]
-        meta = patch.get("metadata", {})
-        if meta.get("resourceVersion") and meta["resourceVersion"] != \
-                dep["metadata"]["resourceVersion"]:
-            raise ApiError("the object has been modified", 409, "Conflict")
-        for k, v in (meta.get("annotations") or {}).items():
-            if v is None:
-                dep["metadata"]["annotations"].pop(k, None)
-            else:
-                dep["metadata"]["annotations"][k] = v
-        if "spec" in patch:
-            dep["spec"].update(patch["spec"])
-            dep["status"]["readyReplicas"] = dep["status"]["updatedReplicas"] = \
-                dep["spec"]["replicas"]
-        self.rv += 1
-        dep["metadata"]["resourceVersion"] = str(self.rv)
-        self._leave("patch_deployment")
-        return copy.deepcopy(dep)
-
-    async def delete_deployment(self, name: str) -> bool:
-        self._enter("delete_deployment")
-        existed = self.deployments.pop(name, None) is not None
-        self._leave("delete_deployment")
-        return existed
-
-    async def list_pods(self, selector: str | None = None) -> list[dict[str, Any]]:
-        self._enter("list_pods")
-        await anyio.sleep(self.delay)
-        return []
-
-    async def list_services(self) -> list[dict[str, Any]]:
-        return []
-
-    async def get_endpoints(self, name: str) -> dict[str, Any]:
-        return {}
 
 
 @pytest.fixture(autouse=True)
@@ -135,8 +50,8 @@ def test_restore_rides_out_an_api_server_that_falters() -> None:
     lk = lock()
     swapped(kube, lk)
     kube.fail["get_deployment"] = [Unreachable("cannot reach the Kubernetes API"),
-                                   ApiError("etcd timeout", 504)]
-    kube.fail["patch_deployment"] = [ApiError("too many requests", 429)]
+                                   api_error(504, "etcd timeout")]
+    kube.fail["patch_deployment"] = [api_error(429, "too many requests")]
     kube.fail["delete_deployment"] = [Unreachable("connection reset")]
     outcome, text = run_restore(kube, lock=lk)
     assert outcome.ok, text
@@ -168,7 +83,7 @@ def test_a_refusal_is_not_retried() -> None:
     kube = FakeKube()
     lk = lock()
     swapped(kube, lk)
-    kube.fail["delete_deployment"] = [ApiError("forbidden: cannot delete deployments", 403)]
+    kube.fail["delete_deployment"] = [api_error(403, "forbidden: cannot delete deployments")]
     outcome, _ = run_restore(kube, lock=lk)
     assert kube.calls.count("delete_deployment") == 1
     assert len(outcome.failures) == 1
@@ -217,31 +132,28 @@ def test_clearing_retries_after_a_conflict() -> None:
                    for k in kube.deployments["hello"]["metadata"]["annotations"])
 
 
-def session_on(kube: FakeKube, lk: state.Lock) -> Session:
-    s = Session(SwapOptions(target="hello"), Progress(stream=io.StringIO()))
-    s.kube = kube  # type: ignore[assignment]
-    s.lock, s.name = lk, "hello"
-    return s
+def lease_on(kube: FakeKube, lk: state.Lock) -> Lease:
+    return Lease(kube, "hello", lk, Progress(stream=io.StringIO()))
 
 
 def test_heartbeat_refreshes_only_its_own_lock() -> None:
     kube = FakeKube()
     mine = lock("s1")
     swapped(kube, mine)
-    s = session_on(kube, mine)
-    anyio.run(s._beat)
+    s = lease_on(kube, mine)
+    anyio.run(s.beat)
     beat = state.decode(kube.deployments["hello"]["metadata"]["annotations"])
     assert beat is not None and beat.session == "s1" and beat.heartbeat > T0
 
     kube.deployments["hello"]["metadata"]["annotations"] = state.encode(lock("s2", "bob@desk"))
     with pytest.raises(NotOurs, match="restored or taken over"):
-        anyio.run(s._beat)
+        anyio.run(s.beat)
     assert state.decode(kube.deployments["hello"]["metadata"]["annotations"]) == \
         lock("s2", "bob@desk")
 
     kube.deployments["hello"]["metadata"]["annotations"] = {}
     with pytest.raises(NotOurs):
-        anyio.run(s._beat)
+        anyio.run(s.beat)
     assert kube.deployments["hello"]["metadata"]["annotations"] == {}  # no stray heartbeat
 
 
@@ -249,7 +161,7 @@ def test_heartbeat_never_lands_on_a_lock_taken_between_read_and_write() -> None:
     kube = FakeKube()
     mine, theirs = lock("s1"), lock("s2", "bob@desk")
     swapped(kube, mine)
-    s = session_on(kube, mine)
+    s = lease_on(kube, mine)
 
     def take_over() -> None:
         dep = kube.deployments["hello"]
@@ -259,7 +171,7 @@ def test_heartbeat_never_lands_on_a_lock_taken_between_read_and_write() -> None:
 
     kube.after["get_deployment"] = take_over
     with pytest.raises(NotOurs):
-        anyio.run(s._beat)
+        anyio.run(s.beat)
     assert state.decode(kube.deployments["hello"]["metadata"]["annotations"]) == theirs
 
 
@@ -268,18 +180,21 @@ def test_a_failing_heartbeat_never_cuts_the_restore_short() -> None:
     lk = lock()
     swapped(kube, lk)
     kube.delay = 0.2  # the restore takes a while: the heartbeat fires meanwhile
-    s = session_on(kube, lk)
-    s.opts.heartbeat_interval = 0.01
     beats = []
 
-    async def broken() -> None:
-        beats.append(1)
-        raise RuntimeError("a bug in the heartbeat")
+    def broken(name: str, patch: dict[str, Any]) -> None:
+        if (patch.get("metadata", {}).get("annotations") or {}).get(state.HEARTBEAT):
+            beats.append(1)
+            raise RuntimeError("a bug in the heartbeat")
 
-    s._beat = broken  # type: ignore[method-assign]
-    anyio.run(s._restore)
+    kube.on_patch = broken
+
+    async def main() -> restore.Outcome:
+        return await lease_on(kube, lk).release(wait=True, bound=10, heartbeat_interval=0.01)
+
+    out = anyio.run(main)
     assert beats
-    assert s.restore_outcome is not None and s.restore_outcome.ok
+    assert out.ok
     assert kube.deployments["hello"]["spec"]["replicas"] == 2
     assert lk.proxy not in kube.deployments
     assert state.decode(kube.deployments["hello"]["metadata"]["annotations"]) is None

@@ -220,3 +220,79 @@ def test_terminate_tree_of_an_exited_child_is_harmless() -> None:
         return code
 
     assert run(main()) == 0
+
+
+AGENT = r"""
+import asyncio, os, sys
+from bridge.runner import Child
+
+async def main() -> None:
+    child = await Child.start(["sh", "-c", sys.argv[1]], {"PATH": os.environ["PATH"]})
+    print(child.pid, flush=True)
+    await asyncio.sleep(600)  # "bridge" holding the session, until it is SIGKILLed
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("watcher", [True, False], ids=["with-watcher", "pdeathsig-only"])
+def test_the_command_tree_dies_with_bridge_even_by_sigkill(tmp_path: Path, watcher: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """bridge is SIGKILLed (no cleanup of its own runs): the command dies with it through
+    PR_SET_PDEATHSIG, and the watcher stops the rest of its tree (a grandchild ignoring
+    SIGTERM included). Without the watcher, the grandchild would survive: the check is real."""
+    import subprocess
+    import time
+
+    pid_file = tmp_path / "pids"
+    script = (f"trap '' TERM; sleep 600 & echo $! > {pid_file}; "
+              "while true; do sleep 1; done")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    if not watcher:
+        env["BRIDGE_TEST_NO_REAPER"] = "1"
+    agent = subprocess.Popen([sys.executable, "-c", AGENT, script], stdout=subprocess.PIPE,
+                             text=True, env=env)
+    try:
+        assert agent.stdout is not None
+        child = int(agent.stdout.readline())
+        deadline = time.monotonic() + 30
+        while not _read_pids(pid_file) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        grandchild = _read_pids(pid_file)[0]
+        agent.kill()
+        agent.wait()
+        deadline = time.monotonic() + 5  # bounds the wait; the e2e test checks the 2 s
+        while not (_gone(child) and _gone(grandchild)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(child)  # PR_SET_PDEATHSIG
+        assert _gone(grandchild) is watcher
+    finally:
+        for pid in _read_pids(pid_file):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_leftover_process_of_a_session_is_found_with_its_ports() -> None:
+    import subprocess
+
+    from bridge import leftovers
+    from bridge.envout import SESSION_VAR
+    from tests.unit.support import free_port
+
+    port = free_port()
+    serve = (f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); "
+             "s.listen(); print('up', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", serve], stdout=subprocess.PIPE, text=True,
+                            env={**ENV, SESSION_VAR: "dead0001"})
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+        found = leftovers.find("dead0001")
+        assert [(f.pid, f.listening) for f in found] == [(proc.pid, (port,))]
+        assert found[0].describe().startswith(f"pid {proc.pid} (")
+        assert found[0].describe().endswith(f"listening on 127.0.0.1:{port}")
+        assert leftovers.find("other000") == []
+    finally:
+        proc.kill()
+        proc.wait()

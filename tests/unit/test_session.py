@@ -1,4 +1,6 @@
-"""The session's cleanup stack: LIFO, every step runs whatever the others do, even cancelled."""
+"""The session's parts without a cluster: the cleanup stack (LIFO, every step runs, even
+cancelled), the link's forwards, the hand-over and hand-back against fakes of the API and the
+link, the lease's conditional writes, the final message built from the Outcome record."""
 
 from __future__ import annotations
 
@@ -7,9 +9,12 @@ import io
 import anyio
 import pytest
 
+from bridge.cleanup import CleanupStack
 from bridge.errors import BridgeError
+from bridge.link import pod_problem
 from bridge.progress import Progress
-from bridge.session import CleanupStack, _first_bridge_error, pod_problem
+from bridge.session import first_bridge_error
+from tests.unit.support import FakeKube, api_error
 
 
 def test_steps_run_last_in_first_out_and_failures_do_not_skip_others() -> None:
@@ -61,8 +66,8 @@ def test_unwind_in_a_shielded_scope_survives_cancellation() -> None:
 def test_first_bridge_error_in_nested_groups() -> None:
     inner = BridgeError("the one")
     eg = BaseExceptionGroup("outer", [ValueError("x"), BaseExceptionGroup("inner", [inner])])
-    assert _first_bridge_error(eg) is inner
-    assert _first_bridge_error(BaseExceptionGroup("g", [ValueError("x")])) is None
+    assert first_bridge_error(eg) is inner
+    assert first_bridge_error(BaseExceptionGroup("g", [ValueError("x")])) is None
 
 
 @pytest.mark.parametrize("verbosity,shown", [(0, ["warning"]), (1, ["info", "warning"]),
@@ -108,10 +113,10 @@ def test_a_reconnect_waits_for_the_sidecar_to_release_the_ports() -> None:
     Without patience the refusal is immediate."""
     import asyncio
 
-    from bridge.session import Link, Session, SwapOptions
+    from bridge.link import Link
     from bridge.target import PortMap
     from bridge.tunnel import ForwardRefused
-    from tests.unit.test_tunnel import free_port, sidecar
+    from tests.unit.support import free_port, sidecar
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"laptop:" + await reader.readline())
@@ -127,12 +132,12 @@ def test_a_reconnect_waits_for_the_sidecar_to_release_the_ports() -> None:
             await old.forward(side.forward_port, "127.0.0.1", local)
             new = await side.connect()
             try:
-                s = Session(SwapOptions(target="hello"), Progress(stream=out))
-                s.ports = [PortMap(side.forward_port, local)]
+                linker = make_linker(FakeKube(), [PortMap(side.forward_port, local)],
+                                     Progress(stream=out))
                 link = Link("pod", forwarder=None, tunnel=new)
                 with pytest.raises(ForwardRefused):
-                    await s._forward(link, patience=0.0)
-                task = asyncio.create_task(s._forward(link, patience=60.0))
+                    await linker.forward(link, patience=0.0)
+                task = asyncio.create_task(linker.forward(link, patience=60.0))
                 async with asyncio.timeout(30):
                     while "to release port" not in out.getvalue():  # noqa: ASYNC110 - polls a buffer
                         await asyncio.sleep(0.05)
@@ -154,25 +159,317 @@ def test_a_reconnect_waits_for_the_sidecar_to_release_the_ports() -> None:
     asyncio.run(asyncio.wait_for(main(), 120))
 
 
-# -- decisions and the hand-over, with small stand-ins for the API and the tunnel -------------
+# -- stand-ins: the API (tests.unit.support.FakeKube) and the link ---------------------------
 
-def test_the_final_message_says_what_became_of_the_cluster() -> None:
-    from bridge.session import final_message
+def make_linker(kube: FakeKube, ports: list, progress: Progress | None = None):  # type: ignore[no-untyped-def,type-arg]
+    from bridge.link import Linker, LinkSpec
 
-    assert final_message("boom", touched=False, failed=False) == "boom; nothing was changed"
-    assert final_message("boom", touched=True, failed=False) == \
+    async def ours() -> None:
+        pass
+
+    return Linker(kube, lambda pod: None, LinkSpec("abcd", "web", 8022, None, ports),
+                  progress or Progress(stream=io.StringIO()), ours)
+
+
+class FakeTunnel:
+    def __init__(self, closed: bool = False) -> None:
+        self.closed = closed
+        self.withdrawn = False
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    async def withdraw(self) -> None:
+        self.withdrawn = True
+
+
+class FakeLinker:
+    """Stands in for link.Linker in the hand-over and hand-back: records what was asked."""
+
+    def __init__(self, links: list, log: list[str] | None = None) -> None:  # type: ignore[type-arg]
+        from bridge.link import LinkSpec
+
+        self.links = links
+        self.current = links[0]
+        self.spec = LinkSpec("abcd", "web", 8022, None, [])
+        self.forwards: list[tuple[object, float]] = []
+        self.reconnects = 0
+        self.close_after_forward: set[int] = set()
+        self.log = log if log is not None else []
+
+    async def reconnect(self, old, *, forward: bool, within: float | None):  # type: ignore[no-untyped-def]
+        assert old is self.current and not forward
+        self.reconnects += 1
+        self.current = self.links[min(self.reconnects, len(self.links) - 1)]
+        return self.current
+
+    async def forward(self, link, patience: float = 0.0) -> None:  # type: ignore[no-untyped-def]
+        self.forwards.append((link, patience))
+        if id(link) in self.close_after_forward:
+            link.tunnel.closed = True
+
+    async def check_pod(self, pod) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    async def withdraw(self) -> bool:
+        self.log.append("withdraw")
+        await self.current.tunnel.withdraw()
+        return True
+
+
+def ready_pod(name: str = "proxy-pod", ready: bool = True, ip: str = "10.0.0.9") -> dict:  # type: ignore[type-arg]
+    return {"metadata": {"name": name, "labels": {"bridge-k8s.io/session": "abcd"}},
+            "status": {"phase": "Running", "podIP": ip, "conditions": [
+                {"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def locked(kube: FakeKube, session: str = "abcd", replicas: int = 2):  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    from bridge import state
+
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    lk = state.Lock(session=session, owner="me@here", replicas=replicas, proxy="hello-bridge",
+                    ports="80", started_at=t, heartbeat=t)
+    kube.add("hello", replicas, state.encode(lk))
+    return lk
+
+
+def hand_over(kube: FakeKube, linker: FakeLinker, stop=lambda: False):  # type: ignore[no-untyped-def]
+    from bridge.handover import HandOver
+    from bridge.lease import Lease
+
+    lk = locked(kube)
+    progress = Progress(stream=io.StringIO())
+    return HandOver(kube, linker, Lease(kube, "hello", lk, progress), {},  # type: ignore[arg-type]
+                    progress, 10.0, stop)
+
+
+def test_waiting_for_the_proxy_to_be_ready_stops_when_the_command_exits() -> None:
+    from bridge.handover import STOPPED
+    from bridge.link import Link
+
+    kube = FakeKube()
+    kube.pods = [ready_pod(ready=False)]
+    h = hand_over(kube, FakeLinker([Link("proxy-pod", None, FakeTunnel())]), stop=lambda: True)
+
+    async def main() -> str:
+        with anyio.fail_after(10):
+            return await h.wait_proxy_ready(Link("proxy-pod", None, FakeTunnel()))
+
+    assert anyio.run(main) == STOPPED
+
+
+def test_waiting_for_the_proxy_to_be_ready_stops_when_the_tunnel_closes() -> None:
+    from bridge.handover import TUNNEL_CLOSED
+    from bridge.link import Link
+
+    kube = FakeKube()
+    kube.pods = [ready_pod(ready=False)]
+    h = hand_over(kube, FakeLinker([Link("proxy-pod", None, FakeTunnel())]))
+
+    async def main() -> str:
+        with anyio.fail_after(10):
+            return await h.wait_proxy_ready(Link("proxy-pod", None, FakeTunnel(closed=True)))
+
+    assert anyio.run(main) == TUNNEL_CLOSED
+
+
+def test_a_tunnel_lost_while_waiting_for_ready_is_reconnected_with_patience() -> None:
+    """The tunnel drops after the forwards, while the proxy turns Ready: bridge reconnects,
+    forwards again waiting for the sidecar to release the old ports, waits for Ready on the new
+    link, then scales the original to zero."""
+    from bridge.link import FORWARD_PATIENCE, Link
+
+    kube = FakeKube()
+    kube.pods = [ready_pod()]
+    first, second = Link("proxy-pod", None, FakeTunnel()), Link("proxy-pod", None, FakeTunnel())
+    linker = FakeLinker([first, second])
+    linker.close_after_forward.add(id(first))
+    h = hand_over(kube, linker)
+    assert anyio.run(h.run) is True
+    assert linker.forwards == [(first, 0.0), (second, FORWARD_PATIENCE)]
+    assert kube.deployments["hello"]["spec"]["replicas"] == 0
+
+
+def test_a_tunnel_that_keeps_dropping_during_the_hand_over_fails_clearly() -> None:
+    from bridge.handover import HAND_OVER_ATTEMPTS
+    from bridge.link import Link
+
+    kube = FakeKube()
+    kube.pods = [ready_pod(ready=False)]
+    links = [Link("proxy-pod", None, FakeTunnel()) for _ in range(HAND_OVER_ATTEMPTS)]
+    linker = FakeLinker(links)
+    linker.close_after_forward.update(id(link) for link in links)
+    h = hand_over(kube, linker)
+    with pytest.raises(BridgeError, match="dropped 3 times during the hand-over"):
+        anyio.run(h.run)
+    assert linker.reconnects == HAND_OVER_ATTEMPTS - 1
+    assert kube.deployments["hello"]["spec"]["replicas"] == 2  # the original never left
+
+
+def test_a_command_gone_during_the_hand_over_keeps_the_original_serving() -> None:
+    from bridge.link import Link
+
+    kube = FakeKube()
+    kube.pods = [ready_pod()]
+    h = hand_over(kube, FakeLinker([Link("proxy-pod", None, FakeTunnel())]), stop=lambda: True)
+    assert anyio.run(h.run) is False
+    assert kube.deployments["hello"]["spec"]["replicas"] == 2
+
+
+def test_the_original_is_scaled_only_while_the_lock_is_ours() -> None:
+    from bridge import state
+    from bridge.lease import Lease, NotOurs
+
+    kube = FakeKube()
+    lk = locked(kube)
+    kube.deployments["hello"]["metadata"]["annotations"] = {}  # restored by someone
+    lease = Lease(kube, "hello", lk, Progress(stream=io.StringIO()))
+    with pytest.raises(NotOurs):
+        anyio.run(lease.scale_original, 0)
+    assert "patch_deployment" not in kube.calls
+
+    kube = FakeKube()
+    lk = locked(kube)
+    lease = Lease(kube, "hello", lk, Progress(stream=io.StringIO()))
+
+    def heartbeat_in_between() -> None:  # someone writes between our read and our patch
+        dep = kube.deployments["hello"]
+        kube.rv += 1
+        dep["metadata"]["resourceVersion"] = str(kube.rv)
+
+    kube.after["get_deployment"] = heartbeat_in_between
+    anyio.run(lease.scale_original, 0)
+    assert kube.calls.count("patch_deployment") == 2  # 409, read again, patch again
+    assert kube.deployments["hello"]["spec"]["replicas"] == 0
+    assert state.decode(kube.deployments["hello"]["metadata"]["annotations"]) == lk
+
+
+def test_patch_when_retries_conflicts_and_gives_up_after_a_bound() -> None:
+    from bridge import conditional
+
+    kube = FakeKube()
+    kube.add("hello", 1)
+    written = []
+
+    async def write(patch: dict) -> dict:  # type: ignore[type-arg]
+        written.append(patch)
+        return await kube.patch_deployment("hello", patch)
+
+    def always_conflict() -> None:
+        kube.rv += 1
+        kube.deployments["hello"]["metadata"]["resourceVersion"] = str(kube.rv)
+
+    async def read() -> dict:  # type: ignore[type-arg]
+        dep = await kube.get_deployment("hello")
+        always_conflict()  # someone writes after every read
+        return dep
+
+    with pytest.raises(conditional.KeptChanging, match="3 conflicts"):
+        anyio.run(lambda: conditional.patch_when(
+            read, write, lambda dep: {"spec": {"replicas": 5}}, what="x", attempts=3))
+    assert len(written) == 3 and all(p["metadata"]["resourceVersion"] for p in written)
+    assert kube.deployments["hello"]["spec"]["replicas"] == 1
+
+    async def no() -> bool:
+        return await conditional.patch_when(
+            lambda: kube.get_deployment("hello"), write, lambda dep: None, what="x")
+
+    assert anyio.run(no) is False and len(written) == 3
+
+
+def test_taking_the_lock_keeps_the_restore_step_only_when_the_lock_may_be_taken() -> None:
+    from bridge.kube import Unreachable
+    from bridge.lease import Lease
+    from bridge.outcome import Outcome
+
+    async def noop() -> None:
+        pass
+
+    for failure, kept in [(api_error(409, "modified"), False), (api_error(403, "no"), False),
+                          (Unreachable("no answer"), True)]:
+        kube = FakeKube()
+        kube.add("hello", 2)
+        lk = locked(FakeKube())
+        kube.fail["patch_deployment"] = [failure]
+        stack, outcome = CleanupStack(Progress(stream=io.StringIO())), Outcome()
+        lease = Lease(kube, "hello", lk, stack.progress)
+
+        async def take(lease: Lease = lease, kube: FakeKube = kube, outcome: Outcome = outcome,
+                       stack: CleanupStack = stack) -> None:
+            await lease.take(kube.deployments["hello"], outcome=outcome, stack=stack,
+                             restore_step=noop)
+
+        with pytest.raises(BridgeError):
+            anyio.run(take)
+        assert (len(stack.steps) == 1) is kept
+        assert outcome.touched is kept
+
+
+def test_hand_back_brings_the_original_back_before_withdrawing_the_proxy() -> None:
+    """Both serve for a moment: the original is scaled up and Ready first, then the sidecar is
+    told to fail its readiness, then bridge waits for the proxy to leave the endpoints."""
+    from bridge import handback
+    from bridge.lease import Lease
+    from bridge.link import Link
+
+    kube = FakeKube()
+    lk = locked(kube)
+    kube.deployments["hello"]["spec"]["replicas"] = 0  # swapped
+    log: list[str] = []
+    kube.on_patch = lambda name, patch: log.append(f"patch {patch.get('spec')}")
+    kube.pods = [ready_pod()]
+    kube.services = [{"metadata": {"name": "hello"}, "spec": {"selector": {"app": "hello"}}}]
+    kube.endpoints["hello"] = {"subsets": [{"addresses": [{"ip": "10.0.0.9"}]}]}
+    tunnel = FakeTunnel()
+    linker = FakeLinker([Link("proxy-pod", None, tunnel)], log)
+
+    async def proxy_leaves() -> None:  # the endpoints controller, once the pod is not Ready
+        while not tunnel.withdrawn:  # noqa: ASYNC110 - polls the fake's flag
+            await anyio.sleep(0.01)
+        log.append("proxy out of the endpoints")
+        kube.endpoints["hello"] = {"subsets": [{"addresses": [{"ip": "10.0.0.1"}]}]}
+
+    async def main() -> None:
+        progress = Progress(stream=io.StringIO())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(proxy_leaves)
+            manifest = {"spec": {"template": {"metadata": {"labels": {"app": "hello"}}}}}
+            with anyio.fail_after(20):
+                await handback.hand_back(kube, Lease(kube, "hello", lk, progress),
+                                         linker, manifest, progress, 10.0)  # type: ignore[arg-type]
+        log.append("hand-back done")
+
+    anyio.run(main)
+    assert log == ["patch {'replicas': 2}", "withdraw", "proxy out of the endpoints",
+                   "hand-back done"]
+
+
+def test_the_final_message_is_built_from_the_outcome() -> None:
+    from bridge.errors import NothingChanged
+    from bridge.outcome import Outcome, final_message
+
+    boom = BridgeError("boom")
+    assert final_message(boom, Outcome()) == "boom; nothing was changed"
+    assert final_message(boom, Outcome(touched=True)) == \
         "boom; the cluster was restored as it was"
-    assert final_message("boom", touched=True, failed=True) == \
+    assert final_message(boom, Outcome(touched=True, restored=False)) == \
         "boom; restoring was incomplete, see the messages above"
     # a failed step means something was changed, whatever was believed untouched
-    assert final_message("boom", touched=False, failed=True) == \
+    assert final_message(boom, Outcome(failed_steps=["x: y"])) == \
         "boom; restoring was incomplete, see the messages above"
-    said = "deployment/x is locked; nothing was changed"
-    assert final_message(said, touched=False, failed=False) == said
+    assert final_message(boom, Outcome(repaired_stale=True)) == \
+        "boom; the stale session was restored, nothing else was changed"
+    said = NothingChanged("deployment/x not found; nothing was changed")
+    assert final_message(said, Outcome()) == str(said)
+    # the text alone decides nothing: a plain error that happens to say it still gets the truth
+    plain = BridgeError("proxy said: nothing was changed")
+    assert final_message(plain, Outcome(touched=True)).endswith("restored as it was")
 
 
 def test_output_paths_are_checked_before_anything(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from bridge.session import output_path_problem
+    from bridge.envout import output_path_problem
 
     assert output_path_problem("--env-file", str(tmp_path / "x.env")) is None
     assert output_path_problem("--env-file", "relative.env") is None  # the current directory
@@ -196,185 +493,8 @@ def test_a_bad_env_file_fails_before_the_cluster_is_contacted(tmp_path) -> None:
                             "exist; nothing was changed")
 
 
-def test_the_command_gets_a_bounded_time_to_end_after_sigterm_sighup_or_a_second_ctrl_c() -> None:
-    import signal
+def test_the_command_environment_names_the_session() -> None:
+    from bridge.envout import SESSION_VAR, child_environment
 
-    from bridge.session import must_end
-
-    assert must_end(signal.SIGTERM, 0)
-    assert must_end(signal.SIGHUP, 0)
-    assert not must_end(signal.SIGINT, 1)
-    assert must_end(signal.SIGINT, 2)
-
-
-class _Tunnel:
-    def __init__(self, closed: bool = False) -> None:
-        self.closed = closed
-
-    def is_closed(self) -> bool:
-        return self.closed
-
-
-class _Child:
-    def __init__(self, returncode: int | None) -> None:
-        self.returncode = returncode
-
-
-class _Kube:
-    """Answers like an API server where the proxy pod never turns Ready."""
-
-    def __init__(self, deployment: dict | None = None) -> None:  # type: ignore[type-arg]
-        self.deployment = deployment or {}
-        self.patches: list[dict] = []  # type: ignore[type-arg]
-        self.conflicts = 0
-
-    async def list_pods(self, selector: str) -> list[dict]:  # type: ignore[type-arg]
-        return [{"metadata": {"name": "proxy-pod"},
-                 "status": {"phase": "Running", "conditions": [
-                     {"type": "Ready", "status": "False"}]}}]
-
-    async def get_deployment(self, name: str) -> dict:  # type: ignore[type-arg]
-        return self.deployment
-
-    async def patch_deployment(self, name: str, patch: dict) -> dict:  # type: ignore[type-arg]
-        self.patches.append(patch)
-        if self.conflicts:
-            from bridge.kube import ApiError
-            self.conflicts -= 1
-            raise ApiError("conflict", 409)
-        return {}
-
-
-def _session(kube: _Kube):  # type: ignore[no-untyped-def]
-    from bridge.session import Session, SwapOptions
-
-    s = Session(SwapOptions(target="hello"), Progress(stream=io.StringIO()))
-    s.kube = kube  # type: ignore[assignment]
-    s.name = "hello"
-    s.session_id = "abcd"
-    s.container = "web"
-    return s
-
-
-def test_waiting_for_the_proxy_to_be_ready_stops_when_the_command_exits() -> None:
-    from bridge.session import CHILD_EXITED, Link
-
-    s = _session(_Kube())
-    s.child = _Child(returncode=130)  # Ctrl-C was passed to it, and it exited
-
-    async def main() -> str:
-        with anyio.fail_after(10):
-            return await s._wait_proxy_ready(Link("proxy-pod", None, _Tunnel()))
-
-    assert anyio.run(main) == CHILD_EXITED
-
-
-def test_waiting_for_the_proxy_to_be_ready_stops_when_the_tunnel_closes() -> None:
-    from bridge.session import TUNNEL_CLOSED, Link
-
-    s = _session(_Kube())
-
-    async def main() -> str:
-        with anyio.fail_after(10):
-            return await s._wait_proxy_ready(Link("proxy-pod", None, _Tunnel(closed=True)))
-
-    assert anyio.run(main) == TUNNEL_CLOSED
-
-
-def test_a_tunnel_lost_while_waiting_for_ready_is_reconnected_with_patience() -> None:
-    """The tunnel drops after the forwards, while the proxy turns Ready: bridge reconnects,
-    forwards again waiting for the sidecar to release the old ports, and waits for Ready on
-    the new link."""
-    from bridge.session import FORWARD_PATIENCE, READY, TUNNEL_CLOSED, Link
-
-    s = _session(_Kube())
-    s.child = _Child(returncode=None)
-    first, second = Link("pod-1", None, _Tunnel()), Link("pod-1", None, _Tunnel())
-    s.link = first
-    forwards: list[tuple[str, float]] = []
-    readies: list[Link] = []
-
-    async def forward(link: Link, patience: float = 0.0) -> None:
-        forwards.append((str(id(link)), patience))
-
-    async def wait_ready(link: Link) -> str:
-        readies.append(link)
-        if link is first:
-            first.tunnel.closed = True
-            return TUNNEL_CLOSED
-        s.child.returncode = 0  # ends the hand-over before the scaling
-        return READY
-
-    async def reconnect(old: Link) -> Link:
-        assert old is first
-        s.link = second
-        return second
-
-    s._forward = forward  # type: ignore[method-assign]
-    s._wait_proxy_ready = wait_ready  # type: ignore[method-assign]
-    s._reconnect_for_hand_over = reconnect  # type: ignore[method-assign]
-    anyio.run(s._hand_over)
-    assert forwards == [(str(id(first)), 0.0), (str(id(second)), FORWARD_PATIENCE)]
-    assert readies == [first, second]
-
-
-def test_a_tunnel_that_keeps_dropping_during_the_hand_over_fails_clearly() -> None:
-    from bridge.session import HAND_OVER_ATTEMPTS, TUNNEL_CLOSED, Link
-
-    s = _session(_Kube())
-    s.link = Link("pod-1", None, _Tunnel())
-    reconnects = 0
-
-    async def forward(link: Link, patience: float = 0.0) -> None:
-        pass
-
-    async def wait_ready(link: Link) -> str:
-        link.tunnel.closed = True
-        return TUNNEL_CLOSED
-
-    async def reconnect(old: Link) -> Link:
-        nonlocal reconnects
-        reconnects += 1
-        return Link("pod-1", None, _Tunnel())
-
-    s._forward = forward  # type: ignore[method-assign]
-    s._wait_proxy_ready = wait_ready  # type: ignore[method-assign]
-    s._reconnect_for_hand_over = reconnect  # type: ignore[method-assign]
-    with pytest.raises(BridgeError, match="dropped 3 times during the hand-over"):
-        anyio.run(s._hand_over)
-    assert reconnects == HAND_OVER_ATTEMPTS - 1
-
-
-def _locked(session: str, rv: str) -> dict:  # type: ignore[type-arg]
-    import datetime as dt
-
-    from bridge import state
-
-    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    lock = state.Lock(session=session, owner="me@here", replicas=2, proxy="p", ports="80",
-                      started_at=t, heartbeat=t)
-    return {"metadata": {"resourceVersion": rv, "annotations": state.encode(lock)}}
-
-
-def test_the_original_is_scaled_to_zero_only_while_the_lock_is_ours() -> None:
-    from bridge.session import NotOurs
-
-    kube = _Kube({"metadata": {"resourceVersion": "7", "annotations": {}}})  # restored by someone
-    s = _session(kube)
-    s.lock = _lock_of("abcd")
-    with pytest.raises(NotOurs):
-        anyio.run(s._scale_original_to_zero)
-    assert kube.patches == []
-
-    kube = _Kube(_locked("abcd", "8"))
-    kube.conflicts = 1  # the heartbeat patched it in between: read again, patch again
-    s = _session(kube)
-    s.lock = _lock_of("abcd")
-    anyio.run(s._scale_original_to_zero)
-    assert kube.patches == [{"spec": {"replicas": 0}, "metadata": {"resourceVersion": "8"}}] * 2
-
-
-def _lock_of(session: str):  # type: ignore[no-untyped-def]
-    from bridge import state
-
-    return state.decode(_locked(session, "1")["metadata"]["annotations"])
+    env = child_environment({"GREETING": "hi", "PATH": "/pod/bin"}, "abcd")
+    assert env["GREETING"] == "hi" and env[SESSION_VAR] == "abcd"

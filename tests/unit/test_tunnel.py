@@ -7,16 +7,10 @@ Direct loopback TCP (tunnel=None) and, once, SSH over bridge's own port-forward
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
 import signal
-import socket
-import sys
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +18,6 @@ import asyncssh
 import pytest
 
 from bridge.errors import BridgeError
-from bridge.portforward import PortForwarder
 from bridge.tunnel import (
     Tunnel,
     check_version,
@@ -33,92 +26,7 @@ from bridge.tunnel import (
     public_key_line,
 )
 from sidecar import protocol
-from tests.unit.test_portforward import (
-    aio_client,
-    echo,
-    echo_through,
-    fake_forwarder,
-    make_pod,
-    port_of,
-)
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 120))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Sidecar:
-    process: asyncio.subprocess.Process
-    ssh_port: int
-    forward_port: int
-    host_key: str
-    client_key: asyncssh.SSHKey
-    log: list[str]
-
-    async def connect(self, **kwargs: Any) -> Tunnel:
-        options: dict[str, Any] = {"host": "127.0.0.1", "port": self.ssh_port,
-                                   "client_key": self.client_key, "host_key": self.host_key}
-        options.update(kwargs)
-        return await Tunnel.connect(**options)
-
-    @contextlib.asynccontextmanager
-    async def tunnel(self, **kwargs: Any) -> AsyncIterator[Tunnel]:
-        """`connect`, and close the tunnel afterwards."""
-        tunnel = await self.connect(**kwargs)
-        try:
-            yield tunnel
-        finally:
-            await tunnel.close()
-
-
-@contextlib.asynccontextmanager
-async def sidecar(extra_env: dict[str, str] | None = None) -> AsyncIterator[Sidecar]:
-    client_key = new_client_key()
-    ssh_port, health_port, forward_port = free_port(), free_port(), free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": str(REPO),
-        protocol.ENV_AUTHORIZED_KEY: public_key_line(client_key),
-        protocol.ENV_PORTS: str(forward_port),
-        protocol.ENV_SSH_PORT: str(ssh_port),
-        protocol.ENV_HEALTH_PORT: str(health_port),
-        protocol.ENV_BIND: "127.0.0.1",
-        **(extra_env or {}),
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sidecar", env=env, cwd=REPO,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )
-    log: list[str] = []
-    try:
-        assert process.stdout is not None
-        host_key = None
-        async with asyncio.timeout(30):
-            while host_key is None:
-                line = await process.stdout.readline()
-                assert line, f"sidecar exited before printing its host key: {log}"
-                log.append(line.decode())
-                host_key = parse_host_key(line.decode())
-        yield Sidecar(process, ssh_port, forward_port, host_key, client_key, log)
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(15):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
+from tests.unit.support import echo, exchange, fake_forwarder, free_port, port_of, run, sidecar
 
 # -- pure helpers ----------------------------------------------------------------------------
 
@@ -245,14 +153,6 @@ def test_nothing_listening_is_a_clear_error() -> None:
     run(main())
 
 
-async def _exchange(port: int, payload: bytes, host: str = "127.0.0.1") -> bytes:
-    """Send `payload` to an echo at host:port while reading the echo back."""
-    reader, writer = await asyncio.open_connection(host, port)
-    received = await echo_through(reader, writer, payload, len(payload))
-    writer.close()
-    return received
-
-
 def test_remote_forward_carries_tcp_both_ways() -> None:
     async def main() -> None:
         local = await asyncio.start_server(echo, "127.0.0.1", 0)
@@ -260,11 +160,11 @@ def test_remote_forward_carries_tcp_both_ways() -> None:
             async with sidecar() as side, side.tunnel() as tunnel:
                 await tunnel.forward(side.forward_port, "127.0.0.1", port_of(local))
                 big = os.urandom(8 * 1024 * 1024)
-                back = await _exchange(side.forward_port, big)
+                back = await exchange(side.forward_port, big)
                 assert hashlib.sha256(back).digest() == hashlib.sha256(big).digest()
                 small = [os.urandom(1000 + i) for i in range(20)]
                 answers = await asyncio.gather(
-                    *(_exchange(side.forward_port, data) for data in small))
+                    *(exchange(side.forward_port, data) for data in small))
                 assert answers == small
         finally:
             local.close()
@@ -312,7 +212,7 @@ def test_ssh_over_the_port_forward(tmp_path: Path) -> None:
                 assert tunnel.where == "the sidecar in pod default/hello-bridge-x"
                 await tunnel.forward(side.forward_port, "127.0.0.1", port_of(local))
                 big = os.urandom(4 * 1024 * 1024)
-                back = await _exchange(side.forward_port, big)
+                back = await exchange(side.forward_port, big)
                 assert hashlib.sha256(back).digest() == hashlib.sha256(big).digest()
         finally:
             local.close()
@@ -333,55 +233,20 @@ def test_port_forward_error_reaches_the_tunnel_caller(tmp_path: Path) -> None:
     run(main())
 
 
-# -- through the local test cluster ----------------------------------------------------------
-
-
-@pytest.mark.cluster
-@pytest.mark.timeout(180)
-def test_tunnel_over_the_test_cluster(cluster: Any, api_client: Any, namespace: str) -> None:
-    """The sidecar image in a pod; SSH over bridge's port-forward; a remote forward that
-    carries traffic sent to the pod's IP inside the cluster network."""
-    from kubernetes import client as k8s
-
-    key = new_client_key()
-    make_pod(api_client, namespace, "proxy", {
-        "name": "proxy", "image": protocol.DEFAULT_IMAGE,
-        "env": [{"name": protocol.ENV_AUTHORIZED_KEY, "value": public_key_line(key)},
-                {"name": protocol.ENV_PORTS, "value": "8080"},
-                {"name": "GREETING", "value": "from the pod\nsecond line"}]})
-    core = k8s.CoreV1Api(api_client)
-    host_key = None
-    for _ in range(300):  # bounded: the sidecar prints its key once it listens
-        try:
-            host_key = parse_host_key(core.read_namespaced_pod_log("proxy", namespace))
-        except k8s.ApiException:
-            host_key = None
-        if host_key:
-            break
-        time.sleep(0.1)
-    assert host_key, "the sidecar never printed its host key"
-    pod_ip = core.read_namespaced_pod("proxy", namespace).status.pod_ip
+def test_withdraw_makes_the_sidecar_not_ready_while_its_forwards_still_carry_traffic() -> None:
+    """The hand-back: the pod must leave the Service endpoints while connections that still
+    reach it are answered by the laptop."""
 
     async def main() -> None:
-        api = await aio_client(cluster.kubeconfig)
-        forwarder = PortForwarder(api, namespace, "proxy")
         local = await asyncio.start_server(echo, "127.0.0.1", 0)
         try:
-            tunnel = await Tunnel.connect(host="proxy", port=protocol.DEFAULT_SSH_PORT,
-                                          client_key=key, host_key=host_key, tunnel=forwarder)
-            try:
-                assert (await tunnel.version())["protocol"] == protocol.PROTOCOL_VERSION
-                assert (await tunnel.env())["GREETING"] == "from the pod\nsecond line"
-                await tunnel.forward(8080, "127.0.0.1", port_of(local))
-                payload = os.urandom(1024 * 1024)
-                back = await _exchange(8080, payload, host=pod_ip)
-                assert back == payload
-            finally:
-                await tunnel.close()
+            async with sidecar() as side, side.tunnel() as tunnel:
+                await tunnel.forward(side.forward_port, "127.0.0.1", port_of(local))
+                assert await side.ready_status() == 200
+                await tunnel.withdraw()
+                assert await side.ready_status() == 503
+                assert await exchange(side.forward_port, b"still here") == b"still here"
         finally:
             local.close()
-            await forwarder.close()
-            await api.close()
 
     run(main())
-

@@ -1,0 +1,281 @@
+"""The link phase: the proxy pod, its host key, the port-forward, SSH, the remote forwards, and
+the ONE reconnect policy (used during the hand-over and by the watchdog while holding).
+
+In: the proxy's session id, container and SSH port, the client key, the ports. Out: a `Link`
+(pod name, port-forwarder, `tunnel.Tunnel`). Hook point: every coroutine in
+`Linker.on_connect` runs with each new Link (the first one and every reconnect) before it is
+used; a feature riding the SSH connection (e.g. an outbound proxy) subscribes there.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from bridge import state, target
+from bridge import tunnel as tunnelmod
+from bridge.errors import BridgeError
+from bridge.kube import Api, Obj
+from bridge.lease import NotOurs
+from bridge.progress import Progress
+from sidecar import protocol
+
+POLL = 0.25
+LOG_TAIL = 5
+# On a reconnect, how long a refused remote forward is retried: a sidecar that has not yet
+# noticed the previous connection died holds its ports until its keepalives give up
+# (protocol.DEFAULT_KEEPALIVE_SECONDS x KEEPALIVE_COUNT_MAX), plus a margin.
+FORWARD_PATIENCE = 2 * protocol.DEFAULT_KEEPALIVE_SECONDS * protocol.KEEPALIVE_COUNT_MAX
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 5.0
+_BAD_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
+                "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+                "ErrImageNeverPull"}
+
+
+@dataclass
+class Link:
+    """The live connection to the sidecar: port-forward + SSH (+ remote forwards)."""
+
+    pod: str
+    forwarder: Any
+    tunnel: Any
+
+    async def close(self) -> None:
+        """Close SSH then the port-forward; each bounded, the second whatever the first did."""
+        try:
+            with anyio.move_on_after(5):
+                await self.tunnel.close()
+        finally:
+            with anyio.move_on_after(5):
+                await self.forwarder.close()
+
+
+@dataclass
+class LinkSpec:
+    """What the link needs to know about the proxy (all fixed by the plan)."""
+
+    session: str
+    container: str
+    ssh_port: int
+    client_key: Any
+    ports: Sequence[target.PortMap]
+    keepalive_interval: float = 5.0
+
+
+@dataclass
+class Linker:
+    api: Api
+    open_forwarder: Callable[[str], Any]  # pod name -> a port-forwarder (has .close())
+    spec: LinkSpec
+    progress: Progress
+    still_ours: Callable[[], Awaitable[None]]  # NotOurs when going on is pointless
+    timeout: float = 120.0  # bound on one attempt of a reconnect without a total bound
+    reconnected: bool = False  # the link was lost and re-made at least once
+    current: Link | None = None  # the link in use (None while reconnecting, after close)
+    on_connect: list[Callable[[Link], Awaitable[None]]] = field(default_factory=list)
+
+    async def connect(self, *, first: bool, forward: bool = True) -> Link:
+        """Find the proxy pod, read its host key, port-forward + SSH, remote-forward the
+        ports (with `forward`)."""
+        pod, host_key = await self.wait_pod(first)
+        forwarder = self.open_forwarder(pod)
+        try:
+            tun = await tunnelmod.Tunnel.connect(
+                host="127.0.0.1", port=self.spec.ssh_port, client_key=self.spec.client_key,
+                host_key=host_key, tunnel=forwarder,
+                keepalive_interval=self.spec.keepalive_interval)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await forwarder.close()
+            raise
+        link = Link(pod, forwarder, tun)
+        try:
+            info = await tun.version()
+            self.progress.detail(f"sidecar {info.get('sidecar')} protocol "
+                                 f"{info.get('protocol')}")
+            if forward:
+                await self.forward(link, patience=0.0 if first else FORWARD_PATIENCE)
+            for hook in self.on_connect:
+                await hook(link)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await link.close()
+            raise
+        self.progress.info(f"tunnel to pod {pod} up")
+        self.current = link
+        return link
+
+    async def close(self) -> None:
+        if self.current is not None:
+            link, self.current = self.current, None
+            await link.close()
+
+    async def watch(self) -> None:
+        """While holding: reconnect (with the forwards) whenever the connection drops."""
+        while True:
+            assert self.current is not None
+            await self.current.tunnel.wait_closed()
+            self.progress.warn("connection to the proxy pod lost; reconnecting")
+            await self.reconnect(self.current, forward=True, within=None)
+
+    async def withdraw(self) -> bool:
+        """Ask the sidecar to report not Ready (forwards kept); False when it could not be
+        asked (no link, or a sidecar without the command): the proxy then stays Ready until it
+        is deleted."""
+        if self.current is None or self.current.tunnel.is_closed():
+            return False
+        try:
+            with anyio.fail_after(5):
+                await self.current.tunnel.withdraw()
+            return True
+        except (BridgeError, TimeoutError) as e:
+            self.progress.warn(f"could not take the proxy pod out of the endpoints: {e}")
+            return False
+
+    async def reconnect(self, old: Link, *, forward: bool, within: float | None) -> Link:
+        """THE reconnect policy: close the old link, try again with backoff (0.5s doubling to
+        5s), each attempt bounded; checks between attempts that the lease and the proxy still
+        exist (NotOurs ends it). `within`: a bound on the whole (None: until it works)."""
+        self.reconnected = True
+        self.current = None
+        with anyio.CancelScope(shield=True):
+            await old.close()
+        started = time.monotonic()
+        delay = BACKOFF_FIRST
+        attempt_bound = max(self.timeout, 10.0)
+        while True:
+            left = None if within is None else within - (time.monotonic() - started)
+            if left is not None and left <= 0:
+                raise BridgeError(f"could not reconnect to the proxy pod within {within:g}s")
+            try:
+                with anyio.fail_after(attempt_bound if left is None else left):
+                    link = await self.connect(first=False, forward=forward)
+                self.progress.info(f"reconnected after {time.monotonic() - started:.1f}s")
+                return link
+            except TimeoutError:
+                if within is not None:
+                    raise BridgeError(f"timed out after {within:g}s reconnecting to the proxy "
+                                      "pod") from None
+                why = "timed out"
+            except NotOurs:
+                raise
+            except Exception as e:  # whatever broke this attempt, the next may work
+                why = str(e) or type(e).__name__
+            await self.still_ours()
+            self.progress.warn(f"reconnecting failed ({why}); retrying in {delay:g}s")
+            await anyio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def forward(self, link: Link, patience: float = 0.0) -> None:
+        """Remote-forward every port. A refusal is retried for `patience` seconds: after a
+        reconnect the sidecar may still hold the ports for the connection that died."""
+        for pm in self.spec.ports:
+            waiter = None
+            deadline = time.monotonic() + patience
+            while True:
+                try:
+                    await link.tunnel.forward(pm.remote, "127.0.0.1", pm.local)
+                    break
+                except tunnelmod.ForwardRefused:
+                    if time.monotonic() >= deadline:
+                        raise
+                if waiter is None:
+                    waiter = self.progress.waiting(
+                        f"the sidecar to release port {pm.remote} (still held for the "
+                        "connection that dropped)")
+                waiter.tick()
+                await anyio.sleep(POLL)
+            if waiter is not None:
+                waiter.done()
+            self.progress.detail(f"remote forward {link.pod}:{pm.remote} -> "
+                                 f"127.0.0.1:{pm.local}")
+
+    async def wait_pod(self, first: bool) -> tuple[str, str]:
+        """The running proxy pod and its host key; fails fast when the pod cannot start."""
+        waiter = self.progress.waiting("the proxy pod to start" if first
+                                       else "the proxy pod to accept a new tunnel")
+        selector = f"{state.SESSION_LABEL}={self.spec.session}"
+        container = self.spec.container
+        checked = time.monotonic()
+        last_problem = ""
+        while True:
+            if not first and time.monotonic() - checked > 2:
+                await self.still_ours()  # the proxy may be gone for good
+                checked = time.monotonic()
+            pods = [q for q in await self.api.list_pods(selector)
+                    if not q.get("metadata", {}).get("deletionTimestamp")]
+            pods.sort(key=lambda q: str(q.get("metadata", {}).get("creationTimestamp", "")))
+            if pods:
+                pod = pods[-1]
+                pname = target.name_of(pod)
+                if first:
+                    await self.check_pod(pod)
+                else:  # a restart or a crash loop is what we wait out here, not a failure
+                    problem = pod_problem(pod, container, past=False)
+                    if problem and problem != last_problem:
+                        self.progress.warn(f"proxy pod {pname}: {problem}; waiting for it")
+                    last_problem = problem
+                if container_running(pod, container):
+                    log = await self.api.pod_log(pname, container)
+                    host_key = tunnelmod.parse_host_key(log)
+                    if host_key:
+                        waiter.done(f"proxy pod {pname} running ({waiter.elapsed():.1f}s)")
+                        return pname, host_key
+            waiter.tick()
+            await anyio.sleep(POLL)
+
+    async def check_pod(self, pod: Obj) -> None:
+        """BridgeError (with the log's last lines) when the proxy pod cannot serve. Until a
+        first tunnel was up, a sidecar that exited once fails the start; after a reconnect, a
+        restart is history and only the present state counts."""
+        pname = target.name_of(pod)
+        reason = pod_problem(pod, self.spec.container, past=not self.reconnected)
+        if not reason:
+            return
+        tail = ""
+        try:
+            log = await self.api.pod_log(pname, self.spec.container, tail_lines=LOG_TAIL)
+            lines = [ln for ln in log.splitlines() if ln.strip()][-LOG_TAIL:]
+            tail = "; last log lines: " + " | ".join(lines) if lines else "; its log is empty"
+        except BridgeError:
+            pass
+        raise BridgeError(f"proxy pod {pname} failed to start: {reason}{tail}")
+
+
+def pod_problem(pod: Obj, container: str, *, past: bool) -> str:
+    """Why this proxy pod cannot serve (empty when nothing is wrong that we can see). With
+    `past`, a container that terminated earlier (and was restarted) counts too: while the proxy
+    starts, a sidecar that exited once will do it again. Without, only the present state
+    counts: a sidecar that crashed, was restarted and now runs is fine."""
+    st = pod.get("status") or {}
+    reason = ""
+    if st.get("phase") == "Failed":
+        reason = f"failed: {st.get('reason') or ''} {st.get('message') or ''}".strip()
+    for cond in st.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
+                and cond.get("reason") == "Unschedulable":
+            reason = f"cannot be scheduled: {cond.get('message') or ''}".strip()
+    for cs in st.get("containerStatuses") or []:
+        if cs.get("name") != container:
+            continue
+        now_state = cs.get("state") or {}
+        waiting = now_state.get("waiting") or {}
+        term = now_state.get("terminated") or (
+            (cs.get("lastState") or {}).get("terminated") if past else None)
+        if waiting.get("reason") in _BAD_WAITING:
+            reason = f"{waiting['reason']}: {waiting.get('message') or ''}".strip(": ")
+        elif term:
+            reason = (f"the sidecar exited with code {term.get('exitCode')}"
+                      f" ({term.get('reason') or 'Error'})")
+    return reason
+
+
+def container_running(pod: Obj, container: str) -> bool:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == container:
+            return bool((cs.get("state") or {}).get("running"))
+    return False
