@@ -17,11 +17,8 @@ record, from which the final message is built. Hook points for features: `Sessio
 
 from __future__ import annotations
 
-import getpass
-import os
 import secrets
 import signal
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,47 +36,17 @@ from bridge.kube import Kube
 from bridge.lease import Lease, NotOurs, clear_the_way
 from bridge.lifecycle import Action, Phase
 from bridge.link import Link, Linker, LinkSpec
+from bridge.options import SwapOptions, default_owner
 from bridge.outcome import Outcome, final_message
 from bridge.progress import Progress
 from bridge.resolve import Resolved, resolve, resolve_target
 from bridge.runner import Child
-from sidecar import protocol
+from bridge.signals import Control, watch_signals
 
-__all__ = ["NotOurs", "Session", "SwapOptions", "resolve_target"]
+__all__ = ["NotOurs", "Session", "SwapOptions", "default_owner", "resolve_target"]
 
 CHILD_GRACE = 5.0  # SIGTERM -> SIGKILL when the cleanup stops the command's tree
 END_GRACE = CHILD_GRACE  # after the command was signalled, how long it may take to end
-SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def default_owner() -> str:
-    if os.environ.get("BRIDGE_OWNER"):
-        return os.environ["BRIDGE_OWNER"]
-    try:
-        user = getpass.getuser()
-    except Exception:  # no passwd entry (some containers)
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
-
-
-@dataclass
-class SwapOptions:
-    target: str
-    command: list[str] = field(default_factory=list)
-    kubeconfig: str | None = None
-    context: str | None = None
-    namespace: str | None = None
-    container: str | None = None
-    ports: tuple[str, ...] = ()
-    env_file: str | None = None
-    env_json: str | None = None
-    sidecar_image: str = protocol.DEFAULT_IMAGE
-    timeout: float = 120.0
-    wait: bool = True
-    heartbeat_interval: float = state.DEFAULT_HEARTBEAT_INTERVAL
-    heartbeat_ttl: float = state.DEFAULT_HEARTBEAT_TTL
-    keepalive_interval: float = 5.0  # SSH keepalives; 3 missed ones end the connection
-    owner: str = field(default_factory=default_owner)
 
 
 @dataclass(frozen=True)
@@ -144,54 +111,6 @@ class Hooks:
     on_command: list[Callable[[list[str], dict[str, str]],
                               Awaitable[tuple[list[str], dict[str, str]]]]] = field(
         default_factory=list)
-
-
-@dataclass
-class Control:
-    """What the body and the signal watcher share: the phase, the command, the request to end."""
-
-    phase: Phase = Phase.SETUP
-    child: Child | None = None
-    end: anyio.Event = field(default_factory=anyio.Event)
-    ended_by: int | None = None  # the signal that ended the session
-    stopped_now: bool = False  # a second Ctrl-C killed the command
-    sigints: int = 0
-
-    def child_running(self) -> bool:
-        return self.child is not None and self.child.returncode is None
-
-
-async def watch_signals(control: Control, setup: anyio.CancelScope, progress: Progress, *,
-                        task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-    """Turn each signal into the table's action for the current phase."""
-    with anyio.open_signal_receiver(*SIGNALS) as receiver:
-        task_status.started()
-        async for sig in receiver:
-            event = lifecycle.event_of(sig, control.sigints)
-            control.sigints += sig == signal.SIGINT
-            act = lifecycle.action(control.phase, event)
-            name = signal.Signals(sig).name
-            if act is Action.END:
-                progress.info(f"{name}: ending the session")
-                control.ended_by = sig
-                setup.cancel()
-            elif act is Action.HAND_BACK:
-                progress.info(f"{name}: ending the session")
-                control.ended_by = sig
-                control.end.set()
-            elif act is Action.STOP_NOW and control.child_running():
-                assert control.child is not None
-                progress.warn(f"{name}: stopping the command now")
-                control.stopped_now = True
-                control.child.kill_tree()
-            elif act is Action.PASS and control.child is not None:
-                progress.info(f"{name}: passing it to the command")
-                control.child.send_signal(sig)
-            elif act in (Action.WAIT, Action.STOP_NOW):  # STOP_NOW: no command (left) to stop
-                doing = ("handing traffic back" if control.phase is Phase.HAND_BACK
-                         else "restoring the cluster")
-                progress.warn(f"{name}: already {doing}, please wait (if bridge is killed, "
-                              "run `bridge restore` to finish)")
 
 
 async def first_of(*waits: Callable[[], Awaitable[Any]]) -> None:

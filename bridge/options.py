@@ -1,0 +1,41 @@
+"""What `bridge swap` was asked to do: the options of one session."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from dataclasses import dataclass, field
+
+from bridge import state
+from sidecar import protocol
+
+
+def default_owner() -> str:
+    if os.environ.get("BRIDGE_OWNER"):
+        return os.environ["BRIDGE_OWNER"]
+    try:
+        user = getpass.getuser()
+    except Exception:  # no passwd entry (some containers)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass
+class SwapOptions:
+    target: str
+    command: list[str] = field(default_factory=list)
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+    container: str | None = None
+    ports: tuple[str, ...] = ()
+    env_file: str | None = None
+    env_json: str | None = None
+    sidecar_image: str = protocol.DEFAULT_IMAGE
+    timeout: float = 120.0
+    wait: bool = True
+    heartbeat_interval: float = state.DEFAULT_HEARTBEAT_INTERVAL
+    heartbeat_ttl: float = state.DEFAULT_HEARTBEAT_TTL
+    keepalive_interval: float = 5.0  # SSH keepalives; 3 missed ones end the connection
+    owner: str = field(default_factory=default_owner)
