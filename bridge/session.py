@@ -33,7 +33,7 @@ from bridge.errors import BridgeError, NothingChanged
 from bridge.handback import hand_back
 from bridge.handover import HandOver, wait_listening
 from bridge.kube import Kube
-from bridge.lease import Lease, NotOurs, clear_the_way
+from bridge.lease import Lease, NotOurs, clear_the_way, now
 from bridge.lifecycle import Action, Phase
 from bridge.link import Link, Linker, LinkSpec
 from bridge.options import SwapOptions, default_owner
@@ -197,7 +197,7 @@ class Session:
         deployment = await clear_the_way(kube, r.deployment, ttl=o.heartbeat_ttl,
                                          bound=o.timeout, progress=p, outcome=self.outcome)
         prep = prepare(r, deployment, o, kube.namespace, secrets.token_hex(4),
-                       tunnelmod.new_client_key(), _now())
+                       tunnelmod.new_client_key(), now())
         lease = Lease(kube, r.name, prep.lock, p)
 
         async def restore_step() -> None:
@@ -325,12 +325,6 @@ def _port_forwarder(kube: Kube, pod: str) -> Any:
     from bridge import portforward
 
     return portforward.PortForwarder(kube.api_client, kube.namespace, pod)
-
-
-def _now() -> Any:
-    from bridge.lease import now
-
-    return now()
 
 
 def first_bridge_error(eg: BaseExceptionGroup) -> BridgeError | None:

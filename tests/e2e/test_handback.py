@@ -80,12 +80,12 @@ def test_no_request_fails_over_swap_cycles(make_workload: Any, sig: int) -> None
             b.signal(sig)
             assert b.wait() == 128 + sig, b.stderr
             err = b.stderr
+            client.wait_for("cluster")
+            assert client.failures == [], f"cycle {cycle}: {client.failures}\n{err}"
             assert HAND_BACK_LINE in err, err
             # traffic was back before the command was told to stop
             assert err.index("the proxy pod to leave the Service endpoints") < \
                 err.index(f"{signal.Signals(sig).name}: passing it to the command"), err
-            client.wait_for("cluster")
-            assert client.failures == [], f"cycle {cycle}: {client.failures}\n{err}"
     served = {who: client.answers.count(who) for who in ("cluster", "laptop")}
     print(f"\n{CYCLES} cycles ended by {signal.Signals(sig).name}: {len(client.answers)} "
           f"requests, {served}, failed {len(client.failures)}")
