@@ -214,6 +214,12 @@ class Tunnel:
             raise BridgeError(f"forwarding port {remote_port} failed: {_reason(exc)}") from None
         self._listeners[remote_port] = listener
 
+    @property
+    def connection(self) -> asyncssh.SSHClientConnection:
+        """The SSH connection, for features that open their own channels over it (e.g.
+        direct-tcpip for an outbound proxy, SFTP); closing it is this Tunnel's job."""
+        return self._conn
+
     def is_closed(self) -> bool:
         """True once the SSH connection is lost or closed."""
         return bool(self._conn.is_closed())

@@ -498,3 +498,43 @@ def test_the_command_environment_names_the_session() -> None:
 
     env = child_environment({"GREETING": "hi", "PATH": "/pod/bin"}, "abcd")
     assert env["GREETING"] == "hi" and env[SESSION_VAR] == "abcd"
+
+
+def test_the_reconnect_policy_is_bounded_when_asked_and_ends_when_the_lease_is_gone() -> None:
+    """One policy for both users: the hand-over gives it a bound; the watchdog none, and then
+    only a lost lease (or proxy) ends it."""
+    from bridge.lease import NotOurs
+    from bridge.link import Link, Linker, LinkSpec
+
+    closed: list[str] = []
+
+    class Old:
+        async def close(self) -> None:
+            closed.append("old")
+
+    kube = FakeKube()  # no proxy pod ever comes back
+
+    async def fine() -> None:
+        pass
+
+    async def gone() -> None:
+        raise NotOurs("proxy deployment/p was deleted while swapped")
+
+    def linker(still_ours):  # type: ignore[no-untyped-def]
+        return Linker(kube, lambda pod: None, LinkSpec("abcd", "web", 8022, None, []),
+                      Progress(stream=io.StringIO()), still_ours)
+
+    old = Link("pod", Old(), Old())
+    bounded = linker(fine)
+    with pytest.raises(BridgeError, match="reconnecting to the proxy pod"):
+        anyio.run(lambda: bounded.reconnect(old, forward=False, within=0.5))
+    assert closed == ["old", "old"] and bounded.current is None and bounded.reconnected
+
+    unbounded = linker(gone)
+
+    async def watchdog() -> None:
+        with anyio.fail_after(30):  # bounds a hang; NotOurs comes at the first check (2 s)
+            await unbounded.reconnect(Link("pod", Old(), Old()), forward=True, within=None)
+
+    with pytest.raises(NotOurs):
+        anyio.run(watchdog)
