@@ -124,6 +124,12 @@ def _env_float(name: str, default: float) -> float:
               metavar="SECONDS", help="Bound on each wait (proxy start, restore).")
 @click.option("--no-wait", is_flag=True,
               help="On restore, do not wait for the original to be Ready.")
+@click.option("--env-allow", "env_allow", multiple=True, metavar="NAME",
+              help="Give the command the pod's NAME although bridge holds it back (loader, "
+                   "interpreter, shell-hook and proxy variables); repeatable.")
+@click.option("--allow-host-access", is_flag=True,
+              help="Swap a Deployment whose pods use the node's network/PID/IPC namespaces "
+                   "or run privileged (refused by default).")
 @click.option("--heartbeat-interval", type=float, hidden=True,
               default=lambda: _env_float("BRIDGE_HEARTBEAT_INTERVAL",
                                          state.DEFAULT_HEARTBEAT_INTERVAL))
@@ -153,7 +159,8 @@ def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -
         ports=tuple(kw["ports"]), env_file=kw["env_file"], env_json=kw["env_json"],
         sidecar_image=kw["sidecar_image"], timeout=kw["timeout"], wait=not kw["no_wait"],
         heartbeat_interval=kw["heartbeat_interval"], heartbeat_ttl=kw["heartbeat_ttl"],
-        keepalive_interval=kw["keepalive_interval"])
+        keepalive_interval=kw["keepalive_interval"], env_allow=tuple(kw["env_allow"]),
+        allow_host_access=kw["allow_host_access"])
     try:
         code = anyio.run(Session(opts, progress).run)
     finally:
