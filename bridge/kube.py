@@ -206,6 +206,10 @@ class Kube:
             raise
         return True
 
+    async def get_replicaset(self, name: str, namespace: str | None = None) -> Obj:
+        return await self._get(f"/apis/apps/v1/namespaces/{self._ns(namespace)}/replicasets/"
+                               f"{quote(name, safe='')}", namespace)
+
     async def get_service(self, name: str, namespace: str | None = None) -> Obj:
         return await self._get(f"/api/v1/namespaces/{self._ns(namespace)}/services/"
                                f"{quote(name, safe='')}", namespace)
@@ -224,8 +228,11 @@ class Kube:
                                 namespace)
 
     async def pod_log(self, name: str, container: str | None = None, *,
-                      tail_lines: int | None = None, namespace: str | None = None) -> str:
+                      tail_lines: int | None = None, limit_bytes: int | None = None,
+                      namespace: str | None = None) -> str:
         query: list[tuple[str, str]] = []
+        if limit_bytes is not None:
+            query.append(("limitBytes", str(limit_bytes)))
         if container:
             query.append(("container", container))
         if tail_lines is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge import state
+from bridge.errors import BridgeError
 from bridge.target import PortMap
 from sidecar import protocol
 
@@ -35,6 +36,33 @@ class Options:
     owner: str  # user@host
     authorized_key: str  # OpenSSH public-key line of this session's client key
     image: str = protocol.DEFAULT_IMAGE
+    # The pod's service-account token is mounted only when the user asks for the pod's files
+    # (the token is one of them); otherwise the proxy pod gets no API credentials.
+    service_account_token: bool = False
+    # Templates that share the node's network/PID/IPC namespaces or run a privileged
+    # container are refused unless the user allows them (--allow-host-access).
+    allow_host_access: bool = False
+
+
+class UnsafeTemplate(BridgeError, ValueError):
+    """The pod template gives the proxy pod access to the node; the message says why."""
+
+
+# The proxy container's own security context: none of the app container's is copied (it may be
+# privileged, run as root or add capabilities). The sidecar image runs as this user; ports
+# below 1024 come from the pod's net.ipv4.ip_unprivileged_port_start sysctl, not a capability.
+SIDECAR_UID = 10001
+SIDECAR_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": SIDECAR_UID,
+    "runAsGroup": SIDECAR_UID,
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+_HOST_NAMESPACES = ("hostNetwork", "hostPID", "hostIPC")
 
 
 MAX_NAME = 63  # a DNS-1123 label, and a label value
@@ -46,6 +74,11 @@ def _fit(name: str, limit: int) -> str:
         return name
     h = hashlib.sha256(name.encode()).hexdigest()[:6]
     return name[: limit - 7].rstrip("-") + "-" + h
+
+
+def label_value(name: str) -> str:
+    """The value of the proxy-for label for deployment `name` (at most 63 characters)."""
+    return _fit(name, MAX_NAME)
 
 
 def proxy_name(original: str, session: str) -> str:
@@ -121,6 +154,10 @@ def _sidecar_container(original: Obj, opts: Options, ports: ControlPorts) -> dic
         c.pop(key, None)
     c["image"] = opts.image
     c["imagePullPolicy"] = "IfNotPresent"
+    c["securityContext"] = copy.deepcopy(SIDECAR_SECURITY_CONTEXT)
+    if c.get("ports"):  # the sidecar binds them in the pod, never on the node
+        c["ports"] = [{k: v for k, v in p.items() if k not in ("hostPort", "hostIP")}
+                      for p in c["ports"]]
     settings = _sidecar_env(opts, ports)
     ours = {e["name"] for e in settings}
     c["env"] = [e for e in c.get("env") or [] if e.get("name") not in ours] + settings
@@ -142,6 +179,21 @@ def _with_sysctl(pod_spec: dict[str, Any], name: str, value: str) -> None:
     sc["sysctls"] = sysctls
 
 
+def host_access(pod_spec: Obj) -> list[str]:
+    """What in this pod spec reaches the node: host namespaces, privileged containers."""
+    found = [f"{key}: true" for key in _HOST_NAMESPACES if pod_spec.get(key)]
+    for key in ("initContainers", "containers"):
+        for c in pod_spec.get(key) or []:
+            if (c.get("securityContext") or {}).get("privileged"):
+                found.append(f"container {c.get('name')} is privileged")
+    return found
+
+
+def _harden(pod_spec: dict[str, Any], opts: Options) -> None:
+    if not opts.service_account_token:
+        pod_spec["automountServiceAccountToken"] = False
+
+
 def plan_proxy(original: Obj, opts: Options) -> dict[str, Any]:
     """The proxy Deployment manifest for `original` under these options."""
     meta = original.get("metadata", {})
@@ -153,6 +205,12 @@ def plan_proxy(original: Obj, opts: Options) -> dict[str, Any]:
     labels[state.SESSION_LABEL] = opts.session
     tmeta["labels"] = labels
     pod_spec = template.setdefault("spec", {})
+    reaching = host_access(pod_spec)
+    if reaching and not opts.allow_host_access:
+        raise UnsafeTemplate(
+            f"the pod template of deployment {name!r} gives its pods access to the node ("
+            + ", ".join(reaching) + "): the proxy pod would expose the tunnel and the pod's "
+            "environment there; pass --allow-host-access if that is intended")
     ports = control_ports(pod_spec, opts.ports)
     found = False
     new_containers = []
@@ -165,6 +223,7 @@ def plan_proxy(original: Obj, opts: Options) -> dict[str, Any]:
     if not found:
         raise ValueError(f"no container {opts.container!r} in deployment {name!r}")
     pod_spec["containers"] = new_containers
+    _harden(pod_spec, opts)
     if any(p.remote < 1024 for p in opts.ports):
         _with_sysctl(pod_spec, UNPRIVILEGED_PORT_SYSCTL, "0")
 
@@ -177,7 +236,7 @@ def plan_proxy(original: Obj, opts: Options) -> dict[str, Any]:
         state.MANAGED_BY_LABEL: state.MANAGED_BY,
         # a label value has at most 63 characters, a Deployment name up to 253: the label marks
         # the proxy, the annotation below carries the full name
-        state.PROXY_FOR_LABEL: _fit(name, MAX_NAME),
+        state.PROXY_FOR_LABEL: label_value(name),
         state.SESSION_LABEL: opts.session,
     }
     manifest: dict[str, Any] = {
@@ -191,6 +250,11 @@ def plan_proxy(original: Obj, opts: Options) -> dict[str, Any]:
                 state.OWNER: opts.owner,
                 state.PROXY_FOR_LABEL: name,
             },
+            # restore deletes only a proxy that names the original's UID (and the garbage
+            # collector removes it if the original is deleted)
+            **({"ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                     "name": name, "uid": meta["uid"]}]}
+               if meta.get("uid") else {}),
         },
         "spec": {
             "replicas": 1,

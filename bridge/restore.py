@@ -8,6 +8,7 @@ Idempotent: restoring a restored Deployment changes nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import shlex
 from collections.abc import Awaitable, Callable
@@ -189,8 +190,16 @@ async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock
         if found is None:
             progress.info(f"deployment/{name} is not swapped; nothing to restore")
             return out
+        doubts = state.lock_problems(found, _now())  # security: act on no field of a forgery
+        if doubts:
+            out.failures.append(state.Doubtful(found, tuple(doubts)).explain(name)
+                                + "; nothing was changed")
+            progress.error(out.failures[-1])
+            return out
         lock = found
     ours = found is not None and found.session == lock.session
+    if lock.proxy and not await _proxy_is_ours(kube, name, original, lock, progress, out):
+        return out  # security: not provably bridge's proxy: nothing is changed
 
     scaled = True
     if original is not None and ours:
@@ -233,6 +242,36 @@ async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock
             progress.warn(f"kept bridge's annotations on deployment/{name} so that "
                           f"`bridge restore {name}` can finish the job")
     return out
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def _proxy_is_ours(kube: Kube, name: str, original: Obj | None, lock: state.Lock,
+                         progress: Progress, out: Outcome) -> bool:
+    """security: True when lock.proxy is absent or provably bridge's proxy of `name` in this
+    session (trust.proxy_deployment_problems); else the doubt is recorded in `out`."""
+    from bridge import trust
+
+    try:
+        proxy = await _retrying(f"reading deployment/{lock.proxy}",
+                                lambda: kube.get_deployment(lock.proxy), progress)
+    except ApiError as e:
+        if e.status == 404:
+            return True
+        raise
+    uid = (original or {}).get("metadata", {}).get("uid")
+    problems = trust.proxy_deployment_problems(proxy, name, lock.session, uid)
+    if not problems:
+        return True
+    out.failures.append(
+        f"deployment/{lock.proxy} is not provably bridge's proxy for deployment/{name} "
+        f"(session {lock.session}): {'; '.join(problems)}; nothing was changed; if it is, "
+        f"delete it yourself ({kubectl(kube, 'delete', 'deployment/' + lock.proxy)}), scale "
+        f"{name} back and run: {kubectl(kube, *state.fix_by_hand(name).split()[1:])}")
+    progress.error(out.failures[-1])
+    return False
 
 
 async def _clear_lock(kube: Kube, name: str, session: str | None, progress: Progress) -> bool:
@@ -312,6 +351,15 @@ async def restore_all(kube: Kube, progress: Progress, *, wait: bool = True,
         if session in live_sessions or not labels.get(state.PROXY_FOR_LABEL):
             continue
         orphan = name_of(dep)
+        original = (dep.get("metadata", {}).get("annotations") or {}).get(state.PROXY_FOR_LABEL)
+        owner = next((d for d in deployments if name_of(d) == original), None)
+        from bridge import trust  # security: only a provable proxy is deleted
+        doubts = trust.proxy_deployment_problems(
+            dep, str(original), session, (owner or {}).get("metadata", {}).get("uid"))
+        if doubts or not original:
+            progress.warn(f"left deployment/{state.printable(orphan)} alone: labelled as "
+                          f"bridge's proxy but {'; '.join(doubts) or 'no original named'}")
+            continue
         try:
             if await kube.delete_deployment(orphan):
                 total.restored = True

@@ -32,7 +32,7 @@ import anyio
 import anyio.abc
 
 from bridge import env as envmod
-from bridge import plan, restore, state, target
+from bridge import plan, restore, state, target, trust
 from bridge.errors import BridgeError
 from bridge.kube import ApiError, Kube, NamespaceNotFound, Obj
 from bridge.progress import Progress
@@ -95,6 +95,8 @@ class SwapOptions:
     heartbeat_ttl: float = state.DEFAULT_HEARTBEAT_TTL
     keepalive_interval: float = 5.0  # SSH keepalives; 3 missed ones end the connection
     owner: str = field(default_factory=default_owner)
+    env_allow: tuple[str, ...] = ()  # security: pod variables taken although held back
+    allow_host_access: bool = False  # security: allow templates with host namespaces
 
 
 class CleanupStack:
@@ -290,6 +292,8 @@ class Session:
                 f"{state.format_time(decision.since)} (session {decision.session}); "
                 f"ask them to end it, or run `bridge restore {name}` if that session is dead; "
                 + unchanged)
+        if isinstance(decision, state.Doubtful):  # security: a lock bridge did not write
+            raise BridgeError(f"{decision.explain(name)}; {unchanged}")
         if not isinstance(decision, state.Proceed):
             raise BridgeError(f"deployment/{name} is locked; {unchanged}")
 
@@ -306,7 +310,7 @@ class Session:
         self.manifest = plan.plan_proxy(deployment, plan.Options(
             container=self.container, ports=self.ports, session=self.session_id,
             owner=o.owner, authorized_key=tunnelmod.public_key_line(self.client_key),
-            image=o.sidecar_image))
+            image=o.sidecar_image, allow_host_access=o.allow_host_access))
         self.manifest["metadata"]["namespace"] = ns
         # Pushed before the lock is taken: if the patch's outcome is unknown (cancelled by a
         # signal, or no answer), restoring finds out, and touches only a lock of ours.
@@ -342,7 +346,8 @@ class Session:
 
     async def _start_proxy(self) -> None:
         kube, o, p = self._kube(), self.opts, self.progress
-        await kube.create_deployment(self.manifest)
+        created = await kube.create_deployment(self.manifest)
+        self.proxy_uid = str(created.get("metadata", {}).get("uid") or "")  # security: trust
         assert self.lock is not None
         p.info(f"created proxy deployment/{self.lock.proxy}")
         try:
@@ -352,7 +357,7 @@ class Session:
             raise BridgeError(f"timed out after {o.timeout:g}s waiting for the proxy pod of "
                               f"deployment/{self.lock.proxy} to start") from None
         pod_env = await self.link.tunnel.env()
-        self.child_env = envmod.overlay(os.environ, pod_env)
+        self.child_env = envmod.overlay(os.environ, pod_env, self.opts.env_allow)  # security
         self._write_env_files(pod_env)
 
     async def _hand_over(self) -> None:
@@ -491,8 +496,6 @@ class Session:
 
     async def _wait_proxy_pod(self, first: bool) -> tuple[str, str]:
         """The running proxy pod and its host key; fails fast when the pod cannot start."""
-        from bridge import tunnel as tunnelmod
-
         kube = self._kube()
         waiter = self.progress.waiting("the proxy pod to start" if first
                                        else "the proxy pod to accept a new tunnel")
@@ -505,6 +508,7 @@ class Session:
                 checked = time.monotonic()
             pods = [q for q in await kube.list_pods(selector)
                     if not q.get("metadata", {}).get("deletionTimestamp")]
+            pods = await self._proven_pods(pods)  # security: never a pod we cannot prove ours
             pods.sort(key=lambda q: str(q.get("metadata", {}).get("creationTimestamp", "")))
             if pods:
                 pod = pods[-1]
@@ -517,13 +521,39 @@ class Session:
                         self.progress.warn(f"proxy pod {pname}: {problem}; waiting for it")
                     last_problem = problem
                 if _container_running(pod, self.container):
-                    log = await kube.pod_log(pname, self.container)
-                    host_key = tunnelmod.parse_host_key(log)
+                    log = await kube.pod_log(pname, self.container,  # security: bounded,
+                                             limit_bytes=trust.HOST_KEY_LOG_LIMIT)  # first line
+                    host_key = trust.host_key_announcement(log)
                     if host_key:
                         waiter.done(f"proxy pod {pname} running ({waiter.elapsed():.1f}s)")
                         return pname, host_key
             waiter.tick()
             await anyio.sleep(POLL)
+
+    async def _proven_pods(self, pods: list[Obj]) -> list[Obj]:
+        """security: the pods provably of the proxy Deployment bridge created, running the
+        planned spec (trust.pod_problems); each other pod is reported once and ignored."""
+        kube, proven = self._kube(), []
+        planned = self.manifest["spec"]["template"]["spec"]
+        self.untrusted: set[str] = getattr(self, "untrusted", set())
+        for pod in pods:
+            ref = next((r for r in pod.get("metadata", {}).get("ownerReferences") or []
+                        if r.get("controller") and r.get("kind") == "ReplicaSet"), None)
+            rs = None
+            if ref is not None:
+                try:
+                    rs = await kube.get_replicaset(str(ref.get("name")))
+                except ApiError as e:
+                    if e.status != 404:
+                        raise
+            problems = trust.pod_problems(pod, self.proxy_uid, rs, planned, self.session_id)
+            if not problems:
+                proven.append(pod)
+            elif target.name_of(pod) not in self.untrusted:
+                self.untrusted.add(target.name_of(pod))
+                self.progress.warn("ignoring pod " + trust.describe(
+                    state.printable(target.name_of(pod)), problems) + " (not bridge's proxy)")
+        return proven
 
     async def _check_pod_failure(self, pod: Obj) -> None:
         pname = target.name_of(pod)
@@ -535,7 +565,8 @@ class Session:
         tail = ""
         try:
             log = await self._kube().pod_log(pname, self.container, tail_lines=LOG_TAIL)
-            lines = [ln for ln in log.splitlines() if ln.strip()][-LOG_TAIL:]
+            lines = [state.printable(ln, 300)  # security: pod-log text escaped
+                     for ln in log.splitlines() if ln.strip()][-LOG_TAIL:]
             tail = "; last log lines: " + " | ".join(lines) if lines else "; its log is empty"
         except BridgeError:
             pass
@@ -599,7 +630,9 @@ class Session:
 
     def _write_env_files(self, pod_env: dict[str, str]) -> None:
         o, p = self.opts, self.progress
-        exported = {k: v for k, v in pod_env.items() if not envmod.is_local(k)}
+        exported, held = envmod.hold_back(pod_env, o.env_allow)  # security: item 3
+        if held:
+            p.warn(envmod.held_back_line(held))
         self.env_file = o.env_file
         if not o.command and not o.env_file:
             tmp = tempfile.mkdtemp(prefix=f"bridge-{self.session_id}-")
@@ -607,7 +640,7 @@ class Session:
             self.stack.push("removing the environment file",
                             _async(lambda: shutil.rmtree(tmp, ignore_errors=True)))
         if self.env_file:
-            skipped = envmod.write_dotenv(self.env_file, exported)
+            skipped = envmod.write_dotenv(self.env_file, exported, held)
             p.info(f"wrote the pod's environment to {self.env_file}")
             if skipped:
                 p.warn("left out of the env file (not shell names): " + ", ".join(skipped))

@@ -40,11 +40,13 @@ class FakeKube:
         self.after: dict[str, Callable[[], None]] = {}  # method -> run after its next call
         self.delay = 0.0  # seconds each list_pods takes
 
-    def add(self, name: str, replicas: int, annotations: dict[str, str] | None = None) -> None:
+    def add(self, name: str, replicas: int, annotations: dict[str, str] | None = None,
+            **meta: Any) -> None:
         self.rv += 1
         self.deployments[name] = {
             "metadata": {"name": name, "annotations": dict(annotations or {}),
-                         "resourceVersion": str(self.rv), "generation": 1},
+                         "resourceVersion": str(self.rv), "generation": 1,
+                         "uid": f"uid-{name}", **meta},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
                      "template": {"metadata": {"labels": {"app": name}}}},
             "status": {"observedGeneration": 1, "readyReplicas": replicas,
@@ -117,7 +119,16 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def swapped(kube: FakeKube, lk: state.Lock) -> None:
     kube.add("hello", 0, state.encode(lk))
-    kube.add(lk.proxy, 1)
+    add_proxy(kube, lk)
+
+
+def add_proxy(kube: FakeKube, lk: state.Lock, original: str = "hello") -> None:
+    """The proxy Deployment as bridge creates it: its labels, marker and owner reference."""
+    kube.add(lk.proxy, 1, {state.PROXY_FOR_LABEL: original},
+             labels={state.MANAGED_BY_LABEL: state.MANAGED_BY, state.SESSION_LABEL: lk.session,
+                     state.PROXY_FOR_LABEL: original},
+             ownerReferences=[{"kind": "Deployment", "name": original,
+                               "uid": f"uid-{original}"}])
 
 
 def run_restore(kube: FakeKube, **kw: Any) -> tuple[restore.Outcome, str]:
