@@ -1,0 +1,99 @@
+"""Attacks by someone with ordinary rights in the namespace (issue 13), end to end on the local
+test cluster: they fail, and the cluster is left as it was.
+
+- a bare pod carrying the session's label, running the real sidecar with the victim's public
+  key and a `BASH_ENV` of the attacker's choosing, is never tunnelled to (item 1);
+- a forged lock never makes `bridge restore` delete another Deployment or the target, and a
+  lock without heartbeat is not "repaired" by `bridge swap` (item 2).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+from typing import Any
+
+import pytest
+
+from bridge import state
+
+from .conftest import Workload, http_get, wait_until
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+
+
+def impostor_pod(w: Workload, proxy: dict[str, Any], name: str) -> str:
+    """A bare pod built from the proxy's own template (the session label, the victim's public
+    key, the real sidecar image), with BASH_ENV added: what the review created."""
+    template = copy.deepcopy(proxy["spec"]["template"])
+    for c in template["spec"]["containers"]:
+        c["env"] = (c.get("env") or []) + [{"name": "BASH_ENV", "value": "/tmp/pwn.sh"}]
+    return json.dumps({"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": name, "labels": template["metadata"]["labels"]},
+                       "spec": template["spec"]})
+
+
+def test_a_bare_labelled_pod_never_gets_the_tunnel(make_workload: Any) -> None:
+    """The genuine proxy pod goes away (its Deployment scaled to 0 by the attacker) and the
+    impostor is the only labelled, running pod: bridge waits it out and reconnects to the
+    proxy Deployment's new pod once there is one."""
+    w = make_workload()
+    b, port = w.attach()
+    proxy = w.assert_swapped()
+    pname = proxy["metadata"]["name"]
+    w.k("scale", f"deployment/{pname}", "--replicas=0")
+    b.wait_for("connection to the proxy pod lost")
+    w.kubectl("-n", w.namespace, "apply", "--validate=false", "-f", "-",
+              input=impostor_pod(w, proxy, "impostor"))
+    wait_until("the impostor to run", lambda: w.get("pod", "impostor")["status"].get(
+        "phase") == "Running")
+    b.wait_for("ignoring pod impostor")
+    w.k("scale", f"deployment/{pname}", "--replicas=1")
+    b.wait_for("reconnected")
+    assert "tunnel to pod impostor" not in b.stderr
+    w.k("delete", "pod", "impostor", "--grace-period=0")
+    ip = w.service_ip()
+    wait_until("the laptop to answer through the Service",
+               lambda: http_get(ip, 80) == f"laptop {port}\n")
+    b.signal(signal.SIGINT)
+    assert b.wait() == 0, b.stderr
+
+
+def forge(w: Workload, **fields: str) -> None:
+    t = state.format_time(state.parse_time("2026-01-01T00:00:00Z"))
+    values = {state.SESSION: "x", state.OWNER: "mallory", state.REPLICAS: "7",
+              state.PROXY: "hello-bridge-x", state.STARTED_AT: t, state.HEARTBEAT: t,
+              state.PORTS: "80"}
+    values.update({getattr(state, k.upper()): v for k, v in fields.items()})
+    w.k("annotate", "deployment/hello", "--overwrite",
+        *[f"{k}={v}" for k, v in values.items() if v != "<absent>"])
+
+
+def unforge(w: Workload) -> None:
+    w.k("annotate", "deployment/hello", *[k + "-" for k in state.KEYS])
+
+
+@pytest.mark.parametrize("proxy", ["payments", "hello"])
+def test_a_forged_lock_makes_restore_delete_nothing(make_workload: Any, proxy: str) -> None:
+    w = make_workload()
+    make_workload(name="payments", replicas=1)
+    forge(w, proxy=proxy)
+    code, b = w.run_bridge("restore", "hello")
+    assert code != 0
+    assert "nothing was changed" in b.stderr and "kubectl annotate" in b.stderr, b.stderr
+    assert w.get("deployment", "payments")["spec"]["replicas"] == 1
+    assert w.get("deployment", "hello")["spec"]["replicas"] == w.replicas  # not 7
+    unforge(w)
+
+
+def test_a_lock_without_heartbeat_is_not_repaired_by_swap(make_workload: Any) -> None:
+    w = make_workload()
+    make_workload(name="payments", replicas=1)
+    forge(w, proxy="payments", heartbeat="<absent>", replicas="2")
+    code, b = w.run_bridge("swap", "hello", "--", "true")
+    assert code != 0
+    assert "heartbeat is missing" in b.stderr and "nothing was changed" in b.stderr, b.stderr
+    assert w.get("deployment", "payments")["spec"]["replicas"] == 1
+    assert w.proxies() == []
+    unforge(w)
