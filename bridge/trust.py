@@ -38,6 +38,12 @@ SA_TOKEN_VOLUME_PREFIX = "kube-api-access-"
 # Container fields the API server rewrites (quantities are normalised) or adds; not compared.
 _UNCOMPARED = frozenset({"resources", "terminationMessagePath", "terminationMessagePolicy",
                          "imagePullPolicy"})
+# What an API server may add to a container the plan made; any other added field (a command,
+# a hook, a probe...) is a change to the plan.
+_CONTAINER_DEFAULTS = frozenset({"terminationMessagePath", "terminationMessagePolicy",
+                                 "imagePullPolicy", "resources", "volumeMounts"})
+# Pod-level fields that give a container more than the plan did when added.
+_POD_ADDITIONS = ("shareProcessNamespace", "hostUsers", "hostAliases")
 # Lists that must match the plan item for item, nothing added.
 _EXACT_LISTS = frozenset({"containers", "initContainers", "env", "envFrom", "command", "args",
                           "ports"})
@@ -151,10 +157,19 @@ def spec_problems(planned: Obj, actual: Obj) -> list[str]:
     for key in ("hostNetwork", "hostPID", "hostIPC"):
         if actual.get(key) and not planned.get(key):
             found.append(f"spec.{key} is set, the plan does not set it")
+    for key in _POD_ADDITIONS:
+        if key in actual and actual.get(key) != planned.get(key) and key not in planned:
+            found.append(f"spec.{key} is set, the plan does not set it")
     for key in ("containers", "initContainers"):
         for p, a in zip(planned.get(key) or [], actual.get(key) or [], strict=False):
+            where = f"spec.{key}[{p.get('name')}]"
+            for extra in sorted(set(a) - set(p) - _CONTAINER_DEFAULTS):
+                found.append(f"{where}.{extra} was added")
+            for extra in sorted(set(a.get("securityContext") or {})
+                                - set(p.get("securityContext") or {})):
+                found.append(f"{where}.securityContext.{extra} was added")
             found += _extra_mounts(p.get("volumeMounts") or [], a.get("volumeMounts") or [],
-                                   f"spec.{key}[{p.get('name')}]")
+                                   where)
     planned_volumes = {v.get("name") for v in planned.get("volumes") or []}
     for v in actual.get("volumes") or []:
         if v.get("name") not in planned_volumes and not (
