@@ -42,6 +42,9 @@ class Options:
     # Templates that share the node's network/PID/IPC namespaces or run a privileged
     # container are refused unless the user allows them (--allow-host-access).
     allow_host_access: bool = False
+    # direct-tcpip (the command's outbound connections leaving from the pod); False for
+    # `--outbound none`: the sidecar refuses every such channel.
+    direct_tcpip: bool = True
 
 
 class UnsafeTemplate(BridgeError, ValueError):
@@ -145,6 +148,7 @@ def _sidecar_env(opts: Options, ports: ControlPorts) -> list[dict[str, str]]:
         {"name": protocol.ENV_DRAIN_SECONDS, "value": str(protocol.DEFAULT_DRAIN_SECONDS)},
         {"name": protocol.ENV_KEEPALIVE_SECONDS,
          "value": str(protocol.DEFAULT_KEEPALIVE_SECONDS)},
+        {"name": protocol.ENV_DIRECT_TCPIP, "value": "on" if opts.direct_tcpip else "off"},
     ]
 
 

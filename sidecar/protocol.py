@@ -72,3 +72,19 @@ FORWARD_MAX_PKTSIZE = 32 * 1024
 # client (chacha20 first by default) use it: about 2x the throughput of
 # chacha20-poly1305 through asyncssh, measured here. Every OpenSSH since 6.2 has it.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+# --- Added for security (issue 13). ---
+
+# Whether the sidecar opens direct-tcpip channels (the laptop's outbound connections leaving
+# from the pod): "on" (default) or "off" (`bridge swap --outbound none`).
+ENV_DIRECT_TCPIP = "BRIDGE_DIRECT_TCPIP"
+DEFAULT_DIRECT_TCPIP = "on"
+
+# Limits. Only the session key authenticates, so whoever is not yet authenticated is a
+# stranger: few of them at a time, briefly. An authenticated client gets generous but bounded
+# channels (the benchmark holds 1,000 concurrent forwarded connections).
+MAX_PREAUTH_CONNECTIONS = 8
+LOGIN_TIMEOUT_SECONDS = 10.0
+MAX_SESSIONS_PER_CONNECTION = 16  # command channels open at once
+MAX_DIRECT_PER_CONNECTION = 1024  # direct-tcpip channels open at once
+MAX_FORWARDED_CONNECTIONS = 4096  # forwarded TCP connections open at once, all clients

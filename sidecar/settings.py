@@ -25,6 +25,7 @@ class Settings:
     bind: str
     drain_seconds: float
     keepalive_seconds: float
+    direct_tcpip: bool = True  # False: every direct-tcpip channel is refused
 
 
 def _port(name: str, raw: str) -> int:
@@ -103,6 +104,15 @@ def _optional_seconds(env: Mapping[str, str], name: str, default: float) -> floa
     return default if raw.strip() == "" else parse_seconds(name, raw)
 
 
+def parse_switch(name: str, raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in ("on", "true", "1", "yes"):
+        return True
+    if text in ("off", "false", "0", "no"):
+        return False
+    raise SettingsError(f"{name} must be on or off, got {raw!r}")
+
+
 def load(env: Mapping[str, str]) -> Settings:
     """Build settings from an environment mapping; raise SettingsError on the first problem."""
     key_raw = env.get(protocol.ENV_AUTHORIZED_KEY)
@@ -127,6 +137,9 @@ def load(env: Mapping[str, str]) -> Settings:
     keepalive = _optional_seconds(
         env, protocol.ENV_KEEPALIVE_SECONDS, protocol.DEFAULT_KEEPALIVE_SECONDS
     )
+    direct_raw = env.get(protocol.ENV_DIRECT_TCPIP, "")
+    direct = parse_switch(protocol.ENV_DIRECT_TCPIP,
+                          direct_raw if direct_raw.strip() else protocol.DEFAULT_DIRECT_TCPIP)
     if keepalive == 0:
         raise SettingsError(
             f"{protocol.ENV_KEEPALIVE_SECONDS} must be > 0; a vanished client would hold "
@@ -151,4 +164,5 @@ def load(env: Mapping[str, str]) -> Settings:
         bind=bind,
         drain_seconds=drain,
         keepalive_seconds=keepalive,
+        direct_tcpip=direct,
     )
