@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import signal
+import socket
 from typing import Any
 
 import pytest
@@ -97,3 +98,43 @@ def test_a_lock_without_heartbeat_is_not_repaired_by_swap(make_workload: Any) ->
     assert w.get("deployment", "payments")["spec"]["replicas"] == 1
     assert w.proxies() == []
     unforge(w)
+
+
+def test_a_forged_host_key_line_cannot_break_the_reconnect(make_workload: Any,
+                                                           kubectl: Any) -> None:
+    """The review: through `kubectl port-forward` to the proxy pod, a pre-auth DISCONNECT whose
+    reason held `\\nhost-key: <attacker's key>`; bridge then pinned that key on its next
+    reconnect and never got back in (the original stayed at zero). Now the sidecar escapes it
+    and bridge reads only the first announcement: the reconnect succeeds."""
+    from bridge import plan
+    from tests.clusterchecks.test_kubectl_portforward import kubectl_port_forward
+    from tests.sidecar.test_security import FORGED_KEY, disconnect_packet
+
+    from .test_resilience import proxy_pod, sidecar_process
+
+    w = make_workload()
+    ip = w.service_ip()
+    b, port = w.attach(env={"BRIDGE_KEEPALIVE_INTERVAL": "0.5"})
+    pod = proxy_pod(w)
+    ssh_port = plan.ssh_port_of(pod, "web")
+    with kubectl_port_forward(kubectl, w.namespace, f"pod/{pod['metadata']['name']}",
+                              ssh_port) as forward:
+        with socket.create_connection(("127.0.0.1", forward.local[ssh_port]), timeout=10) as s:
+            s.sendall(b"SSH-2.0-mallory\r\n")
+            s.recv(256)
+            s.sendall(disconnect_packet(f"bye\nhost-key: {FORGED_KEY}\n"))
+            while s.recv(4096):
+                pass
+    wait_until("the attack in the sidecar's log", lambda: "mallory" in w.k(
+        "logs", pod["metadata"]["name"]) or "host-key: " + FORGED_KEY in w.k(
+        "logs", pod["metadata"]["name"]).replace("\\n", "\n"))
+    sidecar = sidecar_process(pod["metadata"]["name"])
+    sidecar.suspend()  # drop bridge's SSH connection: it reconnects, reading the host key
+    try:
+        b.wait_for("connection to the proxy pod lost")
+    finally:
+        sidecar.resume()
+    b.wait_for("reconnected")
+    wait_until("the laptop to answer again", lambda: http_get(ip, 80) == f"laptop {port}\n")
+    b.signal(signal.SIGINT)
+    assert b.wait() == 0, b.stderr
