@@ -241,6 +241,7 @@ class Session:
             await self._start_proxy()
             if self.opts.command:
                 await self._start_child()
+            self._refuse_squatted_ports()  # security: item 7
             if self.child is None or await self._wait_child_listening():
                 await self._hand_over()
             tg.start_soon(self._watchdog)
@@ -693,12 +694,24 @@ class Session:
             p.info(f"attached: start your service listening on {listen} with the environment "
                    f"in {self.env_file}; press Ctrl-C to end the swap")
             self.attach_mode_held = True
-            await anyio.sleep_forever()
+            while True:  # security: item 7, a listener of another user ends the swap
+                await anyio.sleep(1.0)
+                self._refuse_squatted_ports()
         if self.child.returncode is None:
             p.info(f"swapped: {' '.join(o.command)} gets the traffic; Ctrl-C ends the swap")
         code: int = await self.child.wait()
         p.info(f"command exited with code {code}")
         return code
+
+    def _refuse_squatted_ports(self) -> None:
+        """security: in attach mode, no other user of this machine may listen on a local port
+        the cluster's requests go to (bridge.localports)."""
+        from bridge import localports
+
+        if self.child is None:
+            why = localports.problem([pm.local for pm in self.ports])
+            if why:
+                raise BridgeError(why)
 
     async def _heartbeat(self) -> None:
         """Refresh the lock every interval; end the session once the lock is not ours."""

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import signal
 import socket
+import subprocess
 from typing import Any
 
 import pytest
@@ -138,3 +140,38 @@ def test_a_forged_host_key_line_cannot_break_the_reconnect(make_workload: Any,
     wait_until("the laptop to answer again", lambda: http_get(ip, 80) == f"laptop {port}\n")
     b.signal(signal.SIGINT)
     assert b.wait() == 0, b.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to listen as another user")
+def test_attach_mode_refuses_a_port_another_user_listens_on(make_workload: Any) -> None:
+    """Another user of the laptop listens on the forwarded port first: the cluster's requests
+    would go to them. bridge refuses, restores, and no request reaches the squatter."""
+    from .conftest import free_port
+
+    w = make_workload()
+    port = free_port()
+    squatter = subprocess.Popen(
+        ["/usr/bin/python3", "-c", SQUATTER, str(port)], user=65534,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    w.children.append(squatter)
+    assert squatter.stdout is not None and squatter.stdout.readline().strip() == "up"
+    code, b = w.run_bridge("swap", "hello", "--port", f"http:{port}")
+    assert code != 0
+    assert f"another user listens on 127.0.0.1:{port}" in b.stderr, b.stderr
+    assert "attached" not in b.stderr
+    squatter.kill()
+    out, _ = squatter.communicate(timeout=10)
+    assert "got a request" not in out
+
+
+SQUATTER = """
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+print("up", flush=True)
+while True:
+    c, _ = s.accept()
+    print("got a request", flush=True)
+    c.close()
+"""
