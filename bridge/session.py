@@ -519,7 +519,8 @@ class Session:
                 else:  # a restart or a crash loop is what we wait out here, not a failure
                     problem = pod_problem(pod, self.container, past=False)
                     if problem and problem != last_problem:
-                        self.progress.warn(f"proxy pod {pname}: {problem}; waiting for it")
+                        self.progress.warn(f"proxy pod {pname}: {state.printable(problem, 300)}"
+                                           "; waiting for it")  # security: escaped
                     last_problem = problem
                 if _container_running(pod, self.container):
                     log = await kube.pod_log(pname, self.container,  # security: bounded,
@@ -565,13 +566,15 @@ class Session:
             return
         tail = ""
         try:
-            log = await self._kube().pod_log(pname, self.container, tail_lines=LOG_TAIL)
+            log = await self._kube().pod_log(pname, self.container, tail_lines=LOG_TAIL,
+                                             limit_bytes=16384)  # security: bounded read
             lines = [state.printable(ln, 300)  # security: pod-log text escaped
                      for ln in log.splitlines() if ln.strip()][-LOG_TAIL:]
             tail = "; last log lines: " + " | ".join(lines) if lines else "; its log is empty"
         except BridgeError:
             pass
-        raise BridgeError(f"proxy pod {pname} failed to start: {reason}{tail}")
+        raise BridgeError(f"proxy pod {pname} failed to start: "  # security: escaped
+                          f"{state.printable(reason, 300)}{tail}")
 
     async def _wait_proxy_ready(self, link: Link) -> str:
         """Until the proxy pod is Ready and every Service selecting it sends traffic to it

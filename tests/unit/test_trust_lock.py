@@ -163,3 +163,28 @@ def test_restore_all_leaves_a_labelled_impostor_alone() -> None:
 
     anyio.run(main)
     assert untouched(kube, before)
+
+
+def test_pod_log_and_status_text_reach_the_terminal_escaped() -> None:
+    """A failing proxy pod's log lines and termination reason are the pod's own text."""
+    import pytest
+
+    from bridge.errors import BridgeError
+    from bridge.session import Session, SwapOptions
+
+    evil = "\x1b]0;owned\x07\x1b[2J"
+
+    class Kube:
+        async def pod_log(self, name: str, container: str, **kw: Any) -> str:
+            assert kw.get("limit_bytes")  # bounded
+            return f"line one {evil}\nline two\r{evil}\n"
+
+    s = Session(SwapOptions(target="hello"), Progress(stream=io.StringIO()))
+    s.kube = Kube()  # type: ignore[assignment]
+    s.container = "web"
+    pod = {"metadata": {"name": "p"}, "status": {"containerStatuses": [
+        {"name": "web", "state": {"terminated": {"exitCode": 1, "reason": evil}}}]}}
+    with pytest.raises(BridgeError) as e:
+        anyio.run(s._check_pod_failure, pod)
+    assert "\x1b" not in str(e.value) and "\r" not in str(e.value)
+    assert "line one" in str(e.value)
