@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import anyio
 
-from bridge import plan, state
+from bridge import plan, state, trust
 from bridge.errors import BridgeError
 from bridge.kube import ApiError, Kube, Obj
 from bridge.progress import Progress, Waiter
@@ -198,8 +198,12 @@ async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock
             return out
         lock = found
     ours = found is not None and found.session == lock.session
-    if lock.proxy and not await _proxy_is_ours(kube, name, original, lock, progress, out):
-        return out  # security: not provably bridge's proxy: nothing is changed
+    doubt = lock.proxy and await trust.proxy_doubt(kube, name, original, lock.session,
+                                                   lock.proxy)  # security: prove, or
+    if doubt:  # change nothing and say how to finish by hand
+        out.failures.append(doubt)
+        progress.error(doubt)
+        return out
 
     scaled = True
     if original is not None and ours:
@@ -246,32 +250,6 @@ async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-async def _proxy_is_ours(kube: Kube, name: str, original: Obj | None, lock: state.Lock,
-                         progress: Progress, out: Outcome) -> bool:
-    """security: True when lock.proxy is absent or provably bridge's proxy of `name` in this
-    session (trust.proxy_deployment_problems); else the doubt is recorded in `out`."""
-    from bridge import trust
-
-    try:
-        proxy = await _retrying(f"reading deployment/{lock.proxy}",
-                                lambda: kube.get_deployment(lock.proxy), progress)
-    except ApiError as e:
-        if e.status == 404:
-            return True
-        raise
-    uid = (original or {}).get("metadata", {}).get("uid")
-    problems = trust.proxy_deployment_problems(proxy, name, lock.session, uid)
-    if not problems:
-        return True
-    out.failures.append(
-        f"deployment/{lock.proxy} is not provably bridge's proxy for deployment/{name} "
-        f"(session {lock.session}): {'; '.join(problems)}; nothing was changed; if it is, "
-        f"delete it yourself ({kubectl(kube, 'delete', 'deployment/' + lock.proxy)}), scale "
-        f"{name} back and run: {kubectl(kube, *state.fix_by_hand(name).split()[1:])}")
-    progress.error(out.failures[-1])
-    return False
 
 
 async def _clear_lock(kube: Kube, name: str, session: str | None, progress: Progress) -> bool:
@@ -353,7 +331,6 @@ async def restore_all(kube: Kube, progress: Progress, *, wait: bool = True,
         orphan = name_of(dep)
         original = (dep.get("metadata", {}).get("annotations") or {}).get(state.PROXY_FOR_LABEL)
         owner = next((d for d in deployments if name_of(d) == original), None)
-        from bridge import trust  # security: only a provable proxy is deleted
         doubts = trust.proxy_deployment_problems(
             dep, str(original), session, (owner or {}).get("metadata", {}).get("uid"))
         if doubts or not original:

@@ -533,28 +533,16 @@ class Session:
             await anyio.sleep(POLL)
 
     async def _proven_pods(self, pods: list[Obj]) -> list[Obj]:
-        """security: the pods provably of the proxy Deployment bridge created, running the
-        planned spec (trust.pod_problems); each other pod is reported once and ignored."""
-        kube, proven = self._kube(), []
-        planned = self.manifest["spec"]["template"]["spec"]
+        """security: only pods proven to be the proxy Deployment's (trust.proven_pods); each
+        other pod is reported once and ignored."""
+        proven, refused = await trust.proven_pods(
+            self._kube(), pods, self.proxy_uid, self.manifest["spec"]["template"]["spec"],
+            self.session_id)
         self.untrusted: set[str] = getattr(self, "untrusted", set())
-        for pod in pods:
-            ref = next((r for r in pod.get("metadata", {}).get("ownerReferences") or []
-                        if r.get("controller") and r.get("kind") == "ReplicaSet"), None)
-            rs = None
-            if ref is not None:
-                try:
-                    rs = await kube.get_replicaset(str(ref.get("name")))
-                except ApiError as e:
-                    if e.status != 404:
-                        raise
-            problems = trust.pod_problems(pod, self.proxy_uid, rs, planned, self.session_id)
-            if not problems:
-                proven.append(pod)
-            elif target.name_of(pod) not in self.untrusted:
-                self.untrusted.add(target.name_of(pod))
-                self.progress.warn("ignoring pod " + trust.describe(
-                    state.printable(target.name_of(pod)), problems) + " (not bridge's proxy)")
+        for name in set(refused) - self.untrusted:
+            self.untrusted.add(name)
+            self.progress.warn("ignoring pod " + trust.describe(
+                state.printable(name), refused[name]) + " (not bridge's proxy)")
         return proven
 
     async def _check_pod_failure(self, pod: Obj) -> None:

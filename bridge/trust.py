@@ -13,18 +13,24 @@ proof is a pure function here, returning what is wrong (an empty list: nothing):
   namespaces). A bare pod carrying the session label is never taken;
 - `host_key_announcement`: the sidecar's own first `host-key:` line, in the strict format,
   from a bounded head of the log (never the last such line of the whole log).
+
+Two small async edges read what the proofs need (`proven_pods`, `proxy_doubt`), so a caller
+adds one line where it lists pods or is about to delete a proxy.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from bridge import plan, state
+from bridge.errors import BridgeError
 from sidecar import protocol
 
 Obj = Mapping[str, Any]
+P = TypeVar("P", bound=Mapping[str, Any])
 
 # Bytes of the sidecar's log read for its host key: the announcement is its first line on
 # stdout, printed before it accepts any connection.
@@ -209,3 +215,59 @@ def describe(name: str, problems: Sequence[str], limit: int = 3) -> str:
     shown = "; ".join(problems[:limit])
     more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
     return f"{name}: {shown}{more}"
+
+
+# -- the edges: read what a proof needs ---------------------------------------------------------
+
+async def proven_pods(kube: Any, pods: Sequence[P], proxy_uid: str, planned_spec: Obj,
+                      session: str) -> tuple[list[P], dict[str, list[str]]]:
+    """(the pods of `pods` proven to be the proxy's, {name: problems} of the others). Reads
+    each pod's controlling ReplicaSet; a ReplicaSet that cannot be found proves nothing."""
+    from bridge.kube import ApiError
+
+    proven: list[P] = []
+    refused: dict[str, list[str]] = {}
+    for pod in pods:
+        ref = _controller(pod)
+        rs = None
+        if ref is not None and ref.get("kind") == "ReplicaSet":
+            try:
+                rs = await kube.get_replicaset(str(ref.get("name")))
+            except ApiError as e:
+                if e.status != 404:
+                    raise
+        problems = pod_problems(pod, proxy_uid, rs, planned_spec, session)
+        if problems:
+            refused[str(_meta(pod).get("name"))] = problems
+        else:
+            proven.append(pod)
+    return proven, refused
+
+
+async def proxy_doubt(kube: Any, original: str, original_obj: Obj | None, session: str,
+                      proxy: str) -> str:
+    """Why deployment `proxy` may not be deleted as the proxy of `original` in `session`
+    ("" when it may, or when it does not exist), as one line with the fix by hand."""
+    from bridge.kube import ApiError
+
+    try:
+        found = await kube.get_deployment(proxy)
+    except ApiError as e:
+        if e.status == 404:
+            return ""
+        problems = [f"it could not be read ({e})"]
+    except BridgeError as e:
+        problems = [f"it could not be read ({e})"]
+    else:
+        uid = _meta(original_obj).get("uid") if original_obj else None
+        problems = proxy_deployment_problems(found, original, session, uid)
+        if not problems:
+            return ""
+    where = " ".join(shlex.quote(a) for a in (
+        (["--context", kube.context] if getattr(kube, "context", "") else [])
+        + ["-n", str(getattr(kube, "namespace", "default"))]))
+    return (f"deployment/{state.printable(proxy)} is not provably bridge's proxy for "
+            f"deployment/{original} (session {session}): {'; '.join(problems)}; nothing was "
+            f"changed; if it is, delete it yourself (kubectl {where} delete deployment/"
+            f"{state.printable(proxy)}), scale {original} back and run: "
+            + state.fix_by_hand(original).replace("kubectl ", f"kubectl {where} ", 1))
