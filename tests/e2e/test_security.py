@@ -175,3 +175,24 @@ while True:
     print("got a request", flush=True)
     c.close()
 """
+
+
+def test_the_pods_bash_env_runs_nothing_on_the_laptop(make_workload: Any, tmp_path: Any) -> None:
+    """The review: a pod variable `BASH_ENV='$(command)'` (bash expands it when a script
+    starts) ran the command on the laptop. Held back now, named on one line, commented out in
+    the env file; `--env-allow BASH_ENV` takes it (which shows the reproduction is real)."""
+    marker = tmp_path / "pwned"
+    w = make_workload(extra_env=[{"name": "BASH_ENV", "value": f"$(touch {marker})"},
+                                 {"name": "LD_PRELOAD", "value": "/nonexistent/evil.so"}])
+    env_file = tmp_path / "app.env"
+    code, b = w.run_bridge("swap", "hello", "--env-file", str(env_file), "--",
+                           "bash", "-c", "echo ld=${LD_PRELOAD:-none}")
+    assert code == 0, b.stderr
+    assert not marker.exists()
+    assert "ld=none" in b.stdout
+    held = [ln for ln in b.stderr.splitlines() if "held back" in ln]
+    assert len(held) == 1 and "BASH_ENV" in held[0] and "LD_PRELOAD" in held[0]
+    assert f"# BASH_ENV='$(touch {marker})'" in env_file.read_text()
+    code, b = w.run_bridge("swap", "hello", "--env-allow", "BASH_ENV", "--", "bash", "-c", "true")
+    assert code == 0, b.stderr
+    assert marker.exists()
