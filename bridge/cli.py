@@ -124,6 +124,13 @@ def _env_float(name: str, default: float) -> float:
               metavar="SECONDS", help="Bound on each wait (proxy start, restore).")
 @click.option("--no-wait", is_flag=True,
               help="On restore, do not wait for the original to be Ready.")
+@click.option("--outbound", type=click.Choice(["inject", "proxy", "none"]), default=None,
+              help="How COMMAND reaches the cluster (names, ClusterIPs, pod IPs) from the pod: "
+                   "inject (torsocks; the default when installed), proxy (ALL_PROXY/HTTP_PROXY "
+                   "variables), none.")
+@click.option("--forward", "forwards", multiple=True, metavar="SERVICE:PORT[:LOCAL]",
+              help="Forward 127.0.0.1:LOCAL (default: a free port) to SERVICE:PORT from the pod, "
+                   "and point SERVICE's *_SERVICE_HOST/_PORT variables at it; repeatable.")
 @click.option("--heartbeat-interval", type=float, hidden=True,
               default=lambda: _env_float("BRIDGE_HEARTBEAT_INTERVAL",
                                          state.DEFAULT_HEARTBEAT_INTERVAL))
@@ -153,7 +160,8 @@ def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -
         ports=tuple(kw["ports"]), env_file=kw["env_file"], env_json=kw["env_json"],
         sidecar_image=kw["sidecar_image"], timeout=kw["timeout"], wait=not kw["no_wait"],
         heartbeat_interval=kw["heartbeat_interval"], heartbeat_ttl=kw["heartbeat_ttl"],
-        keepalive_interval=kw["keepalive_interval"])
+        keepalive_interval=kw["keepalive_interval"],
+        outbound=kw["outbound"], forwards=tuple(kw["forwards"]))
     try:
         code = anyio.run(Session(opts, progress).run)
     finally:

@@ -32,6 +32,7 @@ import anyio
 import anyio.abc
 
 from bridge import env as envmod
+from bridge import outbound as outbound_mod  # OUTBOUND(issue 10)
 from bridge import plan, restore, state, target
 from bridge.errors import BridgeError
 from bridge.kube import ApiError, Kube, NamespaceNotFound, Obj
@@ -95,6 +96,8 @@ class SwapOptions:
     heartbeat_ttl: float = state.DEFAULT_HEARTBEAT_TTL
     keepalive_interval: float = 5.0  # SSH keepalives; 3 missed ones end the connection
     owner: str = field(default_factory=default_owner)
+    outbound: str | None = None  # OUTBOUND(issue 10): inject|proxy|none; None: inject if torsocks
+    forwards: tuple[str, ...] = ()  # OUTBOUND(issue 10): --forward SERVICE:PORT[:LOCAL]
 
 
 class CleanupStack:
@@ -157,6 +160,7 @@ class Session:
         self.restore_outcome: restore.Outcome | None = None
         self.name = ""
         self.ports: list[target.PortMap] = []
+        self.outbound: outbound_mod.Outbound | None = None  # OUTBOUND(issue 10)
 
     # -- the whole session ----------------------------------------------------------------
 
@@ -250,6 +254,12 @@ class Session:
 
     async def _prepare(self) -> None:
         o, p = self.opts, self.progress
+        # OUTBOUND(issue 10): decided before anything changes (a missing torsocks is an error)
+        self.outbound_mode, hint = outbound_mod.choose_mode(o.outbound,
+                                                            outbound_mod.find_torsocks())
+        self.outbound_forwards = [outbound_mod.parse_forward(f) for f in o.forwards]
+        if hint:
+            p.warn(hint)
         for option, path in (("--env-file", o.env_file), ("--env-json", o.env_json)):
             problem = path and output_path_problem(option, path)
             if problem:
@@ -352,7 +362,18 @@ class Session:
             raise BridgeError(f"timed out after {o.timeout:g}s waiting for the proxy pod of "
                               f"deployment/{self.lock.proxy} to start") from None
         pod_env = await self.link.tunnel.env()
-        self.child_env = envmod.overlay(os.environ, pod_env)
+        # OUTBOUND(issue 10): start the proxy, add its variables to the child's env / env file
+        self.outbound = await outbound_mod.start(
+            lambda: self.link.tunnel.connection if self.link else None,
+            self.outbound_mode, self.outbound_forwards)
+        self.stack.push("stopping the outbound proxy", self.outbound.close)
+        if self.outbound.describe():
+            p.info(self.outbound.describe())
+        self.child_env = self.outbound.child_env(envmod.overlay(os.environ, pod_env))
+        if not o.command:
+            pod_env = {**pod_env, **self.outbound.forward_env(pod_env),
+                       **self.outbound.attach_env()}
+        # OUTBOUND(issue 10) end
         self._write_env_files(pod_env)
 
     async def _hand_over(self) -> None:
@@ -621,6 +642,8 @@ class Session:
         from bridge import runner
 
         cmd = self.opts.command
+        if self.outbound is not None:  # OUTBOUND(issue 10): under torsocks for inject
+            cmd = self.outbound.wrap_argv(cmd)
         self.child = child = await runner.Child.start(cmd, self.child_env)
 
         async def stop() -> None:
