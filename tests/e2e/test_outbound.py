@@ -43,7 +43,7 @@ class H(http.server.BaseHTTPRequestHandler):
             for _ in range(BIG):
                 self.wfile.write(BLOCK)
             return
-        body = f"orders {os.environ['HOSTNAME']}\n".encode()
+        body = f"cluster {os.environ['HOSTNAME']} {http_port}\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -142,8 +142,7 @@ def app_argv(kind: str, out: Path, listen: int, cluster_ip: str, pod_ip: str, po
             str(pod_port), ns]
 
 
-def assert_reached(r: dict[str, Any], pod: str) -> None:
-    want = f"orders {pod}"
+def assert_reached(r: dict[str, Any], want: str) -> None:
     for key in ("short", "fqdn", "env", "clusterip", "podip", "requests", "curl"):
         assert r[key] == want, (key, r[key])
     assert r["big"] == [BIG_MB * len(BLOCK), BIG_SHA256]
@@ -158,9 +157,11 @@ def assert_inject_extras(r: dict[str, Any]) -> None:
     assert r["loopback"] == "laptop"
 
 
-def orders_pod(w: Workload) -> str:
-    return str(json.loads(w.k("get", "pods", "-l", "app=orders", "-o", "json"))
-               ["items"][0]["metadata"]["name"])
+def orders_says(w: Workload) -> str:
+    """What the orders pod answers: `cluster POD PORT`."""
+    pod = json.loads(w.k("get", "pods", "-l", "app=orders", "-o", "json"))["items"][0]
+    port = pod["spec"]["containers"][0]["ports"][0]["containerPort"]
+    return f"cluster {pod['metadata']['name']} {port}"
 
 
 def test_command_mode_reaches_the_cluster_through_torsocks(make_workload: Any,
@@ -174,7 +175,7 @@ def test_command_mode_reaches_the_cluster_through_torsocks(make_workload: Any,
         env={"ECHO_PORT": str(echo_port)})
     assert code == 0, b.stderr
     r = json.loads(out.read_text())
-    assert_reached(r, orders_pod(orders))
+    assert_reached(r, orders_says(orders))
     assert_inject_extras(r)
 
 
@@ -195,7 +196,7 @@ def test_attach_mode_env_file_loads_torsocks(make_workload: Any, tmp_path: Path)
     subprocess.run(app_argv("inject", out, listen, cluster_ip, pod_ip, http_port,
                             hello.namespace), env=child_env, check=True, timeout=240)
     r = json.loads(out.read_text())
-    assert_reached(r, orders_pod(orders))
+    assert_reached(r, orders_says(orders))
     assert_inject_extras(r)
     b.signal(2)
     assert b.wait() == 0, b.stderr
@@ -209,7 +210,7 @@ def test_proxy_mode_gives_proxy_variables(make_workload: Any, tmp_path: Path) ->
         "swap", "hello", "--port", f"http:{listen}", "--outbound", "proxy", "--",
         *app_argv("proxy", out, listen, cluster_ip, pod_ip, http_port, hello.namespace))
     assert code == 0, b.stderr
-    assert_reached(json.loads(out.read_text()), orders_pod(orders))
+    assert_reached(json.loads(out.read_text()), orders_says(orders))
 
 
 def test_forward_rewrites_service_variables(make_workload: Any, tmp_path: Path) -> None:
@@ -223,7 +224,7 @@ def test_forward_rewrites_service_variables(make_workload: Any, tmp_path: Path) 
     assert code == 0, b.stderr
     r = json.loads(out.read_text())
     assert r["env_host"] == "127.0.0.1"
-    assert r["env"] == f"orders {orders_pod(orders)}"
+    assert r["env"] == orders_says(orders)
     assert f"forwarding 127.0.0.1:{local} -> orders:80" in b.stderr
 
 
@@ -254,13 +255,13 @@ def test_another_user_cannot_use_the_proxy(make_workload: Any, tmp_path: Path) -
     # credentials' doing, not a dead proxy).
     ok = subprocess.run(["curl", "-sS", "--max-time", "30", "--proxy", env["ALL_PROXY"],
                          "http://orders/"], capture_output=True, text=True, timeout=60)
-    assert ok.stdout.strip() == f"orders {orders_pod(orders)}", ok.stderr
+    assert ok.stdout.strip() == orders_says(orders), ok.stderr
     nobody = ["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]
     for proxy in (f"socks5h://127.0.0.1:{port}", f"http://127.0.0.1:{port}",
                   f"socks5h://guess:guess@127.0.0.1:{port}"):
         r = subprocess.run([*nobody, "curl", "-sS", "--max-time", "30", "--proxy", proxy,
                             "http://orders/"], capture_output=True, text=True, timeout=60)
-        assert "orders" not in r.stdout, (proxy, r.stdout)
+        assert "cluster" not in r.stdout, (proxy, r.stdout)
         assert r.returncode != 0 or "407" in r.stdout or "credentials" in r.stdout, proxy
     # Nor can it read the session's torsocks configuration (it holds the password).
     r = subprocess.run([*nobody, "cat", env["TORSOCKS_CONF_FILE"]], capture_output=True,
