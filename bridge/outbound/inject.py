@@ -71,7 +71,7 @@ def library_path(torsocks: str, env: Mapping[str, str] | None = None) -> str | N
     clean = {k: v for k, v in (env or os.environ).items() if k != "LD_PRELOAD"}
     try:
         out = subprocess.run(
-            [torsocks, "sh", "-c", 'printf %s "$LD_PRELOAD"'],
+            [torsocks, "printenv", "LD_PRELOAD"],  # (`torsocks sh` is its `show` command)
             env=clean, capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
