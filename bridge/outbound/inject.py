@@ -89,4 +89,6 @@ def proxy_env(socks_url: str, http_url: str) -> dict[str, str]:
 
 
 def torsocks_env(conf_file: str) -> dict[str, str]:
-    return {"TORSOCKS_CONF_FILE": conf_file}
+    # Quiet (`torsocks -q`): the app sees its ordinary errors; torsocks' own lines about "Tor"
+    # (e.g. "Connection refused to Tor SOCKS") would only mislead.
+    return {"TORSOCKS_CONF_FILE": conf_file, "TORSOCKS_LOG_LEVEL": "1"}
