@@ -187,3 +187,17 @@ def test_dns_a_headless_srv_ptr_nxdomain() -> None:
     assert dns.resolv_conf("shop", "10.244.0.1").splitlines() == [
         "search shop.svc.cluster.local svc.cluster.local cluster.local",
         "nameserver 10.244.0.1", "options ndots:5"]
+
+
+# -- the sidecar's resolve commands (pure parts) ---------------------------------------------
+def test_sidecar_resolve_command_parsing() -> None:
+    from sidecar import protocol, resolve
+
+    assert resolve.parse("resolve orders.shop") == (protocol.CMD_RESOLVE, "orders.shop")
+    assert resolve.parse("resolve-ptr 10.96.0.5") == (protocol.CMD_RESOLVE_PTR, "10.96.0.5")
+    assert resolve.parse("env") is None
+    assert resolve.problem(protocol.CMD_RESOLVE, "orders.shop.svc.cluster.local") is None
+    for bad in ("", "a b", "x;rm -rf", "a" * 300, "-lead"):
+        assert resolve.problem(protocol.CMD_RESOLVE, bad) is not None, bad
+    assert resolve.problem(protocol.CMD_RESOLVE_PTR, "10.96.0.5") is None
+    assert resolve.problem(protocol.CMD_RESOLVE_PTR, "orders") is not None
