@@ -373,8 +373,10 @@ class Session:
         if not o.command:
             pod_env = {**pod_env, **self.outbound.forward_env(pod_env),
                        **self.outbound.attach_env()}
-        # OUTBOUND(issue 10) end
         self._write_env_files(pod_env)
+        if not o.command and self.env_file and self.outbound.attach_hint(self.env_file):
+            p.info(self.outbound.attach_hint(self.env_file))
+        # OUTBOUND(issue 10) end
 
     async def _hand_over(self) -> None:
         """Remote forwards on (so the proxy turns Ready), then the original out. The proxy only

@@ -118,6 +118,17 @@ class Outbound:
                   for fwd, local in self.forwards]
         return "; ".join(parts)
 
+    def attach_hint(self, env_file: str) -> str:
+        """How to start the IDE's process so it takes the same path (attach mode)."""
+        if self.mode is Mode.NONE:
+            return ""
+        how = ("LD_PRELOAD loads torsocks, ALL_PROXY/HTTP_PROXY cover programs it cannot reach"
+               if self.mode is Mode.INJECT and self.preload else
+               "ALL_PROXY/HTTP_PROXY/HTTPS_PROXY, for programs that honour them")
+        return (f"outbound: start your process with every variable of {env_file} (e.g. "
+                f"`set -a; . {env_file}; set +a`) and its connections go out from the pod "
+                f"({how})")
+
     async def close(self) -> None:
         for server in self._servers:
             server.close()

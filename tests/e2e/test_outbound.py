@@ -186,6 +186,7 @@ def test_attach_mode_env_file_loads_torsocks(make_workload: Any, tmp_path: Path)
     b = hello.bridge("swap", "hello", "--port", f"http:{listen}", "--outbound", "inject",
                      "--env-file", str(env_file))
     b.wait_for("attached")
+    assert f"with every variable of {env_file}" in b.stderr  # the printed instructions
     env = envmod.parse_dotenv(env_file.read_text())
     assert "libtorsocks" in env["LD_PRELOAD"] and env["TORSOCKS_CONF_FILE"]
     assert env["ALL_PROXY"].startswith("socks5h://")
