@@ -115,6 +115,8 @@ if kind == "inject":
     check("tcp_podip", lambda: echo(pod_ip, int(os.environ["ECHO_PORT"])))
     check("unknown", lambda: socket.getaddrinfo("no-such-service", 80))
     check("refused", lambda: echo(pod_ip, 1))
+    # TEST-NET-1: nothing answers; no client-side timeout, so only bridge's bounds end it
+    check("unreachable", lambda: socket.create_connection(("192.0.2.1", 80)))
     check("localhost", lambda: get(f"http://localhost:{listen_port}/"))
     check("loopback", lambda: get(f"http://127.0.0.1:{listen_port}/"))
 with open(out, "w") as f:
@@ -153,6 +155,9 @@ def assert_inject_extras(r: dict[str, Any]) -> None:
     assert r["tcp_podip"] == "echo hello"
     assert r["unknown"].startswith("error gaierror"), r["unknown"]
     assert r["refused"].startswith("error ConnectionRefusedError"), r["refused"]
+    assert r["unreachable"].startswith((
+        "error TimeoutError: [Errno 110]", "error OSError: [Errno 113]",
+        "error OSError: [Errno 101]")), r["unreachable"]
     assert r["localhost"] == "laptop"
     assert r["loopback"] == "laptop"
 
