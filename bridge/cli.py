@@ -130,6 +130,13 @@ def _env_float(name: str, default: float) -> float:
 @click.option("--allow-host-access", is_flag=True,
               help="Swap a Deployment whose pods use the node's network/PID/IPC namespaces "
                    "or run privileged (refused by default).")
+@click.option("--outbound", type=click.Choice(["inject", "proxy", "none"]), default=None,
+              help="How COMMAND reaches the cluster (names, ClusterIPs, pod IPs) from the pod: "
+                   "inject (torsocks; the default when installed), proxy (ALL_PROXY/HTTP_PROXY "
+                   "variables), none.")
+@click.option("--forward", "forwards", multiple=True, metavar="SERVICE:PORT[:LOCAL]",
+              help="Forward 127.0.0.1:LOCAL (default: a free port) to SERVICE:PORT from the pod, "
+                   "and point SERVICE's *_SERVICE_HOST/_PORT variables at it; repeatable.")
 @click.option("--heartbeat-interval", type=float, hidden=True,
               default=lambda: _env_float("BRIDGE_HEARTBEAT_INTERVAL",
                                          state.DEFAULT_HEARTBEAT_INTERVAL))
@@ -160,7 +167,8 @@ def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -
         sidecar_image=kw["sidecar_image"], timeout=kw["timeout"], wait=not kw["no_wait"],
         heartbeat_interval=kw["heartbeat_interval"], heartbeat_ttl=kw["heartbeat_ttl"],
         keepalive_interval=kw["keepalive_interval"], env_allow=tuple(kw["env_allow"]),
-        allow_host_access=kw["allow_host_access"])
+        allow_host_access=kw["allow_host_access"],
+        outbound=kw["outbound"], forwards=tuple(kw["forwards"]))
     try:
         code = anyio.run(Session(opts, progress).run)
     finally:

@@ -32,6 +32,7 @@ import anyio
 import anyio.abc
 
 from bridge import env as envmod
+from bridge import outbound as outbound_mod  # OUTBOUND(issue 10)
 from bridge import plan, restore, state, target, trust
 from bridge.errors import BridgeError
 from bridge.kube import ApiError, Kube, NamespaceNotFound, Obj
@@ -97,6 +98,8 @@ class SwapOptions:
     owner: str = field(default_factory=default_owner)
     env_allow: tuple[str, ...] = ()  # security: pod variables taken although held back
     allow_host_access: bool = False  # security: allow templates with host namespaces
+    outbound: str | None = None  # OUTBOUND(issue 10): inject|proxy|none; None: inject if torsocks
+    forwards: tuple[str, ...] = ()  # OUTBOUND(issue 10): --forward SERVICE:PORT[:LOCAL]
 
 
 class CleanupStack:
@@ -159,6 +162,7 @@ class Session:
         self.restore_outcome: restore.Outcome | None = None
         self.name = ""
         self.ports: list[target.PortMap] = []
+        self.outbound: outbound_mod.Outbound | None = None  # OUTBOUND(issue 10)
 
     # -- the whole session ----------------------------------------------------------------
 
@@ -253,6 +257,12 @@ class Session:
 
     async def _prepare(self) -> None:
         o, p = self.opts, self.progress
+        # OUTBOUND(issue 10): decided before anything changes (a missing torsocks is an error)
+        self.outbound_mode, hint = outbound_mod.choose_mode(o.outbound,
+                                                            outbound_mod.find_torsocks())
+        self.outbound_forwards = [outbound_mod.parse_forward(f) for f in o.forwards]
+        if hint:
+            p.warn(hint)
         for option, path in (("--env-file", o.env_file), ("--env-json", o.env_json)):
             problem = path and output_path_problem(option, path)
             if problem:
@@ -358,8 +368,22 @@ class Session:
             raise BridgeError(f"timed out after {o.timeout:g}s waiting for the proxy pod of "
                               f"deployment/{self.lock.proxy} to start") from None
         pod_env = await self.link.tunnel.env()
-        self.child_env = envmod.overlay(os.environ, pod_env, self.opts.env_allow)  # security
-        self._write_env_files(pod_env)
+        # OUTBOUND(issue 10): start the proxy, add its variables to the child's env / env file
+        self.outbound = await outbound_mod.start(
+            lambda: self.link.tunnel.connection if self.link else None,
+            self.outbound_mode, self.outbound_forwards)
+        self.stack.push("stopping the outbound proxy", self.outbound.close)
+        if self.outbound.describe():
+            p.info(self.outbound.describe())
+        self.child_env = self.outbound.child_env(
+            envmod.overlay(os.environ, pod_env, self.opts.env_allow))  # security
+        bridge_env: dict[str, str] = {}
+        if not o.command:  # bridge's own variables: added after the pod's are filtered
+            bridge_env = {**self.outbound.forward_env(pod_env), **self.outbound.attach_env()}
+        self._write_env_files(pod_env, bridge_env)
+        if not o.command and self.env_file and self.outbound.attach_hint(self.env_file):
+            p.info(self.outbound.attach_hint(self.env_file))
+        # OUTBOUND(issue 10) end
 
     async def _hand_over(self) -> None:
         """Remote forwards on (so the proxy turns Ready), then the original out. The proxy only
@@ -620,9 +644,11 @@ class Session:
         self.progress.warn("the original pods are still in the Service endpoints after "
                            f"{self.opts.timeout:g}s")
 
-    def _write_env_files(self, pod_env: dict[str, str]) -> None:
+    def _write_env_files(self, pod_env: dict[str, str],
+                         bridge_env: dict[str, str] | None = None) -> None:
         o, p = self.opts, self.progress
         exported, held = envmod.hold_back(pod_env, o.env_allow)  # security: item 3
+        exported.update(bridge_env or {})  # outbound's own variables are not the pod's
         if held:
             p.warn(envmod.held_back_line(held))
         self.env_file = o.env_file
@@ -646,6 +672,8 @@ class Session:
         from bridge import runner
 
         cmd = self.opts.command
+        if self.outbound is not None:  # OUTBOUND(issue 10): under torsocks for inject
+            cmd = self.outbound.wrap_argv(cmd)
         self.child = child = await runner.Child.start(cmd, self.child_env)
 
         async def stop() -> None:

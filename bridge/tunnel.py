@@ -103,6 +103,10 @@ class Tunnel:
         self._max_pktsize = forward_max_pktsize
         self._listeners: dict[int, asyncssh.SSHListener] = {}
 
+    @property
+    def connection(self) -> asyncssh.SSHClientConnection:  # outbound (issue 10) dials with it
+        return self._conn
+
     @classmethod
     async def connect(
         cls,

@@ -33,7 +33,14 @@ HOST_KEY_LOG_PREFIX = "host-key: "
 # Commands (SSH "exec" requests). Each prints one JSON object on stdout, exits 0.
 CMD_ENV = "env"  # {"NAME": "value", ...} minus BRIDGE_* settings
 CMD_VERSION = "version"  # {"sidecar": SIDECAR_VERSION, "protocol": PROTOCOL_VERSION}
-COMMANDS = (CMD_ENV, CMD_VERSION)
+# Added for outbound (issue 10): name look-ups with the pod's resolver, see sidecar/resolve.py.
+#   "resolve NAME"        -> {"addresses": ["10.96.0.10", ...]} | {"error": "...", "kind": K}
+#   "resolve-ptr ADDRESS" -> {"names": ["host"]} | {"error": "...", "kind": K}
+# K is "nxdomain", "timeout", "failed" (exit 0) or "invalid" (exit 1). An older sidecar
+# answers exit 127 (unknown command): the agent then has no in-pod name resolution.
+CMD_RESOLVE = "resolve"
+CMD_RESOLVE_PTR = "resolve-ptr"
+COMMANDS = (CMD_ENV, CMD_VERSION, CMD_RESOLVE, CMD_RESOLVE_PTR)
 
 # Readiness HTTP endpoints on the health port.
 READY_PATH = "/ready"  # 200 while an authenticated client holds a remote forward, else 503

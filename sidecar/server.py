@@ -13,7 +13,14 @@ from typing import Any
 
 import asyncssh
 
-from sidecar import commands, forwards, health, listen, protocol
+from sidecar import (
+    commands,
+    forwards,
+    health,
+    listen,
+    protocol,
+    resolve,  # outbound (issue 10)
+)
 from sidecar.ports import Claim, PortRegistry, refusal_message
 from sidecar.settings import Settings
 
@@ -70,6 +77,8 @@ class CommandSession(asyncssh.SSHServerSession[str]):
         self._chan: asyncssh.SSHServerChannel[str] | None = None
         self._result: commands.Result | None = None
         self._on_close = on_close
+        self._lookup: tuple[str, str] | None = None  # outbound (issue 10)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, chan: Any) -> None:
         self._chan = chan
@@ -89,6 +98,9 @@ class CommandSession(asyncssh.SSHServerSession[str]):
         return True
 
     def exec_requested(self, command: str) -> bool:
+        self._lookup = resolve.parse(command)  # outbound (issue 10): answered asynchronously
+        if self._lookup is not None:
+            return True
         self._result = commands.run(command, self._state.environ)
         verdict = "ok" if self._result.exit_status == 0 else "refused (unknown command)"
         shown = command if len(command) <= 80 else command[:77] + "..."
@@ -102,6 +114,11 @@ class CommandSession(asyncssh.SSHServerSession[str]):
 
     def session_started(self) -> None:
         chan = self._chan
+        if self._lookup is not None and chan is not None:  # outbound (issue 10)
+            task = asyncio.get_running_loop().create_task(self._answer(chan, *self._lookup))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         result = self._result
         if chan is None or result is None:
             return
@@ -110,6 +127,13 @@ class CommandSession(asyncssh.SSHServerSession[str]):
         if result.stderr:
             chan.write_stderr(result.stderr)
         chan.exit(result.exit_status)
+
+
+    async def _answer(self, chan: Any, kind: str, arg: str) -> None:  # outbound (issue 10)
+        out, status = await resolve.answer(kind, arg)
+        if not chan.is_closing():
+            chan.write(out)
+            chan.exit(status)
 
 
 class SidecarServer(asyncssh.SSHServer):
