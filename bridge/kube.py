@@ -23,6 +23,8 @@ from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
 
 from bridge.errors import BridgeError
+from bridge.retry import DEFAULT as DEFAULT_RETRY
+from bridge.retry import RetryPolicy, call_with_retries, parse_retry_after
 
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -32,10 +34,12 @@ REQUEST_TIMEOUT = 30.0
 class ApiError(BridgeError):
     """The API server refused a request; `status` is the HTTP status (0: never answered)."""
 
-    def __init__(self, message: str, status: int, reason: str = "") -> None:
+    def __init__(self, message: str, status: int, reason: str = "",
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after  # seconds the server asked us to wait (Retry-After)
 
 
 class NamespaceNotFound(ApiError):
@@ -101,6 +105,7 @@ class Kube:
     namespace: str
     context: str
     host: str
+    retry_policy: RetryPolicy = DEFAULT_RETRY  # [realbeh]
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None, context: str | None = None,
@@ -134,6 +139,18 @@ class Kube:
     async def request(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
                       body: Any = None, content_type: str | None = None, raw: bool = False,
                       request_timeout: float = REQUEST_TIMEOUT) -> Any:
+        # [realbeh] retries (bridge/retry.py): 429 always, 5xx/no answer unless a POST
+        async def once() -> Any:
+            return await self._request_once(method, path, query=query, body=body,
+                                            content_type=content_type, raw=raw,
+                                            request_timeout=request_timeout)
+        return await call_with_retries(once, policy=self.retry_policy,
+                                       idempotent=method != "POST")
+
+    async def _request_once(self, method: str, path: str, *,
+                            query: list[tuple[str, str]] | None, body: Any,
+                            content_type: str | None, raw: bool,
+                            request_timeout: float) -> Any:
         headers: dict[str, str] = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
@@ -147,6 +164,7 @@ class Kube:
                                       _preload_content=False)
             data = await resp.read()
             status = resp.status
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             resp.response.release()
         except (aiohttp.ClientConnectorCertificateError, ssl.SSLError,
                 aiohttp.ClientSSLError) as e:
@@ -159,7 +177,9 @@ class Kube:
             raise Unreachable(f"cannot reach the Kubernetes API at {self.host}: no answer "
                               f"within {request_timeout:g}s") from e
         if status >= 400:
-            raise _api_error(status, data, method, path)
+            error = _api_error(status, data, method, path)
+            error.retry_after = retry_after
+            raise error
         if raw:
             return data.decode("utf-8", "replace")
         return json.loads(data) if data else {}
