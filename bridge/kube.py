@@ -22,6 +22,7 @@ import yaml
 from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
 
+from bridge import netconfig
 from bridge.errors import BridgeError
 from bridge.retry import DEFAULT as DEFAULT_RETRY
 from bridge.retry import RetryPolicy, call_with_retries, parse_retry_after
@@ -121,12 +122,14 @@ class Kube:
             raise BridgeError(f"cannot load context {ctx!r} from the kubeconfig: "
                               f"{' '.join(str(e).split())}; nothing was changed") from e
         configuration.retries = None
+        netconfig.configure_rest(configuration, os.environ)  # [realbeh] TLS flags, proxy, no netrc
         api = kclient.ApiClient(configuration)
         api.user_agent = "bridge/0.1"
         return cls(api, namespace or ctx_ns, ctx, str(configuration.host))
 
     async def close(self) -> None:
         await self.api_client.close()
+        await netconfig.close_rest(self.api_client.configuration)  # [realbeh]
 
     async def __aenter__(self) -> Kube:
         return self

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from bridge import netconfig
 from bridge.errors import BridgeError
 
 SUBPROTOCOL = "v4.channel.k8s.io"
@@ -320,6 +322,7 @@ class PortForwarder:
         self.namespace = namespace
         self.pod = pod
         self._session: aiohttp.ClientSession | None = None
+        self._proxy = netconfig.proxy_of(self._config, os.environ)  # [realbeh]
 
     async def __aenter__(self) -> PortForwarder:
         return self
@@ -382,8 +385,9 @@ class PortForwarder:
         kwargs: dict[str, Any] = {}
         if self._config.tls_server_name:
             kwargs["server_hostname"] = self._config.tls_server_name
-        if self._config.proxy:
-            kwargs["proxy"] = self._config.proxy
+        proxy = netconfig.request_proxy(self._proxy)  # [realbeh] socks goes in the connector
+        if proxy:
+            kwargs["proxy"] = proxy
             if getattr(self._config, "proxy_headers", None):
                 kwargs["proxy_headers"] = self._config.proxy_headers
         try:
@@ -412,25 +416,17 @@ class PortForwarder:
 
     def _session_for_config(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=ssl_context(self._config), force_close=True)
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=True)
+            # [realbeh] same TLS/proxy choice as REST; trust_env off (no netrc, no second
+            # reading of proxy variables)
+            connector = netconfig.connector(ssl_context(self._config), self._proxy,
+                                            force_close=True)
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
         return self._session
 
 
 def ssl_context(config: Any) -> ssl.SSLContext:
-    """The TLS settings of a kubernetes Configuration, as the official client builds them."""
-    try:
-        context = ssl.create_default_context(
-            cafile=config.ssl_ca_cert, cadata=getattr(config, "ca_cert_data", None)
-        )
-        if config.cert_file:
-            context.load_cert_chain(config.cert_file, keyfile=config.key_file)
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise BridgeError(f"cannot load the kubeconfig's TLS files: {exc}") from None
-    if not config.verify_ssl:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    """The TLS settings of a kubernetes Configuration (see bridge.netconfig)."""
+    return netconfig.ssl_context(config)  # [realbeh] one TLS policy for REST and port-forward
 
 
 async def _auth_headers(config: Any) -> dict[str, str]:
