@@ -22,7 +22,7 @@ import yaml
 from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
 
-from bridge import netconfig
+from bridge import endpoints, netconfig
 from bridge.errors import BridgeError
 from bridge.retry import DEFAULT as DEFAULT_RETRY
 from bridge.retry import RetryPolicy, call_with_retries, parse_retry_after
@@ -240,6 +240,20 @@ class Kube:
     async def get_endpoints(self, name: str, namespace: str | None = None) -> Obj:
         return await self._get(f"/api/v1/namespaces/{self._ns(namespace)}/endpoints/"
                                f"{quote(name, safe='')}", namespace)
+
+    async def service_ready_ips(self, service: str, namespace: str | None = None) -> set[str]:
+        """[realbeh] Ready endpoint addresses of a Service: its EndpointSlices, or the v1
+        Endpoints when the server has no discovery.k8s.io/v1 (404)."""
+        ns = self._ns(namespace)
+        try:
+            r = await self.request(
+                "GET", f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+                query=[("labelSelector", endpoints.slice_selector(service))])
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            return endpoints.ready_ips_from_endpoints(await self.get_endpoints(service, namespace))
+        return endpoints.ready_ips(list(r.get("items") or []), service)
 
     async def list_pods(self, label_selector: str | None = None,
                         namespace: str | None = None) -> list[Obj]:
