@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bridge import state
+from bridge import resources, state
 from bridge.target import PortMap
 from sidecar import protocol
 
@@ -35,6 +35,9 @@ class Options:
     owner: str  # user@host
     authorized_key: str  # OpenSSH public-key line of this session's client key
     image: str = protocol.DEFAULT_IMAGE
+    # [realbeh] the proxy container's resources (bridge.resources.sidecar_resources, fitted to
+    # the namespace's LimitRanges); None: the defaults for a namespace without LimitRange
+    resources: Mapping[str, Any] | None = None
 
 
 MAX_NAME = 63  # a DNS-1123 label, and a label value
@@ -121,6 +124,9 @@ def _sidecar_container(original: Obj, opts: Options, ports: ControlPorts) -> dic
         c.pop(key, None)
     c["image"] = opts.image
     c["imagePullPolicy"] = "IfNotPresent"
+    # [realbeh] small explicit resources fit for the sidecar, never the app's
+    c["resources"] = copy.deepcopy(dict(opts.resources if opts.resources is not None
+                                        else resources.sidecar_resources()))
     settings = _sidecar_env(opts, ports)
     ours = {e["name"] for e in settings}
     c["env"] = [e for e in c.get("env") or [] if e.get("name") not in ours] + settings
