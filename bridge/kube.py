@@ -20,9 +20,8 @@ from urllib.parse import quote
 import aiohttp
 import yaml
 from kubernetes.aio import client as kclient
-from kubernetes.aio import config as kconfig
 
-from bridge import endpoints, netconfig
+from bridge import credentials, endpoints, netconfig
 from bridge.errors import BridgeError
 from bridge.retry import DEFAULT as DEFAULT_RETRY
 from bridge.retry import RetryPolicy, call_with_retries, parse_retry_after
@@ -115,9 +114,10 @@ class Kube:
         ctx, ctx_ns = _context_namespace(paths, context)
         configuration = kclient.Configuration()
         try:
-            await kconfig.load_kube_config(config_file=paths, context=ctx,
-                                           client_configuration=configuration,
-                                           persist_config=False)
+            # [realbeh] exec plugins run bounded and stay fresh (bridge/credentials.py)
+            await credentials.load_configuration(paths, ctx, configuration)
+        except BridgeError:
+            raise
         except Exception as e:  # the loader raises many types for a bad kubeconfig
             raise BridgeError(f"cannot load context {ctx!r} from the kubeconfig: "
                               f"{' '.join(str(e).split())}; nothing was changed") from e
@@ -147,8 +147,17 @@ class Kube:
             return await self._request_once(method, path, query=query, body=body,
                                             content_type=content_type, raw=raw,
                                             request_timeout=request_timeout)
-        return await call_with_retries(once, policy=self.retry_policy,
-                                       idempotent=method != "POST")
+        try:
+            return await call_with_retries(once, policy=self.retry_policy,
+                                           idempotent=method != "POST")
+        except ApiError as e:
+            # [realbeh] a 401 with an exec-plugin token: run the plugin again, try once more
+            source = credentials.installed(self.api_client.configuration)
+            if e.status != 401 or source is None:
+                raise
+            source.invalidate()
+            return await call_with_retries(once, policy=self.retry_policy,
+                                           idempotent=method != "POST")
 
     async def _request_once(self, method: str, path: str, *,
                             query: list[tuple[str, str]] | None, body: Any,

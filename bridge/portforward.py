@@ -36,7 +36,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from bridge import netconfig
+from bridge import credentials, netconfig
 from bridge.errors import BridgeError
 
 SUBPROTOCOL = "v4.channel.k8s.io"
@@ -290,6 +290,14 @@ class WebSocketTransport(asyncio.Transport):
             self._finish(exc)
 
 
+class PortForwardRefused(BridgeError):
+    """The API server refused the port-forward's upgrade; `status` is its HTTP status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 _CLOSED_TYPES = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 
 
@@ -378,6 +386,17 @@ class PortForwarder:
         return transport, protocol
 
     async def _connect(self, port: int) -> aiohttp.ClientWebSocketResponse:
+        try:
+            return await self._connect_once(port)
+        except PortForwardRefused as e:
+            # [realbeh] a 401 with an exec-plugin token: run the plugin again, try once more
+            source = credentials.installed(self._config)
+            if e.status != 401 or source is None:
+                raise
+            source.invalidate()
+            return await self._connect_once(port)
+
+    async def _connect_once(self, port: int) -> aiohttp.ClientWebSocketResponse:
         describe = self.describe(port)
         session = self._session_for_config()
         headers = dict(self._default_headers)
@@ -402,7 +421,7 @@ class PortForwarder:
             )
         except aiohttp.WSServerHandshakeError as exc:
             reason = _handshake_reason(exc, self.namespace)
-            raise BridgeError(f"{describe} failed: {reason}") from None
+            raise PortForwardRefused(f"{describe} failed: {reason}", exc.status) from None
         except aiohttp.ClientSSLError as exc:
             raise BridgeError(
                 f"{describe} failed: TLS error talking to the API server {self._config.host}: "
@@ -443,9 +462,12 @@ def _handshake_reason(exc: aiohttp.WSServerHandshakeError, namespace: str) -> st
     if status == 401:
         return "the API server rejected the credentials (401 Unauthorized)"
     if status == 403:
+        # [realbeh] the websocket upgrade is a GET: authorised as `get` (and also `create`
+        # from Kubernetes 1.35, AuthorizePodWebsocketUpgradeCreatePermission)
         return (
-            f"forbidden: you may not create pods/portforward in namespace {namespace} "
-            "(403 Forbidden; check your RBAC role)"
+            f"forbidden: you may not get pods/portforward in namespace {namespace} "
+            "(403 Forbidden; your role needs get and create on pods/portforward; "
+            "run `bridge doctor` to see what else is missing)"
         )
     if status == 404:
         return "the pod does not exist (404 Not Found)"

@@ -325,7 +325,7 @@ def test_error_channel_ends_the_stream_with_the_servers_reason(tmp_path: Path) -
 
 @pytest.mark.parametrize(
     ("status", "words"),
-    [(403, "forbidden: you may not create pods/portforward in namespace default"),
+    [(403, "forbidden: you may not get pods/portforward in namespace default"),
      (404, "the pod does not exist"),
      (401, "rejected the credentials")],
 )
