@@ -80,3 +80,33 @@ def authorize(user: User, verb: str, group: str, plural: str, subresource: str |
     message = (f'{subject} is forbidden: User "{user.name}" cannot {verb} resource '
                f'"{resource}" in API group "{group}" {scope}')
     raise forbidden(message, f"{group}/{plural}" if group else plural, name or "")
+
+
+ACCESS_REVIEW_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+
+
+def access_review(user: User, review: Any) -> dict[str, Any]:
+    """Answer a SelfSubjectAccessReview as Kubernetes does (the spec echoed, status.allowed);
+    every authenticated user may ask about itself (system:basic-user)."""
+    if not isinstance(review, dict) or not isinstance(review.get("spec"), dict):
+        raise ApiError(400, "BadRequest", "SelfSubjectAccessReview: spec is required")
+    spec = review["spec"]
+    attrs = spec.get("resourceAttributes")
+    allowed, reason = True, ""
+    if isinstance(attrs, dict):
+        try:
+            authorize(user, str(attrs.get("verb") or ""), str(attrs.get("group") or ""),
+                      str(attrs.get("resource") or ""), attrs.get("subresource") or None,
+                      attrs.get("namespace") or None, attrs.get("name") or None)
+        except ApiError:
+            allowed = False
+        else:
+            reason = f'allowed: User "{user.name}"'
+    elif not isinstance(spec.get("nonResourceAttributes"), dict):
+        raise ApiError(400, "BadRequest", "SelfSubjectAccessReview: exactly one of "
+                       "resourceAttributes or nonResourceAttributes is required")
+    status: dict[str, Any] = {"allowed": allowed}
+    if reason:
+        status["reason"] = reason
+    return {"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": None}, "spec": spec, "status": status}
