@@ -465,9 +465,9 @@ def _handshake_reason(exc: aiohttp.WSServerHandshakeError, namespace: str) -> st
         # [realbeh] the websocket upgrade is a GET: authorised as `get` (and also `create`
         # from Kubernetes 1.35, AuthorizePodWebsocketUpgradeCreatePermission)
         return (
-            f"forbidden: you may not get pods/portforward in namespace {namespace} "
-            "(403 Forbidden; your role needs get and create on pods/portforward; "
-            "run `bridge doctor` to see what else is missing)"
+            f"forbidden: you may not port-forward to pods in namespace {namespace} "
+            "(403 Forbidden; this needs get and, from Kubernetes 1.35, create on "
+            "pods/portforward; `bridge doctor` lists what is missing)"
         )
     if status == 404:
         return "the pod does not exist (404 Not Found)"

@@ -112,3 +112,25 @@ def test_doctor_needs_match_the_readme_role() -> None:
         assert block is not None, f"README Role lacks {need.what}"
         assert f'"{need.verb}"' in block.split("verbs:")[1].split("\n")[0], need.what
 
+
+
+@pytest.mark.cluster
+def test_websocket_port_forward_needs_create_as_on_1_35(cluster: Any) -> None:
+    """The restricted user may `get` pods/portforward but not `create`: the websocket upgrade
+    (a GET) is refused, as on Kubernetes 1.35+, with bridge's one-line wording."""
+    import anyio
+
+    from bridge.errors import BridgeError
+    from bridge.kube import Kube
+    from bridge.portforward import PortForwarder
+
+    async def main() -> str:
+        kube = await Kube.connect(cluster.kubeconfig, CONTEXT_RESTRICTED)
+        async with kube, PortForwarder(kube.api_client, "default", "any-pod") as forwarder:
+            with pytest.raises(BridgeError) as info:
+                await forwarder.open(80)
+            return str(info.value)
+
+    message = anyio.run(main)
+    assert "forbidden: you may not port-forward to pods in namespace default" in message
+    assert "create on pods/portforward" in message
