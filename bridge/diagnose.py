@@ -145,4 +145,4 @@ def diagnose(owners: Iterable[Obj], pods: Iterable[Obj]) -> Verdict | None:
 def refusal_message(proxy: str, verdict: Verdict) -> str:
     """The one-line error for a FAIL verdict."""
     return (f"the cluster refused the proxy pod of deployment/{proxy}: {verdict.line()}; "
-            "the proxy was removed and the original was not changed")
+            "bridge removes the proxy and its lock, the original keeps its replicas")
