@@ -48,8 +48,9 @@ class NamespaceNotFound(ApiError):
 
 
 class Unreachable(ApiError):
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, permanent: bool = False) -> None:
         super().__init__(message, 0)
+        self.permanent = permanent  # [realbeh] not worth retrying (TLS, a full timeout)
 
 
 def kubeconfig_paths(explicit: str | None) -> str:
@@ -181,13 +182,13 @@ class Kube:
         except (aiohttp.ClientConnectorCertificateError, ssl.SSLError,
                 aiohttp.ClientSSLError) as e:
             raise Unreachable(f"cannot reach the Kubernetes API at {self.host}: TLS: "
-                              f"{_short(e)}") from e
+                              f"{_short(e)}", permanent=True) from e
         except (aiohttp.ClientError, OSError) as e:
             raise Unreachable(f"cannot reach the Kubernetes API at {self.host}: "
                               f"{_short(e)}") from e
         except TimeoutError as e:
             raise Unreachable(f"cannot reach the Kubernetes API at {self.host}: no answer "
-                              f"within {request_timeout:g}s") from e
+                              f"within {request_timeout:g}s", permanent=True) from e
         if status >= 400:
             error = _api_error(status, data, method, path)
             error.retry_after = retry_after

@@ -10,8 +10,9 @@ A `RetryPolicy` decides, as a pure function of (attempt, error), whether and how
   that timed out may have happened. A 5xx with Retry-After waits that long, as client-go does.
 - Anything else (400, 401, 403, 404, 409, 422...) is an answer, not a hiccup: raised at once.
 
-Errors are read through two attributes, `status` (HTTP status, 0 = no answer) and the optional
-`retry_after` (seconds, from the header), which `bridge.kube.ApiError` carries.
+Errors are read through attributes `bridge.kube.ApiError` carries: `status` (HTTP status, 0 =
+no answer), the optional `retry_after` (seconds, from the header) and `permanent` (a TLS failure
+or a request that already used its whole timeout: retrying would only multiply the wait).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ async def call_with_retries(call: Callable[[], Awaitable[T]], *,
             return await call()
         except Exception as e:
             status = getattr(e, "status", None)
-            if not isinstance(status, int):
+            if not isinstance(status, int) or getattr(e, "permanent", False) is True:
                 raise
             retry_after = getattr(e, "retry_after", None)
             wait = policy.delay(attempt, status,

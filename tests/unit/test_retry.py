@@ -155,3 +155,32 @@ async def test_retry_waits_what_the_server_asked() -> None:
 
     assert await call_with_retries(flaky, sleep=record) == "ok"
     assert waits == [7.0, 7.0]
+
+
+
+async def test_tls_failure_is_not_retried() -> None:
+    """A server that does not speak TLS: one connection, one clear error, no back-off."""
+    import asyncio
+
+    from bridge.kube import Unreachable
+
+    connections = 0
+
+    async def not_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(not_tls, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = kclient.Configuration(host=f"https://127.0.0.1:{port}")
+    kube = Kube(kclient.ApiClient(config), "ns", "ctx", config.host)
+    try:
+        with pytest.raises(Unreachable, match="TLS"):
+            await kube.get_deployment("hello")
+    finally:
+        await kube.close()
+        server.close()
+    assert connections == 1
