@@ -295,7 +295,8 @@ class TokenSource:
         c = self.credential
         return c is None or self._stale or not c.fresh(self.clock(), self.margin)
 
-    async def token(self) -> str:
+    async def current(self) -> Credential:
+        """The credential, the plugin run again first when it is due."""
         async with self._lock:
             if self.needs_refresh():
                 self.credential = await run_plugin(self.plugin, self.cluster,
@@ -303,11 +304,15 @@ class TokenSource:
                 self.runs += 1
                 self._stale = False
             assert self.credential is not None
-            if not self.credential.token:
+            return self.credential
+
+    async def token(self) -> str:
+        credential = await self.current()
+        if not credential.token:
                 raise BridgeError(f"the credential plugin {self.plugin.name} gave a client "
                                   "certificate, which bridge cannot refresh; its token "
                                   "support is needed for long sessions")
-            return self.credential.token
+        return credential.token
 
     def invalidate(self) -> None:
         """The server refused the token (401): run the plugin again next time."""
@@ -370,9 +375,12 @@ async def load_configuration(paths: str, context: str, configuration: Any,
     if found is not None:
         user, plugin, cluster = found
         source = TokenSource(plugin, cluster, **source_options)
-        token = await source.token()  # bounded; fails here with the plugin's words
-        user.pop("exec")
-        user["token"] = token  # the loader takes it as a static token; the hook refreshes it
+        first = await source.current()  # bounded; fails here with the plugin's words
+        if first.token:
+            user.pop("exec")
+            user["token"] = first.token  # the loader takes it as static; the hook refreshes it
+        else:
+            source = None  # a client certificate: the loader installs it (not refreshed)
     loader = KubeConfigLoader(config_dict=merged, active_context=context, config_base_path=None)
     await loader.load_and_set(configuration)
     if source is not None:

@@ -40,6 +40,11 @@ PLUGIN = textwrap.dedent('''\
     if mode == "fail":
         print("error: device code expired, run kubelogin again", file=sys.stderr)
         sys.exit(3)
+    if mode == "cert":
+        print(json.dumps({"apiVersion": os.environ["API_VERSION"], "kind": "ExecCredential",
+                          "status": {"clientCertificateData": open(os.environ["CERT"]).read(),
+                                     "clientKeyData": open(os.environ["KEY"]).read()}}))
+        sys.exit(0)
     if mode == "hang":
         print("open https://login.example/device and enter ABCD-EFGH", file=sys.stderr)
         sys.stderr.flush()
@@ -332,3 +337,24 @@ def test_token_source_refreshes_on_invalidate(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert source.runs == 2
+
+
+def test_plugin_giving_a_client_certificate_is_left_to_the_loader(tmp_path: Path) -> None:
+    from tests.unit.test_portforward import Pki
+
+    pki = Pki.create(tmp_path)
+    setup = Setup(tmp_path, mode="cert")
+    setup.exec["env"] += [{"name": "CERT", "value": pki.client_cert_file},
+                          {"name": "KEY", "value": pki.client_key_file}]
+
+    async def main() -> str:
+        kube = await Kube.connect(setup.kubeconfig("https://127.0.0.1:1"))
+        try:
+            config = kube.api_client.configuration
+            assert credentials.installed(config) is None
+            return str(config.cert_file)
+        finally:
+            await kube.close()
+
+    cert_file = asyncio.run(main())
+    assert Path(cert_file).read_text() == Path(pki.client_cert_file).read_text()
