@@ -376,11 +376,14 @@ async def load_configuration(paths: str, context: str, configuration: Any,
         user, plugin, cluster = found
         source = TokenSource(plugin, cluster, **source_options)
         first = await source.current()  # bounded; fails here with the plugin's words
+        user.pop("exec")
         if first.token:
-            user.pop("exec")
             user["token"] = first.token  # the loader takes it as static; the hook refreshes it
-        else:
-            source = None  # a client certificate: the loader installs it (not refreshed)
+        else:  # a client certificate: handed to the loader as kubeconfig data (not refreshed)
+            user["client-certificate-data"] = base64.b64encode(
+                first.client_certificate.encode()).decode()
+            user["client-key-data"] = base64.b64encode(first.client_key.encode()).decode()
+            source = None
     loader = KubeConfigLoader(config_dict=merged, active_context=context, config_base_path=None)
     await loader.load_and_set(configuration)
     if source is not None:
