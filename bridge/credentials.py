@@ -17,8 +17,8 @@ it every later API call of a session (heartbeat, reconnect, restore). Here:
 - `load_configuration` replaces `load_kube_config`: the plugin runs once here (bounded), and
   the loader is handed the resulting token instead of the exec block.
 
-Client-certificate credentials from a plugin are used as the loader uses them, but not
-refreshed (rare; said in the error when they expire).
+A client certificate from a plugin is handed to the loader as kubeconfig data and is not
+refreshed (rare: plugins for long sessions give tokens).
 """
 
 from __future__ import annotations
