@@ -9,10 +9,12 @@ import sys
 from typing import Any
 
 import pytest
+import yaml
 
 from bridge import controllers
 from bridge.doctor import NEEDS, Report, applies, image_on_nodes, lines, minor_version, review
-from tests.cluster.kubeconfig import CONTEXT_ADMIN, CONTEXT_RESTRICTED
+from tests.cluster.auth import LEAST_PRIVILEGE_RULES
+from tests.cluster.kubeconfig import CONTEXT_ADMIN, CONTEXT_LEAST, CONTEXT_RESTRICTED
 
 PORTFORWARD_GET = next(n for n in NEEDS if n.subresource == "portforward" and n.verb == "get")
 PORTFORWARD_CREATE = next(n for n in NEEDS
@@ -134,3 +136,26 @@ def test_websocket_port_forward_needs_create_as_on_1_35(cluster: Any) -> None:
     message = anyio.run(main)
     assert "forbidden: you may not port-forward to pods in namespace default" in message
     assert "create on pods/portforward" in message
+
+
+def readme_role() -> dict[str, Any]:
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    role: dict[str, Any] = yaml.safe_load(block)
+    assert role["kind"] == "Role"
+    return role
+
+
+def test_test_clusters_least_privilege_user_has_exactly_the_readme_role() -> None:
+    rules = {(frozenset(r["apiGroups"]), frozenset(r["resources"]), frozenset(r["verbs"]))
+             for r in readme_role()["rules"]}
+    assert rules == set(LEAST_PRIVILEGE_RULES)
+
+
+@pytest.mark.cluster
+def test_doctor_with_the_least_privilege_context(cluster: Any) -> None:
+    result = run_doctor(cluster, CONTEXT_LEAST)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.splitlines()
+    assert not [line for line in out if "missing" in line], out
+    assert any(line.startswith("permissions: all ") for line in out)
