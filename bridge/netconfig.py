@@ -27,12 +27,38 @@ from bridge.errors import BridgeError
 PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 
 
+class ServerNameContext(ssl.SSLContext):
+    """An SSLContext that checks (and sends as SNI) a fixed server name, the kubeconfig's
+    `tls-server-name`, whatever name the connection was opened with: a SOCKS connector opens
+    TLS itself with the target's host and ignores aiohttp's `server_hostname`."""
+
+    server_name: str = ""
+
+    def wrap_bio(self, incoming: Any, outgoing: Any, server_side: bool = False,
+                 server_hostname: Any = None, session: Any = None) -> ssl.SSLObject:
+        return super().wrap_bio(incoming, outgoing, server_side,
+                                self.server_name or server_hostname, session)
+
+
+def _client_context(cafile: str | None, cadata: Any, server_name: str) -> ssl.SSLContext:
+    if not server_name:
+        return ssl.create_default_context(cafile=cafile, cadata=cadata)
+    # what create_default_context(SERVER_AUTH) sets up, in the subclass
+    context = ServerNameContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.server_name = server_name
+    if cafile or cadata:
+        context.load_verify_locations(cafile=cafile, cadata=cadata)
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    return context
+
+
 def ssl_context(config: Any) -> ssl.SSLContext:
-    """The TLS settings of a kubernetes Configuration (CA, client certificate, verify), with
-    Python's extra strictness that Go does not have turned off."""
+    """The TLS settings of a kubernetes Configuration (CA, client certificate, verify,
+    tls-server-name), with Python's extra strictness that Go does not have turned off."""
     try:
-        context = ssl.create_default_context(
-            cafile=config.ssl_ca_cert, cadata=getattr(config, "ca_cert_data", None))
+        context = _client_context(config.ssl_ca_cert, getattr(config, "ca_cert_data", None),
+                                  str(getattr(config, "tls_server_name", None) or ""))
         if config.cert_file:
             context.load_cert_chain(config.cert_file, keyfile=config.key_file)
     except (OSError, ssl.SSLError, ValueError) as exc:
