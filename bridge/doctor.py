@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge import controllers
+from bridge import controllers, credentials
 from bridge.errors import BridgeError
 
 Obj = dict[str, Any]
@@ -102,6 +102,7 @@ class Report:
     image: str = ""
     image_note: str = ""
     target_note: str = ""
+    credentials_note: str = ""
 
     @property
     def ok(self) -> bool:
@@ -116,6 +117,8 @@ def lines(report: Report) -> list[str]:
     """What `bridge doctor` prints: one line per fact, missing things first."""
     out = [f"cluster: Kubernetes {report.version or 'version unknown'} "
            f"(context {report.context}, namespace {report.namespace})"]
+    if report.credentials_note:
+        out.append(f"credentials: {report.credentials_note}")
     if report.unchecked:
         out.append(f"permissions: cannot check: {report.unchecked}")
     else:
@@ -153,6 +156,7 @@ async def examine(kube: Any, target: str | None = None, image: str = "") -> Repo
     from bridge.kube import ApiError
 
     report = Report(kube.context, kube.namespace, image=image)
+    report.credentials_note = credentials_note(kube.api_client.configuration)
     try:
         version = await kube.request("GET", "/version")
         report.version = str(version.get("gitVersion") or "")
@@ -182,6 +186,17 @@ async def examine(kube: Any, target: str | None = None, image: str = "") -> Repo
         except ApiError:
             report.image_note = ""  # nodes may not be listed: nothing to tell
     return report
+
+
+def credentials_note(configuration: Any) -> str:
+    """What bridge knows about an exec plugin's token (renewed before it expires)."""
+    source = credentials.installed(configuration)
+    if source is None or source.credential is None:
+        return ""
+    expires = source.credential.expires
+    when = "does not expire" if expires is None else \
+        f"valid until {expires.strftime('%H:%M:%S')} UTC; renewed before then and after a 401"
+    return f"token from exec plugin {source.plugin.name}, {when}"
 
 
 async def _examine_target(kube: Any, report: Report, target: str) -> None:

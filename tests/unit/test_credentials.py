@@ -358,3 +358,21 @@ def test_plugin_giving_a_client_certificate_is_left_to_the_loader(tmp_path: Path
 
     cert_file = asyncio.run(main())
     assert Path(cert_file).read_text() == Path(pki.client_cert_file).read_text()
+
+
+def test_doctor_says_where_the_token_comes_from(tmp_path: Path) -> None:
+    from bridge.doctor import credentials_note
+
+    setup = Setup(tmp_path)
+    api = Api(setup.clock)
+
+    async def main() -> str:
+        kube, runner = await connect(setup, api)
+        try:
+            return credentials_note(kube.api_client.configuration)
+        finally:
+            await kube.close()
+            await runner.cleanup()
+
+    assert asyncio.run(main()) == ("token from exec plugin mint-token, valid until 12:15:00 UTC; "
+                                   "renewed before then and after a 401")
