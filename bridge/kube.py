@@ -29,6 +29,7 @@ from bridge.retry import RetryPolicy, call_with_retries, parse_retry_after
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = 30.0
+IDEMPOTENT = ("GET", "DELETE")  # [realbeh] repeated after a 5xx or no answer
 
 
 class ApiError(BridgeError):
@@ -143,14 +144,15 @@ class Kube:
     async def request(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
                       body: Any = None, content_type: str | None = None, raw: bool = False,
                       request_timeout: float = REQUEST_TIMEOUT) -> Any:
-        # [realbeh] retries (bridge/retry.py): 429 always, 5xx/no answer unless a POST
+        # [realbeh] retries (bridge/retry.py): 429 always; 5xx/no answer only for GET and
+        # DELETE (a conditional PATCH that did apply would come back 409 and read as a race)
         async def once() -> Any:
             return await self._request_once(method, path, query=query, body=body,
                                             content_type=content_type, raw=raw,
                                             request_timeout=request_timeout)
         try:
             return await call_with_retries(once, policy=self.retry_policy,
-                                           idempotent=method != "POST")
+                                           idempotent=method in IDEMPOTENT)
         except ApiError as e:
             # [realbeh] a 401 with an exec-plugin token: run the plugin again, try once more
             source = credentials.installed(self.api_client.configuration)
@@ -158,7 +160,7 @@ class Kube:
                 raise
             source.invalidate()
             return await call_with_retries(once, policy=self.retry_policy,
-                                           idempotent=method != "POST")
+                                           idempotent=method in IDEMPOTENT)
 
     async def _request_once(self, method: str, path: str, *,
                             query: list[tuple[str, str]] | None, body: Any,

@@ -5,9 +5,10 @@ A `RetryPolicy` decides, as a pure function of (attempt, error), whether and how
 
 - 429 Too Many Requests (API Priority and Fairness, a busy etcd): always retried, even for a
   create, because the server promises it did nothing; the wait is its Retry-After (bounded).
-- 500/502/503/504 and "never answered" (connection refused/reset, timeouts; status 0): retried
-  only for idempotent calls (get, list, patch that sets fixed values, delete), since a create
-  that timed out may have happened. A 5xx with Retry-After waits that long, as client-go does.
+- 500/502/503/504 and "never answered" (connection refused/reset; status 0): retried only
+  for idempotent calls (get, list, delete), since a create or a conditional patch that got no
+  answer may have happened (repeated, it would fail as a conflict). A 5xx with Retry-After
+  waits that long, as client-go does.
 - Anything else (400, 401, 403, 404, 409, 422...) is an answer, not a hiccup: raised at once.
 
 Errors are read through attributes `bridge.kube.ApiError` carries: `status` (HTTP status, 0 =

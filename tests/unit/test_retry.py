@@ -184,3 +184,13 @@ async def test_tls_failure_is_not_retried() -> None:
         await kube.close()
         server.close()
     assert connections == 1
+
+
+async def test_kube_request_patch_not_retried_on_reset(serve: Any) -> None:
+    """A conditional PATCH that may have applied is not sent again (it would come back 409)."""
+    script = Script([(0, {})])
+    kube = await serve(script)
+    with pytest.raises(ApiError) as info:
+        await kube.patch_deployment("hello", {"metadata": {"resourceVersion": "7"}})
+    assert info.value.status == 0
+    assert script.seen == ["PATCH"]
