@@ -186,8 +186,11 @@ class Kube:
             raise Unreachable(f"cannot reach the Kubernetes API at {self.host}: TLS: "
                               f"{_short(e)}", permanent=True) from e
         except (aiohttp.ClientError, OSError) as e:
+            # [realbeh] a TLS failure wrapped by a connector (the SOCKS one) is still TLS
+            tls = any(isinstance(x, ssl.SSLError)
+                      for x in (getattr(e, "os_error", None), e.__cause__))
             raise Unreachable(f"cannot reach the Kubernetes API at {self.host}: "
-                              f"{_short(e)}") from e
+                              f"{'TLS: ' if tls else ''}{_short(e)}", permanent=tls) from e
         except TimeoutError as e:
             raise Unreachable(f"cannot reach the Kubernetes API at {self.host}: no answer "
                               f"within {request_timeout:g}s", permanent=True) from e

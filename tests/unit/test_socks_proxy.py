@@ -156,3 +156,32 @@ def test_rest_and_port_forward_go_through_socks5(socks: Socks, tmp_path: Path) -
             backend.close()
 
     assert run(asyncio.wait_for(main(), 60)) == b"sock"
+
+
+def test_tls_failure_through_socks_is_one_attempt(socks: Socks, tmp_path: Path) -> None:
+    """Without tls-server-name the certificate does not match: one connection through the
+    proxy, one TLS error, no retries."""
+    async def main() -> tuple[int, str]:
+        api, runner = await serve_fake_api(tmp_path, {})
+        api_port = int(api.config.host.rsplit(":", 1)[1])
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "k", "cluster": {
+                "server": api.config.host, "certificate-authority": api.config.ssl_ca_cert,
+                "proxy-url": f"socks5://127.0.0.1:{socks.port}"}}],
+            "users": [{"name": "u", "user": {"token": TOKEN}}],
+            "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}]}))
+        kube = await Kube.connect(str(kubeconfig))
+        try:
+            with pytest.raises(ApiError) as info:
+                await kube.request("GET", "/version")
+            relayed = socks.log.read_text().count(f"target 127.0.0.1 port {api_port}")
+            return relayed, str(info.value)
+        finally:
+            await kube.close()
+            await runner.cleanup()
+
+    relayed, message = run(asyncio.wait_for(main(), 60))
+    assert "TLS: " in message and "not valid for '127.0.0.1'" in message
+    assert relayed == 1
