@@ -586,6 +586,10 @@ class Session:
             mine = [q for q in pods if target.name_of(q) == pod_name]
             if mine:
                 await self._check_pod_failure(mine[0])
+                gate = diagnose.pod_waiting(mine[0])  # [realbeh] e.g. a readiness gate
+                if gate is not None and gate.line() != self.said_waiting:
+                    self.said_waiting = gate.line()
+                    self.progress.warn(f"proxy pod waiting: {gate.line()}")
                 if restore._pod_ready(mine[0]):
                     if services is None:
                         services = await restore.services_selecting(kube, self.manifest)
