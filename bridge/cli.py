@@ -1,4 +1,4 @@
-"""The `bridge` command: swap, restore, status.
+"""The `bridge` command: swap, restore, status, doctor.
 
 Connection options (--kubeconfig, --context, -n) and output options (-v, -q, --log-file) are
 accepted before the subcommand, kubectl-style, and after it.
@@ -97,6 +97,7 @@ def cli(ctx: click.Context, **kw: Any) -> None:
       bridge swap hello --port 8080          attach mode: run your service in an IDE
       bridge status                          who swapped what
       bridge restore hello                   repair what a dead session left
+      bridge doctor hello                    what you may do here, what would get in the way
     """
     ctx.obj = Common(**kw)
 
@@ -241,6 +242,34 @@ def status(ctx: click.Context, **kw: Any) -> None:
         click.echo(f"No swapped deployments in namespace {ns}.", err=True)
         return
     click.echo(status_mod.table(rows))
+
+
+@cli.command()
+@click.argument("target", required=False)
+@click.option("--sidecar-image", default=protocol.DEFAULT_IMAGE, show_default=True,
+              metavar="IMAGE", help="Image of the proxy container to look for on the nodes.")
+@common_options
+@click.pass_context
+def doctor(ctx: click.Context, target: str | None, sidecar_image: str, **kw: Any) -> None:
+    """Check, changing nothing, that you may swap here (and TARGET, if given).
+
+    One line each: the cluster version, every missing permission, controllers that would
+    undo a swap of TARGET, whether the sidecar image is on a node. Exit 1 if something
+    bridge needs is missing.
+    """
+    from bridge import doctor as doctor_mod
+
+    common = _common(ctx, **kw)
+
+    async def run() -> doctor_mod.Report:
+        async with await Kube.connect(common.kubeconfig, common.context,
+                                      common.namespace) as kube:
+            return await doctor_mod.examine(kube, target, sidecar_image)
+
+    report = anyio.run(run)
+    for line in doctor_mod.lines(report):
+        click.echo(line)
+    sys.exit(0 if report.ok else 1)
 
 
 def _now() -> dt.datetime:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bridge import state
+from bridge import resources, state
 from bridge.errors import BridgeError
 from bridge.target import PortMap
 from sidecar import protocol
@@ -45,6 +45,9 @@ class Options:
     # direct-tcpip (the command's outbound connections leaving from the pod); False for
     # `--outbound none`: the sidecar refuses every such channel.
     direct_tcpip: bool = True
+    # [realbeh] the proxy container's resources (bridge.resources.sidecar_resources, fitted to
+    # the namespace's LimitRanges); None: the defaults for a namespace without LimitRange
+    resources: Mapping[str, Any] | None = None
 
 
 class UnsafeTemplate(BridgeError, ValueError):
@@ -162,6 +165,9 @@ def _sidecar_container(original: Obj, opts: Options, ports: ControlPorts) -> dic
     if c.get("ports"):  # the sidecar binds them in the pod, never on the node
         c["ports"] = [{k: v for k, v in p.items() if k not in ("hostPort", "hostIP")}
                       for p in c["ports"]]
+    # [realbeh] small explicit resources fit for the sidecar, never the app's
+    c["resources"] = copy.deepcopy(dict(opts.resources if opts.resources is not None
+                                        else resources.sidecar_resources()))
     settings = _sidecar_env(opts, ports)
     ours = {e["name"] for e in settings}
     c["env"] = [e for e in c.get("env") or [] if e.get("name") not in ours] + settings

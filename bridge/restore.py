@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import anyio
 
-from bridge import plan, state, trust
+from bridge import endpoints, plan, state, trust
 from bridge.errors import BridgeError
 from bridge.kube import ApiError, Kube, Obj
 from bridge.progress import Progress, Waiter
@@ -67,11 +67,6 @@ def _pod_ready(pod: Obj) -> bool:
     return False
 
 
-def _endpoint_ips(endpoints: Obj) -> set[str]:
-    return {str(a.get("ip")) for s in endpoints.get("subsets") or []
-            for a in s.get("addresses") or []}
-
-
 def _transient(e: BridgeError) -> bool:
     """An answer worth retrying: no answer at all, throttling, or a server-side error."""
     return isinstance(e, ApiError) and (e.status == 0 or e.status == 429 or e.status >= 500)
@@ -103,10 +98,10 @@ async def endpoints_serve(kube: Kube, services: list[Obj], ips: set[str]) -> boo
     """True when every Service's Endpoints list at least one of these pod IPs as ready."""
     for svc in services:
         try:
-            ep = await kube.get_endpoints(name_of(svc))
+            ready = await kube.service_ready_ips(name_of(svc))  # [realbeh] EndpointSlices
         except ApiError:
             return True  # cannot see Endpoints (RBAC): readiness of the pods is all we know
-        if not _endpoint_ips(ep) & ips:
+        if not ready & ips:
             return False
     return True
 
@@ -132,9 +127,11 @@ async def wait_original_ready(kube: Kube, name: str, replicas: int, wait_timeout
         sel = ",".join(f"{k}={v}" for k, v in selector.items())
         while services:
             pods = await kube.list_pods(sel or None)
-            ips = {str(p.get("status", {}).get("podIP")) for p in pods
-                   if state.SESSION_LABEL not in (p.get("metadata", {}).get("labels") or {})
-                   and _pod_ready(p)}
+            ips: set[str] = set()
+            for p in pods:  # [realbeh] every address of the pod (podIPs)
+                if (state.SESSION_LABEL not in (p.get("metadata", {}).get("labels") or {})
+                        and _pod_ready(p)):
+                    ips |= endpoints.pod_ips(p)
             if ips and await endpoints_serve(kube, services, ips):
                 break
             waiter.tick()

@@ -31,9 +31,9 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from bridge import controllers, diagnose, endpoints, plan, resources, restore, state, target, trust
 from bridge import env as envmod
 from bridge import outbound as outbound_mod  # OUTBOUND(issue 10)
-from bridge import plan, restore, state, target, trust
 from bridge.errors import BridgeError
 from bridge.kube import ApiError, Kube, NamespaceNotFound, Obj
 from bridge.progress import Progress
@@ -163,6 +163,9 @@ class Session:
         self.name = ""
         self.ports: list[target.PortMap] = []
         self.outbound: outbound_mod.Outbound | None = None  # OUTBOUND(issue 10)
+        self.drift = controllers.DriftWatch()  # [realbeh] armed once the original is at 0
+        self.drift_armed = False
+        self.said_waiting = ""  # [realbeh] the last scheduling/gate message shown
 
     # -- the whole session ----------------------------------------------------------------
 
@@ -278,6 +281,11 @@ class Session:
         container = target.choose_container(deployment, services, o.container)
         self.container = str(container["name"])
         self.ports = target.choose_ports(container, services, o.ports)
+        # [realbeh] controllers that would undo the swap: said before anything changes
+        fighting = controllers.findings(deployment, await kube.list_scaled_objects())
+        for finding in fighting:
+            p.warn(finding.line())
+        self.drift = controllers.DriftWatch(known=fighting)
 
         decision = state.decide(state.decode(_annotations(deployment)), now(), o.heartbeat_ttl)
         if isinstance(decision, state.RepairFirst):
@@ -321,7 +329,9 @@ class Session:
         self.manifest = plan.plan_proxy(deployment, plan.Options(
             container=self.container, ports=self.ports, session=self.session_id,
             owner=o.owner, authorized_key=tunnelmod.public_key_line(self.client_key),
-            image=o.sidecar_image, allow_host_access=o.allow_host_access))
+            image=o.sidecar_image, allow_host_access=o.allow_host_access,
+            # [realbeh] small sidecar resources within the namespace's LimitRanges
+            resources=resources.sidecar_resources(await kube.list_limit_ranges())))
         self.manifest["metadata"]["namespace"] = ns
         # Pushed before the lock is taken: if the patch's outcome is unknown (cancelled by a
         # signal, or no answer), restoring finds out, and touches only a lock of ours.
@@ -440,6 +450,7 @@ class Session:
                 patch["metadata"] = {"resourceVersion": rv}
             try:
                 await kube.patch_deployment(self.name, patch)
+                self.drift_armed = True  # [realbeh] from now on replicas should stay 0
                 return
             except ApiError as e:
                 if e.status != 409:
@@ -535,6 +546,8 @@ class Session:
                     if not q.get("metadata", {}).get("deletionTimestamp")]
             pods = await self._proven_pods(pods)  # security: never a pod we cannot prove ours
             pods.sort(key=lambda q: str(q.get("metadata", {}).get("creationTimestamp", "")))
+            if first:  # [realbeh] admission refusals fail now; scheduling is waited out
+                await self._diagnose_proxy(selector, pods)
             if pods:
                 pod = pods[-1]
                 pname = target.name_of(pod)
@@ -568,6 +581,20 @@ class Session:
             self.progress.warn("ignoring pod " + trust.describe(
                 state.printable(name), refused[name]) + " (not bridge's proxy)")
         return proven
+    async def _diagnose_proxy(self, selector: str, pods: list[Obj]) -> None:
+        """[realbeh] Fail at once when admission refuses the proxy pod (quota, LimitRange, Pod
+        Security, webhooks); say once what a pending pod waits for (Unschedulable, gates)."""
+        replicasets = await self._kube().list_replicasets(selector) if not pods else []
+        verdict = diagnose.diagnose(replicasets, pods)
+        if verdict is None:
+            return
+        assert self.lock is not None
+        if verdict.action == diagnose.FAIL:
+            raise BridgeError(diagnose.refusal_message(self.lock.proxy, verdict))
+        line = verdict.line()
+        if line != self.said_waiting:
+            self.said_waiting = line
+            self.progress.warn(f"proxy pod waiting: {line}")
 
     async def _check_pod_failure(self, pod: Obj) -> None:
         pname = target.name_of(pod)
@@ -605,11 +632,16 @@ class Session:
             mine = [q for q in pods if target.name_of(q) == pod_name]
             if mine:
                 await self._check_pod_failure(mine[0])
+                gate = diagnose.pod_waiting(mine[0])  # [realbeh] e.g. a readiness gate
+                if gate is not None and gate.line() != self.said_waiting:
+                    self.said_waiting = gate.line()
+                    self.progress.warn(f"proxy pod waiting: {gate.line()}")
                 if restore._pod_ready(mine[0]):
-                    ip = str(mine[0].get("status", {}).get("podIP"))
                     if services is None:
                         services = await restore.services_selecting(kube, self.manifest)
-                    if await restore.endpoints_serve(kube, services, {ip}):
+                    # [realbeh] every address of the pod (podIPs: dual-stack, IPv6)
+                    if await restore.endpoints_serve(kube, services,
+                                                     endpoints.pod_ips(mine[0])):
                         waiter.done(f"proxy pod {pod_name} Ready ({waiter.elapsed():.1f}s)")
                         return READY
             waiter.tick()
@@ -622,17 +654,18 @@ class Session:
         if not services:
             return
         pods = await kube.list_pods(f"{state.SESSION_LABEL}={self.session_id}")
-        ips = {str(q.get("status", {}).get("podIP")) for q in pods
-               if target.name_of(q) == pod_name}
+        ips: set[str] = set()
+        for q in pods:  # [realbeh] podIPs
+            if target.name_of(q) == pod_name:
+                ips |= endpoints.pod_ips(q)
         waiter = self.progress.waiting(f"the original pods of deployment/{self.name} to leave "
                                        "the Service endpoints")
         with anyio.move_on_after(self.opts.timeout):
             while not self._child_exited():  # then the restore starts at once
                 try:
                     current = set()
-                    for svc in services:
-                        current |= restore._endpoint_ips(
-                            await kube.get_endpoints(target.name_of(svc)))
+                    for svc in services:  # [realbeh] EndpointSlices
+                        current |= await kube.service_ready_ips(target.name_of(svc))
                 except ApiError:
                     return  # not allowed to read Endpoints: nothing more to learn
                 if current <= ips:
@@ -766,6 +799,10 @@ class Session:
         kube = self._kube()
         for _ in range(3):
             dep = await self._check_still_ours()
+            if self.drift_armed:  # [realbeh] KEDA/GitOps scaling the original back up
+                drift = self.drift.observe(dep)
+                if drift:
+                    self.progress.warn(drift)
             rv = dep.get("metadata", {}).get("resourceVersion")
             try:
                 await kube.patch_deployment(self.name, state.heartbeat_patch(now(), rv))
