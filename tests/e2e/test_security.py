@@ -185,8 +185,9 @@ def test_the_pods_bash_env_runs_nothing_on_the_laptop(make_workload: Any, tmp_pa
     w = make_workload(extra_env=[{"name": "BASH_ENV", "value": f"$(touch {marker})"},
                                  {"name": "LD_PRELOAD", "value": "/nonexistent/evil.so"}])
     env_file = tmp_path / "app.env"
-    code, b = w.run_bridge("swap", "hello", "--env-file", str(env_file), "--",
-                           "bash", "-c", "echo ld=${LD_PRELOAD:-none}")
+    # --outbound none: torsocks (bridge's own LD_PRELOAD) would hide whether the pod's got in
+    code, b = w.run_bridge("swap", "hello", "--env-file", str(env_file), "--outbound", "none",
+                           "--", "bash", "-c", "echo ld=${LD_PRELOAD:-none}")
     assert code == 0, b.stderr
     assert not marker.exists()
     assert "ld=none" in b.stdout
