@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -84,6 +85,14 @@ def _client_pod(w: Any) -> None:
             "args": ["http://$(HELLO_SERVICE_HOST):$(HELLO_SERVICE_PORT)/"]}]}}))
 
 
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def _phase(w: Any, pod: str) -> str:
     return str((w.get("pod", pod).get("status") or {}).get("phase"))
 
@@ -127,8 +136,16 @@ def test_breakpoint_hit_by_a_request_from_the_cluster(make_workload: Any,
         line = next(i for i, ln in enumerate(APP.splitlines(), 1) if "# BREAK" in ln)
         assert dap.attach({str(app): [line]})[str(app)][0]["verified"] is True
 
+        # debugpy lets the app run once configured; it then listens (an empty connection
+        # does not reach the handler)
+        wait_until("the app to listen", lambda: _accepts(port))
         _client_pod(w)  # a request to the Service, from inside the cluster
-        stopped = dap.event("stopped", timeout=120)
+        try:
+            stopped = dap.event("stopped", timeout=120)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\nclient pod: {_phase(w, 'client')} "
+                                 f"{w.k('logs', 'client', check=False)}\n"
+                                 f"bridge:\n{b.stderr}") from None
         assert stopped["reason"] == "breakpoint"
         frame = dap.call("stackTrace", threadId=stopped["threadId"])["stackFrames"][0]
         assert (Path(frame["source"]["path"]).resolve(), frame["line"]) == (app.resolve(), line)
