@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import anyio
 import click
 
+from bridge import envsyntax, state
 from bridge import restore as restore_mod
-from bridge import state
 from bridge import status as status_mod
 from bridge.errors import BridgeError
 from bridge.kube import Kube
@@ -117,7 +117,12 @@ def _env_float(name: str, default: float) -> float:
 @click.option("--port", "-p", "ports", multiple=True, metavar="REMOTE[:LOCAL]",
               help="Port to bring to this machine, by number or name; repeatable "
                    "(default: every TCP port of the container).")
-@click.option("--env-file", metavar="PATH", help="Write the pod's environment as a dotenv file.")
+@click.option("--env-file", metavar="PATH",
+              help="Write the pod's environment to PATH, in --env-syntax (attach mode's default: "
+                   ".bridge/NAME.env under the current directory).")
+@click.option("--env-syntax", type=click.Choice(envsyntax.SYNTAXES), default="dotenv",
+              show_default=True, help="Syntax of --env-file: dotenv (VS Code, JetBrains "
+              "EnvFile, python-dotenv), json, sh, csh, fish, powershell, cmd, compose.")
 @click.option("--env-json", metavar="PATH", help="Write the pod's environment as JSON.")
 @click.option("--sidecar-image", default=protocol.DEFAULT_IMAGE, show_default=True,
               metavar="IMAGE", help="Image of the proxy container.")
@@ -165,6 +170,7 @@ def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -
         target=target, command=list(command), kubeconfig=common.kubeconfig,
         context=common.context, namespace=common.namespace, container=kw["container"],
         ports=tuple(kw["ports"]), env_file=kw["env_file"], env_json=kw["env_json"],
+        env_syntax=kw["env_syntax"],
         sidecar_image=kw["sidecar_image"], timeout=kw["timeout"], wait=not kw["no_wait"],
         heartbeat_interval=kw["heartbeat_interval"], heartbeat_ttl=kw["heartbeat_ttl"],
         keepalive_interval=kw["keepalive_interval"], env_allow=tuple(kw["env_allow"]),
@@ -270,6 +276,51 @@ def doctor(ctx: click.Context, target: str | None, sidecar_image: str, **kw: Any
     for line in doctor_mod.lines(report):
         click.echo(line)
     sys.exit(0 if report.ok else 1)
+
+
+@cli.group()
+def ide() -> None:
+    """Debug a swapped service from your IDE (writes its configuration; no plugin needed)."""
+
+
+@ide.command("vscode")
+@click.argument("target")
+@click.option("--program", metavar="PATH", help="Script to debug (default: the open file).")
+@click.option("--module", "-m", metavar="MODULE", help="Module to debug (python -m MODULE).")
+@click.option("--arg", "args", multiple=True, metavar="ARG", help="Argument for it; repeatable.")
+@click.option("--port", "-p", "ports", multiple=True, metavar="REMOTE[:LOCAL]",
+              help="As for `bridge swap`; repeatable.")
+@click.option("--workspace", default=".", show_default=True, metavar="DIR",
+              type=click.Path(file_okay=False, exists=True),
+              help="The VS Code workspace folder (its .vscode/ is written).")
+@click.pass_context
+def ide_vscode(ctx: click.Context, target: str, program: str | None, module: str | None,
+               args: tuple[str, ...], ports: tuple[str, ...], workspace: str) -> None:
+    """Write (or update) a VS Code debug configuration that swaps TARGET while you debug.
+
+    \b
+    .vscode/tasks.json:  "bridge: swap NAME" (runs bridge swap until the debug session ends)
+                         and "bridge: end swap NAME"
+    .vscode/launch.json: "bridge: debug NAME" (debugpy, with the pod's environment)
+    Other entries and comments in those files are kept.
+    """
+    from pathlib import Path
+
+    from bridge.ide import vscode
+
+    if program and module:
+        raise click.UsageError("give --program or --module, not both")
+    common = ctx.find_object(Common) or Common()
+    swap_args: list[str] = []
+    for flag, value in (("--kubeconfig", common.kubeconfig), ("--context", common.context),
+                        ("--namespace", common.namespace)):
+        if value:
+            swap_args += [flag, value]
+    opts = vscode.Options(target=target, name=vscode.name_of_target(target), program=program,
+                          module=module, args=args, ports=ports, swap_args=tuple(swap_args))
+    for path in vscode.write(Path(workspace), opts):
+        click.echo(f"bridge: wrote {path}", err=True)
+    click.echo(f'bridge: in VS Code, run "{vscode.launch_name(opts)}" (Run and Debug)', err=True)
 
 
 def _now() -> dt.datetime:

@@ -18,10 +18,8 @@ import datetime as dt
 import getpass
 import os
 import secrets
-import shutil
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,10 +29,22 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from bridge import controllers, diagnose, endpoints, plan, resources, restore, state, target, trust
+from bridge import (
+    controllers,
+    diagnose,
+    endpoints,
+    envsyntax,  # [ide]
+    plan,
+    resources,
+    restore,
+    state,
+    target,
+    trust,
+)
 from bridge import env as envmod
 from bridge import outbound as outbound_mod  # OUTBOUND(issue 10)
 from bridge.errors import BridgeError
+from bridge.ide import envfile as ide_envfile  # [ide]
 from bridge.kube import ApiError, Kube, NamespaceNotFound, Obj
 from bridge.progress import Progress
 from sidecar import protocol
@@ -89,6 +99,7 @@ class SwapOptions:
     ports: tuple[str, ...] = ()
     env_file: str | None = None
     env_json: str | None = None
+    env_syntax: str = "dotenv"  # [ide] --env-syntax: how --env-file is written
     sidecar_image: str = protocol.DEFAULT_IMAGE
     timeout: float = 120.0
     wait: bool = True
@@ -685,16 +696,20 @@ class Session:
         if held:
             p.warn(envmod.held_back_line(held))
         self.env_file = o.env_file
-        if not o.command and not o.env_file:
-            tmp = tempfile.mkdtemp(prefix=f"bridge-{self.session_id}-")
-            self.env_file = str(Path(tmp) / f"{self.name}.env")
-            self.stack.push("removing the environment file",
-                            _async(lambda: shutil.rmtree(tmp, ignore_errors=True)))
+        if not o.command and not o.env_file:  # [ide] attach mode: .bridge/NAME.env under cwd
+            default = ide_envfile.default_env_file(Path.cwd(), self.name, o.env_syntax)  # [ide]
+            ide_envfile.prepare_dir(default.parent)  # [ide] created 0700, git-ignored
+            self.env_file = str(default)  # [ide]
+            self.stack.push("removing the environment file",  # [ide]
+                            _async(lambda: default.unlink(missing_ok=True)))  # [ide]
         if self.env_file:
-            skipped = envmod.write_dotenv(self.env_file, exported, held)
+            rendered = envsyntax.render(o.env_syntax, exported, held,  # [ide] + security
+                                        service=self.name)  # [ide]
+            ide_envfile.write_private(Path(self.env_file), rendered.text)  # [ide]
             p.info(f"wrote the pod's environment to {self.env_file}")
-            if skipped:
-                p.warn("left out of the env file (not shell names): " + ", ".join(skipped))
+            if rendered.left_out:  # [ide]
+                p.warn(f"left out of the env file ({o.env_syntax} syntax): " + ", ".join(  # [ide]
+                    f"{k} ({why})" for k, why in sorted(rendered.left_out.items())))  # [ide]
         if o.env_json:
             envmod.write_json(o.env_json, exported)
             p.info(f"wrote the pod's environment to {o.env_json}")
@@ -742,9 +757,8 @@ class Session:
     async def _hold(self) -> int:
         o, p = self.opts, self.progress
         if self.child is None:
-            listen = ", ".join(f"127.0.0.1:{pm.local}" for pm in self.ports)
-            p.info(f"attached: start your service listening on {listen} with the environment "
-                   f"in {self.env_file}; press Ctrl-C to end the swap")
+            p.info(ide_envfile.attached_message(  # [ide] the line IDE tasks wait for
+                [f"127.0.0.1:{pm.local}" for pm in self.ports], self.env_file))  # [ide]
             self.attach_mode_held = True
             while True:  # security: item 7, a listener of another user ends the swap
                 await anyio.sleep(1.0)
