@@ -59,6 +59,7 @@ NEEDS: tuple[Need, ...] = (
     Need("list", "endpointslices", "to see when traffic moved", "discovery.k8s.io",
          required=False),
     Need("get", "endpoints", "to see when traffic moved (older clusters)", required=False),
+    Need("get", "replicasets", "to prove the proxy pod's owner chain", "apps"),
     Need("list", "replicasets", "to say why the proxy pod cannot be created", "apps",
          required=False),
     Need("list", "limitranges", "to fit the sidecar's resources", required=False),
