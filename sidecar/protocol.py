@@ -72,3 +72,14 @@ FORWARD_MAX_PKTSIZE = 32 * 1024
 # client (chacha20 first by default) use it: about 2x the throughput of
 # chacha20-poly1305 through asyncssh, measured here. Every OpenSSH since 6.2 has it.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+# --- Added for the pod's files (issue 15). ---
+
+# The volume mounts the sidecar serves over SFTP (the `sftp` subsystem of a session channel of
+# the authenticated connection), as a JSON list: [{"path": "/etc/config", "writable": false}]
+# ("source": where the sidecar reads it, default the path itself). Empty: no SFTP at all. A
+# mount is writable only when the user asked for it and the volume mount is not read-only.
+ENV_MOUNTS = "BRIDGE_MOUNTS"
+# Where the laptop process finds the pod's files (their pod paths under it): set in its
+# environment and in the env file, e.g. $BRIDGE_ROOT/etc/config/app.yaml.
+ENV_ROOT = "BRIDGE_ROOT"

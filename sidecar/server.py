@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncssh
 
-from sidecar import commands, forwards, health, listen, protocol
+from sidecar import commands, files, forwards, health, listen, protocol
 from sidecar.ports import Claim, PortRegistry, refusal_message
 from sidecar.settings import Settings
 
@@ -146,7 +146,8 @@ class SidecarServer(asyncssh.SSHServer):
     def session_requested(self) -> asyncssh.SSHServerSession[str] | bool:
         if self._state.shutting_down:
             return False
-        return CommandSession(self._state, self.label)
+        session = CommandSession(self._state, self.label)
+        return files.session_for(session, self._state.settings.mounts, self.label)  # issue 15
 
     # -- remote forwards
     async def server_requested(self, listen_host: str, listen_port: int) -> Any:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from sidecar import protocol
+from sidecar import files, protocol
 
 
 class SettingsError(ValueError):
@@ -25,6 +25,7 @@ class Settings:
     bind: str
     drain_seconds: float
     keepalive_seconds: float
+    mounts: tuple[files.Mount, ...] = ()  # served over SFTP (issue 15)
 
 
 def _port(name: str, raw: str) -> int:
@@ -143,6 +144,10 @@ def load(env: Mapping[str, str]) -> Settings:
                 f"{protocol.ENV_PORTS} includes {own}, which the sidecar itself uses "
                 f"({name}); choose another {name}"
             )
+    try:  # the pod's files (issue 15)
+        mounts = files.parse_mounts(env.get(protocol.ENV_MOUNTS, ""))
+    except ValueError as exc:
+        raise SettingsError(f"{protocol.ENV_MOUNTS} {exc}") from None
     return Settings(
         authorized_key=authorized_key,
         ports=ports,
@@ -151,4 +156,5 @@ def load(env: Mapping[str, str]) -> Settings:
         bind=bind,
         drain_seconds=drain,
         keepalive_seconds=keepalive,
+        mounts=mounts,
     )
