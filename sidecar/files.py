@@ -185,6 +185,10 @@ class _Handle:
         self.fd = fd
         self.writable = writable
 
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        """For asyncssh's `ranges` extension (SEEK_DATA/SEEK_HOLE on the open file)."""
+        return os.lseek(self.fd, offset, whence)
+
 
 class FilesServer(asyncssh.SFTPServer):
     """An SFTP server confined to the mounts (see the module's docstring)."""
