@@ -414,12 +414,34 @@ class Files:
         return lines[-1] if lines else f"exit status {proc.returncode}"
 
     # -- the end
+    async def reattach(self, conn: asyncssh.SSHClientConnection) -> None:
+        """After the SSH connection was made anew: a live mount rides the new one (the old
+        one's sshfs ended with its channel)."""
+        self._conn = conn
+        if self.mode == "live" and self.root:
+            await self._unmount_live()
+            await self._mount()
+
     async def close(self) -> None:
         """Unmount (live), stop sshfs, remove the directory and the record. Bounded."""
         if self.mode == "live" and self.root:
-            if _mounted_as(self.root, self._fsname) and not _unmount(self.root, lazy=False):
+            await self._unmount_live()
+        if self.root:
+            if _is_mount_point(self.root):
+                self._progress.warn(f"the pod's files are still mounted at {self.root}; run "
+                                    "`bridge restore` or `fusermount3 -u` on it")
+                return
+            _remove_root(self.root, self._created)
+        if self._record is not None:
+            self._record.unlink(missing_ok=True)
+
+    async def _unmount_live(self) -> None:
+        if self.root:
+            # in a thread: unmounting may need sshfs to talk through this loop's pumps
+            if _mounted_as(self.root, self._fsname) and not await asyncio.to_thread(
+                    _unmount, self.root, False):
                 self._progress.warn(f"{self.root} is busy; detaching the mount (lazy unmount)")
-                _unmount(self.root, lazy=True)
+                await asyncio.to_thread(_unmount, self.root, True)
             proc = self._sshfs
             if proc is not None and proc.returncode is None:
                 try:
@@ -432,18 +454,13 @@ class Files:
             for task in self._pumps:
                 with contextlib.suppress(BaseException):
                     await task
+            self._pumps = []
             if self._channel is not None:
                 self._channel.close()
+                self._channel = None
             if self._sock is not None:
                 self._sock.close()
-        if self.root:
-            if _is_mount_point(self.root):
-                self._progress.warn(f"the pod's files are still mounted at {self.root}; run "
-                                    "`bridge restore` or `fusermount3 -u` on it")
-                return
-            _remove_root(self.root, self._created)
-        if self._record is not None:
-            self._record.unlink(missing_ok=True)
+                self._sock = None
 
 
 async def _pump_channel_to_socket(reader: asyncssh.SSHReader[bytes],

@@ -210,6 +210,11 @@ class Tunnel:
             raise BridgeError(f"forwarding port {remote_port} failed: {_reason(exc)}") from None
         self._listeners[remote_port] = listener
 
+    @property
+    def connection(self) -> asyncssh.SSHClientConnection:
+        """The SSH connection itself, for the pod's files' SFTP channel (issue 15)."""
+        return self._conn
+
     def is_closed(self) -> bool:
         """True once the SSH connection is lost or closed."""
         return bool(self._conn.is_closed())

@@ -308,3 +308,30 @@ def test_cleanup_leaves_a_running_sessions_files_alone(
         proc.communicate(timeout=WAIT)
         stop_process(proc, 10)
     assert not os.path.exists(root)
+
+
+@needs_live
+def test_a_live_mount_rides_a_new_connection_after_a_reconnect(
+        sidecar: Sidecar, key: ClientKey, state_home: Path) -> None:
+    async def scenario() -> None:
+        first = await sidecar.connect(key)
+        files = mounts.Files(first, "live", None, writable=False, progress=Progress(QUIET),
+                             session="t5", copy_limit=mounts.COPY_LIMIT)
+        try:
+            root = Path(await files.start())
+            first.close()  # the tunnel dropped
+            await first.wait_closed()
+            second = await sidecar.connect(key)
+            async with second:
+                await files.reattach(second)
+                text = await asyncio.to_thread((root / "etc/config/app.yaml").read_text)
+                assert text == APP_YAML
+                assert mounted(root)
+        finally:
+            await files.close()
+        seen["root"] = root
+
+    seen: dict[str, Path] = {}
+    run(scenario())
+    assert not mounted(seen["root"]) and not seen["root"].exists()
+    assert records(state_home) == []
