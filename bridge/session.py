@@ -457,6 +457,8 @@ class Session:
         except TimeoutError:
             raise BridgeError(f"timed out after {self.opts.timeout:g}s reconnecting to the "
                               "proxy pod") from None
+        if self.files is not None:  # files (issue 15): live mount on the new link
+            await self.files.reattach(self.link.tunnel.connection)
         return self.link
 
     def _kube(self) -> Kube:
