@@ -140,6 +140,40 @@ def test_sigkill_then_bridge_restore_leaves_nothing(
 
 
 @on_local
+@pytest.mark.skipif(LIVE_PROBLEM is not None, reason=f"live mode cannot work here: {LIVE_PROBLEM}")
+def test_a_live_mount_comes_back_after_the_ssh_connection_drops(
+        make_workload: Any, state_home: Path, tmp_path: Path) -> None:
+    """The sidecar is frozen until the agent's keepalives give up, then thawed: sshfs ended
+    with the old connection (and unmounted itself); bridge mounts again on the new one."""
+    from tests.e2e.test_resilience import proxy_pod, sidecar_process
+
+    w = make_workload()
+    port = free_port()
+    w.local_server(port)
+    given = tmp_path / "files"
+    b = w.bridge("swap", "hello", "--port", f"http:{port}", "--mount-mode", "live",
+                 "--mount", str(given),
+                 env={"XDG_STATE_HOME": str(state_home), "BRIDGE_KEEPALIVE_INTERVAL": "0.5"})
+    b.wait_for("attached")
+    assert str(given) in mounted_roots()
+    sidecar = sidecar_process(proxy_pod(w)["metadata"]["name"])
+    sidecar.suspend()
+    try:
+        b.wait_for("connection to the proxy pod lost")
+    finally:
+        sidecar.resume()
+    b.wait_for("reconnected")
+    wait_until("the files to be mounted again",
+               lambda: b.stderr.count(f"mounted the pod's files at {given}") == 2)
+    assert mounted_roots().count(str(given)) == 1
+    assert os.listdir(given) == []  # answers (the local cluster's pods have no volumes)
+    b.signal(signal.SIGINT)
+    assert b.wait() == 0, b.stderr
+    assert not given.exists() and str(given) not in mounted_roots()
+    assert records(state_home) == []
+
+
+@on_local
 def test_a_non_empty_mount_dir_is_refused_before_anything_changes(
         make_workload: Any, tmp_path: Path) -> None:
     w = make_workload()
