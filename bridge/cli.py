@@ -150,6 +150,16 @@ def _env_float(name: str, default: float) -> float:
               default=lambda: _env_float("BRIDGE_HEARTBEAT_TTL", state.DEFAULT_HEARTBEAT_TTL))
 @click.option("--keepalive-interval", type=click.FloatRange(min=0.1), hidden=True,
               default=lambda: _env_float("BRIDGE_KEEPALIVE_INTERVAL", 5.0))
+@click.option("--mount", "mount_dir", metavar="DIR",
+              help="Bring the pod's files (the container's volumes, the service-account token) "
+                   "to DIR, at their pod paths; the command finds DIR in $BRIDGE_ROOT. DIR must "
+                   "be empty or new; it is emptied at the end (default: a temporary directory).")
+@click.option("--mount-mode", type=click.Choice(["auto", "copy", "live"]),
+              help="How the pod's files come: live (sshfs, shows changes) or copy (a snapshot "
+                   "at start); auto: live where sshfs and FUSE work, else copy. Asks for the "
+                   "files like --mount.")
+@click.option("--mount-rw", is_flag=True,
+              help="Let the command write to the pod's writable volumes (live mode).")
 @common_options
 @click.pass_context
 def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -> None:
@@ -175,7 +185,8 @@ def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -
         heartbeat_interval=kw["heartbeat_interval"], heartbeat_ttl=kw["heartbeat_ttl"],
         keepalive_interval=kw["keepalive_interval"], env_allow=tuple(kw["env_allow"]),
         allow_host_access=kw["allow_host_access"],
-        outbound=kw["outbound"], forwards=tuple(kw["forwards"]))
+        outbound=kw["outbound"], forwards=tuple(kw["forwards"]),
+        mount_dir=kw["mount_dir"], mount_mode=kw["mount_mode"], mount_rw=kw["mount_rw"])
     try:
         code = anyio.run(Session(opts, progress).run)
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,8 @@ class Options:
     # [realbeh] the proxy container's resources (bridge.resources.sidecar_resources, fitted to
     # the namespace's LimitRanges); None: the defaults for a namespace without LimitRange
     resources: Mapping[str, Any] | None = None
+    files: bool = False  # serve the container's volume mounts to the laptop (issue 15)
+    files_writable: bool = False  # --mount-rw: writable where the volume mount is
 
 
 class UnsafeTemplate(BridgeError, ValueError):
@@ -138,6 +141,58 @@ def ssh_port_of(proxy: Obj, container: str) -> int:
     return protocol.DEFAULT_SSH_PORT
 
 
+# --- the pod's files (issue 15) ---------------------------------------------------------------
+
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# Volumes that reach into the node rather than the pod: never mounted into the sidecar.
+NODE_LEVEL_VOLUMES = ("hostPath", "gitRepo")
+
+
+@dataclass(frozen=True)
+class FilesPlan:
+    volume_mounts: list[dict[str, Any]]  # the sidecar container's volumeMounts
+    served: list[dict[str, Any]]  # what the sidecar serves (protocol.ENV_MOUNTS)
+    skipped: list[str]  # mount paths left out, with the reason
+
+
+def files_plan(pod_spec: Obj, container: Obj, opts: Options) -> FilesPlan:
+    """Which of the swapped container's volume mounts the sidecar mounts and serves.
+
+    Without files: none (the sidecar needs none). With: every mount of the container at its
+    path, read-only unless --mount-rw was asked and the mount is writable, except node-level
+    volumes (hostPath, gitRepo); plus the service-account token Kubernetes mounts into every
+    container unless automount is off."""
+    if not opts.files:
+        return FilesPlan([], [], [])
+    volumes = {v.get("name"): v for v in pod_spec.get("volumes") or [] if isinstance(v, dict)}
+    mounts: list[dict[str, Any]] = []
+    served: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for vm in container.get("volumeMounts") or []:
+        path, name = vm.get("mountPath"), vm.get("name")
+        if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") == "":
+            continue
+        volume = volumes.get(name)
+        if volume is None:
+            skipped.append(f"{path} (no volume {name!r} in the pod)")
+            continue
+        kind = next((k for k in NODE_LEVEL_VOLUMES if k in volume), None)
+        if kind:
+            skipped.append(f"{path} (a {kind} volume: the node's files are not served)")
+            continue
+        writable = opts.files_writable and not vm.get("readOnly", False)
+        new = {"name": name, "mountPath": path, "readOnly": not writable}
+        for key in ("subPath", "subPathExpr"):
+            if key in vm:
+                new[key] = vm[key]
+        mounts.append(new)
+        served.append({"path": path.rstrip("/"), "writable": writable})
+    if pod_spec.get("automountServiceAccountToken") is not False and not any(
+            m["path"] == SERVICE_ACCOUNT_DIR for m in served):
+        served.append({"path": SERVICE_ACCOUNT_DIR, "writable": False})
+    return FilesPlan(mounts, served, skipped)
+
+
 def _sidecar_env(opts: Options, ports: ControlPorts) -> list[dict[str, str]]:
     """Every sidecar setting, set explicitly: the proxy container inherits the app's env and
     envFrom, and an app variable that happened to be named like a setting (BRIDGE_BIND=0.0.0.0
@@ -152,6 +207,7 @@ def _sidecar_env(opts: Options, ports: ControlPorts) -> list[dict[str, str]]:
         {"name": protocol.ENV_KEEPALIVE_SECONDS,
          "value": str(protocol.DEFAULT_KEEPALIVE_SECONDS)},
         {"name": protocol.ENV_DIRECT_TCPIP, "value": "on" if opts.direct_tcpip else "off"},
+        {"name": protocol.ENV_MOUNTS, "value": ""},  # set by plan_proxy when files are asked
     ]
 
 
@@ -181,6 +237,21 @@ def _sidecar_container(original: Obj, opts: Options, ports: ControlPorts) -> dic
     return c
 
 
+def _with_files(pod_spec: dict[str, Any], opts: Options) -> None:
+    """The sidecar container's volumeMounts and its mount list (issue 15)."""
+    for c in pod_spec["containers"]:
+        if c.get("name") != opts.container:
+            continue
+        fp = files_plan(pod_spec, c, opts)  # c still has the original's volumeMounts
+        c["volumeMounts"] = fp.volume_mounts
+        if not fp.volume_mounts:
+            c.pop("volumeMounts")
+        for e in c["env"]:
+            if e["name"] == protocol.ENV_MOUNTS:
+                e["value"] = json.dumps(fp.served) if fp.served else ""
+        c.pop("volumeDevices", None)
+
+
 def _with_sysctl(pod_spec: dict[str, Any], name: str, value: str) -> None:
     sc = pod_spec.setdefault("securityContext", {}) or {}
     pod_spec["securityContext"] = sc
@@ -200,7 +271,11 @@ def host_access(pod_spec: Obj) -> list[str]:
 
 
 def _harden(pod_spec: dict[str, Any], opts: Options) -> None:
-    if not opts.service_account_token:
+    """The service-account token stays off the proxy pod unless the user asked for the pod's
+    files (the token is one of them) or another container of the pod may need it."""
+    if opts.service_account_token or opts.files:
+        return
+    if len(pod_spec["containers"]) == 1 and not pod_spec.get("initContainers"):
         pod_spec["automountServiceAccountToken"] = False
 
 
@@ -233,6 +308,7 @@ def plan_proxy(original: Obj, opts: Options) -> dict[str, Any]:
     if not found:
         raise ValueError(f"no container {opts.container!r} in deployment {name!r}")
     pod_spec["containers"] = new_containers
+    _with_files(pod_spec, opts)
     _harden(pod_spec, opts)
     if any(p.remote < 1024 for p in opts.ports):
         _with_sysctl(pod_spec, UNPRIVILEGED_PORT_SYSCTL, "0")

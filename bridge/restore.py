@@ -164,6 +164,7 @@ async def restore(kube: Kube, name: str, progress: Progress, *, lock: state.Lock
                   wait: bool = True, wait_timeout: float = DEFAULT_TIMEOUT) -> Outcome:
     """Restore deployment `name`. With `lock` (the session's own), only that session's state
     is touched; without, whatever lock the Deployment carries is repaired."""
+    await remove_leftover_files(progress)  # files (issue 15)
     out = Outcome()
     original: Obj | None = None
     try:
@@ -306,6 +307,7 @@ async def _scale_back(kube: Kube, name: str, original: Obj, lock: state.Lock,
 async def restore_all(kube: Kube, progress: Progress, *, wait: bool = True,
                       wait_timeout: float = DEFAULT_TIMEOUT) -> Outcome:
     """Every swapped Deployment of the namespace, and proxies no session holds any more."""
+    await remove_leftover_files(progress)  # files (issue 15)
     total = Outcome()
     deployments = await kube.list_deployments()
     live_sessions = set()
@@ -345,3 +347,11 @@ async def restore_all(kube: Kube, progress: Progress, *, wait: bool = True,
     if not total.restored and not total.failures:
         progress.info(f"nothing to restore in namespace {kube.namespace}")
     return total
+
+
+async def remove_leftover_files(progress: Progress) -> None:
+    """Files (issue 15): unmount and remove the pod's files a killed bridge left on this
+    machine (sessions still running are left alone)."""
+    from bridge import mounts
+
+    await anyio.to_thread.run_sync(mounts.cleanup_leftovers, progress.info)

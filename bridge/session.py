@@ -111,6 +111,9 @@ class SwapOptions:
     allow_host_access: bool = False  # security: allow templates with host namespaces
     outbound: str | None = None  # OUTBOUND(issue 10): inject|proxy|none; None: inject if torsocks
     forwards: tuple[str, ...] = ()  # OUTBOUND(issue 10): --forward SERVICE:PORT[:LOCAL]
+    mount_dir: str | None = None  # files (issue 15): --mount DIR
+    mount_mode: str | None = None  # files (issue 15): --mount-mode auto|copy|live
+    mount_rw: bool = False  # files (issue 15): --mount-rw
 
 
 class CleanupStack:
@@ -177,6 +180,9 @@ class Session:
         self.drift = controllers.DriftWatch()  # [realbeh] armed once the original is at 0
         self.drift_armed = False
         self.said_waiting = ""  # [realbeh] the last scheduling/gate message shown
+        self.files_mode: str | None = None  # files (issue 15)
+        self.files_note = ""  # files (issue 15)
+        self.files: Any = None  # files (issue 15): a mounts.Files once provided
 
     # -- the whole session ----------------------------------------------------------------
 
@@ -281,6 +287,7 @@ class Session:
             problem = path and output_path_problem(option, path)
             if problem:
                 raise BridgeError(f"{problem}; nothing was changed")
+        self.files_mode, self.files_note = _files_mode(o)  # files (issue 15), before any change
         self.kube = kube = await Kube.connect(o.kubeconfig, o.context, o.namespace)
         self.stack.push("closing the API connection", kube.close)
         self.stack.push("closing the tunnel", self._close_link)
@@ -337,12 +344,18 @@ class Session:
             session=self.session_id, owner=o.owner, replicas=replicas,
             proxy=plan.proxy_name(name, self.session_id),
             ports=",".join(pm.spec() for pm in self.ports), started_at=t, heartbeat=t)
-        self.manifest = plan.plan_proxy(deployment, plan.Options(
+        plan_opts = plan.Options(
             container=self.container, ports=self.ports, session=self.session_id,
             owner=o.owner, authorized_key=tunnelmod.public_key_line(self.client_key),
             image=o.sidecar_image, allow_host_access=o.allow_host_access,
             # [realbeh] small sidecar resources within the namespace's LimitRanges
-            resources=resources.sidecar_resources(await kube.list_limit_ranges())))
+            resources=resources.sidecar_resources(await kube.list_limit_ranges()),
+            files=self.files_mode is not None, files_writable=o.mount_rw)  # files (issue 15)
+        self.manifest = plan.plan_proxy(deployment, plan_opts)
+        if self.files_mode is not None:  # files (issue 15)
+            for skipped in plan.files_plan(deployment["spec"]["template"]["spec"], container,
+                                           plan_opts).skipped:
+                p.warn(f"not bringing the pod's files at {skipped}")
         self.manifest["metadata"]["namespace"] = ns
         # Pushed before the lock is taken: if the patch's outcome is unknown (cancelled by a
         # signal, or no answer), restoring finds out, and touches only a lock of ours.
@@ -389,6 +402,10 @@ class Session:
             raise BridgeError(f"timed out after {o.timeout:g}s waiting for the proxy pod of "
                               f"deployment/{self.lock.proxy} to start") from None
         pod_env = await self.link.tunnel.env()
+        # bridge's own variables (not the pod's: never filtered by envmod.hold_back)
+        bridge_env: dict[str, str] = {}
+        if self.files_mode is not None:  # files (issue 15)
+            bridge_env[protocol.ENV_ROOT] = await self._provide_files(self.link)
         # OUTBOUND(issue 10): start the proxy, add its variables to the child's env / env file
         self.outbound = await outbound_mod.start(
             lambda: self.link.tunnel.connection if self.link else None,
@@ -397,14 +414,29 @@ class Session:
         if self.outbound.describe():
             p.info(self.outbound.describe())
         self.child_env = self.outbound.child_env(
-            envmod.overlay(os.environ, pod_env, self.opts.env_allow))  # security
-        bridge_env: dict[str, str] = {}
-        if not o.command:  # bridge's own variables: added after the pod's are filtered
-            bridge_env = {**self.outbound.forward_env(pod_env), **self.outbound.attach_env()}
+            {**envmod.overlay(os.environ, pod_env, self.opts.env_allow), **bridge_env})
+        if not o.command:
+            bridge_env.update({**self.outbound.forward_env(pod_env),
+                               **self.outbound.attach_env()})
         self._write_env_files(pod_env, bridge_env)
         if not o.command and self.env_file and self.outbound.attach_hint(self.env_file):
             p.info(self.outbound.attach_hint(self.env_file))
         # OUTBOUND(issue 10) end
+
+    async def _provide_files(self, link: Link) -> str:  # files (issue 15)
+        """The pod's files under a directory (copied or mounted live); removed at the end."""
+        from bridge import mounts
+
+        assert self.files_mode is not None
+        self.progress.info(self.files_note)
+        if self.opts.mount_rw and self.files_mode == "copy":
+            self.progress.warn("--mount-rw: in copy mode, writes stay in the local copy")
+        self.files = files = mounts.Files(
+            link.tunnel.connection, self.files_mode, self.opts.mount_dir,
+            writable=self.opts.mount_rw, progress=self.progress, session=self.session_id,
+            copy_limit=mounts.COPY_LIMIT)
+        self.stack.push("removing the pod's files", files.close)
+        return await files.start()
 
     async def _hand_over(self) -> None:
         """Remote forwards on (so the proxy turns Ready), then the original out. The proxy only
@@ -479,6 +511,8 @@ class Session:
         except TimeoutError:
             raise BridgeError(f"timed out after {self.opts.timeout:g}s reconnecting to the "
                               "proxy pod") from None
+        if self.files is not None:  # files (issue 15): live mount on the new link
+            await self.files.reattach(self.link.tunnel.connection)
         return self.link
 
     def _kube(self) -> Kube:
@@ -844,6 +878,8 @@ class Session:
                         self.link = await self._connect(first=False)
                     self.progress.info(
                         f"reconnected after {time.monotonic() - started:.1f}s")
+                    if self.files is not None:  # files (issue 15): live mount on the new link
+                        await self.files.reattach(self.link.tunnel.connection)
                 except NotOurs:
                     raise
                 except Exception as e:  # whatever broke this attempt, the next may work
@@ -923,6 +959,20 @@ async def resolve_target(kube: Kube, text: str) -> tuple[Obj, list[Obj]]:
         deployment = dict(target.resolve_service(svc, users))
     services = await restore.services_selecting(kube, deployment)
     return deployment, services
+
+
+def _files_mode(o: SwapOptions) -> tuple[str | None, str]:  # files (issue 15)
+    """(mode, what to say) when the pod's files were asked for (--mount, --mount-mode,
+    --mount-rw), else (None, ""). BridgeError for a bad --mount DIR or an impossible live
+    mode: checked before anything changes."""
+    from bridge import mounts
+
+    if not (o.mount_dir or o.mount_mode or o.mount_rw):
+        return None, ""
+    problem = o.mount_dir and mounts.root_problem(o.mount_dir)
+    if problem:
+        raise BridgeError(f"{problem}; nothing was changed")
+    return mounts.choose_mode(o.mount_mode or "auto", mounts.live_problem())
 
 
 def must_end(sig: int, sigints: int) -> bool:

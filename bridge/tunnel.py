@@ -104,7 +104,9 @@ class Tunnel:
         self._listeners: dict[int, asyncssh.SSHListener] = {}
 
     @property
-    def connection(self) -> asyncssh.SSHClientConnection:  # outbound (issue 10) dials with it
+    def connection(self) -> asyncssh.SSHClientConnection:
+        """The SSH connection itself: outbound dials with it, the pod's files ride an SFTP
+        channel of it."""
         return self._conn
 
     @classmethod

@@ -95,3 +95,14 @@ LOGIN_TIMEOUT_SECONDS = 10.0
 MAX_SESSIONS_PER_CONNECTION = 16  # command channels open at once
 MAX_DIRECT_PER_CONNECTION = 1024  # direct-tcpip channels open at once
 MAX_FORWARDED_CONNECTIONS = 4096  # forwarded TCP connections open at once, all clients
+
+# --- Added for the pod's files (issue 15). ---
+
+# The volume mounts the sidecar serves over SFTP (the `sftp` subsystem of a session channel of
+# the authenticated connection), as a JSON list: [{"path": "/etc/config", "writable": false}]
+# ("source": where the sidecar reads it, default the path itself). Empty: no SFTP at all. A
+# mount is writable only when the user asked for it and the volume mount is not read-only.
+ENV_MOUNTS = "BRIDGE_MOUNTS"
+# Where the laptop process finds the pod's files (their pod paths under it): set in its
+# environment and in the env file, e.g. $BRIDGE_ROOT/etc/config/app.yaml.
+ENV_ROOT = "BRIDGE_ROOT"

@@ -15,6 +15,7 @@ import asyncssh
 
 from sidecar import (
     commands,
+    files,
     forwards,
     health,
     listen,
@@ -224,7 +225,8 @@ class SidecarServer(asyncssh.SSHServer):
         def closed() -> None:
             self._sessions -= 1
 
-        return CommandSession(self._state, self.label, closed)
+        session = CommandSession(self._state, self.label, closed)
+        return files.session_for(session, self._state.settings.mounts, self.label)  # issue 15
 
     # -- remote forwards
     async def server_requested(self, listen_host: str, listen_port: int) -> Any:

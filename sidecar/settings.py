@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from sidecar import protocol
+from sidecar import files, protocol
 
 
 class SettingsError(ValueError):
@@ -26,6 +26,7 @@ class Settings:
     drain_seconds: float
     keepalive_seconds: float
     direct_tcpip: bool = True  # False: every direct-tcpip channel is refused
+    mounts: tuple[files.Mount, ...] = ()  # served over SFTP (issue 15)
 
 
 def _port(name: str, raw: str) -> int:
@@ -156,6 +157,10 @@ def load(env: Mapping[str, str]) -> Settings:
                 f"{protocol.ENV_PORTS} includes {own}, which the sidecar itself uses "
                 f"({name}); choose another {name}"
             )
+    try:  # the pod's files (issue 15)
+        mounts = files.parse_mounts(env.get(protocol.ENV_MOUNTS, ""))
+    except ValueError as exc:
+        raise SettingsError(f"{protocol.ENV_MOUNTS} {exc}") from None
     return Settings(
         authorized_key=authorized_key,
         ports=ports,
@@ -165,4 +170,5 @@ def load(env: Mapping[str, str]) -> Settings:
         drain_seconds=drain,
         keepalive_seconds=keepalive,
         direct_tcpip=direct,
+        mounts=mounts,
     )
