@@ -1,4 +1,4 @@
-"""The `bridge` command: swap, restore, status.
+"""The `bridge` command: swap, restore, status, doctor.
 
 Connection options (--kubeconfig, --context, -n) and output options (-v, -q, --log-file) are
 accepted before the subcommand, kubectl-style, and after it.
@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import anyio
 import click
 
+from bridge import envsyntax, state
 from bridge import restore as restore_mod
-from bridge import state
 from bridge import status as status_mod
 from bridge.errors import BridgeError
 from bridge.kube import Kube
@@ -97,6 +97,7 @@ def cli(ctx: click.Context, **kw: Any) -> None:
       bridge swap hello --port 8080          attach mode: run your service in an IDE
       bridge status                          who swapped what
       bridge restore hello                   repair what a dead session left
+      bridge doctor hello                    what you may do here, what would get in the way
     """
     ctx.obj = Common(**kw)
 
@@ -116,7 +117,12 @@ def _env_float(name: str, default: float) -> float:
 @click.option("--port", "-p", "ports", multiple=True, metavar="REMOTE[:LOCAL]",
               help="Port to bring to this machine, by number or name; repeatable "
                    "(default: every TCP port of the container).")
-@click.option("--env-file", metavar="PATH", help="Write the pod's environment as a dotenv file.")
+@click.option("--env-file", metavar="PATH",
+              help="Write the pod's environment to PATH, in --env-syntax (attach mode's default: "
+                   ".bridge/NAME.env under the current directory).")
+@click.option("--env-syntax", type=click.Choice(envsyntax.SYNTAXES), default="dotenv",
+              show_default=True, help="Syntax of --env-file: dotenv (VS Code, JetBrains "
+              "EnvFile, python-dotenv), json, sh, csh, fish, powershell, cmd, compose.")
 @click.option("--env-json", metavar="PATH", help="Write the pod's environment as JSON.")
 @click.option("--sidecar-image", default=protocol.DEFAULT_IMAGE, show_default=True,
               metavar="IMAGE", help="Image of the proxy container.")
@@ -124,6 +130,19 @@ def _env_float(name: str, default: float) -> float:
               metavar="SECONDS", help="Bound on each wait (proxy start, restore).")
 @click.option("--no-wait", is_flag=True,
               help="On restore, do not wait for the original to be Ready.")
+@click.option("--env-allow", "env_allow", multiple=True, metavar="NAME",
+              help="Give the command the pod's NAME although bridge holds it back (loader, "
+                   "interpreter, shell-hook and proxy variables); repeatable.")
+@click.option("--allow-host-access", is_flag=True,
+              help="Swap a Deployment whose pods use the node's network/PID/IPC namespaces "
+                   "or run privileged (refused by default).")
+@click.option("--outbound", type=click.Choice(["inject", "proxy", "none"]), default=None,
+              help="How COMMAND reaches the cluster (names, ClusterIPs, pod IPs) from the pod: "
+                   "inject (torsocks; the default when installed), proxy (ALL_PROXY/HTTP_PROXY "
+                   "variables), none.")
+@click.option("--forward", "forwards", multiple=True, metavar="SERVICE:PORT[:LOCAL]",
+              help="Forward 127.0.0.1:LOCAL (default: a free port) to SERVICE:PORT from the pod, "
+                   "and point SERVICE's *_SERVICE_HOST/_PORT variables at it; repeatable.")
 @click.option("--heartbeat-interval", type=float, hidden=True,
               default=lambda: _env_float("BRIDGE_HEARTBEAT_INTERVAL",
                                          state.DEFAULT_HEARTBEAT_INTERVAL))
@@ -131,6 +150,16 @@ def _env_float(name: str, default: float) -> float:
               default=lambda: _env_float("BRIDGE_HEARTBEAT_TTL", state.DEFAULT_HEARTBEAT_TTL))
 @click.option("--keepalive-interval", type=click.FloatRange(min=0.1), hidden=True,
               default=lambda: _env_float("BRIDGE_KEEPALIVE_INTERVAL", 5.0))
+@click.option("--mount", "mount_dir", metavar="DIR",
+              help="Bring the pod's files (the container's volumes, the service-account token) "
+                   "to DIR, at their pod paths; the command finds DIR in $BRIDGE_ROOT. DIR must "
+                   "be empty or new; it is emptied at the end (default: a temporary directory).")
+@click.option("--mount-mode", type=click.Choice(["auto", "copy", "live"]),
+              help="How the pod's files come: live (sshfs, shows changes) or copy (a snapshot "
+                   "at start); auto: live where sshfs and FUSE work, else copy. Asks for the "
+                   "files like --mount.")
+@click.option("--mount-rw", is_flag=True,
+              help="Let the command write to the pod's writable volumes (live mode).")
 @common_options
 @click.pass_context
 def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -> None:
@@ -151,9 +180,13 @@ def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -
         target=target, command=list(command), kubeconfig=common.kubeconfig,
         context=common.context, namespace=common.namespace, container=kw["container"],
         ports=tuple(kw["ports"]), env_file=kw["env_file"], env_json=kw["env_json"],
+        env_syntax=kw["env_syntax"],
         sidecar_image=kw["sidecar_image"], timeout=kw["timeout"], wait=not kw["no_wait"],
         heartbeat_interval=kw["heartbeat_interval"], heartbeat_ttl=kw["heartbeat_ttl"],
-        keepalive_interval=kw["keepalive_interval"])
+        keepalive_interval=kw["keepalive_interval"], env_allow=tuple(kw["env_allow"]),
+        allow_host_access=kw["allow_host_access"],
+        outbound=kw["outbound"], forwards=tuple(kw["forwards"]),
+        mount_dir=kw["mount_dir"], mount_mode=kw["mount_mode"], mount_rw=kw["mount_rw"])
     try:
         code = anyio.run(Session(opts, progress).run)
     finally:
@@ -226,6 +259,79 @@ def status(ctx: click.Context, **kw: Any) -> None:
         click.echo(f"No swapped deployments in namespace {ns}.", err=True)
         return
     click.echo(status_mod.table(rows))
+
+
+@cli.command()
+@click.argument("target", required=False)
+@click.option("--sidecar-image", default=protocol.DEFAULT_IMAGE, show_default=True,
+              metavar="IMAGE", help="Image of the proxy container to look for on the nodes.")
+@common_options
+@click.pass_context
+def doctor(ctx: click.Context, target: str | None, sidecar_image: str, **kw: Any) -> None:
+    """Check, changing nothing, that you may swap here (and TARGET, if given).
+
+    One line each: the cluster version, every missing permission, controllers that would
+    undo a swap of TARGET, whether the sidecar image is on a node. Exit 1 if something
+    bridge needs is missing.
+    """
+    from bridge import doctor as doctor_mod
+
+    common = _common(ctx, **kw)
+
+    async def run() -> doctor_mod.Report:
+        async with await Kube.connect(common.kubeconfig, common.context,
+                                      common.namespace) as kube:
+            return await doctor_mod.examine(kube, target, sidecar_image)
+
+    report = anyio.run(run)
+    for line in doctor_mod.lines(report):
+        click.echo(line)
+    sys.exit(0 if report.ok else 1)
+
+
+@cli.group()
+def ide() -> None:
+    """Debug a swapped service from your IDE (writes its configuration; no plugin needed)."""
+
+
+@ide.command("vscode")
+@click.argument("target")
+@click.option("--program", metavar="PATH", help="Script to debug (default: the open file).")
+@click.option("--module", "-m", metavar="MODULE", help="Module to debug (python -m MODULE).")
+@click.option("--arg", "args", multiple=True, metavar="ARG", help="Argument for it; repeatable.")
+@click.option("--port", "-p", "ports", multiple=True, metavar="REMOTE[:LOCAL]",
+              help="As for `bridge swap`; repeatable.")
+@click.option("--workspace", default=".", show_default=True, metavar="DIR",
+              type=click.Path(file_okay=False, exists=True),
+              help="The VS Code workspace folder (its .vscode/ is written).")
+@click.pass_context
+def ide_vscode(ctx: click.Context, target: str, program: str | None, module: str | None,
+               args: tuple[str, ...], ports: tuple[str, ...], workspace: str) -> None:
+    """Write (or update) a VS Code debug configuration that swaps TARGET while you debug.
+
+    \b
+    .vscode/tasks.json:  "bridge: swap NAME" (runs bridge swap until the debug session ends)
+                         and "bridge: end swap NAME"
+    .vscode/launch.json: "bridge: debug NAME" (debugpy, with the pod's environment)
+    Other entries and comments in those files are kept.
+    """
+    from pathlib import Path
+
+    from bridge.ide import vscode
+
+    if program and module:
+        raise click.UsageError("give --program or --module, not both")
+    common = ctx.find_object(Common) or Common()
+    swap_args: list[str] = []
+    for flag, value in (("--kubeconfig", common.kubeconfig), ("--context", common.context),
+                        ("--namespace", common.namespace)):
+        if value:
+            swap_args += [flag, value]
+    opts = vscode.Options(target=target, name=vscode.name_of_target(target), program=program,
+                          module=module, args=args, ports=ports, swap_args=tuple(swap_args))
+    for path in vscode.write(Path(workspace), opts):
+        click.echo(f"bridge: wrote {path}", err=True)
+    click.echo(f'bridge: in VS Code, run "{vscode.launch_name(opts)}" (Run and Debug)', err=True)
 
 
 def _now() -> dt.datetime:

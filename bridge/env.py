@@ -15,6 +15,12 @@ Decisions, all pure functions of data (file writing is the only I/O here):
   (anything without `'` or a double backslash) unchanged. `parse_dotenv` is the
   exact inverse. Names that are not shell identifiers cannot be written in this
   format; they are left out and returned, so the caller can say so.
+- `hold_back`: the pod's variables that would make the laptop run code or send traffic
+  somewhere the pod chose (loader, interpreter, shell-hook, tool-hook and proxy variables:
+  `HELD_BACK`, `HELD_BACK_PREFIXES`, `*_PROXY` in any case) are kept out of the child's
+  environment unless the user names them (`--env-allow NAME`). The pod's environment may
+  come from a ConfigMap anyone in the namespace can edit; it must not reach the laptop as
+  code. `(kept, held_back)` is what every env writer uses.
 - Files are created with mode 0600 (they hold secrets) and replaced atomically.
 """
 
@@ -61,6 +67,113 @@ LOCAL_KEEP: frozenset[str] = frozenset(
 # Prefixes of variable families that belong to the laptop session.
 LOCAL_KEEP_PREFIXES: tuple[str, ...] = ("LC_", "XDG_")
 
+# Variables that load code into, or redirect, a process started with them: held back from the
+# pod's environment unless allowed by name.
+HELD_BACK: frozenset[str] = frozenset(
+    {
+        # shells: startup files, hooks, imported functions
+        "BASH_ENV", "ENV", "PROMPT_COMMAND", "PS0", "PS1", "PS2", "PS4", "SHELLOPTS",
+        "BASHOPTS", "IFS", "CDPATH", "GLOBIGNORE", "ZDOTDIR", "FPATH", "PROMPT",
+        "KSH_ENV",
+        # dynamic loaders
+        "GCONV_PATH", "LOCPATH", "NLSPATH", "MALLOC_CHECK_", "HOSTALIASES", "RESOLV_HOST_CONF",
+        "GETCONF_DIR", "TZDIR",
+        # interpreters
+        "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONINSPECT",
+        "PYTHONBREAKPOINT", "PYTHONEXECUTABLE", "PYTHONPLATLIBDIR", "PYTHONSAFEPATH",
+        "PYTHONWARNINGS", "PYTHONDEBUG", "PYTHONPYCACHEPREFIX", "VIRTUAL_ENV",
+        "NODE_OPTIONS", "NODE_PATH", "NODE_REPL_EXTERNAL_MODULE", "NODE_EXTRA_CA_CERTS",
+        "NODE_TLS_REJECT_UNAUTHORIZED", "NPM_CONFIG_PREFIX",
+        "PERL5OPT", "PERL5LIB", "PERLLIB", "PERL5DB", "PERL_MB_OPT", "PERL_MM_OPT",
+        "RUBYOPT", "RUBYLIB", "RUBYSHELL", "GEM_HOME", "GEM_PATH", "BUNDLE_GEMFILE",
+        "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "JAVA_OPTIONS", "JAVA_OPTS",
+        "CLASSPATH", "JAVA_HOME", "MAVEN_OPTS", "GRADLE_OPTS",
+        "DOTNET_STARTUP_HOOKS", "DOTNET_ADDITIONAL_DEPS", "COMPlus_EnableDiagnostics",
+        "PHPRC", "PHP_INI_SCAN_DIR", "LUA_INIT", "LUA_PATH", "LUA_CPATH", "TCLLIBPATH",
+        "R_PROFILE", "R_PROFILE_USER", "R_ENVIRON", "R_ENVIRON_USER", "ERL_AFLAGS",
+        "ERL_FLAGS", "ERL_ZFLAGS", "ELIXIR_ERL_OPTIONS", "GOFLAGS", "CGO_LDFLAGS",
+        "CARGO_HOME", "RUSTC_WRAPPER", "RUSTFLAGS", "RUSTDOCFLAGS",
+        # tools the command may start
+        "EDITOR", "VISUAL", "PAGER", "MANPAGER", "BROWSER", "LESSOPEN", "LESSCLOSE",
+        "SUDO_ASKPASS", "SSH_ASKPASS", "SSH_ASKPASS_REQUIRE", "OPENSSL_CONF", "OPENSSL_ENGINES",
+        "SSLKEYLOGFILE", "CURL_HOME", "WGETRC", "INPUTRC", "TERMINFO", "TERMINFO_DIRS",
+        "MAIL", "HISTFILE", "NPM_CONFIG_USERCONFIG", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL",
+        "PIP_CONFIG_FILE", "PIP_TRUSTED_HOST", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+        "SSL_CERT_FILE", "SSL_CERT_DIR", "KUBECONFIG", "DOCKER_HOST", "DOCKER_CONFIG",
+        "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "GOOGLE_APPLICATION_CREDENTIALS",
+        "TORSOCKS_CONF_FILE", "GLIBC_TUNABLES", "MONO_ENV_OPTIONS", "MONO_PATH",
+        "CORECLR_PROFILER", "CORECLR_PROFILER_PATH", "CORECLR_ENABLE_PROFILING",
+        "PYTHONNOUSERSITE", "PYTHONCASEOK", "PERL_UNICODE", "PERLIO", "PERL5SHELL",
+        "RUBYLIB_PREFIX", "SHLVL",
+        # proxies without the _PROXY suffix
+        "ALL_PROXY", "NO_PROXY", "SOCKS_SERVER", "SOCKS5_SERVER",
+    }
+)
+# Families: loaders (LD_*, DYLD_*), exported shell functions (BASH_FUNC_*), git's and
+# ssh's command hooks (GIT_*), and the interpreters' option families.
+HELD_BACK_PREFIXES: tuple[str, ...] = ("LD_", "DYLD_", "BASH_FUNC_", "GIT_", "NPM_CONFIG_",
+                                       "CORECLR_", "TORSOCKS_", "GCONV_", "MALLOC_")
+
+
+def is_held_back(name: str) -> bool:
+    """True for a variable that would load code into the command (or a program it starts) or
+    send its traffic through a proxy the pod chose."""
+    upper = name.upper()
+    return (name in HELD_BACK or upper in HELD_BACK or upper.startswith(HELD_BACK_PREFIXES)
+            or upper.endswith("_PROXY") or "%" in name)
+
+
+def hold_back(pod: Mapping[str, str], allow: Iterable[str] = ()) -> tuple[dict[str, str],
+                                                                           dict[str, str]]:
+    """`(kept, held_back)`: the pod's variables split into those the command may get and those
+    held back (see `is_held_back`), except the ones named in `allow`. Laptop-session variables
+    (`is_local`) are in neither: the laptop's own stay."""
+    allowed = set(allow)
+    kept: dict[str, str] = {}
+    held: dict[str, str] = {}
+    for name, value in pod.items():
+        if name in allowed:
+            kept[name] = value
+        elif is_local(name):
+            continue
+        elif is_held_back(name) or value.startswith("() {"):  # an old bash imports a function
+            held[name] = value
+        else:
+            kept[name] = value
+    return kept, held
+
+
+def held_back_line(held: Iterable[str]) -> str:
+    """The one line bridge prints about held-back variables ("" when there are none)."""
+    names = sorted(held)
+    if not names:
+        return ""
+    shown = ", ".join(_printable_name(n) for n in names)
+    return (f"held back from the pod's environment (they could run code or redirect traffic "
+            f"on this machine; allow one with --env-allow NAME): {shown}")
+
+
+def _printable_name(name: str) -> str:
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in
+                   name)[:80]
+
+
+def format_held_back(held: Mapping[str, str]) -> str:
+    """Held-back variables as comments in a dotenv file: visible, never loaded."""
+    if not held:
+        return ""
+    lines = ["# Held back by bridge (they could run code or redirect traffic on this machine);\n",
+             "# pass --env-allow NAME to bridge to take one, or edit it in here yourself.\n"]
+    for name in sorted(held):
+        value = held[name]
+        if is_shell_name(name):
+            quoted = _quote(value).replace("\n", "\n# ")
+            lines.append(f"# {name}={quoted}\n")
+        else:
+            lines.append(f"# (not a shell name) {_printable_name(name)}\n")
+    return "".join(lines)
+
+
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -69,10 +182,12 @@ def is_local(name: str) -> bool:
     return name in LOCAL_KEEP or name.startswith(LOCAL_KEEP_PREFIXES)
 
 
-def overlay(local: Mapping[str, str], pod: Mapping[str, str]) -> dict[str, str]:
-    """The child's environment: `local` with every non-local variable of `pod` on top."""
+def overlay(local: Mapping[str, str], pod: Mapping[str, str],
+            allow: Iterable[str] = ()) -> dict[str, str]:
+    """The child's environment: `local` with the pod's variables that `hold_back` keeps on
+    top (a held-back one never replaces or adds to the laptop's)."""
     merged = dict(local)
-    merged.update((name, value) for name, value in pod.items() if not is_local(name))
+    merged.update(hold_back(pod, allow)[0])
     return merged
 
 
@@ -97,10 +212,12 @@ def format_dotenv(env: Mapping[str, str]) -> tuple[str, list[str]]:
     return "".join(lines), skipped
 
 
-def write_dotenv(path: str | Path, env: Mapping[str, str]) -> list[str]:
-    """Write `env` as a dotenv file (mode 0600); returns the names that had to be left out."""
+def write_dotenv(path: str | Path, env: Mapping[str, str],
+                 held_back: Mapping[str, str] | None = None) -> list[str]:
+    """Write `env` as a dotenv file (mode 0600), `held_back` after it commented out; returns
+    the names that had to be left out."""
     text, skipped = format_dotenv(env)
-    _write_private(Path(path), text)
+    _write_private(Path(path), text + format_held_back(held_back or {}))
     return skipped
 
 

@@ -21,22 +21,27 @@ from urllib.parse import quote
 import aiohttp
 import yaml
 from kubernetes.aio import client as kclient
-from kubernetes.aio import config as kconfig
 
+from bridge import credentials, endpoints, netconfig
 from bridge.errors import BridgeError, NothingChanged
+from bridge.retry import DEFAULT as DEFAULT_RETRY
+from bridge.retry import RetryPolicy, call_with_retries, parse_retry_after
 
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = 30.0
+IDEMPOTENT = ("GET", "DELETE")  # [realbeh] repeated after a 5xx or no answer
 
 
 class ApiError(BridgeError):
     """The API server refused a request; `status` is the HTTP status (0: never answered)."""
 
-    def __init__(self, message: str, status: int, reason: str = "") -> None:
+    def __init__(self, message: str, status: int, reason: str = "",
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after  # seconds the server asked us to wait (Retry-After)
 
 
 class NotFound(ApiError):
@@ -71,8 +76,9 @@ class NamespaceNotFound(NotFound):
 class Unreachable(ApiError):
     """No answer at all (status 0); whether a write landed is unknown."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, permanent: bool = False) -> None:
         super().__init__(message, 0)
+        self.permanent = permanent  # [realbeh] not worth retrying (TLS, a full timeout)
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {
@@ -159,6 +165,7 @@ class Kube:
     namespace: str
     context: str
     host: str
+    retry_policy: RetryPolicy = DEFAULT_RETRY  # [realbeh]
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None, context: str | None = None,
@@ -167,19 +174,22 @@ class Kube:
         ctx, ctx_ns = _context_namespace(paths, context)
         configuration = kclient.Configuration()
         try:
-            await kconfig.load_kube_config(config_file=paths, context=ctx,
-                                           client_configuration=configuration,
-                                           persist_config=False)
+            # [realbeh] exec plugins run bounded and stay fresh (bridge/credentials.py)
+            await credentials.load_configuration(paths, ctx, configuration)
+        except BridgeError:
+            raise
         except Exception as e:  # the loader raises many types for a bad kubeconfig
             raise NothingChanged(f"cannot load context {ctx!r} from the kubeconfig: "
                               f"{' '.join(str(e).split())}; nothing was changed") from e
         configuration.retries = None
+        netconfig.configure_rest(configuration, os.environ)  # [realbeh] TLS flags, proxy, no netrc
         api = kclient.ApiClient(configuration)
         api.user_agent = "bridge/0.1"
         return cls(api, namespace or ctx_ns, ctx, str(configuration.host))
 
     async def close(self) -> None:
         await self.api_client.close()
+        await netconfig.close_rest(self.api_client.configuration)  # [realbeh]
 
     async def __aenter__(self) -> Kube:
         return self
@@ -192,6 +202,28 @@ class Kube:
     async def request(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
                       body: Any = None, content_type: str | None = None, raw: bool = False,
                       request_timeout: float = REQUEST_TIMEOUT) -> Any:
+        # [realbeh] retries (bridge/retry.py): 429 always; 5xx/no answer only for GET and
+        # DELETE (a conditional PATCH that did apply would come back 409 and read as a race)
+        async def once() -> Any:
+            return await self._request_once(method, path, query=query, body=body,
+                                            content_type=content_type, raw=raw,
+                                            request_timeout=request_timeout)
+        try:
+            return await call_with_retries(once, policy=self.retry_policy,
+                                           idempotent=method in IDEMPOTENT)
+        except ApiError as e:
+            # [realbeh] a 401 with an exec-plugin token: run the plugin again, try once more
+            source = credentials.installed(self.api_client.configuration)
+            if e.status != 401 or source is None:
+                raise
+            source.invalidate()
+            return await call_with_retries(once, policy=self.retry_policy,
+                                           idempotent=method in IDEMPOTENT)
+
+    async def _request_once(self, method: str, path: str, *,
+                            query: list[tuple[str, str]] | None, body: Any,
+                            content_type: str | None, raw: bool,
+                            request_timeout: float) -> Any:
         headers: dict[str, str] = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
@@ -205,19 +237,25 @@ class Kube:
                                       _preload_content=False)
             data = await resp.read()
             status = resp.status
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             resp.response.release()
         except (aiohttp.ClientConnectorCertificateError, ssl.SSLError,
                 aiohttp.ClientSSLError) as e:
             raise Unreachable(f"cannot reach the Kubernetes API at {self.host}: TLS: "
-                              f"{_short(e)}") from e
+                              f"{_short(e)}", permanent=True) from e
         except (aiohttp.ClientError, OSError) as e:
+            # [realbeh] a TLS failure wrapped by a connector (the SOCKS one) is still TLS
+            tls = any(isinstance(x, ssl.SSLError)
+                      for x in (getattr(e, "os_error", None), e.__cause__))
             raise Unreachable(f"cannot reach the Kubernetes API at {self.host}: "
-                              f"{_short(e)}") from e
+                              f"{'TLS: ' if tls else ''}{_short(e)}", permanent=tls) from e
         except TimeoutError as e:
             raise Unreachable(f"cannot reach the Kubernetes API at {self.host}: no answer "
-                              f"within {request_timeout:g}s") from e
+                              f"within {request_timeout:g}s", permanent=True) from e
         if status >= 400:
-            raise _api_error(status, data, method, path)
+            error = _api_error(status, data, method, path)
+            error.retry_after = retry_after
+            raise error
         if raw:
             return data.decode("utf-8", "replace")
         return json.loads(data) if data else {}
@@ -262,6 +300,10 @@ class Kube:
             return False
         return True
 
+    async def get_replicaset(self, name: str, namespace: str | None = None) -> Obj:
+        return await self._get(f"/apis/apps/v1/namespaces/{self._ns(namespace)}/replicasets/"
+                               f"{quote(name, safe='')}", namespace)
+
     async def get_service(self, name: str, namespace: str | None = None) -> Obj:
         return await self._get(f"/api/v1/namespaces/{self._ns(namespace)}/services/"
                                f"{quote(name, safe='')}", namespace)
@@ -274,14 +316,53 @@ class Kube:
         return await self._get(f"/api/v1/namespaces/{self._ns(namespace)}/endpoints/"
                                f"{quote(name, safe='')}", namespace)
 
+    async def service_ready_ips(self, service: str, namespace: str | None = None) -> set[str]:
+        """[realbeh] Ready endpoint addresses of a Service: its EndpointSlices, or the v1
+        Endpoints when the server has no discovery.k8s.io/v1 (404)."""
+        ns = self._ns(namespace)
+        try:
+            r = await self.request(
+                "GET", f"/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+                query=[("labelSelector", endpoints.slice_selector(service))])
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            return endpoints.ready_ips_from_endpoints(await self.get_endpoints(service, namespace))
+        return endpoints.ready_ips(list(r.get("items") or []), service)
+
+    async def list_optional(self, path: str, label_selector: str | None = None) -> list[Obj]:
+        """[realbeh] A list bridge can do without: [] when the type is not served (404: e.g.
+        KEDA not installed) or not allowed (403)."""
+        try:
+            return await self._list(path, label_selector, None)
+        except ApiError as e:
+            if e.status in (403, 404):
+                return []
+            raise
+
+    async def list_scaled_objects(self, namespace: str | None = None) -> list[Obj]:
+        return await self.list_optional(
+            f"/apis/keda.sh/v1alpha1/namespaces/{self._ns(namespace)}/scaledobjects")
+
+    async def list_limit_ranges(self, namespace: str | None = None) -> list[Obj]:
+        return await self.list_optional(f"/api/v1/namespaces/{self._ns(namespace)}/limitranges")
+
+    async def list_replicasets(self, label_selector: str,
+                               namespace: str | None = None) -> list[Obj]:
+        return await self.list_optional(
+            f"/apis/apps/v1/namespaces/{self._ns(namespace)}/replicasets", label_selector)
+
     async def list_pods(self, label_selector: str | None = None,
                         namespace: str | None = None) -> list[Obj]:
         return await self._list(f"/api/v1/namespaces/{self._ns(namespace)}/pods", label_selector,
                                 namespace)
 
     async def pod_log(self, name: str, container: str | None = None, *,
-                      tail_lines: int | None = None, namespace: str | None = None) -> str:
+                      tail_lines: int | None = None, limit_bytes: int | None = None,
+                      namespace: str | None = None) -> str:
         query: list[tuple[str, str]] = []
+        if limit_bytes is not None:
+            query.append(("limitBytes", str(limit_bytes)))
         if container:
             query.append(("container", container))
         if tail_lines is not None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from bridge import credentials, netconfig
 from bridge.errors import BridgeError
 
 SUBPROTOCOL = "v4.channel.k8s.io"
@@ -288,6 +290,14 @@ class WebSocketTransport(asyncio.Transport):
             self._finish(exc)
 
 
+class PortForwardRefused(BridgeError):
+    """The API server refused the port-forward's upgrade; `status` is its HTTP status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 _CLOSED_TYPES = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 
 
@@ -320,6 +330,7 @@ class PortForwarder:
         self.namespace = namespace
         self.pod = pod
         self._session: aiohttp.ClientSession | None = None
+        self._proxy = netconfig.proxy_of(self._config, os.environ)  # [realbeh]
 
     async def __aenter__(self) -> PortForwarder:
         return self
@@ -375,6 +386,17 @@ class PortForwarder:
         return transport, protocol
 
     async def _connect(self, port: int) -> aiohttp.ClientWebSocketResponse:
+        try:
+            return await self._connect_once(port)
+        except PortForwardRefused as e:
+            # [realbeh] a 401 with an exec-plugin token: run the plugin again, try once more
+            source = credentials.installed(self._config)
+            if e.status != 401 or source is None:
+                raise
+            source.invalidate()
+            return await self._connect_once(port)
+
+    async def _connect_once(self, port: int) -> aiohttp.ClientWebSocketResponse:
         describe = self.describe(port)
         session = self._session_for_config()
         headers = dict(self._default_headers)
@@ -382,8 +404,9 @@ class PortForwarder:
         kwargs: dict[str, Any] = {}
         if self._config.tls_server_name:
             kwargs["server_hostname"] = self._config.tls_server_name
-        if self._config.proxy:
-            kwargs["proxy"] = self._config.proxy
+        proxy = netconfig.request_proxy(self._proxy)  # [realbeh] socks goes in the connector
+        if proxy:
+            kwargs["proxy"] = proxy
             if getattr(self._config, "proxy_headers", None):
                 kwargs["proxy_headers"] = self._config.proxy_headers
         try:
@@ -398,7 +421,7 @@ class PortForwarder:
             )
         except aiohttp.WSServerHandshakeError as exc:
             reason = _handshake_reason(exc, self.namespace)
-            raise BridgeError(f"{describe} failed: {reason}") from None
+            raise PortForwardRefused(f"{describe} failed: {reason}", exc.status) from None
         except aiohttp.ClientSSLError as exc:
             raise BridgeError(
                 f"{describe} failed: TLS error talking to the API server {self._config.host}: "
@@ -412,25 +435,17 @@ class PortForwarder:
 
     def _session_for_config(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=ssl_context(self._config), force_close=True)
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=True)
+            # [realbeh] same TLS/proxy choice as REST; trust_env off (no netrc, no second
+            # reading of proxy variables)
+            connector = netconfig.connector(ssl_context(self._config), self._proxy,
+                                            force_close=True)
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
         return self._session
 
 
 def ssl_context(config: Any) -> ssl.SSLContext:
-    """The TLS settings of a kubernetes Configuration, as the official client builds them."""
-    try:
-        context = ssl.create_default_context(
-            cafile=config.ssl_ca_cert, cadata=getattr(config, "ca_cert_data", None)
-        )
-        if config.cert_file:
-            context.load_cert_chain(config.cert_file, keyfile=config.key_file)
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise BridgeError(f"cannot load the kubeconfig's TLS files: {exc}") from None
-    if not config.verify_ssl:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    """The TLS settings of a kubernetes Configuration (see bridge.netconfig)."""
+    return netconfig.ssl_context(config)  # [realbeh] one TLS policy for REST and port-forward
 
 
 async def _auth_headers(config: Any) -> dict[str, str]:
@@ -447,9 +462,12 @@ def _handshake_reason(exc: aiohttp.WSServerHandshakeError, namespace: str) -> st
     if status == 401:
         return "the API server rejected the credentials (401 Unauthorized)"
     if status == 403:
+        # [realbeh] the websocket upgrade is a GET: authorised as `get` (and also `create`
+        # from Kubernetes 1.35, AuthorizePodWebsocketUpgradeCreatePermission)
         return (
-            f"forbidden: you may not create pods/portforward in namespace {namespace} "
-            "(403 Forbidden; check your RBAC role)"
+            f"forbidden: you may not port-forward to pods in namespace {namespace} "
+            "(403 Forbidden; this needs get and, from Kubernetes 1.35, create on "
+            "pods/portforward; `bridge doctor` lists what is missing)"
         )
     if status == 404:
         return "the pod does not exist (404 Not Found)"

@@ -8,6 +8,8 @@ Idempotent: restoring a restored Deployment changes nothing.
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from typing import TypeVar
 
 import anyio
 
-from bridge import conditional, leftovers, plan, state
+from bridge import conditional, endpoints, leftovers, plan, state, trust
 from bridge.errors import BridgeError
 from bridge.kube import Api, ApiError, NotFound, Obj, ServerTrouble, Unreachable
 from bridge.progress import Progress, Waiter
@@ -64,11 +66,6 @@ def pod_ready(pod: Obj) -> bool:
     return False
 
 
-def endpoint_ips(endpoints: Obj) -> set[str]:
-    return {str(a.get("ip")) for s in endpoints.get("subsets") or []
-            for a in s.get("addresses") or []}
-
-
 def _transient(e: BridgeError) -> bool:
     """An answer worth retrying: no answer at all, throttling, or a server-side error."""
     return isinstance(e, Unreachable | ServerTrouble)
@@ -100,10 +97,10 @@ async def endpoints_serve(kube: Api, services: list[Obj], ips: set[str]) -> bool
     """True when every Service's Endpoints list at least one of these pod IPs as ready."""
     for svc in services:
         try:
-            ep = await kube.get_endpoints(name_of(svc))
+            ready = await kube.service_ready_ips(name_of(svc))  # [realbeh] EndpointSlices
         except ApiError:
             return True  # cannot see Endpoints (RBAC): readiness of the pods is all we know
-        if not endpoint_ips(ep) & ips:
+        if not ready & ips:
             return False
     return True
 
@@ -129,9 +126,11 @@ async def wait_original_ready(kube: Api, name: str, replicas: int, wait_timeout:
         sel = ",".join(f"{k}={v}" for k, v in selector.items())
         while services:
             pods = await kube.list_pods(sel or None)
-            ips = {str(p.get("status", {}).get("podIP")) for p in pods
-                   if state.SESSION_LABEL not in (p.get("metadata", {}).get("labels") or {})
-                   and pod_ready(p)}
+            ips: set[str] = set()
+            for p in pods:  # [realbeh] every address of the pod (podIPs)
+                if (state.SESSION_LABEL not in (p.get("metadata", {}).get("labels") or {})
+                        and pod_ready(p)):
+                    ips |= endpoints.pod_ips(p)
             if ips and await endpoints_serve(kube, services, ips):
                 break
             waiter.tick()
@@ -173,6 +172,7 @@ async def restore(kube: Api, name: str, progress: Progress, *, lock: state.Lock 
     """Restore deployment `name`. With `lock` (the session's own), only that session's state
     is touched; without, whatever lock the Deployment carries is repaired. With `local_check`,
     local processes the session left behind are reported."""
+    await remove_leftover_files(progress)  # files (issue 15)
     out = Outcome()
     original: Obj | None = None
     try:
@@ -196,10 +196,22 @@ async def restore(kube: Api, name: str, progress: Progress, *, lock: state.Lock 
         if found is None:
             progress.info(f"deployment/{name} is not swapped; nothing to restore")
             return out
+        doubts = state.lock_problems(found, _now())  # security: act on no field of a forgery
+        if doubts:
+            out.failures.append(state.Doubtful(found, tuple(doubts)).explain(name)
+                                + "; nothing was changed")
+            progress.error(out.failures[-1])
+            return out
         lock = found
     if local_check:
         report_leftovers(lock.session, progress)
     ours = found is not None and found.session == lock.session
+    doubt = lock.proxy and await trust.proxy_doubt(kube, name, original, lock.session,
+                                                   lock.proxy)  # security: prove, or
+    if doubt:  # change nothing and say how to finish by hand
+        out.failures.append(doubt)
+        progress.error(doubt)
+        return out
 
     scaled = True
     if original is not None and ours:
@@ -247,6 +259,10 @@ async def _delete_proxy(kube: Api, lock: state.Lock, progress: Progress, wait: b
         out.failures.append(f"could not delete proxy deployment/{proxy}: {e}; "
                             f"run: {kubectl(kube, 'delete', 'deployment/' + proxy)}")
         progress.error(out.failures[-1])
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 async def _clear_lock(kube: Api, name: str, session: str | None, progress: Progress) -> bool:
@@ -302,6 +318,7 @@ async def _scale_back(kube: Api, name: str, original: Obj, lock: state.Lock,
 async def restore_all(kube: Api, progress: Progress, *, wait: bool = True,
                       wait_timeout: float = DEFAULT_TIMEOUT) -> Outcome:
     """Every swapped Deployment of the namespace, and proxies no session holds any more."""
+    await remove_leftover_files(progress)  # files (issue 15)
     total = Outcome()
     deployments = await kube.list_deployments()
     live_sessions = set()
@@ -322,6 +339,14 @@ async def restore_all(kube: Api, progress: Progress, *, wait: bool = True,
         if session in live_sessions or not labels.get(state.PROXY_FOR_LABEL):
             continue
         orphan = name_of(dep)
+        original = (dep.get("metadata", {}).get("annotations") or {}).get(state.PROXY_FOR_LABEL)
+        owner = next((d for d in deployments if name_of(d) == original), None)
+        doubts = trust.proxy_deployment_problems(
+            dep, str(original), session, (owner or {}).get("metadata", {}).get("uid"))
+        if doubts or not original:
+            progress.warn(f"left deployment/{state.printable(orphan)} alone: labelled as "
+                          f"bridge's proxy but {'; '.join(doubts) or 'no original named'}")
+            continue
         try:
             if await kube.delete_deployment(orphan):
                 total.restored = True
@@ -333,3 +358,11 @@ async def restore_all(kube: Api, progress: Progress, *, wait: bool = True,
     if not total.restored and not total.failures:
         progress.info(f"nothing to restore in namespace {kube.namespace}")
     return total
+
+
+async def remove_leftover_files(progress: Progress) -> None:
+    """Files (issue 15): unmount and remove the pod's files a killed bridge left on this
+    machine (sessions still running are left alone)."""
+    from bridge import mounts
+
+    await anyio.to_thread.run_sync(mounts.cleanup_leftovers, progress.info)

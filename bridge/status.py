@@ -34,7 +34,9 @@ def rows(deployments: Sequence[Obj], now: dt.datetime, ttl: float) -> list[Row]:
             deployment=name_of(dep), owner=lock.owner, ports=lock.ports or "-",
             age=state.describe_age((now - lock.started_at).total_seconds()),
             heartbeat=f"{state.describe_age(silent)} ago",
-            state="stale" if state.is_stale(now, lock.heartbeat, ttl) else "live",
+            # security: a lock bridge did not write is shown as such, never as stale
+            state="invalid" if state.lock_problems(lock, now) else
+            "stale" if state.is_stale(now, lock.heartbeat, ttl) else "live",
             proxy=lock.proxy or "-", session=lock.session,
         ))
     return sorted(out, key=lambda r: r.deployment)

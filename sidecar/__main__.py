@@ -9,20 +9,22 @@ import sys
 
 from sidecar import podenv
 from sidecar import settings as settings_mod
-from sidecar.server import serve
+from sidecar.server import EscapingFormatter, serve
 
 EXIT_BAD_SETTINGS = 2
 
 
 def _configure_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s sidecar: %(message)s"))
+    handler.setFormatter(EscapingFormatter("%(asctime)s sidecar: %(message)s"))
     root = logging.getLogger("sidecar")
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     root.propagate = False
     # asyncssh's own INFO lines repeat ours (and name every channel); keep its warnings.
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    logging.getLogger("asyncssh").addHandler(handler)  # escaped like ours
+    logging.getLogger("asyncssh").propagate = False
     # "socket.send() raised exception" after a peer vanished is noise, not news.
     logging.getLogger("asyncio").setLevel(logging.ERROR)
 

@@ -39,21 +39,27 @@ def hostport(host: str, port: int) -> str:
 
 
 class Tally:
-    """Counts open pipes, so shutdown can wait for them to drain."""
+    """Counts open pipes, so shutdown can wait for them to drain. A tally made with a
+    `parent` (one connection's, within the sidecar's) counts into it too."""
 
-    def __init__(self) -> None:
+    def __init__(self, parent: Tally | None = None) -> None:
         self.open = 0
+        self._parent = parent
         self._idle = asyncio.Event()
         self._idle.set()
 
     def opened(self) -> None:
         self.open += 1
         self._idle.clear()
+        if self._parent is not None:
+            self._parent.opened()
 
     def closed(self) -> None:
         self.open -= 1
         if self.open == 0:
             self._idle.set()
+        if self._parent is not None:
+            self._parent.closed()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -300,6 +306,8 @@ class RemoteForward(asyncssh.SSHListener):
         return self._port
 
     def _accept(self) -> asyncio.Protocol:
+        if self._tally.open >= protocol.MAX_FORWARDED_CONNECTIONS:
+            return _Refused(f"{self._label} port {self._port}")
         pipe = Pipe(f"{self._label} port {self._port}", self._tally)
         return _Accepted(pipe, self)
 
@@ -350,6 +358,18 @@ class _Accepted(SocketEnd):
         super().connection_made(transport)
         peer = transport.get_extra_info("peername") or ("", 0)
         self._forward.tunnel(self._pipe, (str(peer[0]), int(peer[1])))
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the limit of forwarded connections: closed at once."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        log.info("%s connection refused: %d forwarded connections open already", self._label,
+                 protocol.MAX_FORWARDED_CONNECTIONS)
+        transport.close()
 
 
 # ---------------------------------------------------------------- direct-tcpip

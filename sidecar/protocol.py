@@ -36,7 +36,14 @@ CMD_VERSION = "version"  # {"sidecar": SIDECAR_VERSION, "protocol": PROTOCOL_VER
 # The hand-back: /ready answers 503 from now on while every forward keeps working, so the pod
 # leaves the Service endpoints before the laptop process stops. Replies {"ready": false}.
 CMD_WITHDRAW = "withdraw"
-COMMANDS = (CMD_ENV, CMD_VERSION, CMD_WITHDRAW)
+# Added for outbound (issue 10): name look-ups with the pod's resolver, see sidecar/resolve.py.
+#   "resolve NAME"        -> {"addresses": ["10.96.0.10", ...]} | {"error": "...", "kind": K}
+#   "resolve-ptr ADDRESS" -> {"names": ["host"]} | {"error": "...", "kind": K}
+# K is "nxdomain", "timeout", "failed" (exit 0) or "invalid" (exit 1). An older sidecar
+# answers exit 127 (unknown command): the agent then has no in-pod name resolution.
+CMD_RESOLVE = "resolve"
+CMD_RESOLVE_PTR = "resolve-ptr"
+COMMANDS = (CMD_ENV, CMD_VERSION, CMD_WITHDRAW, CMD_RESOLVE, CMD_RESOLVE_PTR)
 
 # Readiness HTTP endpoints on the health port.
 READY_PATH = "/ready"  # 200 while an authenticated client holds a remote forward, else 503
@@ -75,3 +82,30 @@ FORWARD_MAX_PKTSIZE = 32 * 1024
 # client (chacha20 first by default) use it: about 2x the throughput of
 # chacha20-poly1305 through asyncssh, measured here. Every OpenSSH since 6.2 has it.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+# --- Added for security (issue 13). ---
+
+# Whether the sidecar opens direct-tcpip channels (the laptop's outbound connections leaving
+# from the pod): "on" (default) or "off" (`bridge swap --outbound none`).
+ENV_DIRECT_TCPIP = "BRIDGE_DIRECT_TCPIP"
+DEFAULT_DIRECT_TCPIP = "on"
+
+# Limits. Only the session key authenticates, so whoever is not yet authenticated is a
+# stranger: few of them at a time, briefly. An authenticated client gets generous but bounded
+# channels (the benchmark holds 1,000 concurrent forwarded connections).
+MAX_PREAUTH_CONNECTIONS = 8
+LOGIN_TIMEOUT_SECONDS = 10.0
+MAX_SESSIONS_PER_CONNECTION = 16  # command channels open at once
+MAX_DIRECT_PER_CONNECTION = 1024  # direct-tcpip channels open at once
+MAX_FORWARDED_CONNECTIONS = 4096  # forwarded TCP connections open at once, all clients
+
+# --- Added for the pod's files (issue 15). ---
+
+# The volume mounts the sidecar serves over SFTP (the `sftp` subsystem of a session channel of
+# the authenticated connection), as a JSON list: [{"path": "/etc/config", "writable": false}]
+# ("source": where the sidecar reads it, default the path itself). Empty: no SFTP at all. A
+# mount is writable only when the user asked for it and the volume mount is not read-only.
+ENV_MOUNTS = "BRIDGE_MOUNTS"
+# Where the laptop process finds the pod's files (their pod paths under it): set in its
+# environment and in the env file, e.g. $BRIDGE_ROOT/etc/config/app.yaml.
+ENV_ROOT = "BRIDGE_ROOT"

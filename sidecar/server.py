@@ -13,13 +13,40 @@ from typing import Any
 
 import asyncssh
 
-from sidecar import commands, forwards, health, listen, protocol
+from sidecar import (
+    commands,
+    files,
+    forwards,
+    health,
+    listen,
+    protocol,
+    resolve,  # outbound (issue 10)
+)
 from sidecar.ports import Claim, PortRegistry, refusal_message
 from sidecar.settings import Settings
 
 log = logging.getLogger("sidecar")
 
-LOGIN_TIMEOUT = 30.0
+LOGIN_TIMEOUT = protocol.LOGIN_TIMEOUT_SECONDS
+
+
+def escape_text(text: str) -> str:
+    """`text` with every control or other non-printable character as an escape (`\\n`,
+    `\\x1b`...): a log line can never hold a second line (a forged `host-key:` line) or a
+    terminal escape, whatever a peer sent."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+class EscapingFormatter(logging.Formatter):
+    """Log lines with control characters escaped (peer text: disconnect reasons, user names,
+    commands, errors), so the pod log has one line per record and nothing but the sidecar's
+    own `host-key:` announcement starts with that prefix."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_text(super().format(record))
 SHUTDOWN_REASON = "bridge sidecar is shutting down (SIGTERM)"
 
 
@@ -34,6 +61,7 @@ class State:
     clients: set[SidecarServer] = field(default_factory=set)
     listeners: set[forwards.RemoteForward] = field(default_factory=set)
     shutting_down: bool = False
+    preauth: int = 0  # connections not (yet) authenticated
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
 
@@ -44,14 +72,22 @@ def fingerprint(key: asyncssh.SSHKey) -> str:
 class CommandSession(asyncssh.SSHServerSession[str]):
     """A session channel: runs one of the fixed commands, refuses everything else."""
 
-    def __init__(self, state: State, label: str) -> None:
+    def __init__(self, state: State, label: str, on_close: Any = None) -> None:
         self._state = state
         self._label = label
         self._chan: asyncssh.SSHServerChannel[str] | None = None
         self._result: commands.Result | None = None
+        self._on_close = on_close
+        self._lookup: tuple[str, str] | None = None  # outbound (issue 10)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, chan: Any) -> None:
         self._chan = chan
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
 
     def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
         log.info("%s pty refused", self._label)
@@ -63,6 +99,9 @@ class CommandSession(asyncssh.SSHServerSession[str]):
         return True
 
     def exec_requested(self, command: str) -> bool:
+        self._lookup = resolve.parse(command)  # outbound (issue 10): answered asynchronously
+        if self._lookup is not None:
+            return True
         self._result = commands.run(command, self._state.environ)
         if command.strip() == protocol.CMD_WITHDRAW:
             self._state.registry.withdraw()
@@ -78,6 +117,11 @@ class CommandSession(asyncssh.SSHServerSession[str]):
 
     def session_started(self) -> None:
         chan = self._chan
+        if self._lookup is not None and chan is not None:  # outbound (issue 10)
+            task = asyncio.get_running_loop().create_task(self._answer(chan, *self._lookup))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
         result = self._result
         if chan is None or result is None:
             return
@@ -86,6 +130,13 @@ class CommandSession(asyncssh.SSHServerSession[str]):
         if result.stderr:
             chan.write_stderr(result.stderr)
         chan.exit(result.exit_status)
+
+
+    async def _answer(self, chan: Any, kind: str, arg: str) -> None:  # outbound (issue 10)
+        out, status = await resolve.answer(kind, arg)
+        if not chan.is_closing():
+            chan.write(out)
+            chan.exit(status)
 
 
 class SidecarServer(asyncssh.SSHServer):
@@ -97,6 +148,10 @@ class SidecarServer(asyncssh.SSHServer):
         self.label = f"conn {self._id}"
         self._conn: asyncssh.SSHServerConnection | None = None
         self._lost = False
+        self._preauth = False  # counted in state.preauth
+        self._authed = False
+        self._sessions = 0
+        self._direct = forwards.Tally(state.tally)  # this connection's direct-tcpip pipes
 
     # -- connection lifecycle
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -106,9 +161,23 @@ class SidecarServer(asyncssh.SSHServer):
         log.info("%s opened", self.label)
         if self._state.shutting_down:
             conn.disconnect(asyncssh.DISC_BY_APPLICATION, SHUTDOWN_REASON)
+            return
+        if self._state.preauth >= protocol.MAX_PREAUTH_CONNECTIONS:
+            log.info("%s refused: %d connections are already logging in", self.label,
+                     self._state.preauth)
+            conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, "too many connections")
+            return
+        self._state.preauth += 1
+        self._preauth = True
+
+    def _end_preauth(self) -> None:
+        if self._preauth:
+            self._preauth = False
+            self._state.preauth -= 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._end_preauth()
         self._state.clients.discard(self)
         freed = self._state.registry.detach(self)
         reason = f": {exc}" if exc else ""
@@ -139,6 +208,8 @@ class SidecarServer(asyncssh.SSHServer):
         return ok
 
     def auth_completed(self) -> None:
+        self._end_preauth()
+        self._authed = True
         self._state.clients.add(self)
         self._state.registry.attach(self)
         log.info("%s authenticated with key %s", self.label, fingerprint(
@@ -146,9 +217,18 @@ class SidecarServer(asyncssh.SSHServer):
 
     # -- sessions (commands)
     def session_requested(self) -> asyncssh.SSHServerSession[str] | bool:
-        if self._state.shutting_down:
+        if self._state.shutting_down or not self._authed:
             return False
-        return CommandSession(self._state, self.label)
+        if self._sessions >= protocol.MAX_SESSIONS_PER_CONNECTION:
+            log.info("%s session refused: %d open already", self.label, self._sessions)
+            return False
+        self._sessions += 1
+
+        def closed() -> None:
+            self._sessions -= 1
+
+        session = CommandSession(self._state, self.label, closed)
+        return files.session_for(session, self._state.settings.mounts, self.label)  # issue 15
 
     # -- remote forwards
     async def server_requested(self, listen_host: str, listen_port: int) -> Any:
@@ -199,9 +279,22 @@ class SidecarServer(asyncssh.SSHServer):
     ) -> Any:
         if self._state.shutting_down:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, SHUTDOWN_REASON)
+        if not self._authed:  # only a connection authenticated with the session key
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                            "not authenticated")
+        if not self._state.settings.direct_tcpip:
+            log.info("%s direct-tcpip to %s refused: outbound connections are off", self.label,
+                     forwards.hostport(dest_host, dest_port))
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                            "outbound connections are off for this session")
+        if self._direct.open >= protocol.MAX_DIRECT_PER_CONNECTION or \
+                self._state.tally.open >= protocol.MAX_FORWARDED_CONNECTIONS:
+            log.info("%s direct-tcpip refused: too many open connections", self.label)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE,
+                                            "too many open connections")
         assert self._conn is not None
         return forwards.direct_connection(
-            self._conn, dest_host, dest_port, self.label, self._state.tally
+            self._conn, dest_host, dest_port, self.label, self._direct
         )
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from sidecar import protocol
+from sidecar import files, protocol
 
 
 class SettingsError(ValueError):
@@ -25,6 +25,8 @@ class Settings:
     bind: str
     drain_seconds: float
     keepalive_seconds: float
+    direct_tcpip: bool = True  # False: every direct-tcpip channel is refused
+    mounts: tuple[files.Mount, ...] = ()  # served over SFTP (issue 15)
 
 
 def _port(name: str, raw: str) -> int:
@@ -103,6 +105,15 @@ def _optional_seconds(env: Mapping[str, str], name: str, default: float) -> floa
     return default if raw.strip() == "" else parse_seconds(name, raw)
 
 
+def parse_switch(name: str, raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in ("on", "true", "1", "yes"):
+        return True
+    if text in ("off", "false", "0", "no"):
+        return False
+    raise SettingsError(f"{name} must be on or off, got {raw!r}")
+
+
 def load(env: Mapping[str, str]) -> Settings:
     """Build settings from an environment mapping; raise SettingsError on the first problem."""
     key_raw = env.get(protocol.ENV_AUTHORIZED_KEY)
@@ -127,6 +138,9 @@ def load(env: Mapping[str, str]) -> Settings:
     keepalive = _optional_seconds(
         env, protocol.ENV_KEEPALIVE_SECONDS, protocol.DEFAULT_KEEPALIVE_SECONDS
     )
+    direct_raw = env.get(protocol.ENV_DIRECT_TCPIP, "")
+    direct = parse_switch(protocol.ENV_DIRECT_TCPIP,
+                          direct_raw if direct_raw.strip() else protocol.DEFAULT_DIRECT_TCPIP)
     if keepalive == 0:
         raise SettingsError(
             f"{protocol.ENV_KEEPALIVE_SECONDS} must be > 0; a vanished client would hold "
@@ -143,6 +157,10 @@ def load(env: Mapping[str, str]) -> Settings:
                 f"{protocol.ENV_PORTS} includes {own}, which the sidecar itself uses "
                 f"({name}); choose another {name}"
             )
+    try:  # the pod's files (issue 15)
+        mounts = files.parse_mounts(env.get(protocol.ENV_MOUNTS, ""))
+    except ValueError as exc:
+        raise SettingsError(f"{protocol.ENV_MOUNTS} {exc}") from None
     return Settings(
         authorized_key=authorized_key,
         ports=ports,
@@ -151,4 +169,6 @@ def load(env: Mapping[str, str]) -> Settings:
         bind=bind,
         drain_seconds=drain,
         keepalive_seconds=keepalive,
+        direct_tcpip=direct,
+        mounts=mounts,
     )

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from . import protobuf, resources, tables
-from .auth import UNAUTHORIZED, Authenticator, User, authorize
+from .auth import ACCESS_REVIEW_PATH, UNAUTHORIZED, Authenticator, User, access_review, authorize
 from .errors import ApiError, bad_request, method_not_allowed
 from .patch import SUPPORTED as PATCH_TYPES
 from .portforward import serve_portforward
@@ -184,6 +184,8 @@ class ApiServer:
                 return json_response(doc)
             if path in PUBLIC_PATHS:
                 return web.Response(text="ok")
+        if request.method == "POST" and path == ACCESS_REVIEW_PATH:
+            return json_response(access_review(request["user"], await self._body(request)), 201)
         target = parse_target(parts)
         if target is None:
             return error_response(ApiError(404, "NotFound",
@@ -193,6 +195,12 @@ class ApiServer:
         verb = self._verb(request, target)
         authorize(user, verb, target.resource.group, target.resource.plural,
                   target.subresource, target.namespace, target.name)
+        if target.subresource == "portforward" and verb == "get":
+            # The websocket upgrade is a GET, authorised as `get`; Kubernetes 1.35+
+            # (AuthorizePodWebsocketUpgradeCreatePermission, on by default) also requires
+            # `create`, which this cluster (v1.37) does too.
+            authorize(user, "create", target.resource.group, target.resource.plural,
+                      target.subresource, target.namespace, target.name)
         if target.subresource == "portforward":
             return await serve_portforward(request, self.store, self.node, target.namespace
                                            or "default", target.name or "")
@@ -214,7 +222,7 @@ class ApiServer:
     def _verb(request: web.Request, target: Target) -> str:
         method = request.method
         if target.subresource == "portforward":
-            return "create" if method in ("GET", "POST") else "get"
+            return "create" if method == "POST" else "get"  # SPDY POST; websocket GET
         if method == "GET":
             if target.name is None:
                 watching = _bool_param(request.query, "watch") or "/watch/" in request.path

@@ -101,7 +101,7 @@ class Cluster:
 
         kubeconfig.write(self.kubeconfig_path, kubeconfig.kubeconfig(
             self.server, ca.cert_pem, auth.admin_token, auth.restricted_token,
-            client_pem.cert, client_pem.key))
+            client_pem.cert, client_pem.key, auth.least_token))
 
     async def stop(self) -> None:
         try:

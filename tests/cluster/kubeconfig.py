@@ -1,4 +1,4 @@
-"""The kubeconfig the test cluster writes: one cluster, three users and contexts."""
+"""The kubeconfig the test cluster writes: one cluster, four users and contexts."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ CLUSTER = "bridge-test"
 CONTEXT_ADMIN = "bridge-test"  # bearer-token admin, the current-context
 CONTEXT_CERT = "bridge-test-cert"  # client-certificate admin
 CONTEXT_RESTRICTED = "bridge-test-restricted"  # token; get/list/watch only
+CONTEXT_LEAST = "bridge-test-least"  # token; exactly the README's Role for bridge
 
 
 def _b64(data: bytes) -> str:
@@ -20,7 +21,7 @@ def _b64(data: bytes) -> str:
 
 
 def kubeconfig(server: str, ca_pem: bytes, admin_token: str, restricted_token: str,
-               client_cert: bytes, client_key: bytes) -> dict[str, Any]:
+               client_cert: bytes, client_key: bytes, least_token: str) -> dict[str, Any]:
     def context(name: str, user: str) -> dict[str, Any]:
         return {"name": name, "context": {"cluster": CLUSTER, "user": user,
                                           "namespace": "default"}}
@@ -35,9 +36,11 @@ def kubeconfig(server: str, ca_pem: bytes, admin_token: str, restricted_token: s
             {"name": "admin-cert", "user": {"client-certificate-data": _b64(client_cert),
                                             "client-key-data": _b64(client_key)}},
             {"name": "restricted", "user": {"token": restricted_token}},
+            {"name": "bridge-user", "user": {"token": least_token}},
         ],
         "contexts": [context(CONTEXT_ADMIN, "admin"), context(CONTEXT_CERT, "admin-cert"),
-                     context(CONTEXT_RESTRICTED, "restricted")],
+                     context(CONTEXT_RESTRICTED, "restricted"),
+                     context(CONTEXT_LEAST, "bridge-user")],
         "current-context": CONTEXT_ADMIN,
     }
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import podenv, probes
+from . import dns, podenv, probes
 from .config import ClusterConfig
 from .errors import ApiError
 from .logstore import ContainerLog
@@ -194,6 +194,8 @@ class PodWorker:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             self.publish()
             self.sandbox = await self.kubelet.network.add_sandbox()
+            dns.write_resolv_conf(  # cluster DNS (issue 10)
+                self.sandbox.netns, self.namespace, str(self.kubelet.network.config.gateway))
             await self._apply_sysctls()
             self.publish()
             for c in self.init:
@@ -331,7 +333,7 @@ class PodWorker:
         assert self.sandbox is not None
         try:
             process = await asyncio.create_subprocess_exec(
-                NSENTER, f"--net=/run/netns/{self.sandbox.netns}", "--", *launch.argv,
+                *dns.netns_exec(self.sandbox.netns), *launch.argv,  # + resolv.conf (issue 10)
                 env=launch.env,
                 cwd=launch.cwd,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -458,7 +460,7 @@ class PodWorker:
             if not argv0:
                 return 126, b"exec probe without a command"
             proc = await asyncio.create_subprocess_exec(
-                NSENTER, f"--net=/run/netns/{self.sandbox.netns}", "--", argv0, *command[1:],
+                *dns.netns_exec(self.sandbox.netns), argv0, *command[1:],  # issue 10
                 env=launch.env, cwd=launch.cwd, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,

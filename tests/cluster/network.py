@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from . import dns
 from .config import NAME_PREFIX, STATE_ROOT, ClusterConfig
 
 MAX_INSTANCES = 64
@@ -143,6 +144,7 @@ def cleanup_index(
             killed = kill_netns_processes(ns)
             removed += [f"process {pid} in netns {ns}" for pid in killed]
             _ip_quiet("netns", "delete", ns)
+            dns.remove_resolv_conf(ns)  # issue 10
             removed.append(f"netns {ns}")
     for link in _list_links() if links is None else links:
         if _index_of(link) == index:
@@ -371,6 +373,7 @@ class Network:
         kill_netns_processes(sandbox.netns)
         _ip_quiet("link", "delete", sandbox.host_veth)
         _ip_quiet("netns", "delete", sandbox.netns)
+        dns.remove_resolv_conf(sandbox.netns)  # issue 10
         self._free_ips.append(sandbox.ip)
 
     def service_ips(self) -> set[str]:

@@ -8,6 +8,7 @@ import functools
 import shutil
 from collections.abc import AsyncIterator
 
+from . import dns
 from .config import ClusterConfig
 from .errors import bad_request, not_found
 from .kubelet import Kubelet
@@ -25,6 +26,9 @@ class Node:
         self.network = Network(config)
         self.kubelet = Kubelet(store, config, self.network)
         self.proxy = ServiceProxy(store, self.network)
+        self.dns = dns.DnsServer(  # cluster DNS on the gateway address (issue 10)
+            lambda: store.list("services")[0], lambda: store.list("endpoints")[0],
+            str(config.gateway))
         self._started = False
 
     async def start(self) -> None:
@@ -32,6 +36,7 @@ class Node:
         self._started = True
         await self.network.start()
         await self.proxy.start()
+        await self.dns.start()
         await self.kubelet.start()
 
     async def stop(self) -> None:
@@ -41,6 +46,7 @@ class Node:
         try:
             await self.kubelet.stop()
             await self.proxy.stop()
+            await self.dns.stop()
         finally:
             await self.network.stop()
             shutil.rmtree(self.config.state_dir, ignore_errors=True)

@@ -87,8 +87,18 @@ SCHEMAS: dict[str, dict[int, Field]] = {
                     7: ("sessionAffinity", "str"), 10: ("externalName", "str")},
     "ServicePort": {1: ("name", "str"), 2: ("protocol", "str"), 3: ("port", "int"),
                     4: ("targetPort", "intstr"), 5: ("nodePort", "int")},
+    # authorization.k8s.io/v1, for `kubectl auth can-i`
+    "SelfSubjectAccessReview": {1: ("metadata", "ObjectMeta"),
+                                2: ("spec", "SelfSubjectAccessReviewSpec"), 3: ("status", "skip")},
+    "SelfSubjectAccessReviewSpec": {1: ("resourceAttributes", "ResourceAttributes"),
+                                    2: ("nonResourceAttributes", "NonResourceAttributes")},
+    "ResourceAttributes": {1: ("namespace", "str"), 2: ("verb", "str"), 3: ("group", "str"),
+                           4: ("version", "str"), 5: ("resource", "str"),
+                           6: ("subresource", "str"), 7: ("name", "str")},
+    "NonResourceAttributes": {1: ("path", "str"), 2: ("verb", "str")},
 }
-KINDS = frozenset({"Namespace", "ConfigMap", "Secret", "Deployment", "Pod", "Service"})
+KINDS = frozenset({"Namespace", "ConfigMap", "Secret", "Deployment", "Pod", "Service",
+                   "SelfSubjectAccessReview"})
 
 
 def unsupported(message: str) -> ApiError:

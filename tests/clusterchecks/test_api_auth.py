@@ -1,4 +1,4 @@
-"""Point 1: HTTPS with the cluster's own CA, three users/contexts, 401/403 worded like Kubernetes.
+"""Point 1: HTTPS with the cluster's own CA, four users/contexts, 401/403 worded like Kubernetes.
 
 Uses the official client (sync) and raw HTTPS with the kubeconfig's own credentials.
 """
@@ -55,10 +55,10 @@ def _client(cluster: Any, context: str) -> client.ApiClient:
     return config.new_client_from_config(config_file=cluster.kubeconfig, context=context)
 
 
-def test_kubeconfig_has_three_contexts_token_current(cluster: Any) -> None:
+def test_kubeconfig_has_four_contexts_token_current(cluster: Any) -> None:
     kc = _kubeconfig(cluster)
     names = {c["name"] for c in kc["contexts"]}
-    assert len(names) == 3
+    assert len(names) == 4
     current = _user(kc, kc["current-context"])
     assert "token" in current
     cert_users = [u for u in kc["users"] if "client-certificate-data" in u["user"]]

@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 import pytest
+from dotenv import dotenv_values
 
-from bridge import env as envmod
 from bridge import state
 from sidecar import protocol
 
@@ -127,7 +127,7 @@ def test_child_environment_comes_from_the_pod(make_workload: Any, tmp_path: Any)
     assert env["PATH"] == os.environ["PATH"]
     assert not any(k.startswith(protocol.SETTINGS_PREFIX) for k in env)
     # the env file holds the pod's values, multi-line secrets intact
-    written = envmod.parse_dotenv(env_file.read_text())
+    written = dict(dotenv_values(env_file))  # the dotenv syntax IDEs and python-dotenv read
     assert written["cert"] == env["cert"]
     assert written["DB_PASSWORD"] == env["DB_PASSWORD"]
     assert "HOME" not in written  # the laptop's own variables are not the pod's to export
@@ -178,7 +178,7 @@ def test_attach_mode_ends_on_ctrl_c(make_workload: Any) -> None:
     b, port = w.attach()
     assert f"127.0.0.1:{port}" in b.stderr
     env_path = b.stderr.split("environment in ", 1)[1].split(";", 1)[0]
-    assert envmod.parse_dotenv(open(env_path).read())["PORTS"]
+    assert dotenv_values(env_path)["PORTS"]
     assert http_get(w.service_ip(), 80) == f"laptop {port}\n"
     b.signal(signal.SIGINT)
     assert b.wait() == 0, b.stderr

@@ -84,7 +84,8 @@ def test_error_channel_ends_the_stream_with_the_servers_reason(tmp_path: Path) -
 
 @pytest.mark.parametrize(
     ("status", "words"),
-    [(403, "forbidden: you may not create pods/portforward in namespace default"),
+    [(403, "forbidden: you may not port-forward to pods in namespace default .*needs get "
+           "and, from Kubernetes 1.35, create on pods/portforward"),
      (404, "the pod does not exist"),
      (401, "rejected the credentials")],
 )

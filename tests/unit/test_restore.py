@@ -32,7 +32,16 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def swapped(kube: FakeKube, lk: state.Lock) -> None:
     kube.add("hello", 0, state.encode(lk))
-    kube.add(lk.proxy, 1)
+    add_proxy(kube, lk)
+
+
+def add_proxy(kube: FakeKube, lk: state.Lock, original: str = "hello") -> None:
+    """The proxy Deployment as bridge creates it: its labels, marker and owner reference."""
+    kube.add(lk.proxy, 1, {state.PROXY_FOR_LABEL: original},
+             labels={state.MANAGED_BY_LABEL: state.MANAGED_BY, state.SESSION_LABEL: lk.session,
+                     state.PROXY_FOR_LABEL: original},
+             ownerReferences=[{"kind": "Deployment", "name": original,
+                               "uid": f"uid-{original}"}])
 
 
 def run_restore(kube: FakeKube, **kw: Any) -> tuple[restore.Outcome, str]:

@@ -1,0 +1,28 @@
+"""A whole swap by a user that has only the README's Role (the test cluster's `bridge-user`):
+traffic reaches the laptop, and everything is put back (the workload fixture checks that)."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import pytest
+
+from tests.cluster.kubeconfig import CONTEXT_LEAST
+
+from .conftest import free_port, http_get
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+
+
+def test_swap_with_only_the_readme_role(make_workload: Any) -> None:
+    w = make_workload()
+    port = free_port()
+    w.local_server(port)
+    b = w.bridge("--context", CONTEXT_LEAST, "swap", "hello", "--port", f"http:{port}")
+    b.wait_for("attached")
+    assert http_get(w.service_ip(), 80) == f"laptop {port}\n"
+    b.signal(signal.SIGINT)
+    assert b.wait() == 0, b.stderr
+    assert "forbidden" not in b.stderr and "warning" not in b.stderr.lower(), b.stderr
+    assert http_get(w.service_ip(), 80).startswith("cluster ")

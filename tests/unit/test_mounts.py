@@ -1,0 +1,337 @@
+"""bridge/mounts.py: the pod's files on this machine, copy and live (sshfs -o passive), against
+a real sidecar on this host whose mounts are kubelet-style symlink farms
+(tests/sidecar/test_files.py builds them). Nothing may be left mounted or on disk: after the
+end, after Ctrl-C, and after SIGKILL + the leftover cleanup `bridge restore` runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge import mounts
+from bridge.errors import BridgeError
+from bridge.progress import QUIET, Progress
+from sidecar import protocol
+from tests.helpers import stop_process
+from tests.sidecar.harness import REPO, ClientKey, Sidecar, make_key, running_sidecar
+from tests.sidecar.test_files import APP_YAML, TLS_KEY, Pod, make_pod
+
+LIVE = mounts.live_problem()
+needs_live = pytest.mark.skipif(LIVE is not None, reason=f"live mode cannot work here: {LIVE}")
+WAIT = 30.0  # bound on waiting for something to appear or go (not a timing assertion)
+
+
+# ------------------------------------------------------------------ pure decisions
+
+
+def test_choose_mode() -> None:
+    assert mounts.choose_mode("auto", None)[0] == "live"
+    mode, said = mounts.choose_mode("auto", "sshfs is not installed")
+    assert mode == "copy" and "sshfs is not installed" in said
+    assert mounts.choose_mode("copy", None)[0] == "copy"
+    with pytest.raises(BridgeError, match="--mount-mode live: no FUSE; .*nothing was changed"):
+        mounts.choose_mode("live", "no FUSE")
+
+
+def test_root_problem(tmp_path: Path) -> None:
+    assert mounts.root_problem(str(tmp_path / "new")) is None
+    assert mounts.root_problem(str(tmp_path)) is None  # empty
+    (tmp_path / "x").write_text("mine")
+    assert "not empty" in (mounts.root_problem(str(tmp_path)) or "")
+    assert "not a directory" in (mounts.root_problem(str(tmp_path / "x")) or "")
+    assert "does not exist" in (mounts.root_problem(str(tmp_path / "no" / "dir")) or "")
+
+
+@pytest.mark.parametrize("name,ok", [("app.yaml", True), ("..data", True), ("..", False),
+                                     (".", False), ("a/b", False), ("", False),
+                                     ("../../x", False)])
+def test_safe_name(name: str, ok: bool) -> None:
+    assert mounts.safe_name(name) is ok
+
+
+# ------------------------------------------------------------------ against a sidecar
+
+
+@pytest.fixture
+def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def pod(tmp_path: Path) -> Pod:
+    return make_pod(tmp_path, writable_data=False)
+
+
+@pytest.fixture
+def sidecar(tmp_path: Path, key: ClientKey, pod: Pod) -> Iterator[Sidecar]:
+    env = {protocol.ENV_MOUNTS: json.dumps(pod.mounts)}
+    with running_sidecar(tmp_path, key, extra_env=env) as sc:
+        yield sc
+
+
+@pytest.fixture
+def key(tmp_path: Path) -> ClientKey:
+    return make_key(tmp_path, "id_bridge")
+
+
+def check_pod_files(root: Path, mode: str = "copy") -> None:
+    assert (root / "etc/config/app.yaml").read_text() == APP_YAML
+    assert (root / "var/run/secrets/app/tls.key").read_text() == TLS_KEY
+    assert (root / "data/prepared.txt").read_text() == "written by an init container\n"
+    assert refused(root / "etc/config/etc-link/passwd")
+    assert refused(root / "etc/config/passwd-link")
+    assert "etc-link" not in os.listdir(root / "etc/config")
+    assert sorted(os.listdir(root)) == ["data", "etc", "var"]
+    # secrets: this user only (a copy: mode 700; a FUSE mount: no allow_other, so the kernel
+    # lets only the mounting user in)
+    if mode == "copy":
+        assert (root.stat().st_mode & 0o077) == 0
+    else:
+        options = [line.split()[3] for line in Path("/proc/mounts").read_text().splitlines()
+                   if line.split()[1] == str(root)]
+        assert len(options) == 1 and "allow_other" not in options[0].split(",")
+
+
+def refused(path: Path) -> bool:
+    """Not there (a copy) or refused (live: the sidecar says permission denied)."""
+    try:
+        path.read_bytes()
+    except (FileNotFoundError, PermissionError):
+        return True
+    return False
+
+
+def mounted(path: str | Path) -> bool:
+    return any(line.split()[1] == str(path) for line in
+               Path("/proc/mounts").read_text().splitlines() if len(line.split()) > 2)
+
+
+def records(state_home: Path) -> list[Path]:
+    return list((state_home / "bridge" / "mounts").glob("*.json"))
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["copy", pytest.param("live", marks=needs_live)])
+def test_provides_the_pods_files_and_leaves_nothing(
+        sidecar: Sidecar, key: ClientKey, state_home: Path, mode: str) -> None:
+    seen: dict[str, str] = {}
+
+    async def scenario() -> None:
+        conn = await sidecar.connect(key)
+        async with conn, mounts.provide(conn, mode, None, progress=Progress(QUIET),
+                                        session="t1") as root:
+            seen["root"] = root
+            # off the event loop: in live mode this loop carries sshfs's traffic
+            await asyncio.to_thread(check_pod_files, Path(root), mode)
+            assert len(records(state_home)) == 1
+            assert mounted(root) == (mode == "live")
+
+    run(scenario())
+    assert not mounted(seen["root"])
+    assert not os.path.exists(seen["root"])
+    assert records(state_home) == []
+
+
+def test_a_given_directory_is_emptied_not_removed(
+        sidecar: Sidecar, key: ClientKey, state_home: Path, tmp_path: Path) -> None:
+    given = tmp_path / "mine"
+    given.mkdir()
+
+    async def scenario() -> None:
+        conn = await sidecar.connect(key)
+        async with conn, mounts.provide(conn, "copy", str(given), progress=Progress(QUIET),
+                                        session="t2") as root:
+            assert root == str(given)
+            await asyncio.to_thread(check_pod_files, given)
+
+    run(scenario())
+    assert given.is_dir() and list(given.iterdir()) == []
+
+
+def test_copy_limit_is_a_clear_error_and_leaves_nothing(
+        sidecar: Sidecar, key: ClientKey, state_home: Path, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        conn = await sidecar.connect(key)
+        async with conn, mounts.provide(conn, "copy", str(tmp_path / "files"),
+                                        progress=Progress(QUIET), session="t3", copy_limit=40):
+            raise AssertionError("the copy should have failed")
+
+    with pytest.raises(BridgeError, match=r"pass the copy limit of .* MiB at /[^ ]+ .*"
+                                          r"--mount-mode live"):
+        run(scenario())
+    assert not (tmp_path / "files").exists()
+    assert records(state_home) == []
+
+
+@needs_live
+def test_live_mode_sees_a_configmap_update_and_refuses_writes(
+        sidecar: Sidecar, key: ClientKey, state_home: Path, pod: Pod) -> None:
+    async def scenario() -> None:
+        conn = await sidecar.connect(key)
+        async with conn, mounts.provide(conn, "live", None, progress=Progress(QUIET),
+                                        session="t4") as root:
+            # off the event loop: this loop carries sshfs's traffic
+            await asyncio.to_thread(live_checks, Path(root), pod)
+
+    run(scenario())
+    assert (pod.root / "configmap/app.yaml").read_text() == "greeting: updated\n"
+    assert not (pod.root / "emptydir/new.txt").exists()
+
+
+def live_checks(root: Path, pod: Pod) -> None:
+    app = root / "etc/config/app.yaml"
+    assert app.read_text() == APP_YAML
+    kubelet_update(pod.root / "configmap", {"app.yaml": "greeting: updated\n"})
+    wait_until("the update never showed", lambda: app.read_text() == "greeting: updated\n")
+    with pytest.raises(OSError):
+        app.write_text("from the laptop")
+    with pytest.raises(OSError):
+        (root / "data/new.txt").write_text("from the laptop")
+
+
+def kubelet_update(volume: Path, files: dict[str, str]) -> None:
+    """What the kubelet's atomic writer does: a new timestamped dir, then ..data swapped."""
+    stamp = volume / "..2024_05_06_07_08_09.987654321"
+    stamp.mkdir()
+    for name, text in files.items():
+        (stamp / name).write_text(text)
+    tmp = volume / "..data_tmp"
+    tmp.symlink_to(stamp.name)
+    os.rename(tmp, volume / "..data")
+
+
+# ------------------------------------------------------------------ Ctrl-C and SIGKILL
+
+CHILD = """
+import asyncio, sys
+import asyncssh
+from bridge import mounts
+from bridge.progress import QUIET, Progress
+
+async def main():
+    port, host_key, key_path, mode = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    conn = await asyncssh.connect(
+        "127.0.0.1", int(port), username="developer", client_keys=[key_path],
+        known_hosts=([asyncssh.import_public_key(host_key)], [], []), agent_path=None)
+    async with mounts.provide(conn, mode, None, progress=Progress(QUIET), session="kid") as root:
+        print(root, flush=True)
+        await asyncio.sleep(3600)
+
+try:
+    asyncio.run(main())
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def start_child(sidecar: Sidecar, key: ClientKey, mode: str,
+                state_home: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(sidecar.ssh_port), sidecar.host_key_line,
+         str(key.path), mode],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "XDG_STATE_HOME": str(state_home)})
+    assert proc.stdout is not None
+    root = proc.stdout.readline().strip()
+    if not root:
+        stop_process(proc, 10)
+        raise AssertionError(f"the child printed no root: {proc.stderr.read()}")  # type: ignore[union-attr]
+    return proc, root
+
+
+def wait_until(what: str, check: object) -> None:
+    deadline = time.monotonic() + WAIT
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("mode", ["copy", pytest.param("live", marks=needs_live)])
+def test_ctrl_c_leaves_nothing(sidecar: Sidecar, key: ClientKey, state_home: Path,
+                               mode: str) -> None:
+    proc, root = start_child(sidecar, key, mode, state_home)
+    try:
+        assert (Path(root) / "etc/config/app.yaml").read_text() == APP_YAML
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=WAIT)
+        assert "interrupted" in out, err
+    finally:
+        stop_process(proc, 10)
+    assert not mounted(root)
+    assert not os.path.exists(root)
+    assert records(state_home) == []
+
+
+@pytest.mark.parametrize("mode", ["copy", pytest.param("live", marks=needs_live)])
+def test_sigkill_then_restore_cleanup_leaves_nothing(
+        sidecar: Sidecar, key: ClientKey, state_home: Path, mode: str) -> None:
+    proc, root = start_child(sidecar, key, mode, state_home)
+    try:
+        assert (Path(root) / "var/run/secrets/app/tls.key").read_text() == TLS_KEY
+        proc.kill()
+        proc.wait(timeout=WAIT)
+    finally:
+        stop_process(proc, 10)
+    # live: the channel closed, so sshfs exited and its auto_unmount helper unmounted
+    wait_until("the mount outlived bridge", lambda: not mounted(root))
+    assert os.path.exists(root)  # what the killed bridge left: the directory (and a copy)
+    assert len(records(state_home)) == 1
+    said: list[str] = []
+    assert mounts.cleanup_leftovers(said.append) == 1
+    assert not os.path.exists(root)
+    assert records(state_home) == []
+    assert any(root in line for line in said)
+
+
+def test_cleanup_leaves_a_running_sessions_files_alone(
+        sidecar: Sidecar, key: ClientKey, state_home: Path) -> None:
+    proc, root = start_child(sidecar, key, "copy", state_home)
+    try:
+        assert mounts.cleanup_leftovers(lambda _: None) == 0
+        assert (Path(root) / "etc/config/app.yaml").read_text() == APP_YAML
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=WAIT)
+        stop_process(proc, 10)
+    assert not os.path.exists(root)
+
+
+@needs_live
+def test_a_live_mount_rides_a_new_connection_after_a_reconnect(
+        sidecar: Sidecar, key: ClientKey, state_home: Path) -> None:
+    async def scenario() -> None:
+        first = await sidecar.connect(key)
+        files = mounts.Files(first, "live", None, writable=False, progress=Progress(QUIET),
+                             session="t5", copy_limit=mounts.COPY_LIMIT)
+        try:
+            root = Path(await files.start())
+            first.close()  # the tunnel dropped
+            await first.wait_closed()
+            second = await sidecar.connect(key)
+            async with second:
+                await files.reattach(second)
+                text = await asyncio.to_thread((root / "etc/config/app.yaml").read_text)
+                assert text == APP_YAML
+                assert mounted(root)
+        finally:
+            await files.close()
+        seen["root"] = root
+
+    seen: dict[str, Path] = {}
+    run(scenario())
+    assert not mounted(seen["root"]) and not seen["root"].exists()
+    assert records(state_home) == []
