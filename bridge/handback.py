@@ -55,8 +55,8 @@ async def wait_proxy_out(api: Api, session: str, manifest: Obj, progress: Progre
         while True:
             try:
                 current: set[str] = set()
-                for svc in services:
-                    current |= restore.endpoint_ips(await api.get_endpoints(target.name_of(svc)))
+                for svc in services:  # EndpointSlices, every address family
+                    current |= await api.service_ready_ips(target.name_of(svc))
             except ApiError:
                 return  # not allowed to read Endpoints: nothing more to learn
             if not current & ips:

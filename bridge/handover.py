@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from bridge import restore, state, target
+from bridge import endpoints, restore, state, target
 from bridge.errors import BridgeError
 from bridge.kube import Api, ApiError, Obj
 from bridge.lease import Lease
@@ -58,8 +58,11 @@ async def wait_listening(ports: Sequence[int], bound: float, progress: Progress,
 
 async def proxy_ips(api: Api, session: str, pod: str | None = None) -> set[str]:
     pods = await api.list_pods(f"{state.SESSION_LABEL}={session}")
-    return {str(q.get("status", {}).get("podIP")) for q in pods
-            if pod is None or target.name_of(q) == pod}
+    ips: set[str] = set()
+    for q in pods:  # every address of the pod (podIPs: dual-stack, IPv6)
+        if pod is None or target.name_of(q) == pod:
+            ips |= endpoints.pod_ips(q)
+    return ips
 
 
 @dataclass
@@ -152,9 +155,8 @@ class HandOver:
             while not self.stop():  # then the hand-back or the restore starts at once
                 try:
                     current = set()
-                    for svc in services:
-                        current |= restore.endpoint_ips(
-                            await api.get_endpoints(target.name_of(svc)))
+                    for svc in services:  # EndpointSlices, every address family
+                        current |= await api.service_ready_ips(target.name_of(svc))
                 except ApiError:
                     return  # not allowed to read Endpoints: nothing more to learn
                 if current <= ips:

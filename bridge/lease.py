@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
-from bridge import conditional, plan, restore, state
+from bridge import conditional, controllers, plan, restore, state
 from bridge.cleanup import CleanupStack
 from bridge.errors import BridgeError
 from bridge.kube import Api, ApiError, Conflict, NotFound, Obj, Unreachable
@@ -62,6 +62,8 @@ async def clear_the_way(api: Api, deployment: Obj, *, ttl: float, bound: float,
             f"deployment/{name} is already swapped by {decision.holder} since "
             f"{state.format_time(decision.since)} (session {decision.session}); "
             f"ask them to end it, or run `bridge restore {name}` if that session is dead")
+    if isinstance(decision, state.Doubtful):  # a lock bridge did not write: never repaired
+        raise BridgeError(decision.explain(name))
     if not isinstance(decision, state.Proceed):
         raise BridgeError(f"deployment/{name} is locked")
     return deployment
@@ -75,6 +77,10 @@ class Lease:
     name: str
     lock: state.Lock
     progress: Progress
+    # Watches the original's replicas at each heartbeat while they should stay at 0 (armed
+    # once this session scaled it to 0): a KEDA/HPA/GitOps controller scaling it back is said.
+    drift: controllers.DriftWatch = field(default_factory=controllers.DriftWatch)
+    drift_armed: bool = False
 
     async def take(self, deployment: Obj, *, outcome: Outcome, stack: CleanupStack,
                    restore_step: Callable[[], Awaitable[Any]]) -> None:
@@ -138,9 +144,11 @@ class Lease:
     # -- writes to the original -----------------------------------------------------------
 
     async def _patch_if_ours(self, patch: dict[str, Any], what: str,
-                             needed: Any = None) -> None:
+                             needed: Any = None, seen: Any = None) -> None:
         def decide(dep: Obj) -> dict[str, Any] | None:
             self.check(dep)
+            if seen is not None:
+                seen(dep)
             return patch if needed is None or needed(dep) else None
 
         await conditional.patch_when(
@@ -150,14 +158,26 @@ class Lease:
     async def scale_original(self, replicas: int) -> None:
         """Only while the lock is still ours (a colleague's `bridge restore` may have cleared
         it since the last heartbeat)."""
+        if replicas:
+            self.drift_armed = False  # from now on the original is meant to scale up
         await self._patch_if_ours(
             plan.scale_patch(replicas), f"scaling to {replicas}",
             lambda dep: int(dep.get("spec", {}).get("replicas", 1)) != replicas)
+        if not replicas:
+            self.drift_armed = True  # from now on the replicas should stay 0
+
+    def observe(self, dep: Obj) -> None:
+        """Say (once) when the original was scaled up by someone else while at 0."""
+        if self.drift_armed:
+            line = self.drift.observe(dep)
+            if line:
+                self.progress.warn(line)
 
     async def beat(self) -> None:
         """One heartbeat, only onto our own lock."""
         try:
-            await self._patch_if_ours(state.heartbeat_patch(now()), "heartbeat")
+            await self._patch_if_ours(state.heartbeat_patch(now()), "heartbeat",
+                                      seen=self.observe)
         except conditional.KeptChanging:
             pass  # changed again and again under us: the next beat will do
 
@@ -196,6 +216,7 @@ class Lease:
     async def release(self, *, wait: bool, bound: float, heartbeat_interval: float
                       ) -> restore.Outcome:
         """The restore of this session's swap, with the heartbeat going on meanwhile."""
+        self.drift_armed = False
         self.progress.info(f"restoring deployment/{self.name}")
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.beat_quietly, heartbeat_interval)

@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from bridge import state, target
+from bridge import diagnose, state, target, trust
 from bridge import tunnel as tunnelmod
 from bridge.errors import BridgeError
 from bridge.kube import Api, Obj
@@ -64,6 +64,9 @@ class LinkSpec:
     client_key: Any
     ports: Sequence[target.PortMap]
     keepalive_interval: float = 5.0
+    proxy: str = ""  # the proxy Deployment's name
+    # The planned pod spec: a pod is trusted only when it runs this (trust.pod_problems).
+    planned_spec: Obj = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +80,11 @@ class Linker:
     reconnected: bool = False  # the link was lost and re-made at least once
     current: Link | None = None  # the link in use (None while reconnecting, after close)
     on_connect: list[Callable[[Link], Awaitable[None]]] = field(default_factory=list)
+    # The UID of the proxy Deployment bridge created (from the create response): the pods
+    # trusted are those whose ReplicaSet it controls.
+    proxy_uid: str = ""
+    refused: set[str] = field(default_factory=set)  # pods said once to be not bridge's
+    said_waiting: str = ""  # the last scheduling / readiness-gate line said
 
     async def connect(self, *, first: bool, forward: bool = True) -> Link:
         """Find the proxy pod, read its host key, port-forward + SSH, remote-forward the
@@ -208,7 +216,10 @@ class Linker:
                 checked = time.monotonic()
             pods = [q for q in await self.api.list_pods(selector)
                     if not q.get("metadata", {}).get("deletionTimestamp")]
+            pods = await self.proven(pods)  # never a pod we cannot prove ours
             pods.sort(key=lambda q: str(q.get("metadata", {}).get("creationTimestamp", "")))
+            if first:  # admission refusals fail now; scheduling and gates are waited out
+                await self.diagnose(selector, pods)
             if pods:
                 pod = pods[-1]
                 pname = target.name_of(pod)
@@ -217,33 +228,70 @@ class Linker:
                 else:  # a restart or a crash loop is what we wait out here, not a failure
                     problem = pod_problem(pod, container, past=False)
                     if problem and problem != last_problem:
-                        self.progress.warn(f"proxy pod {pname}: {problem}; waiting for it")
+                        self.progress.warn(f"proxy pod {pname}: "
+                                           f"{state.printable(problem, 300)}; waiting for it")
                     last_problem = problem
-                if container_running(pod, container):
-                    log = await self.api.pod_log(pname, container)
-                    host_key = tunnelmod.parse_host_key(log)
+                if container_running(pod, container):  # the sidecar's first line, bounded
+                    log = await self.api.pod_log(pname, container,
+                                                 limit_bytes=trust.HOST_KEY_LOG_LIMIT)
+                    host_key = trust.host_key_announcement(log)
                     if host_key:
                         waiter.done(f"proxy pod {pname} running ({waiter.elapsed():.1f}s)")
                         return pname, host_key
             waiter.tick()
             await anyio.sleep(POLL)
 
+    async def proven(self, pods: list[Obj]) -> list[Obj]:
+        """The pods proven to be the proxy Deployment's (trust.proven_pods); each other pod is
+        said once and ignored."""
+        proven, refused = await trust.proven_pods(self.api, pods, self.proxy_uid,
+                                                  self.spec.planned_spec, self.spec.session)
+        for name in sorted(set(refused) - self.refused):
+            self.refused.add(name)
+            self.progress.warn("ignoring pod " + trust.describe(
+                state.printable(name), refused[name]) + " (not bridge's proxy)")
+        return proven
+
+    async def diagnose(self, selector: str, pods: list[Obj]) -> None:
+        """Fail at once when admission refuses the proxy pod (quota, LimitRange, Pod Security,
+        webhooks); say once what a pending pod waits for (Unschedulable, gates)."""
+        replicasets = await self.api.list_replicasets(selector) if not pods else []
+        verdict = diagnose.diagnose(replicasets, pods)
+        if verdict is None:
+            return
+        if verdict.action == diagnose.FAIL:
+            raise BridgeError(diagnose.refusal_message(self.spec.proxy, verdict))
+        self.say_waiting(verdict)
+
+    def say_waiting(self, verdict: diagnose.Verdict) -> None:
+        line = verdict.line()
+        if line != self.said_waiting:
+            self.said_waiting = line
+            self.progress.warn(f"proxy pod waiting: {line}")
+
     async def check_pod(self, pod: Obj) -> None:
         """BridgeError (with the log's last lines) when the proxy pod cannot serve. Until a
         first tunnel was up, a sidecar that exited once fails the start; after a reconnect, a
-        restart is history and only the present state counts."""
+        restart is history and only the present state counts. What a pod that can serve
+        waits for (a readiness gate, scheduling) is said once."""
         pname = target.name_of(pod)
         reason = pod_problem(pod, self.spec.container, past=not self.reconnected)
         if not reason:
+            waiting = diagnose.pod_waiting(pod)
+            if waiting is not None:
+                self.say_waiting(waiting)
             return
         tail = ""
-        try:
-            log = await self.api.pod_log(pname, self.spec.container, tail_lines=LOG_TAIL)
-            lines = [ln for ln in log.splitlines() if ln.strip()][-LOG_TAIL:]
+        try:  # the pod's own text: bounded, and escaped before it reaches the terminal
+            log = await self.api.pod_log(pname, self.spec.container, tail_lines=LOG_TAIL,
+                                         limit_bytes=16384)
+            lines = [state.printable(ln, 300)
+                     for ln in log.splitlines() if ln.strip()][-LOG_TAIL:]
             tail = "; last log lines: " + " | ".join(lines) if lines else "; its log is empty"
         except BridgeError:
             pass
-        raise BridgeError(f"proxy pod {pname} failed to start: {reason}{tail}")
+        raise BridgeError(f"proxy pod {pname} failed to start: "
+                          f"{state.printable(reason, 300)}{tail}")
 
 
 def pod_problem(pod: Obj, container: str, *, past: bool) -> str:

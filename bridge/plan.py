@@ -272,10 +272,9 @@ def host_access(pod_spec: Obj) -> list[str]:
 
 def _harden(pod_spec: dict[str, Any], opts: Options) -> None:
     """The service-account token stays off the proxy pod unless the user asked for the pod's
-    files (the token is one of them) or another container of the pod may need it."""
-    if opts.service_account_token or opts.files:
-        return
-    if len(pod_spec["containers"]) == 1 and not pod_spec.get("initContainers"):
+    files (the token is one of them): the proxy pod is reachable from the laptop, so it gets
+    no API credentials of its own otherwise (the pod's other containers lose it too)."""
+    if not (opts.service_account_token or opts.files):
         pod_spec["automountServiceAccountToken"] = False
 
 

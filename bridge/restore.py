@@ -9,7 +9,6 @@ Idempotent: restoring a restored Deployment changes nothing.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field

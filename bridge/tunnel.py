@@ -103,12 +103,6 @@ class Tunnel:
         self._max_pktsize = forward_max_pktsize
         self._listeners: dict[int, asyncssh.SSHListener] = {}
 
-    @property
-    def connection(self) -> asyncssh.SSHClientConnection:
-        """The SSH connection itself: outbound dials with it, the pod's files ride an SFTP
-        channel of it."""
-        return self._conn
-
     @classmethod
     async def connect(
         cls,

@@ -394,11 +394,13 @@ class FakeKube:
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.created: list[dict[str, Any]] = []
 
-    def add(self, name: str, replicas: int, annotations: dict[str, str] | None = None) -> None:
+    def add(self, name: str, replicas: int, annotations: dict[str, str] | None = None,
+            **meta: Any) -> None:
         self.rv += 1
         self.deployments[name] = {
             "metadata": {"name": name, "annotations": dict(annotations or {}),
-                         "resourceVersion": str(self.rv), "generation": 1},
+                         "resourceVersion": str(self.rv), "generation": 1,
+                         "uid": f"uid-{name}", **meta},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
                      "template": {"metadata": {"labels": {"app": name}}}},
             "status": {"observedGeneration": 1, "readyReplicas": replicas,
@@ -464,6 +466,24 @@ class FakeKube:
     async def get_endpoints(self, name: str) -> dict[str, Any]:
         return copy.deepcopy(self.endpoints.get(name, {}))
 
+    async def service_ready_ips(self, service: str) -> set[str]:
+        """The ready addresses of `self.endpoints[service]` (written as v1 Endpoints)."""
+        ep = self.endpoints.get(service, {})
+        return {str(a.get("ip")) for s in ep.get("subsets") or []
+                for a in s.get("addresses") or []}
+
+    async def get_replicaset(self, name: str) -> dict[str, Any]:
+        raise api_error(404, f'replicasets.apps "{name}" not found')
+
+    async def list_replicasets(self, label_selector: str) -> list[dict[str, Any]]:
+        return []
+
+    async def list_limit_ranges(self) -> list[dict[str, Any]]:
+        return []
+
+    async def list_scaled_objects(self) -> list[dict[str, Any]]:
+        return []
+
     async def list_deployments(self, label_selector: str | None = None) -> list[dict[str, Any]]:
         return [copy.deepcopy(d) for d in self.deployments.values()]
 
@@ -478,5 +498,5 @@ class FakeKube:
         raise api_error(404, f'services "{name}" not found')
 
     async def pod_log(self, name: str, container: str | None = None, *,
-                      tail_lines: int | None = None) -> str:
+                      tail_lines: int | None = None, limit_bytes: int | None = None) -> str:
         return ""

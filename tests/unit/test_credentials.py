@@ -340,7 +340,7 @@ def test_token_source_refreshes_on_invalidate(tmp_path: Path) -> None:
 
 
 def test_plugin_giving_a_client_certificate_is_left_to_the_loader(tmp_path: Path) -> None:
-    from tests.unit.test_portforward import Pki
+    from tests.unit.support import Pki
 
     pki = Pki.create(tmp_path)
     setup = Setup(tmp_path, mode="cert")

@@ -123,12 +123,15 @@ def test_without_files_the_sidecar_mounts_and_serves_nothing() -> None:
     c = sidecar_of(m)
     assert "volumeMounts" not in c and "volumeDevices" not in c
     assert served(m) == []
-    # an init container may need the token: automount is left as it was
-    assert "automountServiceAccountToken" not in m["spec"]["template"]["spec"]
+    # no files asked: no API credentials in the proxy pod (issue 13), init containers or not
+    assert m["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     alone = copy.deepcopy(POD)
     del alone["spec"]["template"]["spec"]["initContainers"]
     m = plan.plan_proxy(alone, opts(files=False))
     assert m["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    # files asked: the token is one of them
+    assert "automountServiceAccountToken" not in plan.plan_proxy(POD, opts(files=True))[
+        "spec"]["template"]["spec"]
 
 
 def test_no_service_account_token_when_the_pod_turns_it_off() -> None:

@@ -15,7 +15,7 @@ from aiohttp_socks import ProxyConnector
 from bridge import netconfig
 from bridge.errors import BridgeError
 from bridge.kube import Kube
-from tests.unit.test_portforward import SERVER_NAME, Pki, echo, fake_forwarder, run
+from tests.unit.support import SERVER_NAME, Pki, echo, fake_forwarder, run
 
 PY313_DEFAULT = ssl.create_default_context
 

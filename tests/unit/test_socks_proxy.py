@@ -20,7 +20,7 @@ import yaml
 
 from bridge.kube import ApiError, Kube
 from bridge.portforward import PortForwarder
-from tests.unit.test_portforward import (
+from tests.unit.support import (
     SERVER_NAME,
     TOKEN,
     echo,

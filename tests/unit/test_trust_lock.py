@@ -17,7 +17,8 @@ import anyio
 
 from bridge import restore, state, status
 from bridge.progress import Progress
-from tests.unit.test_restore import FakeKube, add_proxy, fast_retries, lock, run_restore
+from tests.unit.support import FakeKube
+from tests.unit.test_restore import add_proxy, fast_retries, lock, run_restore
 
 __all__ = ["fast_retries"]  # the autouse fixture, for this module too
 
