@@ -13,8 +13,8 @@ from pathlib import Path
 
 from bridge import env as envmod
 from bridge import envsyntax
-from bridge.ide import envfile as ide_envfile
 from bridge.cleanup import CleanupStack
+from bridge.ide import envfile as ide_envfile
 from bridge.progress import Progress
 
 SESSION_VAR = "K8S_BRIDGE_SESSION"  # in the command's environment: which session started it (not

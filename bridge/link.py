@@ -219,7 +219,7 @@ class Linker:
             pods = await self.proven(pods)  # never a pod we cannot prove ours
             pods.sort(key=lambda q: str(q.get("metadata", {}).get("creationTimestamp", "")))
             if first:  # admission refusals fail now; scheduling and gates are waited out
-                await self.diagnose(selector, pods)
+                await self.check_admission(selector, pods)
             if pods:
                 pod = pods[-1]
                 pname = target.name_of(pod)
@@ -252,7 +252,7 @@ class Linker:
                 state.printable(name), refused[name]) + " (not bridge's proxy)")
         return proven
 
-    async def diagnose(self, selector: str, pods: list[Obj]) -> None:
+    async def check_admission(self, selector: str, pods: list[Obj]) -> None:
         """Fail at once when admission refuses the proxy pod (quota, LimitRange, Pod Security,
         webhooks); say once what a pending pod waits for (Unschedulable, gates)."""
         replicasets = await self.api.list_replicasets(selector) if not pods else []

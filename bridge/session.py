@@ -26,25 +26,29 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from bridge import envout, lifecycle, plan, state
+from bridge import controllers, envout, lifecycle, localports, plan, resources, state
+from bridge import outbound as outbound_mod
 from bridge import tunnel as tunnelmod
 from bridge.cleanup import CleanupStack
 from bridge.errors import BridgeError, NothingChanged
 from bridge.handback import hand_back
 from bridge.handover import HandOver, wait_listening
+from bridge.ide import envfile as ide_envfile
 from bridge.kube import Kube
 from bridge.lease import Lease, NotOurs, clear_the_way, now
 from bridge.lifecycle import Action, Phase
 from bridge.link import Link, Linker, LinkSpec
-from bridge.options import SwapOptions, default_owner
+from bridge.options import Asked, SwapOptions, default_owner, preflight
 from bridge.outcome import Outcome, final_message
 from bridge.progress import Progress
 from bridge.resolve import Resolved, resolve, resolve_target
 from bridge.runner import Child
 from bridge.signals import Control, watch_signals
+from sidecar import protocol
 
 __all__ = ["NotOurs", "Session", "SwapOptions", "default_owner", "resolve_target"]
 
+SQUAT_CHECK = 1.0  # attach mode: how often the local ports are checked for another user's listener
 CHILD_GRACE = 5.0  # SIGTERM -> SIGKILL when the cleanup stops the command's tree
 END_GRACE = CHILD_GRACE  # after the command was signalled, how long it may take to end
 
@@ -58,21 +62,33 @@ class Prepared:
     lock: state.Lock
     manifest: dict[str, Any]
     ssh_port: int
+    files_skipped: tuple[str, ...] = ()  # the container's mounts not brought (--mount)
 
 
-def prepare(r: Resolved, deployment: dict[str, Any], o: SwapOptions, namespace: str,
-            session: str, client_key: Any, started: Any) -> Prepared:
+def prepare(r: Resolved, deployment: dict[str, Any], o: SwapOptions, asked: Asked,
+            namespace: str, session: str, client_key: Any, started: Any,
+            sidecar_resources: dict[str, Any] | None = None) -> Prepared:
     lock = state.Lock(
         session=session, owner=o.owner,
         replicas=int(deployment.get("spec", {}).get("replicas", 1)),
         proxy=plan.proxy_name(r.name, session),
         ports=",".join(pm.spec() for pm in r.ports), started_at=started, heartbeat=started)
-    manifest = plan.plan_proxy(deployment, plan.Options(
+    opts = plan.Options(
         container=r.container, ports=r.ports, session=session, owner=o.owner,
-        authorized_key=tunnelmod.public_key_line(client_key), image=o.sidecar_image))
+        authorized_key=tunnelmod.public_key_line(client_key), image=o.sidecar_image,
+        allow_host_access=o.allow_host_access,
+        direct_tcpip=asked.outbound is not outbound_mod.Mode.NONE,
+        resources=sidecar_resources,
+        files=asked.files_mode is not None, files_writable=o.mount_rw)
+    manifest = plan.plan_proxy(deployment, opts)
     manifest["metadata"]["namespace"] = namespace
+    skipped: tuple[str, ...] = ()
+    if asked.files_mode is not None:
+        pod_spec = deployment["spec"]["template"]["spec"]
+        container = next(c for c in pod_spec["containers"] if c.get("name") == r.container)
+        skipped = tuple(plan.files_plan(pod_spec, container, opts).skipped)
     return Prepared(session, client_key, lock, manifest,
-                    plan.ssh_port_of(manifest, r.container))
+                    plan.ssh_port_of(manifest, r.container), skipped)
 
 
 @dataclass
@@ -94,6 +110,7 @@ class Swap:
     lease: Lease
     linker: Linker
     pod_env: dict[str, str] = field(default_factory=dict)
+    own_env: dict[str, str] = field(default_factory=dict)  # bridge's own (BRIDGE_ROOT...)
     env_file: str | None = None
 
 
@@ -132,6 +149,7 @@ class Session:
         self.outcome = Outcome()
         self.control = Control()
         self.hooks = Hooks()
+        self.asked: Asked | None = None
 
     async def run(self) -> int:
         """Run the session; the exit code bridge should end with. Raises BridgeError on failure
@@ -183,6 +201,9 @@ class Session:
             problem = path and envout.output_path_problem(option, path)
             if problem:
                 raise NothingChanged(f"{problem}; nothing was changed")
+        self.asked = asked = preflight(o)  # outbound, --forward, --mount: before any change
+        for hint in asked.hints:
+            self.progress.warn(hint)
         kube = await Kube.connect(o.kubeconfig, o.context, o.namespace)
         self.stack.push("closing the API connection", kube.close)
         self.progress.detail(f"context {kube.context}, namespace {kube.namespace}, "
@@ -192,13 +213,21 @@ class Session:
     async def _lease(self, kube: Kube) -> Swap:
         """Resolve (read only), clear the way (a stale session is restored), plan, take the
         lock (its undo pushed first)."""
-        o, p = self.opts, self.progress
+        o, p, asked = self.opts, self.progress, self._asked()
         r = await resolve(kube, o.target, o.container, o.ports)
+        # controllers that would undo the swap (KEDA, HPA, GitOps): said before any change
+        fighting = controllers.findings(r.deployment, await kube.list_scaled_objects())
+        for finding in fighting:
+            p.warn(finding.line())
         deployment = await clear_the_way(kube, r.deployment, ttl=o.heartbeat_ttl,
                                          bound=o.timeout, progress=p, outcome=self.outcome)
-        prep = prepare(r, deployment, o, kube.namespace, secrets.token_hex(4),
-                       tunnelmod.new_client_key(), now())
-        lease = Lease(kube, r.name, prep.lock, p)
+        prep = prepare(r, deployment, o, asked, kube.namespace, secrets.token_hex(4),
+                       tunnelmod.new_client_key(), now(),
+                       resources.sidecar_resources(await kube.list_limit_ranges()))
+        for skipped in prep.files_skipped:
+            p.warn(f"not bringing the pod's files at {skipped}")
+        lease = Lease(kube, r.name, prep.lock, p,
+                      drift=controllers.DriftWatch(known=fighting))
 
         async def restore_step() -> None:
             out = await lease.release(wait=o.wait, bound=o.timeout,
@@ -212,15 +241,23 @@ class Session:
         linker = Linker(
             kube, lambda pod: _port_forwarder(kube, pod),
             LinkSpec(prep.session, r.container, prep.ssh_port, prep.client_key, r.ports,
-                     o.keepalive_interval),
+                     o.keepalive_interval, proxy=prep.lock.proxy,
+                     planned_spec=prep.manifest["spec"]["template"]["spec"]),
             p, lease.still_ours_unless_unsure, timeout=o.timeout, on_connect=self.hooks.on_link)
         self.stack.push("closing the tunnel", linker.close)
         return Swap(kube, r, prep, lease, linker)
 
+    def _asked(self) -> Asked:
+        assert self.asked is not None
+        return self.asked
+
     async def _link(self, swap: Swap) -> None:
-        """The proxy Deployment, the first link (no forwards yet), the pod's environment."""
+        """The proxy Deployment, the first link (no forwards yet), the pod's environment (and
+        the pod's files, the outbound proxy), written where asked."""
         o, p = self.opts, self.progress
-        await swap.kube.create_deployment(swap.prepared.manifest)
+        created = await swap.kube.create_deployment(swap.prepared.manifest)
+        # the pods trusted are those of the Deployment created here (its UID)
+        swap.linker.proxy_uid = str((created.get("metadata") or {}).get("uid") or "")
         proxy = swap.prepared.lock.proxy
         p.info(f"created proxy deployment/{proxy}")
         try:
@@ -232,18 +269,68 @@ class Session:
         swap.pod_env = await link.tunnel.env()
         for on_env in self.hooks.on_env:
             await on_env(swap.pod_env)
+        if self._asked().files_mode is not None:  # bridge's own variable, never filtered
+            swap.own_env[protocol.ENV_ROOT] = await self._provide_files(swap, link)
+        ob = await self._start_outbound(swap)
+        file_env = dict(swap.own_env)
+        if not o.command:  # outbound's own variables join after the pod's are filtered
+            file_env.update({**ob.forward_env(swap.pod_env), **ob.attach_env()})
         swap.env_file = envout.write_files(
-            swap.pod_env, env_file=o.env_file, env_json=o.env_json, attach=not o.command,
-            stem=swap.resolved.name, session=swap.prepared.session, stack=self.stack,
-            progress=p)
+            swap.pod_env, own=file_env, allow=o.env_allow, syntax=o.env_syntax,
+            env_file=o.env_file, env_json=o.env_json, attach=not o.command,
+            stem=swap.resolved.name, stack=self.stack, progress=p)
+        if not o.command and swap.env_file and ob.attach_hint(swap.env_file):
+            p.info(ob.attach_hint(swap.env_file))
+
+    async def _provide_files(self, swap: Swap, link: Link) -> str:
+        """The pod's files under a directory (copied or mounted live), removed at the end; a
+        live mount is made again on every new link. The directory is returned."""
+        from bridge import mounts
+
+        o, asked = self.opts, self._asked()
+        assert asked.files_mode is not None
+        self.progress.info(asked.files_note)
+        if o.mount_rw and asked.files_mode == "copy":
+            self.progress.warn("--mount-rw: in copy mode, writes stay in the local copy")
+        files = mounts.Files(
+            link.tunnel.connection, asked.files_mode, o.mount_dir, writable=o.mount_rw,
+            progress=self.progress, session=swap.prepared.session,
+            copy_limit=mounts.COPY_LIMIT)
+        self.stack.push("removing the pod's files", files.close)
+        root = await files.start()
+
+        async def reattach(new: Link) -> None:
+            await files.reattach(new.tunnel.connection)
+
+        self.hooks.on_link.append(reattach)
+        return root
+
+    async def _start_outbound(self, swap: Swap) -> outbound_mod.Outbound:
+        """The command's connections go out from the pod (over the current link's SSH
+        connection); the command runs under it (on_command)."""
+        asked, linker = self._asked(), swap.linker
+        ob = await outbound_mod.start(
+            lambda: linker.current.tunnel.connection if linker.current else None,
+            asked.outbound, asked.forwards)
+        self.stack.push("stopping the outbound proxy", ob.close)
+        if ob.describe():
+            self.progress.info(ob.describe())
+
+        async def wrap(argv: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+            return ob.wrap_argv(argv), ob.child_env(env)
+
+        self.hooks.on_command.append(wrap)
+        return ob
 
     async def _hand_over(self, swap: Swap) -> None:
         """The command (if any) starts and listens; then the hand-over proper."""
         o, c = self.opts, self.control
         c.phase = Phase.HAND_OVER
         if o.command:
-            await self._start_child(envout.child_environment(swap.pod_env,
-                                                             swap.prepared.session))
+            await self._start_child(envout.child_environment(
+                swap.pod_env, swap.prepared.session, allow=o.env_allow, own=swap.own_env))
+        else:
+            refuse_squatters(swap.resolved.ports)  # before any request comes this way
         handover = HandOver(swap.kube, swap.linker, swap.lease, swap.prepared.manifest,
                             self.progress, o.timeout,
                             stop=lambda: c.end.is_set() or _exited(c.child))
@@ -274,10 +361,15 @@ class Session:
         if not c.end.is_set() and not _exited(child):
             c.phase = Phase.HOLD
             if child is None:
-                listen = ", ".join(f"127.0.0.1:{pm.local}" for pm in swap.resolved.ports)
-                p.info(f"attached: start your service listening on {listen} with the "
-                       f"environment in {swap.env_file}; press Ctrl-C to end the swap")
-                await c.end.wait()
+                p.info(ide_envfile.attached_message(  # the line IDE tasks wait for
+                    [f"127.0.0.1:{pm.local}" for pm in swap.resolved.ports], swap.env_file))
+
+                async def watch_squatters() -> None:
+                    while True:
+                        await anyio.sleep(SQUAT_CHECK)
+                        refuse_squatters(swap.resolved.ports)
+
+                await first_of(c.end.wait, watch_squatters)
             else:
                 p.info(f"swapped: {' '.join(o.command)} gets the traffic; Ctrl-C ends the swap")
                 await first_of(c.end.wait, child.wait)
@@ -315,6 +407,14 @@ class Session:
             return 128 + sig
         p.info(f"command exited with code {code}")
         return code
+
+
+def refuse_squatters(ports: list[Any]) -> None:
+    """Attach mode: no other user of this machine may listen on a local port the cluster's
+    requests go to (bridge.localports); BridgeError ends the session."""
+    why = localports.problem([pm.local for pm in ports])
+    if why:
+        raise BridgeError(why)
 
 
 def _exited(child: Child | None) -> bool:

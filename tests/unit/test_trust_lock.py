@@ -171,7 +171,7 @@ def test_pod_log_and_status_text_reach_the_terminal_escaped() -> None:
     import pytest
 
     from bridge.errors import BridgeError
-    from bridge.session import Session, SwapOptions
+    from bridge.link import Linker, LinkSpec
 
     evil = "\x1b]0;owned\x07\x1b[2J"
 
@@ -180,12 +180,14 @@ def test_pod_log_and_status_text_reach_the_terminal_escaped() -> None:
             assert kw.get("limit_bytes")  # bounded
             return f"line one {evil}\nline two\r{evil}\n"
 
-    s = Session(SwapOptions(target="hello"), Progress(stream=io.StringIO()))
-    s.kube = Kube()  # type: ignore[assignment]
-    s.container = "web"
+    async def ours() -> None:
+        pass
+
+    linker = Linker(Kube(), lambda pod: None, LinkSpec("abcd", "web", 8022, None, []),  # type: ignore[arg-type]
+                    Progress(stream=io.StringIO()), ours)
     pod = {"metadata": {"name": "p"}, "status": {"containerStatuses": [
         {"name": "web", "state": {"terminated": {"exitCode": 1, "reason": evil}}}]}}
     with pytest.raises(BridgeError) as e:
-        anyio.run(s._check_pod_failure, pod)
+        anyio.run(linker.check_pod, pod)
     assert "\x1b" not in str(e.value) and "\r" not in str(e.value)
     assert "line one" in str(e.value)
