@@ -51,9 +51,9 @@ def preflight(kubeconfig: Path) -> str | None:
             "/sys/fs/cgroup/cgroup.controllers").exists():
         return "no cgroup memory controller mounted at /sys/fs/cgroup"
     if "overlay" not in Path("/proc/filesystems").read_text():
-        os.system("modprobe overlay >/dev/null 2>&1")
-        if "overlay" not in Path("/proc/filesystems").read_text():
-            return "the kernel has no overlay filesystem (containerd's snapshotter needs it)"
+        return "the kernel has no overlay filesystem loaded (containerd's snapshotter needs it)"
+    if not Path("/proc/sys/net/bridge").is_dir():
+        return "the kernel's br_netfilter module is not loaded (kube-proxy needs it)"
     return None
 
 

@@ -134,17 +134,16 @@ class RealCluster:
 
     def _network(self) -> None:
         c = self.config
-        subprocess.run(["modprobe", "br_netfilter"], capture_output=True)
-        subprocess.run(["modprobe", "overlay"], capture_output=True)
+        if shutil.which("modprobe"):  # usually loaded already (a container has no modprobe)
+            subprocess.run(["modprobe", "br_netfilter"], capture_output=True)
         cleanup.save_sysctls()
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
         for cmd in (
-            ["ip", "link", "add", c.dummy_interface, "type", "dummy"],
-            ["ip", "addr", "add", f"{c.node_ip}/32", "dev", c.dummy_interface],
-            ["ip", "link", "set", c.dummy_interface, "up"],
             # The CNI bridge plugin adopts this bridge; packets crossing it pass iptables (for
-            # kube-proxy's Service rules) without the host-wide bridge-nf-call-iptables.
+            # kube-proxy's Service rules) without the host-wide bridge-nf-call-iptables. It
+            # also carries the node's address (this kernel may lack the dummy link type).
             ["ip", "link", "add", c.bridge_interface, "type", "bridge", "nf_call_iptables", "1"],
+            ["ip", "addr", "add", f"{c.node_ip}/32", "dev", c.bridge_interface],
             ["ip", "link", "set", c.bridge_interface, "up"],
         ):
             result = subprocess.run(cmd, capture_output=True, text=True)
