@@ -35,12 +35,14 @@ class RealClusterProcess:
     process: subprocess.Popen[str] | None
     output: list[str] = field(default_factory=list)
     index: int = -1  # the local test cluster's field; the real cluster has no index
-    real: bool = True
+    reader: threading.Thread | None = None
 
     def stop(self) -> int:
         if self.process is None:
             return 0
         stop_process(self.process, STOP_TIMEOUT)
+        if self.reader is not None:
+            self.reader.join(timeout=10)  # so `output` has the last lines
         return self.process.returncode
 
 
@@ -59,18 +61,20 @@ def start(kubeconfig: Path) -> RealClusterProcess:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))
-            sys.stderr.write(f"[real-cluster] {line}") if not ready.is_set() else None
+            if not ready.is_set():
+                sys.stderr.write(f"[real-cluster] {line}")
             if READY_LINE in line:
                 ready.set()
         ready.set()
 
-    threading.Thread(target=pump, daemon=True, name="real-cluster-output").start()
+    reader = threading.Thread(target=pump, daemon=True, name="real-cluster-output")
+    reader.start()
     ready.wait(READY_TIMEOUT)
     if proc.poll() is not None or not any(READY_LINE in x for x in lines):
         stop_process(proc, STOP_TIMEOUT)
         tail = "\n".join(lines[-40:])
         raise RuntimeError(f"the real cluster did not become ready:\n{tail}")
-    return RealClusterProcess(str(kubeconfig), proc, lines)
+    return RealClusterProcess(str(kubeconfig), proc, lines, reader=reader)
 
 
 _shared: RealClusterProcess | None = None
