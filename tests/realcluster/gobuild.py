@@ -84,8 +84,9 @@ def build_env() -> dict[str, str]:
 
 
 def build_command(go: str, product: Product, out_dir: Path) -> list[str]:
-    return [go, "build", "-trimpath", "-ldflags", product.ldflags, "-o", f"{out_dir}/",
-            *product.packages]
+    # One package: name the binary (go would name it after the wrapper module's path).
+    out = f"{out_dir}/{product.binaries[0]}" if len(product.packages) == 1 else f"{out_dir}/"
+    return [go, "build", "-trimpath", "-ldflags", product.ldflags, "-o", out, *product.packages]
 
 
 def go_version(go: str) -> str:
