@@ -30,6 +30,7 @@ Log = Callable[[str], None]
 KUBECTL_CANDIDATES = (Path(__file__).resolve().parents[2] / ".venv" / "bin" / "kubectl",
                       Path("/usr/bin/kubectl"), Path("/usr/local/bin/kubectl"))
 STOP_GRACE = 10.0
+LOGS_KEPT = Path("/tmp/bridge-real-cluster-logs")
 
 
 class StartError(RuntimeError):
@@ -72,7 +73,8 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float,
         except (OSError, ValueError, subprocess.SubprocessError, KeyError) as err:
             last = err
         time.sleep(0.5)
-    raise StartError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})")
+    raise StartError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last}); "
+                     f"the components' logs will be in {LOGS_KEPT}")
 
 
 @dataclass
@@ -139,11 +141,16 @@ class RealCluster:
         cleanup.save_sysctls()
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
         for cmd in (
+            # The node's address, on a veth pair of ours (this kernel may lack the dummy link
+            # type, and the CNI bridge refuses a bridge that has another address).
+            ["ip", "link", "add", c.node_interface, "type", "veth", "peer", "name",
+             c.node_interface + "p"],
+            ["ip", "addr", "add", f"{c.node_ip}/32", "dev", c.node_interface],
+            ["ip", "link", "set", c.node_interface + "p", "up"],
+            ["ip", "link", "set", c.node_interface, "up"],
             # The CNI bridge plugin adopts this bridge; packets crossing it pass iptables (for
-            # kube-proxy's Service rules) without the host-wide bridge-nf-call-iptables. It
-            # also carries the node's address (this kernel may lack the dummy link type).
+            # kube-proxy's Service rules) without the host-wide bridge-nf-call-iptables.
             ["ip", "link", "add", c.bridge_interface, "type", "bridge", "nf_call_iptables", "1"],
-            ["ip", "addr", "add", f"{c.node_ip}/32", "dev", c.bridge_interface],
             ["ip", "link", "set", c.bridge_interface, "up"],
         ):
             result = subprocess.run(cmd, capture_output=True, text=True)
@@ -297,4 +304,8 @@ class RealCluster:
                     pass
                 comp.proc.wait(STOP_GRACE)
         self.running.clear()
+        logs = self.config.path("logs")
+        if logs.is_dir():  # the components' logs outlive the run, for a look afterwards
+            shutil.rmtree(LOGS_KEPT, ignore_errors=True)
+            shutil.copytree(logs, LOGS_KEPT)
         cleanup.sweep(self.config, self.log)

@@ -41,6 +41,10 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE_IMAGE}"
   netns_mounts_under_state_dir = true
+  # Lowering a process's oom_score_adj needs CAP_SYS_RESOURCE, which this machine's root may
+  # lack ("failed to update /proc/self/oom_score_adj: Permission denied" from runc): keep
+  # containers at or above containerd's own score.
+  restrict_oom_score_adj = true
   enable_unprivileged_ports = false
   enable_unprivileged_icmp = false
   disable_apparmor = true

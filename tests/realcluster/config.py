@@ -15,7 +15,7 @@ PREFIX = "brreal"  # interfaces and netns this cluster makes start with it
 @dataclass(frozen=True)
 class Config:
     state: Path = Path("/var/lib/bridge-real-cluster")
-    node_ip: str = "10.199.0.1"  # on our bridge: no dependency on the host's addresses
+    node_ip: str = "10.199.0.1"  # on an interface of ours: no dependency on the host's
     pod_cidr: str = "10.200.0.0/24"
     service_cidr: str = "10.201.0.0/24"
     apiserver_port: int = 16443
@@ -28,6 +28,7 @@ class Config:
     controller_manager_port: int = 10257
     scheduler_port: int = 10259
     bridge_interface: str = f"{PREFIX}0"  # the CNI bridge
+    node_interface: str = f"{PREFIX}-node"  # carries node_ip (a veth pair with ...p)
     cgroup_root: str = "/bridge-real"  # every pod cgroup lives under it, in each hierarchy
 
     @property
