@@ -159,3 +159,19 @@ def test_sidecar_image_runs_non_root_without_a_shell(make_workload: Any) -> None
         assert not (root / shell).exists(), shell
     b.signal(2)
     assert b.wait() == 0
+
+
+def test_swap_with_the_least_privilege_service_account(make_workload: Any) -> None:
+    """bridge with only the permissions the README lists (the `bridge-test-sa` context, whose
+    token an exec plugin mints): a swap serves the laptop through the Service, and restores."""
+    w = make_workload(replicas=1)
+    port = free_port()
+    w.local_server(port)
+    b = w.bridge("--context", "bridge-test-sa", "swap", "hello", "--port", f"http:{port}")
+    b.wait_for("attached")
+    ip = w.service_ip()
+    wait_until("the Service to answer from the laptop",
+               lambda: http_get(ip, 80) == f"laptop {port}\n")
+    b.signal(2)
+    assert b.wait() == 0, b.stderr
+    assert "forbidden" not in b.stderr.lower(), b.stderr
