@@ -213,7 +213,9 @@ class Workload:
         """Start `bridge --kubeconfig K -n NS ARGS...`; it is killed at teardown if still alive."""
         n = len(self.bridges)
         err, out = self.tmp / f"bridge{n}.err", self.tmp / f"bridge{n}.out"
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # The suite's own settings (BRIDGE_TEST_CLUSTER...) are not the laptop's environment.
+        laptop = {k: v for k, v in os.environ.items() if k not in real_cluster.SETTINGS}
+        full_env = {**laptop, "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(err, "w") as e, open(out, "w") as o:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bridge.cli", "--kubeconfig", self.kubeconfig,

@@ -20,6 +20,7 @@ READY_TIMEOUT = float(os.environ.get("BRIDGE_REAL_CLUSTER_TIMEOUT", 3600))
 STOP_TIMEOUT = 120.0
 SETTING = "BRIDGE_TEST_CLUSTER"
 EXISTING = "BRIDGE_REAL_KUBECONFIG"  # a real cluster someone already runs: use, do not stop
+SETTINGS = (SETTING, EXISTING, "BRIDGE_REAL_CLUSTER_TIMEOUT")  # the test harness's, not bridge's
 
 
 def selected() -> str:
