@@ -2,9 +2,10 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 KUBECONFIG_OUT ?= /tmp/bridge-test-cluster.kubeconfig
+REAL_KUBECONFIG_OUT ?= /tmp/bridge-real-cluster.kubeconfig
 IMAGE ?= ghcr.io/bridge-k8s/sidecar:0.1.0
 
-.PHONY: setup test lint typecheck unit demo cluster bench image clean
+.PHONY: setup test lint typecheck unit e2e-real real-build real-cluster demo cluster bench image clean
 
 setup:
 	@scripts/bootstrap
@@ -18,7 +19,20 @@ typecheck: setup
 unit: setup
 	$(PY) -m pytest -q tests/unit
 
-test: lint typecheck unit
+# Everything, then the end-to-end suite (and the real cluster's own tests) again on a real
+# Kubernetes; the cluster-lifecycle checks need the machine to themselves, so they run last.
+test: lint typecheck unit e2e-real
+
+# Compile Kubernetes/etcd/CoreDNS and build the images (cached in ~/.cache/bridge).
+real-build: setup
+	$(PY) scripts/real-cluster --build-only
+
+e2e-real: real-build
+	BRIDGE_TEST_CLUSTER=real $(PY) -m pytest -q tests/e2e tests/realcluster --deselect tests/realcluster/test_lifecycle.py
+	BRIDGE_TEST_CLUSTER=real $(PY) -m pytest -q tests/realcluster/test_lifecycle.py
+
+real-cluster: real-build
+	$(PY) scripts/real-cluster --kubeconfig $(REAL_KUBECONFIG_OUT)
 
 demo: setup
 	$(PY) scripts/demo

@@ -82,6 +82,7 @@ class Pipe:
         self.chan_eof = False
         self.to_channel = 0
         self.to_socket = 0
+        self.early: list[bytes] = []
         self._closed = False
         self._sock_gone = False
         self._chan_gone = False
@@ -97,6 +98,19 @@ class Pipe:
         self.to_channel += len(data)
         if self.chan is not None:
             self.chan.write(data)
+        else:  # read before the channel opened: kept for it, never dropped (see channel_open)
+            self.early.append(data)
+
+    def channel_open(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
+        """The channel exists: it gets what the socket sent meanwhile, and its EOF. The socket
+        end is paused until now, but Python before 3.11.4 (Debian bookworm's 3.11.2) ignores a
+        pause_reading() made in connection_made, so the socket may have been read already."""
+        self.chan = chan
+        for data in self.early:
+            chan.write(data)
+        self.early.clear()
+        if self.sock_eof:
+            chan.write_eof()
 
     def socket_eof(self) -> bool:
         self.sock_eof = True
@@ -209,7 +223,7 @@ class ChannelEnd(asyncssh.SSHTCPSession[bytes]):
             chan.close()
             return
         chan.set_write_buffer_limits(high=CHANNEL_HIGH_WATER)
-        self._pipe.chan = chan
+        self._pipe.channel_open(chan)
         # The socket end starts paused until there is a channel to carry what it reads (a
         # server's greeting, an early EOF); from here on the pipe can take it.
         sock = self._pipe.sock

@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 
 from bridge import state
+from tests.conftest import start_cluster
+from tests.realcluster import fixture as real_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 60.0  # bound on any single wait in these tests
@@ -83,6 +85,25 @@ for s in servers[1:]:
 print("local server up", flush=True)
 servers[0].serve_forever()
 """
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The one cluster this suite runs on, chosen by BRIDGE_TEST_CLUSTER: `local` (default, the
+    test cluster in tests/cluster) or `real` (scripts/real-cluster: upstream Kubernetes)."""
+    kubeconfig = tmp_path_factory.mktemp("cluster") / "kubeconfig"
+    if real_cluster.selected() == "real":
+        real = real_cluster.acquire(kubeconfig)
+        try:
+            yield real
+        finally:
+            real_cluster.release()
+        return
+    running = start_cluster(kubeconfig)
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 def free_port() -> int:
@@ -192,7 +213,9 @@ class Workload:
         """Start `bridge --kubeconfig K -n NS ARGS...`; it is killed at teardown if still alive."""
         n = len(self.bridges)
         err, out = self.tmp / f"bridge{n}.err", self.tmp / f"bridge{n}.out"
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # The suite's own settings (BRIDGE_TEST_CLUSTER...) are not the laptop's environment.
+        laptop = {k: v for k, v in os.environ.items() if k not in real_cluster.SETTINGS}
+        full_env = {**laptop, "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(err, "w") as e, open(out, "w") as o:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bridge.cli", "--kubeconfig", self.kubeconfig,

@@ -1,0 +1,3 @@
+module bridge.local/pause
+
+go 1.24.0

@@ -1,0 +1,51 @@
+"""Kubeconfigs: one per component (client certificate) and the user's, with the test
+cluster's contexts (token admin as current-context, client-certificate admin, `restricted`
+read-only) plus `bridge-test-sa`, a least-privilege ServiceAccount whose short-lived tokens an
+exec plugin mints (TokenRequest)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.cluster import kubeconfig as test_kubeconfig
+
+from .config import Config
+from .objects import SA_NAME, SA_NAMESPACE
+from .pki import ClusterPki, Issued
+
+CONTEXT_SA = "bridge-test-sa"
+TOKEN_EXEC = Path(__file__).resolve().parent / "token_exec.py"
+
+
+def component(server: str, ca: Path, cert: Issued) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": server,
+                                               "certificate-authority": str(ca)}}],
+        "users": [{"name": "u", "user": {"client-certificate": str(cert.cert),
+                                         "client-key": str(cert.key)}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "c",
+    }
+
+
+def user(config: Config, pki: ClusterPki, admin_token: str,
+         restricted_token: str) -> dict[str, Any]:
+    kc = test_kubeconfig.kubeconfig(config.server, pki.ca.read_bytes(), admin_token,
+                                    restricted_token, pki.admin.cert.read_bytes(),
+                                    pki.admin.key.read_bytes())
+    kc["users"].append({"name": "bridge-sa", "user": {"exec": {
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "command": sys.executable,
+        "args": [str(TOKEN_EXEC), "--server", config.server, "--ca", str(pki.ca),
+                 "--cert", str(pki.token_minter.cert), "--key", str(pki.token_minter.key),
+                 "--namespace", SA_NAMESPACE, "--serviceaccount", SA_NAME],
+        "interactiveMode": "Never", "provideClusterInfo": False}}})
+    kc["contexts"].append({"name": CONTEXT_SA, "context": {
+        "cluster": test_kubeconfig.CLUSTER, "user": "bridge-sa", "namespace": "default"}})
+    return kc
+
+
+write = test_kubeconfig.write
