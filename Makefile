@@ -5,7 +5,7 @@ KUBECONFIG_OUT ?= /tmp/bridge-test-cluster.kubeconfig
 REAL_KUBECONFIG_OUT ?= /tmp/bridge-real-cluster.kubeconfig
 IMAGE ?= ghcr.io/bridge-k8s/sidecar:0.1.0
 
-.PHONY: setup test lint typecheck unit e2e-real real-build real-cluster demo cluster bench image clean
+.PHONY: setup test lint typecheck unit suite e2e-real real-build real-cluster demo cluster bench image clean
 
 setup:
 	@scripts/bootstrap
@@ -16,12 +16,17 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy bridge sidecar
 
+# Unit tests only: no cluster, no root.
 unit: setup
 	$(PY) -m pytest -q tests/unit
 
+# Every suite on the local test cluster: unit, sidecar, test-cluster checks, end to end.
+suite: setup
+	$(PY) -m pytest -q
+
 # Everything, then the end-to-end suite (and the real cluster's own tests) again on a real
 # Kubernetes; the cluster-lifecycle checks need the machine to themselves, so they run last.
-test: lint typecheck unit e2e-real
+test: lint typecheck suite e2e-real
 
 # Compile Kubernetes/etcd/CoreDNS and build the images (cached in ~/.cache/bridge).
 real-build: setup
