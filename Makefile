@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 KUBECONFIG_OUT ?= /tmp/bridge-test-cluster.kubeconfig
 IMAGE ?= ghcr.io/bridge-k8s/sidecar:0.1.0
 
-.PHONY: setup test lint typecheck unit demo cluster bench image clean
+.PHONY: setup test lint typecheck unit demo cluster bench faults image clean
 
 setup:
 	@scripts/bootstrap
@@ -28,6 +28,9 @@ cluster: setup
 
 bench: setup
 	$(PY) scripts/bench
+
+faults: setup
+	$(PY) scripts/faults $(FAULTS_ARGS)
 
 image:
 	docker build -f sidecar/Dockerfile -t $(IMAGE) .

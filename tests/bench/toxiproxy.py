@@ -32,6 +32,7 @@ VERSION = "v2.12.0"
 MODULE = "github.com/Shopify/toxiproxy/v2/cmd/server"
 BUILD_TIMEOUT = 1800.0  # a cold module download + build on a busy 2-core machine
 START_TIMEOUT = 30.0
+STALL_MS = 3_600_000  # a stall's latency: longer than any stall the suite holds
 
 
 def cache_dir(version: str = VERSION) -> Path:
@@ -187,10 +188,14 @@ class Link:
         self.server.request("POST", f"/proxies/{self.name}", {"enabled": True})
 
     def stall(self) -> None:
-        """Hold all data both ways (connections stay open, nothing flows) until ``resume``:
-        a laptop asleep or a Wi-Fi gone quiet. New connections are accepted and stall too."""
-        self._toxic("stall_up", "timeout", "upstream", {"timeout": 0})
-        self._toxic("stall_down", "timeout", "downstream", {"timeout": 0})
+        """Hold all data both ways (connections stay open, nothing flows) until ``resume``,
+        which lets it through in order: a laptop asleep or a Wi-Fi gone quiet (TCP keeps the
+        bytes and retransmits). New connections are accepted and stall too.
+
+        A ``latency`` toxic of an hour, not the ``timeout`` toxic: that one drops the data and
+        closes every connection when it is removed, which is a reset, not a stall."""
+        self._toxic("stall_up", "latency", "upstream", {"latency": STALL_MS, "jitter": 0})
+        self._toxic("stall_down", "latency", "downstream", {"latency": STALL_MS, "jitter": 0})
 
     def resume(self) -> None:
         self._remove("stall_up")

@@ -400,6 +400,8 @@ def run_kill(b: Bench, n: int, rng: random.Random, setup_s: float, restore_s: fl
 @contextlib.contextmanager
 def bench(kubeconfig: Path | None, log: Callable[[str], None],
           namespace: str = "faults") -> Iterator[Bench]:
+    """The suite's set-up (see the module's docstring); ``kubeconfig`` None starts a test
+    cluster of its own."""
     with tempfile.TemporaryDirectory(prefix="bridge-faults-") as tmp, \
             toxiproxy.running(log) as tp, contextlib.ExitStack() as stack:
         work = Path(tmp)
@@ -436,6 +438,25 @@ def bench(kubeconfig: Path | None, log: Callable[[str], None],
         yield b
 
 
+def calibrate(b: Bench) -> tuple[float, float]:
+    """One clean swap (attach mode) and Ctrl-C: seconds of set-up (start -> the laptop
+    answers) and of restore (Ctrl-C -> the cluster answers), to spread the kill points over.
+    Raises if even that leaves the namespace changed."""
+    t = time.monotonic()
+    p, err = b.bridge("swap", NAME, "--port", f"http:{b.local_port}")
+    b.wait_for(probe.LAPTOP, UP_TIMEOUT, lambda: p.poll() is None)
+    setup_s = time.monotonic() - t
+    t = time.monotonic()
+    _stop(p)
+    b.wait_for(probe.CLUSTER, SETTLE_TIMEOUT, lambda: True)
+    restore_s = time.monotonic() - t
+    left = b.settled()
+    if left:
+        raise RuntimeError(f"a clean swap and Ctrl-C left the namespace changed: {left}; "
+                           f"{_tail(err)}")
+    return setup_s, restore_s
+
+
 def run(plan: Plan, log: Callable[[str], None], kubeconfig: Path | None = None,
         on_run: Callable[[Run], None] | None = None) -> list[Run]:
     runs: list[Run] = []
@@ -452,18 +473,7 @@ def run(plan: Plan, log: Callable[[str], None], kubeconfig: Path | None = None,
             on_run(r)
 
     with bench(kubeconfig, log) as b:
-        # One clean swap first: how long set-up and restore take here, to spread the kills.
-        t = time.monotonic()
-        p, err = b.bridge("swap", NAME, "--port", f"http:{b.local_port}")
-        b.wait_for(probe.LAPTOP, UP_TIMEOUT, lambda: p.poll() is None)
-        setup_s = time.monotonic() - t
-        t = time.monotonic()
-        _stop(p)
-        b.wait_for(probe.CLUSTER, SETTLE_TIMEOUT, lambda: True)
-        restore_s = time.monotonic() - t
-        if b.settled():
-            raise RuntimeError(f"a clean swap and Ctrl-C left the namespace changed: "
-                               f"{b.diff(b.snapshot())}; {_tail(err)}")
+        setup_s, restore_s = calibrate(b)
         log(f"clean swap: set-up {setup_s:.1f}s, restore {restore_s:.1f}s")
         faults = plan.faults()
         for i in range(plan.each):
