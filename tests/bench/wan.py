@@ -22,6 +22,7 @@ import contextlib
 import copy
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,7 @@ class WanConfig:
     connect_rtts: float = 150
     bulk_seconds: float = 3.0  # each bulk transfer is sized to take about this long
     bulk_calibrate_bytes: int = 1024 * 1024
-    swap_rounds: int = 2
+    swap_rounds: int = 3
 
 
 QUICK = WanConfig(keepalive_count=20, keepalive_rtts=40, connect_count=10, connect_rtts=40,
@@ -325,11 +326,11 @@ def figures(r: ShapeResult) -> list[tuple[str, str, float | None, float | None, 
          "<= 1.0 (less TLS/ws/SSH framing)"),
     ]
     if b.swap_start:
-        med = sorted(b.swap_start)[len(b.swap_start) // 2]
+        med = statistics.median(b.swap_start)
         rows.append(("swap start -> first request", "s", med, None, "a few RTTs + pod start"))
         rows.append(("swap start -> first request", "RTT", med / s.rtt_s, None, ""))
     if b.restore:
-        med = sorted(b.restore)[len(b.restore) // 2]
+        med = statistics.median(b.restore)
         rows.append(("restore (Ctrl-C -> original answers)", "s", med, None,
                      ">= 1 RTT + original Ready"))
         rows.append(("restore (Ctrl-C -> original answers)", "RTT", med / s.rtt_s, None, ""))
