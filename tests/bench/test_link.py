@@ -4,6 +4,7 @@ CA through a different address). The WAN figures' pure parts: RTT and link-fract
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -95,7 +96,7 @@ def echo() -> Iterator[int]:
 
 
 def _echo(conn: socket.socket) -> None:
-    with conn:
+    with conn, contextlib.suppress(OSError):
         while data := conn.recv(65536):
             conn.sendall(data)
 
@@ -166,3 +167,30 @@ def test_kubectl_works_through_the_linked_kubeconfig(cluster: Any,
                          stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "namespace/default"
+
+
+def test_a_stall_with_a_client_that_stopped_reading_resumes_and_the_api_answers(
+        link_server: toxiproxy.Toxiproxy, echo: int) -> None:
+    """What a long stall does to bridge: connections held in the stall stop being read (or are
+    abandoned) by their client while data for them is queued. Resuming must not wedge the
+    emulator (with an hour-long latency toxic as the stall, removing it blocked Toxiproxy's
+    API for good: Shopify/toxiproxy#558)."""
+    link = link_server.link("stall-unread", f"127.0.0.1:{echo}")
+    s = socket.create_connection(("127.0.0.1", link.port), timeout=10)
+    s.sendall(b"a")
+    assert s.recv(10) == b"a"
+    link.stall()
+    sender = threading.Thread(target=lambda: _send_quietly(s, b"b" * 8_000_000), daemon=True)
+    sender.start()  # blocks once every buffer on the way is full; never reads the echo
+    sender.join(1.0)
+    link.resume()
+    try:
+        assert link.toxics() == []  # the API answers (bounded: 10 s per request)
+        assert _roundtrip(link.port) == b"ping"
+    finally:
+        s.close()
+
+
+def _send_quietly(s: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        s.sendall(data)

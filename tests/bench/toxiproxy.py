@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -32,7 +33,6 @@ VERSION = "v2.12.0"
 MODULE = "github.com/Shopify/toxiproxy/v2/cmd/server"
 BUILD_TIMEOUT = 1800.0  # a cold module download + build on a busy 2-core machine
 START_TIMEOUT = 30.0
-STALL_MS = 3_600_000  # a stall's latency: longer than any stall the suite holds
 
 
 def cache_dir(version: str = VERSION) -> Path:
@@ -127,6 +127,8 @@ class Toxiproxy:
         return Link(self, name, port)
 
     def stop(self) -> None:
+        with contextlib.suppress(OSError):  # a stalled (stopped) server cannot take SIGTERM
+            os.kill(self.proc.pid, signal.SIGCONT)
         self.proc.stop()
 
 
@@ -148,6 +150,7 @@ class Link:
         self.name = name
         self.port = port
         self.shape: Shape | None = None
+        self.stalled = False
 
     def _toxic(self, toxic: str, kind: str, stream: str, attributes: dict[str, Any]) -> None:
         self.server.request("POST", f"/proxies/{self.name}/toxics",
@@ -188,15 +191,20 @@ class Link:
         self.server.request("POST", f"/proxies/{self.name}", {"enabled": True})
 
     def stall(self) -> None:
-        """Hold all data both ways (connections stay open, nothing flows) until ``resume``,
-        which lets it through in order: a laptop asleep or a Wi-Fi gone quiet (TCP keeps the
-        bytes and retransmits). New connections are accepted and stall too.
+        """Hold all data both ways until ``resume``, which lets it through in order: a laptop
+        asleep or a Wi-Fi gone quiet (TCP keeps the bytes and retransmits). Connections stay
+        open; new ones complete their TCP handshake in the kernel and stall too.
 
-        A ``latency`` toxic of an hour, not the ``timeout`` toxic: that one drops the data and
-        closes every connection when it is removed, which is a reset, not a stall."""
-        self._toxic("stall_up", "latency", "upstream", {"latency": STALL_MS, "jitter": 0})
-        self._toxic("stall_down", "latency", "downstream", {"latency": STALL_MS, "jitter": 0})
+        Done by freezing the emulator (SIGSTOP, then SIGCONT): the kernel holds the bytes in
+        the sockets' buffers. Not with toxics: the ``timeout`` toxic drops the data and closes
+        every connection when removed (a reset, not a stall), and removing an hour-long
+        ``latency`` toxic while a held connection's peer has gone away blocks Toxiproxy's whole
+        API (Shopify/toxiproxy#558, still open), which is exactly what a long stall causes.
+        The API does not answer while stalled; every proxy of this server stalls together."""
+        os.kill(self.server.proc.pid, signal.SIGSTOP)
+        self.stalled = True
 
     def resume(self) -> None:
-        self._remove("stall_up")
-        self._remove("stall_down")
+        if self.stalled:
+            os.kill(self.server.proc.pid, signal.SIGCONT)
+            self.stalled = False

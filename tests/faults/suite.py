@@ -438,6 +438,16 @@ def bench(kubeconfig: Path | None, log: Callable[[str], None],
         yield b
 
 
+def _link_answers(b: Bench) -> None:
+    """Stop the suite if the emulator itself is wedged (every later run would fail for it)."""
+    try:
+        left = b.link.toxics()
+    except OSError as exc:
+        raise RuntimeError(f"the link emulator (Toxiproxy) stopped answering: {exc}") from exc
+    if left:
+        raise RuntimeError(f"the link emulator still has toxics {left} after a run")
+
+
 def calibrate(b: Bench) -> tuple[float, float]:
     """One clean swap (attach mode) and Ctrl-C: seconds of set-up (start -> the laptop
     answers) and of restore (Ctrl-C -> the cluster answers), to spread the kill points over.
@@ -480,6 +490,7 @@ def run(plan: Plan, log: Callable[[str], None], kubeconfig: Path | None = None,
             for fault in faults:
                 log(f"{fault} ({i + 1}/{plan.each})")
                 done(run_fault(b, fault))
+                _link_answers(b)
         for n in range(plan.kills):
             log(f"SIGKILL {n + 1}/{plan.kills}")
             done(run_kill(b, n, rng, setup_s * 1.1, restore_s))
