@@ -5,7 +5,7 @@ KUBECONFIG_OUT ?= /tmp/bridge-test-cluster.kubeconfig
 REAL_KUBECONFIG_OUT ?= /tmp/bridge-real-cluster.kubeconfig
 IMAGE ?= ghcr.io/bridge-k8s/sidecar:0.1.0
 
-.PHONY: setup test lint typecheck unit suite e2e-real real-build real-cluster demo cluster bench image clean
+.PHONY: setup test lint typecheck unit suite e2e-real real-build real-cluster demo cluster bench faults image clean
 
 setup:
 	@scripts/bootstrap
@@ -47,6 +47,9 @@ cluster: setup
 
 bench: setup
 	$(PY) scripts/bench
+
+faults: setup
+	$(PY) scripts/faults $(FAULTS_ARGS)
 
 image:
 	docker build -f sidecar/Dockerfile -t $(IMAGE) .

@@ -47,7 +47,7 @@ def bridge_argv() -> list[str]:
     return [sys.executable, "-c", "import sys; from bridge.cli import main; sys.exit(main())"]
 
 
-def manifest(port: int) -> str:
+def manifest(port: int, name: str = NAME) -> str:
     """The Deployment and Service the benchmark swaps: the workload server answering
     ``original``, readiness by TCP, on ``port`` in the pod and the Service."""
     server = str(REPO / "tests" / "bench" / "server.py")
@@ -55,15 +55,15 @@ def manifest(port: int) -> str:
 apiVersion: apps/v1
 kind: Deployment
 metadata:
-  name: {NAME}
-  labels: {{app: {NAME}}}
+  name: {name}
+  labels: {{app: {name}}}
 spec:
   replicas: 1
   selector:
-    matchLabels: {{app: {NAME}}}
+    matchLabels: {{app: {name}}}
   template:
     metadata:
-      labels: {{app: {NAME}}}
+      labels: {{app: {name}}}
     spec:
       containers:
       - name: app
@@ -78,9 +78,9 @@ spec:
 apiVersion: v1
 kind: Service
 metadata:
-  name: {NAME}
+  name: {name}
 spec:
-  selector: {{app: {NAME}}}
+  selector: {{app: {name}}}
   ports:
   - port: {port}
     targetPort: {port}
