@@ -153,3 +153,39 @@ def test_env_files_hold_back_the_pods_risky_variables_and_add_bridges_own(
     assert child.get("LD_PRELOAD") != "/tmp/evil.so"
     anyio.run(stack.unwind)
     assert not Path(env_file).exists()  # removed at the end
+
+
+def test_the_plan_takes_the_options_of_the_features() -> None:
+    """--outbound none without --forward: the sidecar opens no connection for the command;
+    --forward needs it even then; --mount brings the container's files (and the token)."""
+    from bridge import outbound, tunnel
+    from bridge.options import Asked, SwapOptions
+    from bridge.resolve import Resolved
+    from bridge.session import prepare
+    from bridge.target import PortMap
+    from sidecar import protocol
+    from tests.unit.test_plan import ORIGINAL
+
+    r = Resolved(ORIGINAL, [], "hello", "app", [PortMap(8080, 8080, "http")])
+    key = tunnel.new_client_key()
+
+    def planned(asked: Asked, **o: Any) -> dict[str, Any]:
+        prep = prepare(r, ORIGINAL, SwapOptions(target="hello", **o), asked, "shop", "s1", key,
+                       None, {"requests": {"cpu": "7m"}})
+        spec = prep.manifest["spec"]["template"]["spec"]
+        app = next(c for c in spec["containers"] if c["name"] == "app")
+        return {"env": {e["name"]: e.get("value") for e in app["env"]}, "app": app,
+                "spec": spec, "skipped": prep.files_skipped}
+
+    none = Asked(outbound.Mode.NONE, (), None, "", ())
+    p = planned(none)
+    assert p["env"][protocol.ENV_DIRECT_TCPIP] == "off"
+    assert p["app"]["resources"] == {"requests": {"cpu": "7m"}}
+    assert p["spec"].get("automountServiceAccountToken") is False
+    with_forward = Asked(outbound.Mode.NONE, (outbound.parse_forward("orders:80"),), None, "", ())
+    assert planned(with_forward)["env"][protocol.ENV_DIRECT_TCPIP] == "on"
+    assert planned(Asked(outbound.Mode.PROXY, (), None, "", ()))["env"][
+        protocol.ENV_DIRECT_TCPIP] == "on"
+    files = planned(Asked(outbound.Mode.NONE, (), "copy", "", ()), mount_rw=True)
+    assert files["spec"].get("automountServiceAccountToken") is not False
+    assert any(m["mountPath"] == "/cfg" for m in files["app"].get("volumeMounts") or [])
