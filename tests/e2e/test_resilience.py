@@ -20,7 +20,15 @@ from bridge import state
 from sidecar import protocol
 from tests.realcluster import fixture as real_cluster
 
-from .conftest import LOCAL_SERVER, Workload, free_port, http_get, until_laptop_answers, wait_until
+from .conftest import (
+    LOCAL_SERVER,
+    ROUTED,
+    Workload,
+    free_port,
+    http_get,
+    until_laptop_answers,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -306,7 +314,9 @@ def test_proxy_deployment_deleted_by_someone_ends_the_session(make_workload: Any
     assert len(errors) == 1, b.stderr
     assert f"proxy deployment/{proxy} was deleted while swapped" in errors[0]
     assert errors[0].endswith("the cluster was restored as it was")
-    assert http_get(ip, 80).startswith("cluster ")
+    # the deleted proxy pod may stay in kube-proxy's rules for a moment after the restore
+    wait_until("the Service to route to the original again",
+               lambda: http_get(ip, 80).startswith("cluster "), timeout=ROUTED)
 
 
 def test_a_service_target_resolves_past_the_proxy(make_workload: Any) -> None:
