@@ -18,7 +18,7 @@ import anyio
 from bridge import conditional, controllers, plan, restore, state
 from bridge.cleanup import CleanupStack
 from bridge.errors import BridgeError
-from bridge.kube import Api, ApiError, Conflict, NotFound, Obj, Unreachable
+from bridge.kube import Api, ApiError, NotFound, Obj, Unreachable
 from bridge.outcome import Outcome
 from bridge.progress import Progress
 
@@ -69,6 +69,15 @@ async def clear_the_way(api: Api, deployment: Obj, *, ttl: float, bound: float,
     return deployment
 
 
+def unchanged_for_the_lock(planned: Obj, now_read: Obj) -> bool:
+    """Whether the lock may still be written on `now_read`, the plan having been made from
+    `planned`: the same object (uid), the same spec, and no lock on it."""
+    def uid(o: Obj) -> Any:
+        return (o.get("metadata") or {}).get("uid")
+    return (uid(planned) == uid(now_read) and planned.get("spec") == now_read.get("spec")
+            and state.decode(annotations_of(now_read)) is None)
+
+
 @dataclass
 class Lease:
     """This session's hold on deployment/`name`."""
@@ -86,20 +95,30 @@ class Lease:
                    restore_step: Callable[[], Awaitable[Any]]) -> None:
         """Write the lock, conditional on the Deployment as read. `restore_step` (the undo) is
         pushed before the write: if its outcome is unknown (cancelled, or no answer), the
-        restore finds out, and touches only a lock of ours."""
+        restore finds out, and touches only a lock of ours. A conflict is read again: a write
+        that left the Deployment unlocked and its spec as planned (the controller's status
+        updates, its revision annotation) is retried; a lock or a spec change refuses."""
         handle = stack.push(f"restoring deployment/{self.name}", restore_step)
-        rv = deployment.get("metadata", {}).get("resourceVersion")
+        first = [deployment]  # the first attempt writes on the Deployment the plan was made of
+
+        async def read() -> Obj:
+            return first.pop() if first else await self.api.get_deployment(self.name)
+
+        def decide(dep: Obj) -> dict[str, Any]:
+            if not unchanged_for_the_lock(deployment, dep):
+                raise BridgeError(f"deployment/{self.name} changed while bridge was taking it "
+                                  "(another swap?); try again")
+            return state.lock_patch(self.lock)
+
         try:
-            await self.api.patch_deployment(self.name, state.lock_patch(self.lock, rv))
+            await conditional.patch_when(
+                read, lambda p: self.api.patch_deployment(self.name, p), decide,
+                what=f"deployment/{self.name} (taking the lock)")
         except Unreachable:
             outcome.touched = True  # the lock may have been taken: the restore finds out
             raise
-        except Conflict as e:
-            stack.discard(handle)
-            raise BridgeError(f"deployment/{self.name} changed while bridge was taking it "
-                              "(another swap?); try again") from e
-        except ApiError:
-            stack.discard(handle)  # refused: the lock was not taken
+        except (ApiError, BridgeError):
+            stack.discard(handle)  # refused, or it kept changing: the lock was not taken
             raise
         except BaseException:
             outcome.touched = True  # cancelled mid-request: the restore finds out

@@ -29,15 +29,21 @@ from tests.realcluster import fixture as real_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 60.0  # bound on any single wait in these tests
+# How long the Service may still route to the old pods once bridge said `swapped:` (kube-proxy
+# reprograms the node on its own time; bridge can only see the EndpointSlices).
+ROUTED = 15.0
+ROUTED_IN_A_ROW = 10
 
-# Like a well-behaved service, it keeps serving for a moment after SIGTERM: the endpoints
-# controller drops a terminating pod while the kubelet already signals it, and a server that
-# died at once would fail the requests in flight between the two (Kubernetes' own termination
-# race, which a preStop sleep or a graceful shutdown covers) whoever scaled it down.
+# Like a well-behaved service, it keeps serving for a while after SIGTERM (5 s, within the
+# default 30 s terminationGracePeriodSeconds the workload keeps on either cluster): the
+# endpoints controller drops a terminating pod while the kubelet already signals it, and
+# kube-proxy stops routing to it later still; a server that died at once would fail the
+# requests in flight meanwhile (Kubernetes' own termination race, which a preStop sleep or a
+# graceful shutdown covers) whoever scaled it down.
 CLUSTER_SERVER = r"""
 import http.server, os, signal, socketserver, threading, time
 def _term(*_):
-    threading.Thread(target=lambda: (time.sleep(1.0), os._exit(0)), daemon=True).start()
+    threading.Thread(target=lambda: (time.sleep(5.0), os._exit(0)), daemon=True).start()
 signal.signal(signal.SIGTERM, _term)
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -138,6 +144,27 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float = WAIT,
             last = e
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
+def until_laptop_answers(ip: str, port: int, expected: str, path: str = "/") -> None:
+    """Once bridge said it swapped: every request is answered (an error fails at once), by the
+    old pods (they serve while terminating) until the Service routes to the laptop, which
+    must answer `expected` within ROUTED seconds, ROUTED_IN_A_ROW times in a row (kube-proxy
+    may add the new endpoint before it drops the old ones: a mix for a moment)."""
+    deadline = time.monotonic() + ROUTED
+    in_a_row = 0
+    while True:
+        body = http_get(ip, port, path)
+        in_a_row = in_a_row + 1 if body == expected else 0
+        if in_a_row == ROUTED_IN_A_ROW:
+            return
+        assert body == expected or body.startswith("cluster "), \
+            f"neither the old pods nor the laptop: {body!r}"
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the Service still routes to the old pods {ROUTED:g}s "
+                                 f"after the swap (last: {body!r})")
+        if not in_a_row:
+            time.sleep(0.2)
 
 
 @dataclass
@@ -291,7 +318,8 @@ class Workload:
 def workload_manifest(name: str, replicas: int, ports: list[dict[str, Any]],
                       service_ports: list[dict[str, Any]], extra_env: list[dict[str, Any]]
                       | None = None, env_from: list[dict[str, Any]] | None = None,
-                      container_extra: dict[str, Any] | None = None) -> str:
+                      container_extra: dict[str, Any] | None = None,
+                      pod_extra: dict[str, Any] | None = None) -> str:
     port_list = ",".join(str(p["containerPort"]) for p in ports)
     container = {
         "name": "web", "image": "python:3.11-slim",
@@ -308,7 +336,7 @@ def workload_manifest(name: str, replicas: int, ports: list[dict[str, Any]],
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
                  "template": {"metadata": {"labels": {"app": name}},
-                              "spec": {"containers": [container]}}}}
+                              "spec": {"containers": [container], **(pod_extra or {})}}}}
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
                "spec": {"selector": {"app": name}, "ports": service_ports}}
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": [deployment, service]})

@@ -10,7 +10,7 @@ import pytest
 
 from sidecar import protocol
 
-from .conftest import LOCAL_SERVER, free_port, http_get
+from .conftest import LOCAL_SERVER, free_port, http_get, until_laptop_answers
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -30,6 +30,8 @@ def test_app_on_the_sidecars_default_ports(make_workload: Any) -> None:
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
     assert env[protocol.ENV_SSH_PORT] not in (str(ssh), str(health))
     assert env[protocol.ENV_HEALTH_PORT] not in (str(ssh), str(health))
+    until_laptop_answers(ip, 80, f"laptop {local_a}\n")
+    until_laptop_answers(ip, 81, f"laptop {local_b}\n")
     assert http_get(ip, 80) == f"laptop {local_a}\n"
     assert http_get(ip, 81) == f"laptop {local_b}\n"
     assert http_get(ip, 80, "/exit/0") == f"laptop {local_a}\n"

@@ -5,9 +5,10 @@ wiring: `--mount-mode` gives the command a $BRIDGE_ROOT (and the env file), live
 copies appear and are gone after the session ends, after Ctrl-C, and after SIGKILL +
 `bridge restore`. The files themselves (a ConfigMap volume, a Secret volume, the projected
 service-account token, an emptyDir an init container wrote; a ConfigMap change seen live) need
-a real Kubernetes: with BRIDGE_TEST_CLUSTER=real those tests run against the cluster of
-BRIDGE_TEST_KUBECONFIG (else $KUBECONFIG), with the sidecar image BRIDGE_TEST_SIDECAR_IMAGE and
-the app image BRIDGE_TEST_APP_IMAGE (default python:3.11-slim); otherwise they skip.
+a real Kubernetes: with BRIDGE_TEST_CLUSTER=real those tests run against the suite's real
+cluster (or the one of BRIDGE_TEST_KUBECONFIG), with the sidecar image
+BRIDGE_TEST_SIDECAR_IMAGE and the app image BRIDGE_TEST_APP_IMAGE (default python:3.11-slim);
+otherwise they skip.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tests.e2e.conftest import (
     http_get,
     wait_until,
 )
+from tests.realcluster import fixture as real_cluster
 
 REAL = os.environ.get("BRIDGE_TEST_CLUSTER") == "real"
 LIVE_PROBLEM = mounts.live_problem()
@@ -297,17 +299,16 @@ class Real:
                 [sys.executable, "-m", "bridge.cli", "--kubeconfig", self.kubeconfig, "-n",
                  self.namespace, *args],
                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=o, stderr=e, text=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+                env={**{k: v for k, v in os.environ.items() if k not in real_cluster.SETTINGS},
+                     "PYTHONUNBUFFERED": "1", **env})
         b = Bridge(proc, err, out)
         self.bridges.append(b)
         return b
 
 
 @pytest.fixture
-def real(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Real]:
-    kubeconfig = os.environ.get("BRIDGE_TEST_KUBECONFIG") or os.environ.get("KUBECONFIG")
-    if not kubeconfig:
-        pytest.fail("BRIDGE_TEST_CLUSTER=real needs BRIDGE_TEST_KUBECONFIG or KUBECONFIG")
+def real(cluster: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Real]:
+    kubeconfig = os.environ.get("BRIDGE_TEST_KUBECONFIG") or str(cluster.kubeconfig)
     ns = f"e2e-files-{secrets.token_hex(3)}"
     r = Real(kubeconfig, ns, tmp_path)
     subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "create", "namespace", ns],

@@ -10,7 +10,7 @@ import pytest
 
 from tests.cluster.kubeconfig import CONTEXT_LEAST
 
-from .conftest import free_port, http_get
+from .conftest import free_port, http_get, until_laptop_answers
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -21,7 +21,7 @@ def test_swap_with_only_the_readme_role(make_workload: Any) -> None:
     w.local_server(port)
     b = w.bridge("--context", CONTEXT_LEAST, "swap", "hello", "--port", f"http:{port}")
     b.wait_for("attached")
-    assert http_get(w.service_ip(), 80) == f"laptop {port}\n"
+    until_laptop_answers(w.service_ip(), 80, f"laptop {port}\n")
     b.signal(signal.SIGINT)
     assert b.wait() == 0, b.stderr
     assert "forbidden" not in b.stderr and "warning" not in b.stderr.lower(), b.stderr

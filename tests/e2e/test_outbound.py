@@ -20,6 +20,7 @@ import pytest
 
 from bridge import env as envmod
 from tests.e2e.conftest import Workload, free_port
+from tests.realcluster import fixture as real_cluster
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(shutil.which("torsocks") is None, reason="needs torsocks")]
@@ -150,14 +151,38 @@ def assert_reached(r: dict[str, Any], want: str) -> None:
     assert r["big"] == [BIG_MB * len(BLOCK), BIG_SHA256]
 
 
-def assert_inject_extras(r: dict[str, Any]) -> None:
+# What a pod itself gets connecting to TEST-NET-1 (bounded), formatted like the app's check().
+POD_UNREACHABLE = """
+import socket
+try:
+    socket.create_connection(("192.0.2.1", 80), timeout=30)
+    print("connected")
+except Exception as e:
+    print("error " + type(e).__name__ + ": " + str(e))
+"""
+
+
+def unreachable_from_a_pod(w: Workload) -> tuple[str, ...]:
+    """The error the app must see for 192.0.2.1:80: on the local test cluster (pods have no
+    route out) a timeout or no route; on the real one, what a pod of it gets itself (this
+    machine's own network may answer TEST-NET-1: a refusal is then the ordinary error)."""
+    if real_cluster.selected() != "real":
+        return ("error TimeoutError: [Errno 110]", "error OSError: [Errno 113]",
+                "error OSError: [Errno 101]")
+    pod = json.loads(w.k("get", "pods", "-l", f"app={w.name}", "-o", "json"))["items"][0]
+    got = w.k("exec", pod["metadata"]["name"], "--", "python3", "-c", POD_UNREACHABLE).strip()
+    if got.startswith("error TimeoutError"):  # the pod's own bound; bridge has none
+        return ("error TimeoutError: [Errno 110]",)
+    assert got.startswith("error "), f"a pod reaches 192.0.2.1:80: {got}"
+    return (got.split(":", 1)[0] + ":",)
+
+
+def assert_inject_extras(r: dict[str, Any], unreachable: tuple[str, ...]) -> None:
     assert r["tcp"] == "echo hello"
     assert r["tcp_podip"] == "echo hello"
     assert r["unknown"].startswith("error gaierror"), r["unknown"]
     assert r["refused"].startswith("error ConnectionRefusedError"), r["refused"]
-    assert r["unreachable"].startswith((
-        "error TimeoutError: [Errno 110]", "error OSError: [Errno 113]",
-        "error OSError: [Errno 101]")), r["unreachable"]
+    assert r["unreachable"].startswith(unreachable), (r["unreachable"], unreachable)
     assert r["localhost"] == "laptop"
     assert r["loopback"] == "laptop"
 
@@ -181,7 +206,7 @@ def test_command_mode_reaches_the_cluster_through_torsocks(make_workload: Any,
     assert code == 0, b.stderr
     r = json.loads(out.read_text())
     assert_reached(r, orders_says(orders))
-    assert_inject_extras(r)
+    assert_inject_extras(r, unreachable_from_a_pod(orders))
 
 
 def test_attach_mode_env_file_loads_torsocks(make_workload: Any, tmp_path: Path) -> None:
@@ -203,7 +228,7 @@ def test_attach_mode_env_file_loads_torsocks(make_workload: Any, tmp_path: Path)
                             hello.namespace), env=child_env, check=True, timeout=240)
     r = json.loads(out.read_text())
     assert_reached(r, orders_says(orders))
-    assert_inject_extras(r)
+    assert_inject_extras(r, unreachable_from_a_pod(orders))
     b.signal(2)
     assert b.wait() == 0, b.stderr
 

@@ -18,8 +18,17 @@ import pytest
 
 from bridge import state
 from sidecar import protocol
+from tests.realcluster import fixture as real_cluster
 
-from .conftest import LOCAL_SERVER, Workload, free_port, http_get, wait_until
+from .conftest import (
+    LOCAL_SERVER,
+    ROUTED,
+    Workload,
+    free_port,
+    http_get,
+    until_laptop_answers,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -60,7 +69,7 @@ def test_tunnel_comes_back_when_the_sidecar_restarts_in_the_same_pod(
     w = make_workload()
     ip = w.service_ip()
     b, port = w.attach()
-    assert http_get(ip, 80) == f"laptop {port}\n"
+    until_laptop_answers(ip, 80, f"laptop {port}\n")
     pod = proxy_pod(w)["metadata"]["name"]
     first = sidecar_process(pod)
     old_log = w.k("logs", pod)
@@ -90,7 +99,7 @@ def test_tunnel_comes_back_when_the_ssh_connection_drops(make_workload: Any) -> 
     w = make_workload()
     ip = w.service_ip()
     b, port = w.attach(env={"BRIDGE_KEEPALIVE_INTERVAL": "0.5"})
-    assert http_get(ip, 80) == f"laptop {port}\n"
+    until_laptop_answers(ip, 80, f"laptop {port}\n")
     pod = proxy_pod(w)["metadata"]["name"]
     sidecar = sidecar_process(pod)
     sidecar.suspend()
@@ -138,6 +147,7 @@ def test_tunnel_lost_before_the_hand_over_comes_back(make_workload: Any,
     trigger.write_text("")
     b.wait_for("swapped: ")
     assert "lost before the hand-over; reconnecting" in b.stderr
+    until_laptop_answers(ip, 80, f"laptop {port}\n")
     for _ in range(5):
         assert http_get(ip, 80) == f"laptop {port}\n"
     assert w.get("deployment", "hello")["spec"]["replicas"] == 0
@@ -162,12 +172,28 @@ OTHER_PROTOCOL = """
 
 def test_sidecar_speaking_another_protocol_is_refused(make_workload: Any,
                                                       tmp_path: Path) -> None:
-    site = tmp_path / "other-protocol"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(textwrap.dedent(OTHER_PROTOCOL))
-    w = make_workload(replicas=1, extra_env=[{"name": "PYTHONPATH", "value": str(site)}])
+    if real_cluster.selected() == "real":
+        # A real pod sees no host path: the file comes in a ConfigMap volume of the pod, which
+        # the sidecar mounts when the pod's files are asked for (else it mounts nothing).
+        site = "/other-protocol"
+        config_map = {"apiVersion": "v1", "kind": "ConfigMap",
+                      "metadata": {"name": "other-protocol"},
+                      "data": {"sitecustomize.py": textwrap.dedent(OTHER_PROTOCOL)}}
+        w = make_workload(
+            replicas=1, extra_env=[{"name": "PYTHONPATH", "value": site}],
+            prelude=json.dumps(config_map),
+            container_extra={"volumeMounts": [{"name": "site", "mountPath": site}]},
+            pod_extra={"volumes": [{"name": "site",
+                                    "configMap": {"name": "other-protocol"}}]})
+        files = ["--mount-mode", "copy"]
+    else:
+        local = tmp_path / "other-protocol"
+        local.mkdir()
+        (local / "sitecustomize.py").write_text(textwrap.dedent(OTHER_PROTOCOL))
+        w = make_workload(replicas=1, extra_env=[{"name": "PYTHONPATH", "value": str(local)}])
+        files = []
     before = w.get("deployment", "hello")
-    code, b = w.run_bridge("swap", "hello", "--timeout", "30", "--", "true")
+    code, b = w.run_bridge("swap", "hello", "--timeout", "30", *files, "--", "true")
     assert code == 1, b.stderr
     errors = [ln for ln in b.stderr.splitlines() if "error" in ln]
     assert len(errors) == 1, b.stderr
@@ -267,7 +293,7 @@ def test_hangup_ends_a_command_that_ignores_it(make_workload: Any) -> None:
     b = w.bridge("swap", "hello", "--port", f"http:{port}", "--", sys.executable, "-c",
                  ignore_hup, str(port))
     b.wait_for("swapped: ")
-    assert http_get(ip, 80) == f"laptop {port}\n"
+    until_laptop_answers(ip, 80, f"laptop {port}\n")
     b.signal(signal.SIGHUP)
     assert b.wait() == 128 + signal.SIGHUP, b.stderr
     assert "still runs 5s after SIGHUP" in b.stderr
@@ -288,7 +314,9 @@ def test_proxy_deployment_deleted_by_someone_ends_the_session(make_workload: Any
     assert len(errors) == 1, b.stderr
     assert f"proxy deployment/{proxy} was deleted while swapped" in errors[0]
     assert errors[0].endswith("the cluster was restored as it was")
-    assert http_get(ip, 80).startswith("cluster ")
+    # the deleted proxy pod may stay in kube-proxy's rules for a moment after the restore
+    wait_until("the Service to route to the original again",
+               lambda: http_get(ip, 80).startswith("cluster "), timeout=ROUTED)
 
 
 def test_a_service_target_resolves_past_the_proxy(make_workload: Any) -> None:
@@ -320,7 +348,7 @@ def test_a_command_that_ignores_the_end_is_stopped_after_a_grace(make_workload: 
     b = w.bridge("swap", "hello", "--port", f"http:{port}", "--", sys.executable, "-c", ignore,
                  str(port))
     b.wait_for("swapped: ")
-    assert http_get(ip, 80) == f"laptop {port}\n"
+    until_laptop_answers(ip, 80, f"laptop {port}\n")
     name = signal.Signals(sig).name
     b.signal(sig)
     assert b.wait(timeout=60) == 128 + sig, b.stderr  # bounds a hang, not a timing check

@@ -18,7 +18,7 @@ from dotenv import dotenv_values
 from bridge import state
 from sidecar import protocol
 
-from .conftest import LOCAL_SERVER, free_port, http_get, wait_until
+from .conftest import LOCAL_SERVER, free_port, http_get, until_laptop_answers, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -48,6 +48,9 @@ def test_traffic_reaches_the_child_on_every_port(make_workload: Any) -> None:
     assert {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"} in \
         pod["securityContext"]["sysctls"]
     # every Service port now reaches the laptop process, on the mapped local port
+    until_laptop_answers(ip, 80, f"laptop {http_port}\n")
+    until_laptop_answers(ip, 81, f"laptop {local_other}\n")
+    until_laptop_answers(ip, 82, f"laptop {local_low}\n")
     for _ in range(5):
         assert http_get(ip, 80) == f"laptop {http_port}\n"
         assert http_get(ip, 81) == f"laptop {local_other}\n"
@@ -162,7 +165,7 @@ def test_signal_restores(make_workload: Any, sig: int) -> None:
     ip = w.service_ip()
     b = w.bridge("swap", "hello", "--port", f"http:{port}", *local_child(port))
     b.wait_for("swapped: ")
-    assert http_get(ip, 80) == f"laptop {port}\n"
+    until_laptop_answers(ip, 80, f"laptop {port}\n")
     b.signal(sig)
     if sig == signal.SIGINT:  # a second Ctrl-C while restoring must not skip the restore
         b.wait_for("restoring deployment/hello")
@@ -179,7 +182,7 @@ def test_attach_mode_ends_on_ctrl_c(make_workload: Any) -> None:
     assert f"127.0.0.1:{port}" in b.stderr
     env_path = b.stderr.split("environment in ", 1)[1].split(";", 1)[0]
     assert dotenv_values(env_path)["PORTS"]
-    assert http_get(w.service_ip(), 80) == f"laptop {port}\n"
+    until_laptop_answers(w.service_ip(), 80, f"laptop {port}\n")
     b.signal(signal.SIGINT)
     assert b.wait() == 0, b.stderr
     assert b.stdout == ""  # progress goes to stderr only
@@ -346,7 +349,7 @@ def test_tunnel_comes_back_when_the_proxy_pod_is_replaced(make_workload: Any) ->
     w = make_workload()
     ip = w.service_ip()
     b, port = w.attach(env={"BRIDGE_HEARTBEAT_INTERVAL": "0.5"})
-    assert http_get(ip, 80) == f"laptop {port}\n"
+    until_laptop_answers(ip, 80, f"laptop {port}\n")
     old = json.loads(w.k("get", "pods", "-l", state.SESSION_LABEL, "-o", "json"))["items"]
     assert len(old) == 1
     old_name = old[0]["metadata"]["name"]
@@ -464,6 +467,7 @@ def test_probes_and_hooks_of_the_original_do_not_touch_the_proxy(make_workload: 
     b, port = w.attach()
     proxy_container = w.assert_swapped()["spec"]["template"]["spec"]["containers"][0]
     assert not {"livenessProbe", "startupProbe", "lifecycle"} & set(proxy_container)
+    until_laptop_answers(ip, 80, f"laptop {port}\n")
     for _ in range(30):  # many probe periods: every request answered by the laptop
         assert http_get(ip, 80) == f"laptop {port}\n"
         time.sleep(0.1)

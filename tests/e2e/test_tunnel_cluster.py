@@ -65,7 +65,7 @@ async def aio_client(kubeconfig: str) -> ApiClient:
 def test_port_forward_through_the_test_cluster(cluster: Any, api_client: Any,
                                                namespace: str) -> None:
     make_pod(api_client, namespace, "echo", {
-        "name": "main", "image": "python:3.12", "command": ["python3", "-c", ECHO_POD],
+        "name": "main", "image": "python:3.11-slim", "command": ["python3", "-c", ECHO_POD],
         "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}})
 
     async def main() -> None:

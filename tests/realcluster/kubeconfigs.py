@@ -1,7 +1,7 @@
 """Kubeconfigs: one per component (client certificate) and the user's, with the test
 cluster's contexts (token admin as current-context, client-certificate admin, `restricted`
-read-only) plus `bridge-test-sa`, a least-privilege ServiceAccount whose short-lived tokens an
-exec plugin mints (TokenRequest)."""
+read-only, least-privilege); the least-privilege user is a ServiceAccount whose short-lived
+tokens an exec plugin mints (TokenRequest); `bridge-test-sa` names the same context."""
 
 from __future__ import annotations
 
@@ -33,19 +33,29 @@ def component(server: str, ca: Path, cert: Issued) -> dict[str, Any]:
 
 def user(config: Config, pki: ClusterPki, admin_token: str,
          restricted_token: str) -> dict[str, Any]:
+    """The test cluster's contexts; its least-privilege user (`bridge-test-least`, also named
+    `bridge-test-sa` here) is the ServiceAccount, its tokens minted by the exec plugin."""
     kc = test_kubeconfig.kubeconfig(config.server, pki.ca.read_bytes(), admin_token,
                                     restricted_token, pki.admin.cert.read_bytes(),
-                                    pki.admin.key.read_bytes())
-    kc["users"].append({"name": "bridge-sa", "user": {"exec": {
+                                    pki.admin.key.read_bytes(), least_token="")
+    sa_user = {"exec": {
         "apiVersion": "client.authentication.k8s.io/v1",
         "command": sys.executable,
         "args": [str(TOKEN_EXEC), "--server", config.server, "--ca", str(pki.ca),
                  "--cert", str(pki.token_minter.cert), "--key", str(pki.token_minter.key),
                  "--namespace", SA_NAMESPACE, "--serviceaccount", SA_NAME],
-        "interactiveMode": "Never", "provideClusterInfo": False}}})
+        "interactiveMode": "Never", "provideClusterInfo": False}}
+    least = [u for u in kc["users"]
+             if u["name"] == context_user(kc, test_kubeconfig.CONTEXT_LEAST)]
+    assert len(least) == 1, "the test cluster's kubeconfig has one least-privilege user"
+    least[0]["user"] = sa_user
     kc["contexts"].append({"name": CONTEXT_SA, "context": {
-        "cluster": test_kubeconfig.CLUSTER, "user": "bridge-sa", "namespace": "default"}})
+        "cluster": test_kubeconfig.CLUSTER, "user": least[0]["name"], "namespace": "default"}})
     return kc
+
+
+def context_user(kc: dict[str, Any], context: str) -> str:
+    return str(next(c["context"]["user"] for c in kc["contexts"] if c["name"] == context))
 
 
 write = test_kubeconfig.write

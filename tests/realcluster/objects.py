@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.cluster.auth import LEAST_PRIVILEGE_RULES
+
 from .config import CLUSTER_DOMAIN, Config
 from .images import COREDNS_IMAGE
 
@@ -15,15 +17,12 @@ SA_NAMESPACE = "bridge-system"
 SA_NAME = "bridge-user"
 
 # Exactly what the README says bridge needs (a namespace's worth, granted cluster-wide so the
-# tests' per-test namespaces work). pods/portforward: the websocket port-forward is a GET and
+# tests' per-test namespaces work): the test cluster's LEAST_PRIVILEGE_RULES, which a unit test
+# checks against the README's Role. pods/portforward: the websocket port-forward is a GET and
 # is authorised as `get` up to 1.34; from 1.35 also as `create` (the SPDY one always `create`).
 BRIDGE_USER_RULES: list[dict[str, Any]] = [
-    {"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": ["apps"], "resources": ["deployments"],
-     "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["get", "create"]},
-]
+    {"apiGroups": sorted(groups), "resources": sorted(resources), "verbs": sorted(verbs)}
+    for groups, resources, verbs in LEAST_PRIVILEGE_RULES]
 
 
 def _meta(name: str, namespace: str | None = None) -> dict[str, Any]:

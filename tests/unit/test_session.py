@@ -4,6 +4,7 @@ link, the lease's conditional writes, the final message built from the Outcome r
 
 from __future__ import annotations
 
+import copy
 import io
 
 import anyio
@@ -387,12 +388,14 @@ def test_taking_the_lock_keeps_the_restore_step_only_when_the_lock_may_be_taken(
     async def noop() -> None:
         pass
 
-    for failure, kept in [(api_error(409, "modified"), False), (api_error(403, "no"), False),
-                          (Unreachable("no answer"), True)]:
+    from bridge.conditional import CONFLICT_RETRIES
+
+    for failures, kept in [([api_error(409, "modified")] * CONFLICT_RETRIES, False),
+                           ([api_error(403, "no")], False), ([Unreachable("no answer")], True)]:
         kube = FakeKube()
         kube.add("hello", 2)
         lk = locked(FakeKube())
-        kube.fail["patch_deployment"] = [failure]
+        kube.fail["patch_deployment"] = list(failures)
         stack, outcome = CleanupStack(Progress(stream=io.StringIO())), Outcome()
         lease = Lease(kube, "hello", lk, stack.progress)
 
@@ -405,6 +408,57 @@ def test_taking_the_lock_keeps_the_restore_step_only_when_the_lock_may_be_taken(
             anyio.run(take)
         assert (len(stack.steps) == 1) is kept
         assert outcome.touched is kept
+
+
+def test_taking_the_lock_retries_a_conflict_that_left_only_status_changed() -> None:
+    """The Deployment controller updates the status (and the revision annotation) after a
+    stale session's repair: taking the lock reads again and takes it; a new lock or a spec
+    change since the plan was made refuses, and keeps no restore step."""
+    from bridge import state
+    from bridge.lease import Lease
+    from bridge.outcome import Outcome
+
+    async def noop() -> None:
+        pass
+
+    def status_update(dep: dict) -> None:  # type: ignore[type-arg]
+        dep["status"]["observedGeneration"] = 2
+        dep["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = "2"
+
+    def spec_update(dep: dict) -> None:  # type: ignore[type-arg]
+        dep["spec"]["replicas"] = 5
+
+    def locked_by_another(dep: dict) -> None:  # type: ignore[type-arg]
+        dep["metadata"]["annotations"].update(state.encode(locked(FakeKube(), "ffff")))
+
+    for change, taken in [(status_update, True), (spec_update, False),
+                          (locked_by_another, False)]:
+        kube = FakeKube()
+        kube.add("hello", 2)
+        planned = copy.deepcopy(kube.deployments["hello"])
+        dep = kube.deployments["hello"]
+        change(dep)  # someone wrote after bridge read it
+        kube.rv += 1
+        dep["metadata"]["resourceVersion"] = str(kube.rv)
+        lk = locked(FakeKube())
+        stack, outcome = CleanupStack(Progress(stream=io.StringIO())), Outcome()
+        lease = Lease(kube, "hello", lk, stack.progress)
+
+        async def take(lease: Lease = lease, outcome: Outcome = outcome,
+                       stack: CleanupStack = stack, planned: dict = planned) -> None:  # type: ignore[type-arg]
+            await lease.take(planned, outcome=outcome, stack=stack, restore_step=noop)
+
+        if taken:
+            anyio.run(take)
+            assert state.decode(kube.deployments["hello"]["metadata"]["annotations"]) == lk
+            assert kube.calls.count("patch_deployment") == 2  # 409, read again, taken
+        else:
+            with pytest.raises(BridgeError, match="changed while bridge was taking it"):
+                anyio.run(take)
+            assert kube.calls.count("patch_deployment") == 1
+            assert state.decode(kube.deployments["hello"]["metadata"]["annotations"]) != lk
+        assert (len(stack.steps) == 1) is taken
+        assert outcome.touched is taken
 
 
 def test_hand_back_brings_the_original_back_before_withdrawing_the_proxy() -> None:
