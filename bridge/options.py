@@ -63,6 +63,12 @@ class Asked:
     files_note: str  # what to say when the files are provided
     hints: tuple[str, ...]  # warnings to show (e.g. no torsocks: proxy variables only)
 
+    @property
+    def direct_tcpip(self) -> bool:
+        """Whether the sidecar must open connections from the pod: for the outbound modes, and
+        for --forward listeners even with --outbound none."""
+        return self.outbound is not outbound_mod.Mode.NONE or bool(self.forwards)
+
 
 def preflight(o: SwapOptions) -> Asked:
     """The options' checks that need no cluster (torsocks, --forward, --mount, sshfs)."""

@@ -77,8 +77,7 @@ def prepare(r: Resolved, deployment: dict[str, Any], o: SwapOptions, asked: Aske
         container=r.container, ports=r.ports, session=session, owner=o.owner,
         authorized_key=tunnelmod.public_key_line(client_key), image=o.sidecar_image,
         allow_host_access=o.allow_host_access,
-        # the sidecar opens connections for the command only when outbound or --forward asks
-        direct_tcpip=asked.outbound is not outbound_mod.Mode.NONE or bool(asked.forwards),
+        direct_tcpip=asked.direct_tcpip,
         resources=sidecar_resources,
         files=asked.files_mode is not None, files_writable=o.mount_rw)
     manifest = plan.plan_proxy(deployment, opts)

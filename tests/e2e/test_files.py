@@ -14,6 +14,7 @@ otherwise they skip.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -49,6 +50,13 @@ on_real = pytest.mark.skipif(
     not REAL, reason="the local test cluster has no volumes (no ConfigMap/Secret/emptyDir "
                      "mounts, no service-account token); set BRIDGE_TEST_CLUSTER=real")
 SA_DIR = "var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def end_command(port: int) -> None:
+    """The command of a SIGKILLed bridge is stopped with it (its tree is bound to bridge's
+    life); should it still answer, it is told to exit."""
+    with contextlib.suppress(OSError):
+        http_get("127.0.0.1", port, "/exit/0")
 
 
 def mounted_roots() -> list[str]:
@@ -131,7 +139,7 @@ def test_sigkill_then_bridge_restore_leaves_nothing(
                                 lambda: http_get(w.service_ip(), 80, "/env")))
     root = env["BRIDGE_ROOT"]
     b.kill()
-    http_get("127.0.0.1", port, "/exit/0")  # the command outlives a SIGKILLed bridge
+    end_command(port)
     assert os.path.isdir(root)  # left behind by the killed bridge
     code, r = w.run_bridge("restore", "hello", env={"XDG_STATE_HOME": str(state_home)})
     assert code == 0, r.stderr
@@ -396,7 +404,7 @@ def test_sigkill_then_restore_leaves_no_files_on_the_real_cluster(
     b.wait_for("gets the traffic", timeout=3 * WAIT)
     root = wait_until("the app to answer", lambda: files_of(port))["root"]
     b.kill()
-    http_get("127.0.0.1", port, "/exit/0")  # the command outlives a SIGKILLed bridge
+    end_command(port)
     restore = real.bridge("restore", "web", env={"XDG_STATE_HOME": str(state_home)})
     assert restore.wait(timeout=3 * WAIT) == 0, restore.stderr
     assert not os.path.exists(root)

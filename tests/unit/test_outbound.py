@@ -201,3 +201,16 @@ def test_sidecar_resolve_command_parsing() -> None:
         assert resolve.problem(protocol.CMD_RESOLVE, bad) is not None, bad
     assert resolve.problem(protocol.CMD_RESOLVE_PTR, "10.96.0.5") is None
     assert resolve.problem(protocol.CMD_RESOLVE_PTR, "orders") is not None
+
+
+def test_a_forward_keeps_the_pods_connections_on_even_with_outbound_none() -> None:
+    """--forward connections leave from the pod (direct-tcpip): with --outbound none the
+    sidecar must still open them, or every forwarded connection is closed unanswered."""
+    from bridge.options import SwapOptions, preflight
+
+    def asked(outbound: str, forwards: tuple[str, ...] = ()) -> bool:
+        return preflight(SwapOptions("hello", outbound=outbound, forwards=forwards)).direct_tcpip
+
+    assert asked("none", ("orders:80:18080",)) is True
+    assert asked("none") is False
+    assert asked("proxy") is True
