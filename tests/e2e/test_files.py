@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -129,7 +130,8 @@ def test_sigkill_then_bridge_restore_leaves_nothing(
                                 lambda: http_get(w.service_ip(), 80, "/env")))
     root = env["BRIDGE_ROOT"]
     b.kill()
-    http_get("127.0.0.1", port, "/exit/0")  # the command outlives a SIGKILLed bridge
+    wait_until("the command to die with the SIGKILLed bridge",  # PR_SET_PDEATHSIG
+               lambda: not accepts(port))
     assert os.path.isdir(root)  # left behind by the killed bridge
     code, r = w.run_bridge("restore", "hello", env={"XDG_STATE_HOME": str(state_home)})
     assert code == 0, r.stderr
@@ -185,6 +187,14 @@ def test_a_non_empty_mount_dir_is_refused_before_anything_changes(
     assert f"--mount {full} is not empty" in b.stderr and "nothing was changed" in b.stderr
     assert (full / "keep.txt").read_text() == "mine"
     assert w.proxies() == [] and w.our_annotations() == {}
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=3).close()
+    except OSError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------ real Kubernetes: the files
@@ -395,7 +405,8 @@ def test_sigkill_then_restore_leaves_no_files_on_the_real_cluster(
     b.wait_for("gets the traffic", timeout=3 * WAIT)
     root = wait_until("the app to answer", lambda: files_of(port))["root"]
     b.kill()
-    http_get("127.0.0.1", port, "/exit/0")  # the command outlives a SIGKILLed bridge
+    wait_until("the command to die with the SIGKILLed bridge",  # PR_SET_PDEATHSIG
+               lambda: not accepts(port))
     restore = real.bridge("restore", "web", env={"XDG_STATE_HOME": str(state_home)})
     assert restore.wait(timeout=3 * WAIT) == 0, restore.stderr
     assert not os.path.exists(root)
