@@ -14,11 +14,11 @@ otherwise they skip.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import secrets
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -50,13 +50,6 @@ on_real = pytest.mark.skipif(
     not REAL, reason="the local test cluster has no volumes (no ConfigMap/Secret/emptyDir "
                      "mounts, no service-account token); set BRIDGE_TEST_CLUSTER=real")
 SA_DIR = "var/run/secrets/kubernetes.io/serviceaccount"
-
-
-def end_command(port: int) -> None:
-    """The command of a SIGKILLed bridge is stopped with it (its tree is bound to bridge's
-    life); should it still answer, it is told to exit."""
-    with contextlib.suppress(OSError):
-        http_get("127.0.0.1", port, "/exit/0")
 
 
 def mounted_roots() -> list[str]:
@@ -139,7 +132,8 @@ def test_sigkill_then_bridge_restore_leaves_nothing(
                                 lambda: http_get(w.service_ip(), 80, "/env")))
     root = env["BRIDGE_ROOT"]
     b.kill()
-    end_command(port)
+    wait_until("the command to die with the SIGKILLed bridge",  # PR_SET_PDEATHSIG
+               lambda: not accepts(port))
     assert os.path.isdir(root)  # left behind by the killed bridge
     code, r = w.run_bridge("restore", "hello", env={"XDG_STATE_HOME": str(state_home)})
     assert code == 0, r.stderr
@@ -195,6 +189,14 @@ def test_a_non_empty_mount_dir_is_refused_before_anything_changes(
     assert f"--mount {full} is not empty" in b.stderr and "nothing was changed" in b.stderr
     assert (full / "keep.txt").read_text() == "mine"
     assert w.proxies() == [] and w.our_annotations() == {}
+
+
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=3).close()
+    except OSError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------ real Kubernetes: the files
@@ -404,7 +406,8 @@ def test_sigkill_then_restore_leaves_no_files_on_the_real_cluster(
     b.wait_for("gets the traffic", timeout=3 * WAIT)
     root = wait_until("the app to answer", lambda: files_of(port))["root"]
     b.kill()
-    end_command(port)
+    wait_until("the command to die with the SIGKILLed bridge",  # PR_SET_PDEATHSIG
+               lambda: not accepts(port))
     restore = real.bridge("restore", "web", env={"XDG_STATE_HOME": str(state_home)})
     assert restore.wait(timeout=3 * WAIT) == 0, restore.stderr
     assert not os.path.exists(root)
