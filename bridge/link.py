@@ -107,8 +107,8 @@ class Linker:
                                  f"{info.get('protocol')}")
             if forward:
                 await self.forward(link, patience=0.0 if first else FORWARD_PATIENCE)
-            for hook in self.on_connect:
-                await hook(link)
+            if first:
+                await self._run_hooks(link)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await link.close()
@@ -116,6 +116,10 @@ class Linker:
         self.progress.info(f"tunnel to pod {pod} up")
         self.current = link
         return link
+
+    async def _run_hooks(self, link: Link) -> None:
+        for hook in self.on_connect:
+            await hook(link)
 
     async def close(self) -> None:
         if self.current is not None:
@@ -162,6 +166,15 @@ class Linker:
             try:
                 with anyio.fail_after(attempt_bound if left is None else left):
                     link = await self.connect(first=False, forward=forward)
+                # the features' hooks (e.g. a live sshfs mount riding the new connection) run
+                # outside the attempt's deadline: what they start lives as long as the link
+                try:
+                    await self._run_hooks(link)
+                except BaseException:
+                    self.current = None
+                    with anyio.CancelScope(shield=True):
+                        await link.close()
+                    raise
                 self.progress.info(f"reconnected after {time.monotonic() - started:.1f}s")
                 return link
             except TimeoutError:
