@@ -217,13 +217,13 @@ def write_dotenv(path: str | Path, env: Mapping[str, str],
     """Write `env` as a dotenv file (mode 0600), `held_back` after it commented out; returns
     the names that had to be left out."""
     text, skipped = format_dotenv(env)
-    _write_private(Path(path), text + format_held_back(held_back or {}))
+    write_private(Path(path), text + format_held_back(held_back or {}))
     return skipped
 
 
 def write_json(path: str | Path, env: Mapping[str, str]) -> None:
     """Write `env` as one JSON object (mode 0600)."""
-    _write_private(Path(path), json.dumps(dict(env), indent=2, sort_keys=True) + "\n")
+    write_private(Path(path), json.dumps(dict(env), indent=2, sort_keys=True) + "\n")
 
 
 def parse_dotenv(text: str) -> dict[str, str]:
@@ -292,7 +292,7 @@ def _read_word(text: str, pos: int, line_no: int) -> tuple[str, int, int]:
     return "".join(parts), pos, line_no
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write `text` to `path` atomically with mode 0600 (the file may hold secrets)."""
     directory = path.parent if str(path.parent) else Path(".")
     try:
@@ -300,7 +300,7 @@ def _write_private(path: Path, text: str) -> None:
     except OSError as exc:
         raise BridgeError(f"cannot write {path}: {exc.strerror}") from None
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
             out.write(text)
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)

@@ -73,7 +73,7 @@ def write_files(pod_env: Mapping[str, str], *, own: Mapping[str, str] | None = N
         stack.push("removing the environment file", remove)
     if env_file:
         rendered = envsyntax.render(syntax, exported, held, service=stem)
-        ide_envfile.write_private(Path(env_file), rendered.text)
+        envmod.write_private(Path(env_file), rendered.text)
         progress.info(f"wrote the pod's environment to {env_file}")
         if rendered.left_out:
             progress.warn(f"left out of the env file ({syntax} syntax): " + ", ".join(

@@ -1,6 +1,6 @@
 """Attach mode's environment file: a stable place an IDE configuration can point at once.
 
-Decisions (pure, apart from `prepare_dir` and `write_private`):
+Decisions (pure, apart from `prepare_dir`; files are written by `bridge.env.write_private`):
 
 - Without `--env-file`, attach mode writes `.bridge/NAME<suffix>` under the current directory
   (NAME: the swapped Deployment; the suffix follows `--env-syntax`, `.env` for dotenv), so the
@@ -14,9 +14,7 @@ Decisions (pure, apart from `prepare_dir` and `write_private`):
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from bridge.errors import BridgeError
@@ -55,23 +53,3 @@ def prepare_dir(directory: Path) -> None:
             ignore.write_text(GITIGNORE, encoding="utf-8")
     except OSError as e:
         raise BridgeError(f"cannot create {directory}: {e.strerror}; give --env-file") from None
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically, mode 0600 (it holds secrets)."""
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise BridgeError(f"cannot write {path}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise BridgeError(f"cannot write {path}: {e.strerror}") from None

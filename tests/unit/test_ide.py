@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge import env
 from bridge.cli import main
 from bridge.errors import BridgeError
 from bridge.ide import envfile, jsonc, vscode
@@ -52,7 +53,7 @@ def test_bridge_dir_is_private_and_git_ignored(tmp_path: Path) -> None:
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     d = tmp_path / ".bridge"
     envfile.prepare_dir(d)
-    envfile.write_private(d / "hello.env", "A=1\n")
+    env.write_private(d / "hello.env", "A=1\n")
     assert oct(d.stat().st_mode & 0o777) == "0o700"
     assert oct((d / "hello.env").stat().st_mode & 0o777) == "0o600"
     status = subprocess.run(["git", "-C", str(tmp_path), "status", "--porcelain",
