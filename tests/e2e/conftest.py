@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from bridge import state
-from tests.conftest import start_cluster
+from tests.conftest import Kubectl, start_cluster
 from tests.realcluster import fixture as real_cluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,6 +110,26 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: Any) -> Kubectl:
+    """kubectl for THIS suite's cluster. The root conftest's session-wide `kubectl` is bound to
+    whichever `cluster` first asked for it (the test-cluster checks' own, in a full run), which
+    would send this suite's objects to another cluster than bridge talks to."""
+    return Kubectl(cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def api_client(cluster: Any) -> Iterator[object]:
+    """The official (sync) client for THIS suite's cluster (see `kubectl`)."""
+    from kubernetes import config
+
+    client = config.new_client_from_config(config_file=cluster.kubeconfig)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def free_port() -> int:
