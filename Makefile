@@ -20,9 +20,14 @@ typecheck: setup
 unit: setup
 	$(PY) -m pytest -q tests/unit
 
-# Every suite on the local test cluster: unit, sidecar, test-cluster checks, end to end.
+# Every suite on the local test cluster: unit, sidecar, benchmark smoke and test-cluster checks;
+# then end to end, then the short fault suite. One pytest process each: the e2e suite has its
+# own session cluster and must not share session fixtures with the test-cluster checks (in one
+# process its kubectl followed the checks' cluster while bridge used its own).
 suite: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests/unit tests/sidecar tests/bench tests/clusterchecks
+	$(PY) -m pytest -q tests/e2e
+	$(PY) -m pytest -q tests/faults
 
 # Everything, then the end-to-end suite (and the real cluster's own tests) again on a real
 # Kubernetes; the cluster-lifecycle checks need the machine to themselves, so they run last.
