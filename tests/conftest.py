@@ -123,16 +123,22 @@ def kubectl(cluster: ClusterProcess) -> Kubectl:
     return Kubectl(cluster.kubeconfig)
 
 
-@pytest.fixture(scope="session")
-def api_client(cluster: ClusterProcess) -> Iterator[object]:
-    """The official (sync) client's ApiClient for the current-context (bearer-token admin)."""
+def official_client(kubeconfig: str) -> Iterator[object]:
+    """The official (sync) client's ApiClient for the kubeconfig's current-context, closed
+    when the generator ends (the body of every `api_client` fixture)."""
     from kubernetes import config
 
-    client = config.new_client_from_config(config_file=cluster.kubeconfig)
+    client = config.new_client_from_config(config_file=kubeconfig)
     try:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def api_client(cluster: ClusterProcess) -> Iterator[object]:
+    """The official (sync) client's ApiClient for the current-context (bearer-token admin)."""
+    yield from official_client(cluster.kubeconfig)
 
 
 @pytest.fixture(scope="session")

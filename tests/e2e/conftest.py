@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from bridge import state
-from tests.conftest import Kubectl, start_cluster
+from tests.conftest import Kubectl, official_client, start_cluster
 from tests.realcluster import fixture as real_cluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,13 +123,7 @@ def kubectl(cluster: Any) -> Kubectl:
 @pytest.fixture(scope="session")
 def api_client(cluster: Any) -> Iterator[object]:
     """The official (sync) client for THIS suite's cluster (see `kubectl`)."""
-    from kubernetes import config
-
-    client = config.new_client_from_config(config_file=cluster.kubeconfig)
-    try:
-        yield client
-    finally:
-        client.close()
+    yield from official_client(cluster.kubeconfig)
 
 
 def free_port() -> int:
