@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import psutil
 
+from bridge import reaper
 from bridge.errors import BridgeError
 
 _POLL = 0.05  # seconds between checks while waiting for processes to go
@@ -177,17 +178,8 @@ class Child:
                     found[proc.pid] = proc
             except psutil.Error:
                 pass
-        for proc in psutil.process_iter():
-            if proc.pid in found or proc.pid == os.getpid():
-                continue
-            try:
-                in_session = os.getsid(proc.pid) == self.pid
-                if in_session and proc.create_time() >= self._created:
-                    found[proc.pid] = proc
-                    for sub in proc.children(recursive=True):
-                        found.setdefault(sub.pid, sub)
-            except (OSError, psutil.Error):
-                continue
+        for proc in reaper.tree(self.pid, self._created):  # orphans left in its session
+            found.setdefault(proc.pid, proc)
         return list(found.values())
 
     def _signal_all(self, procs: list[psutil.Process], sig: int) -> None:
