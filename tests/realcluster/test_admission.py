@@ -9,7 +9,8 @@ swap, and what the cluster looks like afterwards.
   timeout and restores;
 - a swap that outlives its tokens: the exec plugin's tokens genuinely die after 30 s (bound to
   a Secret the plugin deletes; checked with kubectl), and the swap serves through two
-  lifetimes and restores.
+  lifetimes, reconnects through a new port-forward when its proxy pod is replaced, and
+  restores.
 """
 
 from __future__ import annotations
@@ -203,6 +204,16 @@ def test_a_swap_outlives_its_tokens(make_workload: Any, kubectl: Any, cluster: A
         served += 1
         time.sleep(1.0)
     w.assert_swapped()
+    # A new port-forward long after the first token died: the proxy pod is replaced, bridge
+    # reconnects through the API server with a current token, and the laptop answers again.
+    old = [p["metadata"]["name"] for p in bridge_objects(w, "pods")]
+    assert len(old) == 1, old
+    w.k("delete", "pod", old[0], "--wait=false")
+    b.wait_for("reconnected", timeout=90)
+    wait_until("the laptop to answer through the new proxy pod",
+               lambda: http_get(ip, 80) == f"laptop {port}\n")
+    for _ in range(5):
+        assert http_get(ip, 80) == f"laptop {port}\n"
     runs = _run_log(run_log)[before:]  # bridge's
     # tokens that bridge was given have died (their Secrets are gone) while it kept serving
     gone = [r["secret"] for r in runs if kubectl(
