@@ -91,6 +91,34 @@ def test_swap_in_a_restricted_pod_security_namespace(make_workload: Any, kubectl
     assert http_get(w.service_ip(), 80).startswith("cluster ")
 
 
+def test_the_proxy_passes_restricted_whatever_the_apps_container_had(
+        make_workload: Any, kubectl: Any, namespace: str) -> None:
+    """The app runs as root with no securityContext; the namespace enforces `restricted` from
+    after it started (its running pods stay; a copy of its pod is refused). The proxy pod is
+    admitted all the same: its container's securityContext is bridge's own. (The original
+    itself could not be created again under `restricted`, so the label goes before the
+    restore.)"""
+    w = make_workload(replicas=1)
+    kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/enforce-version=latest")
+    template = w.get("deployment", w.name)["spec"]["template"]
+    copied = kubectl.run("-n", namespace, "create", "-f", "-", check=False, input=json.dumps(
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app-copy"},
+         "spec": template["spec"]}))
+    assert copied.returncode != 0 and "violates PodSecurity" in copied.stderr, copied
+    b, port = w.attach()
+    until_laptop_answers(w.service_ip(), 80, f"laptop {port}\n")
+    proxy = bridge_objects(w, "pods")
+    assert len(proxy) == 1
+    assert proxy[0]["status"].get("phase") == "Running"
+    kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce-",
+            "pod-security.kubernetes.io/enforce-version-")
+    b.signal(signal.SIGINT)
+    assert b.wait() == 0, b.stderr
+    assert "violates PodSecurity" not in b.stderr, b.stderr
+    assert_nothing_of_bridge(w)
+
+
 def test_a_quota_that_refuses_the_proxy_fails_at_once(make_workload: Any, kubectl: Any,
                                                       namespace: str) -> None:
     w = make_workload(replicas=1)
