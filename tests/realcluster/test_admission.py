@@ -119,21 +119,27 @@ def test_the_proxy_passes_restricted_whatever_the_apps_container_had(
     assert_nothing_of_bridge(w)
 
 
+@pytest.mark.parametrize("hard", [
+    {"pods": "1"},  # no room for one more pod next to the original's
+    {"limits.memory": "128Mi"},  # less than the proxy container's explicit limit
+], ids=["pods", "memory"])
 def test_a_quota_that_refuses_the_proxy_fails_at_once(make_workload: Any, kubectl: Any,
-                                                      namespace: str) -> None:
+                                                      namespace: str,
+                                                      hard: dict[str, str]) -> None:
     w = make_workload(replicas=1)
-    quota = "bridge-test-pods"
+    quota = f"bridge-test-{next(iter(hard)).replace('.', '-')}"
     kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps({
         "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": quota},
-        "spec": {"hard": {"pods": "1"}}}))
-    wait_until("the quota to count the original's pod", lambda: (
-        w.get("resourcequota", quota).get("status") or {}).get("used", {}).get("pods") == "1")
+        "spec": {"hard": hard}}))
+    wait_until("the quota to count the namespace's use", lambda: set(
+        (w.get("resourcequota", quota).get("status") or {}).get("used") or {}) == set(hard))
     port = free_port()
     w.local_server(port)
     started = time.monotonic()
     code, b = w.run_bridge("swap", "hello", "--port", f"http:{port}", "--timeout", "120")
     took = time.monotonic() - started
-    print(f"\nResourceQuota refusal: bridge exited {code} after {took:.1f}s (timeout 120s)")
+    print(f"\nResourceQuota {hard} refusal: bridge exited {code} after {took:.1f}s "
+          "(timeout 120s)")
     assert code != 0, b.stderr
     errors = error_lines(b.stderr)
     assert len(errors) == 1, b.stderr
