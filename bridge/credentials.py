@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -43,7 +44,8 @@ API_VERSIONS = ("client.authentication.k8s.io/v1", "client.authentication.k8s.io
 INTERACTIVE_MODES = ("Never", "IfAvailable", "Always")
 PLUGIN_TIMEOUT = 60.0  # seconds for a plugin run without a terminal
 INTERACTIVE_TIMEOUT = 300.0  # ...and with one (a browser or device-code login)
-REFRESH_MARGIN = dt.timedelta(seconds=60)  # refresh this long before a token expires
+REFRESH_MARGIN = dt.timedelta(seconds=60)  # refresh this long before a token expires...
+MARGIN_SHARE = 0.25  # ...or, for a token that lives under 4 margins, in its last quarter
 STDERR_TAIL = 10  # lines of the plugin's stderr kept for an error message
 CLUSTER_INFO_KEY = "client.authentication.k8s.io/exec"
 
@@ -160,9 +162,18 @@ class Credential:
     client_certificate: str = ""
     client_key: str = ""
     expires: dt.datetime | None = None
+    obtained: dt.datetime | None = None  # when the plugin was asked for it
 
     def fresh(self, now: dt.datetime, margin: dt.timedelta = REFRESH_MARGIN) -> bool:
-        return self.expires is None or now + margin < self.expires
+        """Usable for a while yet. The margin shrinks for short-lived tokens: a token living
+        less than the margin would otherwise be stale from birth, the plugin run before every
+        API call."""
+        if self.expires is None:
+            return True
+        lifetime = self.expires - self.obtained if self.obtained is not None else None
+        if lifetime is not None and lifetime > dt.timedelta(0):
+            margin = min(margin, lifetime * MARGIN_SHARE)
+        return now + margin < self.expires
 
 
 def parse_timestamp(value: str) -> dt.datetime:
@@ -299,8 +310,10 @@ class TokenSource:
         """The credential, the plugin run again first when it is due."""
         async with self._lock:
             if self.needs_refresh():
-                self.credential = await run_plugin(self.plugin, self.cluster,
-                                                   terminal=self.terminal, bound=self.bound)
+                asked = self.clock()
+                self.credential = dataclasses.replace(
+                    await run_plugin(self.plugin, self.cluster, terminal=self.terminal,
+                                     bound=self.bound), obtained=asked)
                 self.runs += 1
                 self._stale = False
             assert self.credential is not None

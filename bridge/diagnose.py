@@ -143,6 +143,6 @@ def diagnose(owners: Iterable[Obj], pods: Iterable[Obj]) -> Verdict | None:
 
 
 def refusal_message(proxy: str, verdict: Verdict) -> str:
-    """The one-line error for a FAIL verdict."""
-    return (f"the cluster refused the proxy pod of deployment/{proxy}: {verdict.line()}; "
-            "bridge removes the proxy and its lock, the original keeps its replicas")
+    """The one-line error for a FAIL verdict (the session adds what its restore did: a promise
+    here would be said even when the restore failed)."""
+    return f"the cluster refused the proxy pod of deployment/{proxy}: {verdict.line()}"

@@ -239,7 +239,9 @@ class Linker:
                 if first:
                     await self.check_pod(pod)
                 else:  # a restart or a crash loop is what we wait out here, not a failure
-                    problem = pod_problem(pod, container, past=False)
+                    pending = diagnose.pod_waiting(pod)
+                    problem = pod_problem(pod, container, past=False) or (
+                        pending.line() if pending else "")
                     if problem and problem != last_problem:
                         self.progress.warn(f"proxy pod {pname}: "
                                            f"{state.printable(problem, 300)}; waiting for it")
@@ -316,10 +318,7 @@ def pod_problem(pod: Obj, container: str, *, past: bool) -> str:
     reason = ""
     if st.get("phase") == "Failed":
         reason = f"failed: {st.get('reason') or ''} {st.get('message') or ''}".strip()
-    for cond in st.get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
-                and cond.get("reason") == "Unschedulable":
-            reason = f"cannot be scheduled: {cond.get('message') or ''}".strip()
+    # Unschedulable is no problem here: autoscalers add nodes for it (diagnose.pod_waiting)
     for cs in st.get("containerStatuses") or []:
         if cs.get("name") != container:
             continue

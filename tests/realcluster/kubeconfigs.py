@@ -16,6 +16,7 @@ from .objects import SA_NAME, SA_NAMESPACE
 from .pki import ClusterPki, Issued
 
 CONTEXT_SA = "bridge-test-sa"
+CONTEXT_EXPIRING = "bridge-test-sa-expiring"  # the same user; its tokens die early
 TOKEN_EXEC = Path(__file__).resolve().parent / "token_exec.py"
 
 
@@ -52,6 +53,27 @@ def user(config: Config, pki: ClusterPki, admin_token: str,
     kc["contexts"].append({"name": CONTEXT_SA, "context": {
         "cluster": test_kubeconfig.CLUSTER, "user": least[0]["name"], "namespace": "default"}})
     return kc
+
+
+def with_expiring_tokens(kc: dict[str, Any], lifetime: float,
+                         run_log: Path) -> dict[str, Any]:
+    """A copy of the kubeconfig `kc` (as `user` made it, or the running cluster's) with a
+    context `bridge-test-sa-expiring`: the `bridge-test-sa` user, run by THIS tree's plugin with
+    `--expire-after LIFETIME --run-log RUN_LOG` (tokens refused after about LIFETIME s)."""
+    import copy
+
+    out = copy.deepcopy(kc)
+    base = next(u for u in out["users"] if u["name"] == context_user(out, CONTEXT_SA))
+    exec_block = copy.deepcopy(base["user"]["exec"])
+    args = list(exec_block["args"])
+    args[0] = str(TOKEN_EXEC)  # the plugin of this tree (the running cluster's may be older)
+    exec_block["args"] = [*args, "--expire-after", f"{lifetime:g}", "--run-log", str(run_log)]
+    name = f"{base['name']}-expiring"
+    out["users"].append({"name": name, "user": {"exec": exec_block}})
+    cluster = next(c for c in out["contexts"] if c["name"] == CONTEXT_SA)["context"]["cluster"]
+    out["contexts"].append({"name": CONTEXT_EXPIRING, "context": {
+        "cluster": cluster, "user": name, "namespace": "default"}})
+    return out
 
 
 def context_user(kc: dict[str, Any], context: str) -> str:

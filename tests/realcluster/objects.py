@@ -72,6 +72,20 @@ def rbac() -> list[dict[str, Any]]:
                     "resourceNames": [SA_NAME], "verbs": ["create"]}]},
         _binding("RoleBinding", "token-minter", "Role", "token-minter", _user(MINTER_USER),
                  SA_NAMESPACE),
+        *minter_secrets(),
+    ]
+
+
+def minter_secrets() -> list[dict[str, Any]]:
+    """The exec plugin's right to make and delete the Secrets its short-lived tokens are bound
+    to (token_exec.py --expire-after), in its own namespace only."""
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": _meta("token-minter-secrets", SA_NAMESPACE),
+         "rules": [{"apiGroups": [""], "resources": ["secrets"],
+                    "verbs": ["create", "delete", "get"]}]},
+        _binding("RoleBinding", "token-minter-secrets", "Role", "token-minter-secrets",
+                 _user(MINTER_USER), SA_NAMESPACE),
     ]
 
 

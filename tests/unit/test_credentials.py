@@ -190,6 +190,39 @@ def test_token_refreshed_before_it_expires_for_every_call(tmp_path: Path) -> Non
     assert len(set(api.tokens)) == 3
 
 
+def test_a_token_shorter_lived_than_the_margin_is_reused_for_most_of_its_life(
+        tmp_path: Path) -> None:
+    """A 30 s token (the real cluster's expiring context): used for its first three quarters,
+    not re-minted before every call as a fixed 60 s margin would."""
+    setup = Setup(tmp_path)
+    for item in setup.exec["env"]:
+        if item["name"] == "LIFETIME":
+            item["value"] = "30"
+    api = Api(setup.clock)
+
+    async def main() -> None:
+        kube, runner = await connect(setup, api)
+        source = credentials.installed(kube.api_client.configuration)
+        assert source is not None
+        source.invalidate()  # the first run was on the real clock: a token on the test's
+        try:
+            await kube.get_deployment("hello")
+            assert setup.plugin_runs() == 2
+            for _ in range(4):
+                setup.clock.advance(5)  # 20 s into its 30: still this token
+                await kube.get_deployment("hello")
+            assert setup.plugin_runs() == 2
+            setup.clock.advance(3)  # 7 s left, inside its last quarter: a new one first
+            await kube.get_deployment("hello")
+            assert setup.plugin_runs() == 3
+        finally:
+            await kube.close()
+            await runner.cleanup()
+
+    asyncio.run(main())
+    assert len(set(api.tokens)) == 2  # the first token was never sent
+
+
 def test_a_401_runs_the_plugin_again_once(tmp_path: Path) -> None:
     setup = Setup(tmp_path)
     api = Api(setup.clock)

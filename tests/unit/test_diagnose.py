@@ -72,6 +72,20 @@ def test_unschedulable_is_waited_out_with_the_schedulers_words() -> None:
     assert v.message == msg
 
 
+def test_an_unschedulable_proxy_pod_is_no_start_failure() -> None:
+    """The proxy's start waits an Unschedulable pod out (shown via pod_waiting) instead of
+    failing it at once: on the real cluster the first check failed the swap with `cannot be
+    scheduled` before the scheduler's message could be waited out."""
+    from bridge.link import pod_problem
+
+    unschedulable = pod([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                          "message": "0/1 nodes are available"}])
+    unschedulable["status"]["phase"] = "Pending"
+    assert pod_problem(unschedulable, "web", past=True) == ""
+    assert pod_problem(unschedulable, "web", past=False) == ""
+    assert pod_waiting(unschedulable) is not None
+
+
 def test_readiness_gate_is_named_when_it_is_what_the_pod_waits_for() -> None:
     conds = [{"type": "PodScheduled", "status": "True"},
              {"type": "ContainersReady", "status": "True"},
