@@ -300,7 +300,11 @@ class Files:
             pid=me.pid, started=me.create_time(), root=self.root, created_root=self._created,
             mode=self.mode, fsname=self._fsname), self._session)
         if self.mode == "live":
-            await self._mount()
+            try:
+                await self._mount()
+            except _NoMount as exc:
+                raise BridgeError(f"sshfs could not mount the pod's files at {self.root}: "
+                                  f"{exc}; try --mount-mode copy") from None
         else:
             await self._copy()
         return self.root
@@ -374,7 +378,7 @@ class Files:
     # -- live
     async def _mount(self) -> None:
         """Mount on the current connection; bounded by MOUNT_TIMEOUT. On failure nothing is
-        left running or mounted, and BridgeError says why."""
+        left running or mounted, and _NoMount says why."""
         try:
             await self._start_sshfs()
         except BaseException:
@@ -392,10 +396,10 @@ class Files:
             writer, reader, _ = await asyncio.wait_for(
                 self._conn.open_session(subsystem="sftp", encoding=None), MOUNT_TIMEOUT)
         except TimeoutError:
-            raise BridgeError(f"the sidecar did not open the files channel within "
-                              f"{MOUNT_TIMEOUT:g}s") from None
+            raise _NoMount(f"the sidecar did not open the files channel within "
+                           f"{MOUNT_TIMEOUT:g}s") from None
         except (asyncssh.Error, OSError) as exc:
-            raise BridgeError(f"the sidecar refused the files channel: {exc}") from None
+            raise _NoMount(f"the sidecar refused the files channel: {exc}") from None
         self._channel = writer
         ours, theirs = socket.socketpair()
         options = ["passive", "auto_unmount", f"fsname={self._fsname}", "subtype=bridge",
@@ -425,16 +429,12 @@ class Files:
         # every access waits; it counts as mounted once a stat of it is answered
         while not _mounted_as(self.root, self._fsname):
             if self._sshfs.returncode is not None or time.monotonic() > deadline:
-                why = await self._sshfs_error()
-                raise BridgeError(f"sshfs could not mount the pod's files at {self.root}: "
-                                  f"{why}; try --mount-mode copy")
+                raise _NoMount(await self._sshfs_error())
             await asyncio.sleep(0.05)
         self._helpers = _auto_unmount_helpers(self._sshfs.pid)
         if not await _answers(self.root, deadline - time.monotonic()):
-            why = (await self._sshfs_error() if self._sshfs.returncode is not None else
-                   f"the mount did not answer within {MOUNT_TIMEOUT:g}s")
-            raise BridgeError(f"sshfs could not mount the pod's files at {self.root}: {why}; "
-                              "try --mount-mode copy")
+            raise _NoMount(await self._sshfs_error() if self._sshfs.returncode is not None
+                           else f"the mount did not answer within {MOUNT_TIMEOUT:g}s")
 
     async def _sshfs_error(self) -> str:
         proc = self._sshfs
@@ -461,10 +461,11 @@ class Files:
         await self._unmount_live()
         try:
             await self._mount()
-        except BridgeError as exc:
+        except _NoMount as exc:
             self.live_lost = True
-            self._progress.warn(f"the pod's files at {self.root} are no longer live: mounting "
-                                f"them again after the reconnect failed ({exc})")
+            self._progress.warn(f"the pod's files at {self.root} are no longer live (mounting "
+                                f"them again after the reconnect failed: {exc}); the "
+                                "directory stays empty until the session ends")
 
     async def close(self) -> None:
         """Unmount (live), stop sshfs, remove the directory and the record. Bounded."""
@@ -535,6 +536,10 @@ class Files:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._stream.wait_closed(), UNMOUNT_TIMEOUT)
             self._stream = None
+
+
+class _NoMount(Exception):
+    """Why sshfs did not bring the mount up (one line)."""
 
 
 def _auto_unmount_helpers(sshfs_pid: int) -> list[psutil.Process]:

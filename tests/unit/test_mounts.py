@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncssh
 import psutil
 import pytest
 
@@ -429,4 +431,69 @@ def test_a_remount_works_while_the_old_sshfs_socket_is_still_held_open(
         if mounted(seen.get("root", "")):  # never leave a dead FUSE mount behind
             subprocess.run(["fusermount3", "-u", "-z", str(seen["root"])], timeout=WAIT)
     assert not mounted(seen["root"]) and probe(seen["root"]) == "gone"
+    assert records(state_home) == []
+
+
+class SilentServer(asyncssh.SSHServer):
+    """An SSH server whose `sftp` subsystem takes the channel and never answers: a pod that
+    stalls after the channel opened."""
+
+    def begin_auth(self, username: str) -> bool:
+        return False  # no authentication
+
+    def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
+        return SilentSession()
+
+
+class SilentSession(asyncssh.SSHServerSession[bytes]):
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return subsystem == "sftp"
+
+
+@needs_live
+def test_a_remount_that_does_not_come_up_is_detached_and_the_session_goes_on(
+        sidecar: Sidecar, key: ClientKey, state_home: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """sshfs mounts before its SFTP start; on a channel nobody answers, the re-made mount would
+    be listed but block every access. The re-mount is bounded: then sshfs is ended, the mount
+    point detached, and the session goes on, told the files are no longer live."""
+    monkeypatch.setattr(mounts, "MOUNT_TIMEOUT", 3.0)
+    said = io.StringIO()
+
+    async def scenario() -> None:
+        server = await asyncssh.create_server(
+            SilentServer, "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key(
+                "ssh-ed25519")])
+        port = server.sockets[0].getsockname()[1]
+        first = await sidecar.connect(key)
+        files = mounts.Files(first, "live", None, writable=False,
+                             progress=Progress(QUIET, stream=said), session="t7",
+                             copy_limit=mounts.COPY_LIMIT)
+        try:
+            root = seen["root"] = Path(await files.start())
+            first.close()
+            await first.wait_closed()
+            async with asyncssh.connect("127.0.0.1", port, username="developer",
+                                        known_hosts=None, client_keys=None,
+                                        agent_path=None) as silent:
+                await files.reattach(silent)  # returns: bounded, never raises
+                assert files.live_lost
+                assert not mounted(root)
+                assert await asyncio.to_thread(probe, root) == "[]"  # answers: a plain dir
+                await files.reattach(silent)  # a later reconnect leaves it be
+        finally:
+            await files.close()
+            server.close()
+
+    seen: dict[str, Path] = {}
+    try:
+        run(scenario())
+    finally:
+        if mounted(seen.get("root", "")):  # never leave a dead FUSE mount behind
+            subprocess.run(["fusermount3", "-u", "-z", str(seen["root"])], timeout=WAIT)
+    lines = [ln for ln in said.getvalue().splitlines() if "no longer live" in ln]
+    assert len(lines) == 1, said.getvalue()
+    assert f"the pod's files at {seen['root']} are no longer live" in lines[0]
+    assert "did not answer within 3s" in lines[0]
+    assert probe(seen["root"]) == "gone"
     assert records(state_home) == []
