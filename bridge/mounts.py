@@ -516,8 +516,7 @@ class Files:
     async def _end_helpers(self, grace: float) -> None:
         helpers, self._helpers = self._helpers, []
         if helpers:
-            _, alive = await asyncio.to_thread(psutil.wait_procs, helpers, grace)
-            for helper in alive:
+            for helper in await asyncio.to_thread(_still_running, helpers, grace):
                 with contextlib.suppress(psutil.Error):
                     helper.kill()
 
@@ -554,6 +553,24 @@ def _auto_unmount_helpers(sshfs_pid: int) -> list[psutil.Process]:
             if child.name().startswith("fusermount"):
                 found.append(child)
     return found
+
+
+def _still_running(procs: list[psutil.Process], grace: float) -> list[psutil.Process]:
+    """Those of `procs` still running after up to `grace` seconds (an ended one whose new
+    parent has not reaped it yet counts as ended)."""
+    deadline = time.monotonic() + grace
+    while True:
+        running = [p for p in procs if _running(p)]
+        if not running or time.monotonic() >= deadline:
+            return running
+        time.sleep(0.02)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 _STAT = "import os, sys\nos.stat(sys.argv[1])\n"
