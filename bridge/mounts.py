@@ -7,7 +7,10 @@ ways to bring them here, over the session's existing SSH connection:
   stdin/stdout are a socket whose other end this module pumps to and from an `sftp` subsystem
   channel. Changes in the pod (a ConfigMap update) show. Needs sshfs and FUSE (/dev/fuse).
   sshfs runs with `auto_unmount`, so a bridge killed with SIGKILL still leaves no mount (the
-  channel closes, sshfs exits, fusermount3 unmounts);
+  channel closes, sshfs exits, fusermount3 unmounts). After a reconnect the mount is made
+  again on the new connection, bounded: when that fails, the mount point is detached (never
+  left as a FUSE mount nobody answers, whose every access blocks) and the session goes on
+  with a warning that the files are no longer live;
 - copy: a snapshot taken at start with asyncssh's SFTP client, up to a size limit.
 
 Either way the directory is removed at the end, and a record of it lives under
@@ -29,6 +32,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -48,6 +52,7 @@ COPY_MAX_ENTRIES = 100_000
 COPY_MAX_DEPTH = 40
 MOUNT_TIMEOUT = 15.0
 UNMOUNT_TIMEOUT = 10.0
+HELPER_GRACE = 2.0  # how long an ended sshfs's auto_unmount helper may take to end too
 FSNAME_PREFIX = "bridge-"
 PUMP_CHUNK = 256 * 1024
 
@@ -278,9 +283,15 @@ class Files:
         self._record: Path | None = None
         self._fsname = f"{FSNAME_PREFIX}{session}:/"
         self._sshfs: asyncio.subprocess.Process | None = None
+        self._helpers: list[psutil.Process] = []  # sshfs's auto_unmount helper (fusermount3)
         self._pumps: list[asyncio.Task[None]] = []
         self._channel: asyncssh.SSHWriter[bytes] | None = None
-        self._sock: socket.socket | None = None
+        # bridge's end of sshfs's stdin/stdout, owned by its asyncio transport: closed only
+        # through it (a socket closed under a transport leaves the event loop a stale
+        # registration of its descriptor number; the next socket given that number is then
+        # never read, and the re-made sshfs would wait forever for its SFTP start)
+        self._stream: asyncio.StreamWriter | None = None
+        self.live_lost = False  # a re-mount failed: the directory no longer shows the pod
 
     async def start(self) -> str:
         self._make_root()
@@ -289,7 +300,11 @@ class Files:
             pid=me.pid, started=me.create_time(), root=self.root, created_root=self._created,
             mode=self.mode, fsname=self._fsname), self._session)
         if self.mode == "live":
-            await self._mount()
+            try:
+                await self._mount()
+            except _NoMount as exc:
+                raise BridgeError(f"sshfs could not mount the pod's files at {self.root}: "
+                                  f"{exc}; try --mount-mode copy") from None
         else:
             await self._copy()
         return self.root
@@ -362,15 +377,31 @@ class Files:
 
     # -- live
     async def _mount(self) -> None:
+        """Mount on the current connection; bounded by MOUNT_TIMEOUT. On failure nothing is
+        left running or mounted, and _NoMount says why."""
+        try:
+            await self._start_sshfs()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._abandon_live()
+            raise
+        self._progress.info(f"mounted the pod's files at {self.root} (live, "
+                            f"{'read-write' if self._writable else 'read-only'})")
+
+    async def _start_sshfs(self) -> None:
         tool = shutil.which("sshfs")
         assert tool is not None
+        deadline = time.monotonic() + MOUNT_TIMEOUT
         try:
-            writer, reader, _ = await self._conn.open_session(subsystem="sftp", encoding=None)
+            writer, reader, _ = await asyncio.wait_for(
+                self._conn.open_session(subsystem="sftp", encoding=None), MOUNT_TIMEOUT)
+        except TimeoutError:
+            raise _NoMount(f"the sidecar did not open the files channel within "
+                           f"{MOUNT_TIMEOUT:g}s") from None
         except (asyncssh.Error, OSError) as exc:
-            raise BridgeError(f"the sidecar refused the files channel: {exc}") from None
+            raise _NoMount(f"the sidecar refused the files channel: {exc}") from None
         self._channel = writer
         ours, theirs = socket.socketpair()
-        self._sock = ours
         options = ["passive", "auto_unmount", f"fsname={self._fsname}", "subtype=bridge",
                    "dcache_timeout=2", "ro" if not self._writable else "rw"]
         try:
@@ -378,8 +409,13 @@ class Files:
                 tool, "-f", "-o", ",".join(options), self._fsname, self.root,
                 stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=asyncio.subprocess.PIPE,
                 start_new_session=True)  # a Ctrl-C in the terminal is not for sshfs
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
+        sreader, swriter = await asyncio.open_unix_connection(sock=ours)
+        self._stream = swriter
         assert self._record is not None
         me = psutil.Process()
         helper = psutil.Process(self._sshfs.pid)
@@ -387,18 +423,18 @@ class Files:
             pid=me.pid, started=me.create_time(), root=self.root, created_root=self._created,
             mode=self.mode, fsname=self._fsname, helper_pid=helper.pid,
             helper_started=helper.create_time()), self._session)
-        sreader, swriter = await asyncio.open_unix_connection(sock=ours)
         self._pumps = [asyncio.create_task(_pump_channel_to_socket(reader, swriter)),
                        asyncio.create_task(_pump_socket_to_channel(sreader, writer))]
-        deadline = time.monotonic() + MOUNT_TIMEOUT
+        # sshfs mounts first and starts SFTP after: until it has, the mount is listed but
+        # every access waits; it counts as mounted once a stat of it is answered
         while not _mounted_as(self.root, self._fsname):
             if self._sshfs.returncode is not None or time.monotonic() > deadline:
-                why = await self._sshfs_error()
-                raise BridgeError(f"sshfs could not mount the pod's files at {self.root}: "
-                                  f"{why}; try --mount-mode copy")
+                raise _NoMount(await self._sshfs_error())
             await asyncio.sleep(0.05)
-        self._progress.info(f"mounted the pod's files at {self.root} (live, "
-                            f"{'read-write' if self._writable else 'read-only'})")
+        self._helpers = _auto_unmount_helpers(self._sshfs.pid)
+        if not await _answers(self.root, deadline - time.monotonic()):
+            raise _NoMount(await self._sshfs_error() if self._sshfs.returncode is not None
+                           else f"the mount did not answer within {MOUNT_TIMEOUT:g}s")
 
     async def _sshfs_error(self) -> str:
         proc = self._sshfs
@@ -416,11 +452,20 @@ class Files:
     # -- the end
     async def reattach(self, conn: asyncssh.SSHClientConnection) -> None:
         """After the SSH connection was made anew: a live mount rides the new one (the old
-        one's sshfs ended with its channel)."""
+        one's sshfs ended with its channel). Bounded, and never raises: when the mount cannot
+        be made again, the directory is left unmounted and the session goes on, told once
+        that the files are no longer live."""
         self._conn = conn
-        if self.mode == "live" and self.root:
-            await self._unmount_live()
+        if self.mode != "live" or not self.root or self.live_lost:
+            return
+        await self._unmount_live()
+        try:
             await self._mount()
+        except _NoMount as exc:
+            self.live_lost = True
+            self._progress.warn(f"the pod's files at {self.root} are no longer live (mounting "
+                                f"them again after the reconnect failed: {exc}); the "
+                                "directory stays empty until the session ends")
 
     async def close(self) -> None:
         """Unmount (live), stop sshfs, remove the directory and the record. Bounded."""
@@ -436,6 +481,9 @@ class Files:
             self._record.unlink(missing_ok=True)
 
     async def _unmount_live(self) -> None:
+        """Unmount, and end sshfs, its auto_unmount helper, the pumps and the channel. The
+        helper is ended too before anything is mounted at the same path again: it unmounts
+        by path whatever FUSE mount of this type is there once sshfs has ended."""
         if self.root:
             # in a thread: unmounting may need sshfs to talk through this loop's pumps
             if _mounted_as(self.root, self._fsname) and not await asyncio.to_thread(
@@ -449,29 +497,119 @@ class Files:
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()
-            for task in self._pumps:
-                task.cancel()
-            for task in self._pumps:
-                with contextlib.suppress(BaseException):
-                    await task
-            self._pumps = []
-            if self._channel is not None:
-                self._channel.close()
-                self._channel = None
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
+            await self._end_helpers(HELPER_GRACE)
+            await self._end_pumps()
+
+    async def _abandon_live(self) -> None:
+        """A mount that did not come up: sshfs killed first (every access waiting on it then
+        fails instead of blocking), the mount point detached, the rest ended."""
+        proc = self._sshfs
+        if proc is not None and proc.returncode is None:
+            self._helpers = self._helpers or _auto_unmount_helpers(proc.pid)
+            proc.kill()
+            await proc.wait()
+        if self.root and _mounted_as(self.root, self._fsname):
+            await asyncio.to_thread(_unmount, self.root, True)
+        await self._end_helpers(0.0)
+        await self._end_pumps()
+
+    async def _end_helpers(self, grace: float) -> None:
+        helpers, self._helpers = self._helpers, []
+        if helpers:
+            for helper in await asyncio.to_thread(_still_running, helpers, grace):
+                with contextlib.suppress(psutil.Error):
+                    helper.kill()
+
+    async def _end_pumps(self) -> None:
+        for task in self._pumps:
+            task.cancel()
+        for task in self._pumps:
+            with contextlib.suppress(BaseException):
+                await task
+        self._pumps = []
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        if self._stream is not None:
+            self._stream.close()  # the transport unregisters the socket, then closes it
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._stream.wait_closed(), UNMOUNT_TIMEOUT)
+            self._stream = None
+
+
+class _NoMount(Exception):
+    """Why sshfs did not bring the mount up (one line)."""
+
+
+def _auto_unmount_helpers(sshfs_pid: int) -> list[psutil.Process]:
+    """The fusermount3 that mounted for sshfs and waits for it to end (auto_unmount)."""
+    try:
+        children = psutil.Process(sshfs_pid).children()
+    except psutil.Error:
+        return []
+    found = []
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            if child.name().startswith("fusermount"):
+                found.append(child)
+    return found
+
+
+def _still_running(procs: list[psutil.Process], grace: float) -> list[psutil.Process]:
+    """Those of `procs` still running after up to `grace` seconds (an ended one whose new
+    parent has not reaped it yet counts as ended)."""
+    deadline = time.monotonic() + grace
+    while True:
+        running = [p for p in procs if _running(p)]
+        if not running or time.monotonic() >= deadline:
+            return running
+        time.sleep(0.02)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+_STAT = "import os, sys\nos.stat(sys.argv[1])\n"
+
+
+async def _answers(root: str, within: float) -> bool:
+    """True when a stat of `root` is answered within `within` seconds. Done by a child process
+    (killed when late): in this thread it would wait for the pumps this thread runs."""
+    if within <= 0:
+        return False
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-I", "-S", "-c", _STAT, root, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    code = None
+    try:
+        code = await asyncio.wait_for(proc.wait(), within)
+    except TimeoutError:
+        pass
+    finally:
+        if proc.returncode is None:
+            proc.kill()  # a wait for a FUSE answer is killable
+            with anyio.CancelScope(shield=True):
+                await proc.wait()
+    return code == 0
 
 
 async def _pump_channel_to_socket(reader: asyncssh.SSHReader[bytes],
                                   writer: asyncio.StreamWriter) -> None:
+    """The channel's data to sshfs. When the channel ends, also with an error (the connection
+    was lost), the socket is closed: sshfs then sees its end, fails what waits and exits,
+    instead of leaving accesses of the mount waiting for a channel that is gone."""
     try:
         while data := await reader.read(PUMP_CHUNK):
             writer.write(data)
             await writer.drain()
-        writer.write_eof()
     except (OSError, asyncssh.Error):
         pass
+    finally:
+        writer.close()
 
 
 async def _pump_socket_to_channel(reader: asyncio.StreamReader,

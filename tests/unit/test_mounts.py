@@ -6,6 +6,8 @@ end, after Ctrl-C, and after SIGKILL + the leftover cleanup `bridge restore` run
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import signal
@@ -15,6 +17,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncssh
+import psutil
 import pytest
 
 from bridge import mounts
@@ -310,6 +314,48 @@ def test_cleanup_leaves_a_running_sessions_files_alone(
     assert not os.path.exists(root)
 
 
+PROBE = """
+import json, os, sys
+path = sys.argv[1]
+try:
+    if os.path.isdir(path):
+        print(json.dumps(sorted(os.listdir(path))))
+    else:
+        print(json.dumps(open(path).read()))
+except FileNotFoundError:
+    print("gone")
+except OSError as e:
+    print("ERROR", e)
+"""
+
+
+def probe(path: str | Path, timeout: float = WAIT) -> str:
+    """What `path` holds (a directory: the JSON list of its names; a file: its text as JSON),
+    "gone", or "ERROR ...", read by a child process: an access of a FUSE mount whose sshfs
+    does not answer blocks in the kernel, which no timeout of this process could interrupt,
+    so the child is killed instead (a FUSE request's wait is killable)."""
+    proc = subprocess.Popen([sys.executable, "-c", PROBE, str(path)], stdout=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+        raise AssertionError(f"an access of {path} blocked for {timeout:g}s (a FUSE mount "
+                             "that does not answer)") from None
+    return out.strip()
+
+
+def auto_unmount_helpers(root: Path) -> list[psutil.Process]:
+    """The fusermount3 processes sshfs's auto_unmount left waiting for sshfs to end."""
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        if (proc.info["name"] or "").startswith("fusermount") and \
+                str(root) in (proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
 @needs_live
 def test_a_live_mount_rides_a_new_connection_after_a_reconnect(
         sidecar: Sidecar, key: ClientKey, state_home: Path) -> None:
@@ -324,8 +370,8 @@ def test_a_live_mount_rides_a_new_connection_after_a_reconnect(
             second = await sidecar.connect(key)
             async with second:
                 await files.reattach(second)
-                text = await asyncio.to_thread((root / "etc/config/app.yaml").read_text)
-                assert text == APP_YAML
+                text = await asyncio.to_thread(probe, root / "etc/config/app.yaml")
+                assert text == json.dumps(APP_YAML)
                 assert mounted(root)
         finally:
             await files.close()
@@ -333,5 +379,121 @@ def test_a_live_mount_rides_a_new_connection_after_a_reconnect(
 
     seen: dict[str, Path] = {}
     run(scenario())
-    assert not mounted(seen["root"]) and not seen["root"].exists()
+    assert not mounted(seen["root"]) and probe(seen["root"]) == "gone"
+    assert records(state_home) == []
+
+
+@needs_live
+def test_a_remount_works_while_the_old_sshfs_socket_is_still_held_open(
+        sidecar: Sidecar, key: ClientKey, state_home: Path) -> None:
+    """sshfs's auto_unmount helper (fusermount3) inherits sshfs's end of the socket, so the
+    old socket reads EOF only once that helper has ended too (here it is stopped, as a busy
+    machine delays it). bridge's end of the old socket must still be closed through its
+    asyncio transport: closed under the transport, the event loop keeps a stale registration
+    for its descriptor number, the new socket gets that number and is never read, sshfs never
+    finishes its SFTP start, and every access of the mount blocks (issue 15's known bug)."""
+    stopped: list[psutil.Process] = []
+
+    async def scenario() -> None:
+        first = await sidecar.connect(key, keepalive_interval=0.2, keepalive_count_max=2)
+        files = mounts.Files(first, "live", None, writable=False, progress=Progress(QUIET),
+                             session="t6", copy_limit=mounts.COPY_LIMIT)
+        try:
+            root = seen["root"] = Path(await files.start())
+            for helper in auto_unmount_helpers(root):
+                helper.suspend()
+                stopped.append(helper)
+            assert stopped, "sshfs ran without its auto_unmount helper"
+            # lost as in the field: the sidecar stalls until the keepalives give up, so the
+            # files channel ends with an error (no EOF reaches sshfs, which stays up)
+            frozen = psutil.Process(sidecar.proc.pid)
+            frozen.suspend()
+            try:
+                await first.wait_closed()
+            finally:
+                frozen.resume()
+            second = await sidecar.connect(key)
+            async with second:
+                await files.reattach(second)
+                text = await asyncio.to_thread(probe, root / "etc/config/app.yaml")
+                assert text == json.dumps(APP_YAML)
+        finally:
+            await files.close()
+        seen["root"] = root
+
+    seen: dict[str, Path] = {}
+    try:
+        run(scenario())
+    finally:
+        for helper in stopped:
+            with contextlib.suppress(psutil.Error):
+                helper.kill()
+        if mounted(seen.get("root", "")):  # never leave a dead FUSE mount behind
+            subprocess.run(["fusermount3", "-u", "-z", str(seen["root"])], timeout=WAIT)
+    assert not mounted(seen["root"]) and probe(seen["root"]) == "gone"
+    assert records(state_home) == []
+
+
+class SilentServer(asyncssh.SSHServer):
+    """An SSH server whose `sftp` subsystem takes the channel and never answers: a pod that
+    stalls after the channel opened."""
+
+    def begin_auth(self, username: str) -> bool:
+        return False  # no authentication
+
+    def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
+        return SilentSession()
+
+
+class SilentSession(asyncssh.SSHServerSession[bytes]):
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return subsystem == "sftp"
+
+
+@needs_live
+def test_a_remount_that_does_not_come_up_is_detached_and_the_session_goes_on(
+        sidecar: Sidecar, key: ClientKey, state_home: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """sshfs mounts before its SFTP start; on a channel nobody answers, the re-made mount would
+    be listed but block every access. The re-mount is bounded: then sshfs is ended, the mount
+    point detached, and the session goes on, told the files are no longer live."""
+    monkeypatch.setattr(mounts, "MOUNT_TIMEOUT", 3.0)
+    said = io.StringIO()
+
+    async def scenario() -> None:
+        server = await asyncssh.create_server(
+            SilentServer, "127.0.0.1", 0, server_host_keys=[asyncssh.generate_private_key(
+                "ssh-ed25519")])
+        port = server.sockets[0].getsockname()[1]
+        first = await sidecar.connect(key)
+        files = mounts.Files(first, "live", None, writable=False,
+                             progress=Progress(QUIET, stream=said), session="t7",
+                             copy_limit=mounts.COPY_LIMIT)
+        try:
+            root = seen["root"] = Path(await files.start())
+            first.close()
+            await first.wait_closed()
+            async with asyncssh.connect("127.0.0.1", port, username="developer",
+                                        known_hosts=None, client_keys=None,
+                                        agent_path=None) as silent:
+                await files.reattach(silent)  # returns: bounded, never raises
+                assert files.live_lost
+                assert not mounted(root)
+                assert await asyncio.to_thread(probe, root) == "[]"  # answers: a plain dir
+                await files.reattach(silent)  # a later reconnect leaves it be
+        finally:
+            await files.close()
+            server.close()
+
+    seen: dict[str, Path] = {}
+    try:
+        run(scenario())
+    finally:
+        if mounted(seen.get("root", "")):  # never leave a dead FUSE mount behind
+            subprocess.run(["fusermount3", "-u", "-z", str(seen["root"])], timeout=WAIT)
+    lines = [ln for ln in said.getvalue().splitlines() if "no longer live" in ln]
+    assert len(lines) == 1, said.getvalue()
+    assert f"the pod's files at {seen['root']} are no longer live" in lines[0]
+    assert "did not answer within 3s" in lines[0]
+    assert probe(seen["root"]) == "gone"
     assert records(state_home) == []
