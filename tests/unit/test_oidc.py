@@ -391,8 +391,7 @@ def test_a_401_renews_the_id_token_once(tmp_path: Path) -> None:
         async def main() -> None:
             runner, server = await serve(api)
             path = kubeconfig(tmp_path / "kc", server, provider(issuer, first))
-            kube = await Kube.connect(str(path))
-            oidc_source(kube, clock)
+            kube = await Kube.connect(str(path))  # the test clock is the real time here
             try:
                 await kube.get_deployment("hello")
                 api.revoked.add(first)  # e.g. the signing key was rotated
@@ -480,6 +479,21 @@ def test_an_issuer_certificate_from_another_ca_is_refused(tmp_path: Path) -> Non
         assert issuer.seen == []  # the refresh-token never left the laptop
     assert "TLS verification failed" in message and "certificate verify failed" in message
     assert "idp-certificate-authority" in message and "\n" not in message
+
+
+def test_without_a_configured_ca_the_system_cas_are_used_never_no_verification(
+        tmp_path: Path) -> None:
+    """kubernetes.aio's loader turns verification off when no CA is configured, and would send
+    the refresh-token and client secret to whoever answers."""
+    with Issuer(tmp_path) as issuer:
+        path = expired_config(tmp_path, issuer)
+        text = path.read_text().replace(
+            f'        idp-certificate-authority-data: "{ca_data(issuer.ca_file)}"\n', "")
+        assert text != path.read_text()
+        path.write_text(text)
+        message = connect_error(path)
+        assert issuer.seen == []
+    assert "TLS verification failed" in message and "\n" not in message
 
 
 def test_the_ca_may_be_a_file_relative_to_the_kubeconfig(tmp_path: Path) -> None:
