@@ -1,4 +1,4 @@
-"""Credentials that expire: kubeconfig exec plugins, run with a bound and kept fresh.
+"""Credentials that expire: kubeconfig exec plugins and oidc auth-providers, kept fresh.
 
 `kubernetes.aio`'s kubeconfig loader runs an exec plugin (aws eks get-token,
 gke-gcloud-auth-plugin, kubelogin...) once, without a time limit, hides its errors in a log
@@ -19,6 +19,13 @@ it every later API call of a session (heartbeat, reconnect, restore). Here:
 
 A client certificate from a plugin is handed to the loader as kubeconfig data and is not
 refreshed (rare: plugins for long sessions give tokens).
+
+The same caching serves a user with an `auth-provider: {name: oidc}` (`OidcToken`): its
+id-token is used until shortly before the JWT's `exp` (the margin logic above, `iat` giving the
+lifetime), then renewed at the issuer with the refresh-token (bridge/oidc.py) and written back
+to the kubeconfig file (bridge/kubeconfig_edit.py). Before asking the issuer the file is read
+again: tokens another kubectl or bridge renewed meanwhile are taken as they are. `RenewedToken`
+is what both share and what `installed` returns.
 """
 
 from __future__ import annotations
