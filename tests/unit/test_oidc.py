@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import oauthlib.oauth2
 import pytest
 import yaml
 from aiohttp import web
@@ -294,6 +295,14 @@ def test_issuer_refreshes_the_official_sync_clients_expired_token(tmp_path: Path
         assert issuer.refreshes == 1  # the renewed token is still good: not asked again
         assert again.api_key["BearerToken"] == f"Bearer {new}"
 
+        issuer.refuse = True  # and a refusal is one to that client too
+        path = kubeconfig(tmp_path / "kc2", "https://127.0.0.1:1", provider(issuer, expired))
+
+        with pytest.raises(oauthlib.oauth2.InvalidGrantError):
+            sync_config.load_kube_config(str(path),
+                                         client_configuration=sync_client.Configuration())
+        assert issuer.refreshes == 1
+
 
 # -- bridge ----------------------------------------------------------------------------------
 
@@ -380,6 +389,23 @@ def test_a_valid_id_token_is_used_without_the_issuer_then_renewed_before_it_expi
                 await runner.cleanup()
 
         asyncio.run(main())
+
+
+def test_without_an_id_token_one_is_fetched_and_added_to_the_file(tmp_path: Path) -> None:
+    with Issuer(tmp_path) as issuer:
+        config = provider(issuer, "")
+        del config["id-token"]
+        path = kubeconfig(tmp_path / "kc", "https://127.0.0.1:1", config)
+        original = path.read_text()
+
+        async def main() -> str:
+            kube = await Kube.connect(str(path))
+            await kube.close()
+            return str(kube.api_client.configuration.api_key["BearerToken"])
+
+        assert asyncio.run(main()) == f"Bearer {issuer.minted[-1]}"
+        assert issuer.refreshes == 1
+        assert path.read_text() == original + f"        id-token: {issuer.minted[-1]}\n"
 
 
 def test_a_401_renews_the_id_token_once(tmp_path: Path) -> None:
