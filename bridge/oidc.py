@@ -152,8 +152,9 @@ def tls_context(config: OidcConfig) -> ssl.SSLContext:
     return context
 
 
-def _oauth_error(body: bytes) -> str:
-    """`error: error_description` of an OAuth error answer, one line, bounded; else ''."""
+def _oauth_error(body: bytes, secrets: list[str]) -> str:
+    """`error: error_description` of an OAuth error answer, one line, bounded, with any of
+    `secrets` the issuer echoed blanked out; else ''."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -163,6 +164,8 @@ def _oauth_error(body: bytes) -> str:
     words = data["error"]
     if isinstance(data.get("error_description"), str):
         words += f": {data['error_description']}"
+    for secret in secrets:
+        words = words.replace(secret, "***")
     words = " ".join("".join(ch if ch.isprintable() else " " for ch in words).split())
     return f" ({words[:200]})"
 
@@ -181,6 +184,7 @@ async def refresh(config: OidcConfig, refresh_token: str, *, env: Mapping[str, s
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
     discovery = issuer.rstrip("/") + "/.well-known/openid-configuration"
     form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    secrets = [v for v in (refresh_token, config.client_secret, config.id_token) if v]
     headers = {"Accept": "application/json"}
     if config.client_secret:  # client_secret_basic, form-encoded first (RFC 6749 2.3.1)
         pair = f"{quote(config.client_id, safe='')}:{quote(config.client_secret, safe='')}"
@@ -189,7 +193,13 @@ async def refresh(config: OidcConfig, refresh_token: str, *, env: Mapping[str, s
         form["client_id"] = config.client_id
 
     async def read(response: aiohttp.ClientResponse) -> bytes:
-        return await response.content.read(ANSWER_LIMIT)
+        body = b""
+        while len(body) < ANSWER_LIMIT:
+            chunk = await response.content.read(ANSWER_LIMIT - len(body))
+            if not chunk:
+                break
+            body += chunk
+        return body
 
     try:
         async with asyncio.timeout(bound), aiohttp.ClientSession(
@@ -197,7 +207,7 @@ async def refresh(config: OidcConfig, refresh_token: str, *, env: Mapping[str, s
                 trust_env=False) as session:
             via = netconfig.request_proxy(proxy)
             async with session.get(discovery, headers={"Accept": "application/json"},
-                                   proxy=via, allow_redirects=False) as r:
+                                   proxy=via) as r:  # redirects followed, as Go does
                 body = await read(r)
                 if r.status != 200:
                     raise failed(f"its discovery document {discovery} answered "
@@ -213,7 +223,8 @@ async def refresh(config: OidcConfig, refresh_token: str, *, env: Mapping[str, s
                 body = await read(r)
                 if r.status != 200:
                     raise failed(f"the token endpoint answered {r.status} {r.reason}"
-                                 f"{_oauth_error(body)}", login=400 <= r.status < 500)
+                                 f"{_oauth_error(body, secrets)}",
+                                 login=400 <= r.status < 500)
     except TimeoutError:
         raise failed(f"the issuer did not answer within {bound:g}s") from None
     except aiohttp.ClientConnectorCertificateError as e:

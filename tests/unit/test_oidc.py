@@ -179,8 +179,9 @@ class Issuer:
         if form.get("grant_type") != "refresh_token":
             return web.json_response({"error": "unsupported_grant_type"}, status=400)
         if self.refuse or form.get("refresh_token") not in self.valid_refresh:
-            return web.json_response({"error": "invalid_grant",
-                                      "error_description": "Token is not active"}, status=400)
+            return web.json_response({"error": "invalid_grant", "error_description":
+                                      f"Token is not active: {form.get('refresh_token')}"},
+                                     status=400)
         self.refreshes += 1
         refresh = str(form["refresh_token"])
         if self.rotate:
@@ -480,7 +481,7 @@ def test_a_refused_refresh_is_one_line_naming_the_issuer_and_status(tmp_path: Pa
         before = path.read_text()
         message = connect_error(path)
     assert message.startswith(f"cannot renew the OIDC id-token at {issuer.url}: ")
-    assert "400 Bad Request (invalid_grant: Token is not active)" in message
+    assert "400 Bad Request (invalid_grant: Token is not active: ***)" in message
     assert "log in again" in message and "the kubeconfig was not changed" in message
     assert "\n" not in message and "r1" not in message and CLIENT_SECRET not in message
     assert path.read_text() == before
