@@ -1,4 +1,4 @@
-"""Credentials that expire: kubeconfig exec plugins, run with a bound and kept fresh.
+"""Credentials that expire: kubeconfig exec plugins and oidc auth-providers, kept fresh.
 
 `kubernetes.aio`'s kubeconfig loader runs an exec plugin (aws eks get-token,
 gke-gcloud-auth-plugin, kubelogin...) once, without a time limit, hides its errors in a log
@@ -19,6 +19,13 @@ it every later API call of a session (heartbeat, reconnect, restore). Here:
 
 A client certificate from a plugin is handed to the loader as kubeconfig data and is not
 refreshed (rare: plugins for long sessions give tokens).
+
+The same caching serves a user with an `auth-provider: {name: oidc}` (`OidcToken`): its
+id-token is used until shortly before the JWT's `exp` (the margin logic above, `iat` giving the
+lifetime), then renewed at the issuer with the refresh-token (bridge/oidc.py) and written back
+to the kubeconfig file (bridge/kubeconfig_edit.py). Before asking the issuer the file is read
+again: tokens another kubectl or bridge renewed meanwhile are taken as they are. `RenewedToken`
+is what both share and what `installed` returns.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from bridge import kubeconfig_edit, oidc
 from bridge.errors import BridgeError
 
 API_VERSIONS = ("client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1")
@@ -287,33 +297,41 @@ async def run_plugin(plugin: ExecPlugin, cluster: Mapping[str, Any] | None = Non
     return parse_output(plugin, out)
 
 
-@dataclass
-class TokenSource:
-    """A bearer token from an exec plugin, refreshed before it expires and after a 401."""
+@dataclass(kw_only=True)
+class RenewedToken:
+    """A bearer token that expires, renewed before then and after a 401 (`invalidate`).
+    Subclasses say how to get one (`obtain`) and where it comes from (`origin`)."""
 
-    plugin: ExecPlugin
-    cluster: Mapping[str, Any] | None = None
     margin: dt.timedelta = REFRESH_MARGIN
     clock: Callable[[], dt.datetime] = utcnow
-    terminal: bool | None = None
-    bound: float | None = None  # seconds for one plugin run (None: run_plugin's default)
     credential: Credential | None = None
     runs: int = 0
     _stale: bool = field(default=False, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    @property
+    def origin(self) -> str:  # for `bridge doctor`: "token from <origin>"
+        raise NotImplementedError
+
+    @property
+    def renewal(self) -> str:
+        return "renewed before then and after a 401"
+
+    async def obtain(self) -> Credential:
+        raise NotImplementedError
 
     def needs_refresh(self) -> bool:
         c = self.credential
         return c is None or self._stale or not c.fresh(self.clock(), self.margin)
 
     async def current(self) -> Credential:
-        """The credential, the plugin run again first when it is due."""
+        """The credential, obtained again first when it is due."""
         async with self._lock:
             if self.needs_refresh():
                 asked = self.clock()
-                self.credential = dataclasses.replace(
-                    await run_plugin(self.plugin, self.cluster, terminal=self.terminal,
-                                     bound=self.bound), obtained=asked)
+                got = await self.obtain()
+                self.credential = got if got.obtained is not None else dataclasses.replace(
+                    got, obtained=asked)
                 self.runs += 1
                 self._stale = False
             assert self.credential is not None
@@ -322,13 +340,12 @@ class TokenSource:
     async def token(self) -> str:
         credential = await self.current()
         if not credential.token:
-                raise BridgeError(f"the credential plugin {self.plugin.name} gave a client "
-                                  "certificate, which bridge cannot refresh; its token "
-                                  "support is needed for long sessions")
+            raise BridgeError(f"the {self.origin} gave a client certificate, which bridge "
+                              "cannot refresh; its token support is needed for long sessions")
         return credential.token
 
     def invalidate(self) -> None:
-        """The server refused the token (401): run the plugin again next time."""
+        """The server refused the token (401): obtain a new one next time."""
         self._stale = True
 
     async def hook(self, configuration: Any) -> None:
@@ -341,16 +358,136 @@ class TokenSource:
         configuration.bridge_credentials = self
 
 
-def installed(configuration: Any) -> TokenSource | None:
-    """The TokenSource installed on this Configuration, if any."""
+@dataclass
+class TokenSource(RenewedToken):
+    """A bearer token from an exec plugin."""
+
+    plugin: ExecPlugin
+    cluster: Mapping[str, Any] | None = None
+    terminal: bool | None = None
+    bound: float | None = None  # seconds for one plugin run (None: run_plugin's default)
+
+    @property
+    def origin(self) -> str:
+        return f"exec plugin {self.plugin.name}"
+
+    async def obtain(self) -> Credential:
+        return await run_plugin(self.plugin, self.cluster, terminal=self.terminal,
+                                bound=self.bound)
+
+
+@dataclass
+class OidcToken(RenewedToken):
+    """The id-token of the kubeconfig's oidc auth-provider, renewed at its issuer with the
+    refresh-token; the new tokens are written back to the kubeconfig file the user is in."""
+
+    config: oidc.OidcConfig
+    user: str = ""  # the kubeconfig user's name
+    path: str | None = None  # the file it came from (None: nothing is written back)
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    bound: float = oidc.REFRESH_TIMEOUT
+    warn: Callable[[str], None] = field(default=lambda line: warn_stderr(line), repr=False)
+    refreshes: int = 0  # new id-tokens obtained from the issuer
+    refresh_token: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        self.refresh_token = self.refresh_token or self.config.refresh_token
+
+    @property
+    def origin(self) -> str:
+        return f"oidc auth-provider (issuer {self.config.issuer})"
+
+    @property
+    def renewal(self) -> str:
+        if not self.refresh_token:
+            return "not renewable (no refresh-token): log in again by then"
+        return "renewed at the issuer before then and after a 401"
+
+    def _credential(self, token: str) -> Credential:
+        try:
+            expires, issued = oidc.expiry(token)
+        except ValueError as e:
+            raise BridgeError(f"the id-token of the kubeconfig's oidc user {self.user} is not "
+                              f"usable ({e}); {oidc.LOGIN_AGAIN}") from None
+        return Credential(token=token, expires=expires, obtained=issued)
+
+    def _on_disk(self) -> dict[str, Any]:
+        """The user's provider config as the file holds it now (another kubectl or bridge
+        may have renewed the tokens meanwhile); {} when it cannot be read."""
+        if not self.path:
+            return {}
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                return kubeconfig_edit.provider_config(f.read(), self.user)
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError, yaml.YAMLError):
+            return {}
+
+    def _persist(self, values: dict[str, str]) -> None:
+        if not self.path:
+            return
+        try:
+            kubeconfig_edit.persist(self.path, self.user, values)
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError, yaml.YAMLError) as e:
+            kept = " (the issuer rotated the refresh-token: kubectl will need a new login)" \
+                if "refresh-token" in values else ""
+            self.warn(f"could not write the renewed OIDC tokens to {self.path}: {e}; bridge "
+                      f"goes on with them in memory{kept}")
+
+    async def obtain(self) -> Credential:
+        ours = self.credential.token if self.credential else self.config.id_token
+        if self.credential is None and self.config.id_token:
+            first = self._credential(self.config.id_token)
+            if first.fresh(self.clock(), self.margin):
+                return first  # still valid: the issuer is not asked
+        disk = await asyncio.to_thread(self._on_disk)
+        token, rotated = disk.get("id-token"), disk.get("refresh-token")
+        if isinstance(rotated, str) and rotated and rotated.isprintable() and not any(
+                ch.isspace() for ch in rotated):
+            self.refresh_token = rotated
+        if isinstance(token, str) and token and token != ours:
+            with contextlib.suppress(BridgeError):
+                newer = self._credential(token)
+                if newer.fresh(self.clock(), self.margin):
+                    return newer  # renewed by someone else meanwhile
+        if not self.refresh_token:
+            why = "was refused" if self._stale else "has expired"
+            raise BridgeError(f"the OIDC id-token of kubeconfig user {self.user} {why} and "
+                              f"there is no refresh-token to renew it at {self.config.issuer}; "
+                              f"{oidc.LOGIN_AGAIN}")
+        tokens = await oidc.refresh(self.config, self.refresh_token, env=self.env,
+                                    bound=self.bound)
+        self.refreshes += 1
+        values = {"id-token": tokens.id_token}
+        if tokens.refresh_token != self.refresh_token:
+            values["refresh-token"] = tokens.refresh_token
+        self.refresh_token = tokens.refresh_token
+        await asyncio.to_thread(self._persist, values)
+        return self._credential(tokens.id_token)
+
+
+def warn_stderr(line: str) -> None:
+    sys.stderr.write(f"bridge: warning: {line}\n")
+    sys.stderr.flush()
+
+
+def installed(configuration: Any) -> RenewedToken | None:
+    """The renewed token (exec plugin or OIDC) installed on this Configuration, if any."""
     source = getattr(configuration, "bridge_credentials", None)
-    return source if isinstance(source, TokenSource) else None
+    return source if isinstance(source, RenewedToken) else None
 
 
-def exec_user(merged: Any, context: str) -> tuple[dict[str, Any], ExecPlugin,
-                                                  dict[str, Any] | None] | None:
-    """(the user's raw dict, its exec plugin, spec.cluster if the plugin wants it) when the
-    context's user has an exec block, from a KubeConfigMerger's merged config."""
+@dataclass
+class ContextUser:
+    name: str
+    user: dict[str, Any]  # the raw dict inside the merged config (the loader reads it)
+    path: str | None  # the file the user entry came from
+    cluster: dict[str, Any]
+    cluster_path: str | None
+
+
+def context_user(merged: Any, context: str) -> ContextUser | None:
+    """The context's user from a KubeConfigMerger's merged config; None when there is none
+    (the loader says what is wrong with the file)."""
     try:
         ctx = merged["contexts"].get_with_name(context)["context"]
         user_name = ctx.safe_get("user")
@@ -360,32 +497,61 @@ def exec_user(merged: Any, context: str) -> tuple[dict[str, Any], ExecPlugin,
         cluster_node = merged["clusters"].get_with_name(ctx["cluster"])
     except Exception:  # noqa: BLE001 - the loader says what is wrong with the file
         return None
-    if user_node is None:
+    if user_node is None or not isinstance(user_node["user"].value, dict):
         return None
-    user = user_node["user"].value
-    if not isinstance(user, dict) or "exec" not in user:
+    return ContextUser(str(user_name), user_node["user"].value, user_node.path,
+                       cluster_node["cluster"].value, cluster_node.path)
+
+
+def _base(path: str | None) -> str | None:
+    return os.path.dirname(os.path.abspath(path)) if path else None
+
+
+def exec_user(merged: Any, context: str) -> tuple[dict[str, Any], ExecPlugin,
+                                                  dict[str, Any] | None] | None:
+    """(the user's raw dict, its exec plugin, spec.cluster if the plugin wants it) when the
+    context's user has an exec block, from a KubeConfigMerger's merged config."""
+    found = context_user(merged, context)
+    if found is None or "exec" not in found.user:
         return None
-
-    def base(path: str | None) -> str | None:
-        return os.path.dirname(os.path.abspath(path)) if path else None
-
-    plugin = ExecPlugin.parse(user["exec"], base(user_node.path))
+    plugin = ExecPlugin.parse(found.user["exec"], _base(found.path))
     cluster = None
     if plugin.provide_cluster_info:
-        cluster = cluster_info(cluster_node["cluster"].value, base(cluster_node.path))
-    return user, plugin, cluster
+        cluster = cluster_info(found.cluster, _base(found.cluster_path))
+    return found.user, plugin, cluster
+
+
+def oidc_user(merged: Any, context: str, **options: Any) -> tuple[dict[str, Any],
+                                                                    OidcToken] | None:
+    """(the user's raw dict, its OidcToken) when the context's user has an oidc
+    auth-provider."""
+    found = context_user(merged, context)
+    if found is None:
+        return None
+    provider = found.user.get("auth-provider")
+    if not isinstance(provider, Mapping) or provider.get("name") != oidc.PROVIDER:
+        return None
+    config = oidc.OidcConfig.parse(provider, _base(found.path))
+    return found.user, OidcToken(config=config, user=found.name, path=found.path, **options)
 
 
 async def load_configuration(paths: str, context: str, configuration: Any,
-                             **source_options: Any) -> TokenSource | None:
+                             **source_options: Any) -> RenewedToken | None:
     """Load `context` from the kubeconfig files into `configuration` (as load_kube_config
-    does), with an exec plugin run here (bounded) and kept fresh by a TokenSource."""
+    does), with an exec plugin run here (bounded) or an oidc id-token checked (and renewed
+    when due), either kept fresh by the installed RenewedToken."""
     from kubernetes.aio.config.kube_config import KubeConfigLoader, KubeConfigMerger
 
     merged = KubeConfigMerger(paths).config
-    found = exec_user(merged, context)
-    source: TokenSource | None = None
-    if found is not None:
+    source: RenewedToken | None = None
+    found_oidc = oidc_user(merged, context, **source_options)
+    found = None if found_oidc is not None else exec_user(merged, context)
+    if found_oidc is not None:
+        user, source = found_oidc
+        first = await source.current()  # bounded; fails here in one line
+        user.pop("auth-provider")  # the loader takes the token as static; the hook renews it
+        user["token"] = first.token
+    elif found is not None:
         user, plugin, cluster = found
         source = TokenSource(plugin, cluster, **source_options)
         first = await source.current()  # bounded; fails here with the plugin's words

@@ -196,8 +196,8 @@ def credentials_note(configuration: Any) -> str:
         return ""
     expires = source.credential.expires
     when = "does not expire" if expires is None else \
-        f"valid until {expires.strftime('%H:%M:%S')} UTC; renewed before then and after a 401"
-    return f"token from exec plugin {source.plugin.name}, {when}"
+        f"valid until {expires.strftime('%H:%M:%S')} UTC; {source.renewal}"
+    return f"token from {source.origin}, {when}"
 
 
 async def _examine_target(kube: Any, report: Report, target: str) -> None:
