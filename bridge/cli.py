@@ -235,9 +235,10 @@ def restore(ctx: click.Context, target: str | None, all_: bool, **kw: Any) -> No
                 lock = state.decode(dep.get("metadata", {}).get("annotations"))
                 if lock is not None and state.needs_watching(lock):
                     # restored anyway: watched only long enough to see a live session beat
+                    # (a heartbeat interval and a half), to warn before breaking it
                     seen = await lease.watch_sessions(
                         kube, {name_of(dep): (dep, lock)}, ttl=_ttl(), progress=progress,
-                        limit=2 * _interval())
+                        limit=1.5 * _interval())
                     if isinstance(seen[name_of(dep)], state.Alive):
                         progress.warn(f"the session of {lock.owner} on deployment/"
                                       f"{name_of(dep)} is still alive (its heartbeat "
