@@ -51,18 +51,34 @@ def look_every(ttl: float) -> float:
 
 
 async def heartbeat_of(api: Api, original: Obj, lock: state.Lock) -> str | None:
-    """The heartbeat value on the proxy Deployment of `lock`'s session; None when there is no
-    such Deployment (not created yet, or gone), or it is not provably that session's proxy
-    (then what it carries says nothing about the session)."""
+    """What an observer compares from one look to the next: the heartbeat on the proxy
+    Deployment of `lock`'s session (None when there is no such Deployment, not yet or no more,
+    or it is not provably that session's proxy: then what it carries says nothing), and, for
+    a session of an earlier bridge, the heartbeat it still writes into its lock on the
+    original. Only equality matters: no time in it is compared with a clock."""
     meta = original.get("metadata") or {}
+    name = str(meta.get("name"))
+    legacy: str | None = None
+    try:
+        now_original = await api.get_deployment(name)
+        annotations = annotations_of(now_original)
+        found = state.decode(annotations)
+        if found is not None and found.session == lock.session:
+            legacy = annotations.get(state.HEARTBEAT)
+        else:
+            legacy = "unlocked" if found is None else f"taken by {found.session}"
+    except NotFound:
+        legacy = "deleted"
+    beat: str | None = None
     try:
         proxy = await api.get_deployment(lock.proxy)
+        if not trust.proxy_deployment_problems(proxy, name, lock.session, meta.get("uid")):
+            beat = state.beat_of(annotations_of(proxy))
     except NotFound:
+        pass
+    if beat is None and legacy is None:
         return None
-    if trust.proxy_deployment_problems(proxy, str(meta.get("name")), lock.session,
-                                       meta.get("uid")):
-        return None
-    return state.beat_of(annotations_of(proxy))
+    return f"{beat or '-'} {state.printable(legacy or '-', 80)}"
 
 
 async def watch_sessions(api: Api, locked: Mapping[str, tuple[Obj, state.Lock]], *,
@@ -107,6 +123,11 @@ async def clear_the_way(api: Api, deployment: Obj, *, ttl: float, bound: float,
     if lock is not None and state.needs_watching(lock):
         seen = (await watch_sessions(api, {name: (deployment, lock)}, ttl=ttl,
                                      progress=progress))[name]
+        current = await api.get_deployment(name)
+        now_locked = state.decode(annotations_of(current))
+        if now_locked is None or now_locked.session != lock.session:
+            # the session ended (or was replaced) while watched: decide on what is there now
+            deployment, lock, seen = current, now_locked, None
     decision = state.decide(lock, seen)
     if isinstance(decision, state.RepairFirst):
         lk = decision.lock

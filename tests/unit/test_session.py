@@ -704,3 +704,36 @@ def test_a_heartbeat_on_a_proxy_that_is_not_provably_the_sessions_is_no_sign_of_
 
     with pytest.raises(BridgeError):  # judged stale, and then its repair refuses the look-alike
         _clear(kube, ttl=0.5, during=beat)
+
+
+def test_a_session_of_the_previous_version_beating_on_the_original_is_alive() -> None:
+    """A lock written by an earlier bridge: no heartbeat on its proxy, but the heartbeat time
+    in the lock changes (compared for equality only, never with a clock)."""
+    from bridge import state
+
+    kube = FakeKube()
+    lk = _watched_lock(kube, proxy=True)
+    del kube.deployments[lk.proxy]["metadata"]["annotations"][state.HEARTBEAT]
+    kube.deployments["hello"]["metadata"]["annotations"][state.HEARTBEAT] = \
+        "2020-01-01T00:00:00Z"  # years behind: no matter
+
+    async def beat() -> None:
+        await anyio.sleep(0.2)
+        kube.deployments["hello"]["metadata"]["annotations"][state.HEARTBEAT] = \
+            "2020-01-01T00:00:10Z"
+
+    with pytest.raises(BridgeError, match="already swapped by ann@laptop"):
+        _clear(kube, ttl=30, during=beat)
+
+
+def test_a_session_that_ends_while_watched_lets_the_swap_proceed() -> None:
+    kube = FakeKube()
+    _watched_lock(kube, proxy=False)
+
+    async def end() -> None:
+        await anyio.sleep(0.2)
+        kube.deployments["hello"]["metadata"]["annotations"] = {}
+        kube.deployments["hello"]["spec"]["replicas"] = 2
+
+    dep, text = _clear(kube, ttl=30, during=end)
+    assert dep["metadata"]["annotations"] == {} and "restoring it first" not in text
