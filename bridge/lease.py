@@ -288,22 +288,25 @@ class Lease:
         """One heartbeat: the original is read (NotOurs once the lock is not ours; nothing is
         written on it), then the next sequence number is written on this session's proxy
         Deployment (from its creation on; before, observers see no heartbeat, which is not
-        "stale" until it stays so for their TTL)."""
+        "stale" until it stays so for their TTL). A proxy Deployment that is gone or not the
+        one created gets no beat."""
         self.observe(await self.still_ours())
         if not self.proxy_uid:
             return
         proxy = self.lock.proxy
 
+        class Gone(Exception):
+            pass
+
         async def read() -> Obj:
             try:
                 return await self.api.get_deployment(proxy)
-            except NotFound as e:
-                raise NotOurs(f"proxy deployment/{proxy} was deleted while swapped "
-                              "(by someone else?)") from e
+            except NotFound:
+                raise Gone from None
 
-        def decide(dep: Obj) -> dict[str, Any]:
+        def decide(dep: Obj) -> dict[str, Any] | None:
             if (dep.get("metadata") or {}).get("uid") != self.proxy_uid:
-                raise NotOurs(f"proxy deployment/{proxy} was replaced by someone else")
+                return None  # not the proxy this session created: nothing is written on it
             return state.heartbeat_patch(self.beats, now())
 
         self.beats += 1  # a number never written before, even if the last write's fate is unknown
@@ -313,6 +316,11 @@ class Lease:
                 what=f"deployment/{proxy} (heartbeat)")
         except conditional.KeptChanging:
             pass  # changed again and again under us: the next beat will do
+        except Gone:
+            # deleted (a restore deletes the proxy, then clears the lock) or replaced: no
+            # beat; whether the session can go on is the link's verdict (still_ours_unless_
+            # unsure) and the next beat's (the lock)
+            pass
 
     async def heartbeat(self, interval: float) -> None:
         """A beat every interval; raise NotOurs once the lock (or the proxy) is not ours."""

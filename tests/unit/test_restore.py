@@ -195,13 +195,13 @@ def test_the_heartbeat_stops_once_the_lock_or_the_proxy_is_not_ours() -> None:
         anyio.run(s.beat)
     assert names == [] and kube.deployments["hello"]["metadata"]["annotations"] == {}
 
+    # a proxy Deployment replaced or deleted gets no beat (the link decides whether the
+    # session goes on; a restore deletes the proxy before it clears the lock)
     kube.deployments["hello"]["metadata"]["annotations"] = state.encode(mine)
     kube.deployments[mine.proxy]["metadata"]["uid"] = "someone-elses"
-    with pytest.raises(NotOurs, match="replaced"):
-        anyio.run(s.beat)
+    anyio.run(s.beat)
     del kube.deployments[mine.proxy]
-    with pytest.raises(NotOurs, match="deleted"):
-        anyio.run(s.beat)
+    anyio.run(s.beat)
     assert names == []
 
 
