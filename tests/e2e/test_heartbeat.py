@@ -31,6 +31,18 @@ def beat(w: Workload, proxy: str) -> int:
     return int(state.beat_of(w.get("deployment", proxy)["metadata"].get("annotations")) or 0)
 
 
+def until_the_heartbeat_settles(w: Workload, proxy: str) -> None:
+    """After a SIGKILL, until a beat the killed bridge had in flight has landed (a change seen
+    later would rightly count as a sign of life): the same value twice, a second apart."""
+    last: list[int] = []
+
+    def same_twice() -> bool:
+        last.append(beat(w, proxy))
+        return len(last) > 1 and last[-1] == last[-2]
+
+    wait_until("the killed session's last heartbeat to land", same_twice, every=1.0)
+
+
 def our_replicasets(w: Workload) -> dict[str, dict[str, str]]:
     """The original's ReplicaSets (by owner UID): name -> its annotations of bridge's."""
     uid = w.get("deployment", w.name)["metadata"]["uid"]
@@ -87,6 +99,7 @@ def test_a_live_session_is_refused_and_a_killed_one_repaired_whatever_the_clocks
     assert code == 0 and "live" in status.stdout, status.stdout + status.stderr
 
     holder.kill()  # SIGKILL: no restore, the heartbeat stops
+    until_the_heartbeat_settles(w, w.proxies()[0]["metadata"]["name"])
     code, status = w.run_bridge("status", env={"BRIDGE_HEARTBEAT_TTL": "2"})
     assert code == 0 and "stale" in status.stdout, status.stdout + status.stderr
     code, third = w.run_bridge("swap", w.name, "--", sys.executable, "-c",

@@ -121,8 +121,11 @@ class Bench:
                 key = f"pods {json.dumps(meta.get('labels') or {}, sort_keys=True)}"
                 got.setdefault(key, []).append(f"ready={ready} live={live}")
                 continue
-            if kind == "ReplicaSet":
-                got[f"ReplicaSet/{meta['name']}"] = (item.get("spec") or {}).get("replicas")
+            if kind == "ReplicaSet":  # and no copy of bridge's lock left on it
+                ours = sorted(k for k in meta.get("annotations") or {}
+                              if k.startswith(state.PREFIX))
+                got[f"ReplicaSet/{meta['name']}"] = [(item.get("spec") or {}).get("replicas"),
+                                                     *ours]
                 continue
             entry = {"labels": meta.get("labels") or {},
                      "annotations": meta.get("annotations") or {}}
