@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import anyio
 import click
 
-from bridge import envsyntax, state
+from bridge import envsyntax, lease, state
 from bridge import restore as restore_mod
 from bridge import status as status_mod
 from bridge.errors import BridgeError
@@ -107,6 +107,15 @@ def _env_float(name: str, default: float) -> float:
         return float(os.environ.get(name, default))
     except ValueError:
         return default
+
+
+def _ttl() -> float:
+    """How long a heartbeat must stay unchanged (watched here) for a session to be stale."""
+    return _env_float("BRIDGE_HEARTBEAT_TTL", state.DEFAULT_HEARTBEAT_TTL)
+
+
+def _interval() -> float:
+    return _env_float("BRIDGE_HEARTBEAT_INTERVAL", state.DEFAULT_HEARTBEAT_INTERVAL)
 
 
 @cli.command(context_settings={"ignore_unknown_options": False})
@@ -224,10 +233,16 @@ def restore(ctx: click.Context, target: str | None, all_: bool, **kw: Any) -> No
 
                 dep, _ = await resolve_target(kube, str(target))
                 lock = state.decode(dep.get("metadata", {}).get("annotations"))
-                ttl = _env_float("BRIDGE_HEARTBEAT_TTL", state.DEFAULT_HEARTBEAT_TTL)
-                if lock and not state.is_stale(_now(), lock.heartbeat, ttl):
-                    progress.warn(f"the session of {lock.owner} on deployment/{name_of(dep)} "
-                                  "still sent a heartbeat recently; restoring anyway")
+                if lock is not None and state.needs_watching(lock):
+                    # restored anyway: watched only long enough to see a live session beat
+                    # (a heartbeat interval and a half), to warn before breaking it
+                    seen = await lease.watch_sessions(
+                        kube, {name_of(dep): (dep, lock)}, ttl=_ttl(), progress=progress,
+                        limit=1.5 * _interval())
+                    if isinstance(seen[name_of(dep)], state.Alive):
+                        progress.warn(f"the session of {lock.owner} on deployment/"
+                                      f"{name_of(dep)} is still alive (its heartbeat "
+                                      "changed); restoring anyway")
                 out = await restore_mod.restore(kube, name_of(dep), progress,
                                                 wait=not kw["no_wait"],
                                                 wait_timeout=kw["timeout"])
@@ -244,17 +259,27 @@ def restore(ctx: click.Context, target: str | None, all_: bool, **kw: Any) -> No
 @common_options
 @click.pass_context
 def status(ctx: click.Context, **kw: Any) -> None:
-    """List the swapped Deployments of the namespace: owner, ports, age and heartbeat."""
+    """List the swapped Deployments of the namespace: owner, ports, age and heartbeat.
+
+    Whether a session is live is seen by watching its heartbeat change (at most one heartbeat
+    interval for a live session, the TTL for a dead one); no clocks are compared.
+    """
     common = _common(ctx, **kw)
+    progress = common.progress()
 
     async def run() -> tuple[str, list[status_mod.Row]]:
         async with await Kube.connect(common.kubeconfig, common.context,
                                       common.namespace) as kube:
             deps = await kube.list_deployments()
-            ttl = _env_float("BRIDGE_HEARTBEAT_TTL", state.DEFAULT_HEARTBEAT_TTL)
-            return kube.namespace, status_mod.rows(deps, _now(), ttl)
+            locked = status_mod.locked(deps)
+            seen = await lease.watch_sessions(kube, locked, ttl=_ttl(),
+                                              progress=progress) if locked else {}
+            return kube.namespace, status_mod.rows(deps, _now(), seen)
 
-    ns, rows = anyio.run(run)
+    try:
+        ns, rows = anyio.run(run)
+    finally:
+        progress.close()
     if not rows:
         click.echo(f"No swapped deployments in namespace {ns}.", err=True)
         return

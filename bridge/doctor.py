@@ -60,8 +60,10 @@ NEEDS: tuple[Need, ...] = (
          required=False),
     Need("get", "endpoints", "to see when traffic moved (older clusters)", required=False),
     Need("get", "replicasets", "to prove the proxy pod's owner chain", "apps"),
-    Need("list", "replicasets", "to say why the proxy pod cannot be created", "apps",
-         required=False),
+    Need("list", "replicasets", "to say why the proxy pod cannot be created, and to find the "
+         "lock's copies on the original's ReplicaSets", "apps", required=False),
+    Need("patch", "replicasets", "to remove the lock's copies from the original's ReplicaSets "
+         "at restore", "apps", required=False),
     Need("list", "limitranges", "to fit the sidecar's resources", required=False),
     Need("list", "scaledobjects", "to warn about KEDA scaling the original back", "keda.sh",
          required=False),

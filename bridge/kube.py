@@ -110,6 +110,8 @@ class Api(Protocol):
     async def service_ready_ips(self, service: str) -> set[str]: ...
     async def get_replicaset(self, name: str) -> Obj: ...
     async def list_replicasets(self, label_selector: str) -> list[Obj]: ...
+    async def list_replicasets_strict(self, label_selector: str) -> list[Obj]: ...
+    async def patch_replicaset(self, name: str, patch: Obj) -> Obj: ...
     async def list_limit_ranges(self) -> list[Obj]: ...
     async def list_scaled_objects(self) -> list[Obj]: ...
     async def list_pods(self, label_selector: str | None = None) -> list[Obj]: ...
@@ -356,6 +358,20 @@ class Kube:
                                namespace: str | None = None) -> list[Obj]:
         return await self.list_optional(
             f"/apis/apps/v1/namespaces/{self._ns(namespace)}/replicasets", label_selector)
+
+    async def list_replicasets_strict(self, label_selector: str,
+                                      namespace: str | None = None) -> list[Obj]:
+        """ReplicaSets, refusals raised (the restore says what it could not clean)."""
+        return await self._list(f"/apis/apps/v1/namespaces/{self._ns(namespace)}/replicasets",
+                                label_selector, namespace)
+
+    async def patch_replicaset(self, name: str, patch: Obj,
+                               namespace: str | None = None) -> Obj:
+        r: Obj = await self.request(
+            "PATCH",
+            f"/apis/apps/v1/namespaces/{self._ns(namespace)}/replicasets/{quote(name, safe='')}",
+            body=patch, content_type=MERGE_PATCH)
+        return r
 
     async def list_pods(self, label_selector: str | None = None,
                         namespace: str | None = None) -> list[Obj]:

@@ -1,26 +1,34 @@
-"""The lease phase: the lock on the original Deployment, its heartbeat, scaling the original,
-and the question every step that writes asks first: is the Deployment still ours?
+"""The lease phase: the lock on the original Deployment, the heartbeat on the proxy Deployment,
+scaling the original, and the question every step that writes asks first: is the Deployment
+still ours?
 
 In: the resolved Deployment and the session's `state.Lock`. Out: a `Lease`, whose `release`
-is the restore. Every write to the original goes through `conditional.patch_when`, so it never
-lands on a lock that is not (or no longer) this session's.
+is the restore. The lock is written on the original once (`take`) and removed by the restore;
+in between the session only reads the original (and scales it, through
+`conditional.patch_when`, so no write lands on a lock that is not, or no longer, this
+session's). The heartbeat is a sequence number on the session's own proxy Deployment.
+
+Also the observer's edge: `watch_sessions` looks at other sessions' heartbeats on this
+machine's monotonic clock until `state.liveness` has a verdict (no clocks compared).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
-from bridge import conditional, controllers, plan, restore, state
+from bridge import conditional, controllers, plan, restore, state, trust
 from bridge.cleanup import CleanupStack
 from bridge.errors import BridgeError
 from bridge.kube import Api, ApiError, NotFound, Obj, Unreachable
 from bridge.outcome import Outcome
-from bridge.progress import Progress
+from bridge.progress import Progress, Waiter
+
+LOOKS_PER_TTL = 20  # an observer looks at a heartbeat this often per TTL (at most once a second)
 
 
 class NotOurs(BridgeError):
@@ -36,17 +44,96 @@ def annotations_of(obj: Obj) -> dict[str, str]:
     return dict(obj.get("metadata", {}).get("annotations") or {})
 
 
+def look_every(ttl: float) -> float:
+    """How often an observer looks at a heartbeat: often enough to see a beat soon after it
+    happens, seldom enough not to load the API server (once a second for the default TTL)."""
+    return min(1.0, max(ttl / LOOKS_PER_TTL, 0.05))
+
+
+async def heartbeat_of(api: Api, original: Obj, lock: state.Lock) -> str | None:
+    """What an observer compares from one look to the next: the heartbeat on the proxy
+    Deployment of `lock`'s session (None when there is no such Deployment, not yet or no more,
+    or it is not provably that session's proxy: then what it carries says nothing), and, for
+    a session of an earlier bridge, the heartbeat it still writes into its lock on the
+    original. Only equality matters: no time in it is compared with a clock."""
+    meta = original.get("metadata") or {}
+    name = str(meta.get("name"))
+    legacy: str | None = None
+    try:
+        now_original = await api.get_deployment(name)
+        annotations = annotations_of(now_original)
+        found = state.decode(annotations)
+        if found is not None and found.session == lock.session:
+            legacy = annotations.get(state.HEARTBEAT)
+        else:
+            legacy = "unlocked" if found is None else f"taken by {found.session}"
+    except NotFound:
+        legacy = "deleted"
+    beat: str | None = None
+    try:
+        proxy = await api.get_deployment(lock.proxy)
+        if not trust.proxy_deployment_problems(proxy, name, lock.session, meta.get("uid")):
+            beat = state.beat_of(annotations_of(proxy))
+    except NotFound:
+        pass
+    if beat is None and legacy is None:
+        return None
+    return f"{beat or '-'} {state.printable(legacy or '-', 80)}"
+
+
+async def watch_sessions(api: Api, locked: Mapping[str, tuple[Obj, state.Lock]], *,
+                         ttl: float, progress: Progress, limit: float | None = None,
+                         ) -> dict[str, state.Liveness]:
+    """Watch the heartbeats of the sessions holding these Deployments (name -> (Deployment,
+    lock)) on this machine's monotonic clock, until each is seen alive (its heartbeat changed)
+    or stale (unchanged for `ttl`), or `limit` seconds passed (then `state.Watching`)."""
+    bound = ttl if limit is None else min(limit, ttl)
+    for name, (_dep, lk) in locked.items():
+        progress.info(f"deployment/{name} is locked by {lk.owner} (session {lk.session}); "
+                      f"checking whether that session is alive (up to {bound:g}s)")
+    seen: dict[str, list[state.Seen]] = {name: [] for name in locked}
+    verdicts: dict[str, state.Liveness] = {}
+    waiter = Waiter(progress, "a heartbeat")
+    start = anyio.current_time()
+    while True:
+        for name, (dep, lk) in locked.items():
+            if name in verdicts:
+                continue
+            value = await heartbeat_of(api, dep, lk)
+            seen[name].append(state.Seen(anyio.current_time(), value))
+            verdict = state.liveness(seen[name], ttl)
+            if not isinstance(verdict, state.Watching):
+                verdicts[name] = verdict
+            elif anyio.current_time() - start >= bound:
+                verdicts[name] = verdict
+        if len(verdicts) == len(locked):
+            return verdicts
+        waiter.tick()
+        await anyio.sleep(look_every(ttl))
+
+
 async def clear_the_way(api: Api, deployment: Obj, *, ttl: float, bound: float,
                         progress: Progress, outcome: Outcome) -> Obj:
-    """The Deployment, once no live session holds it: a stale session is restored first
-    (shielded: a Ctrl-C ends bridge after the repair); a live one refuses the swap."""
+    """The Deployment, once no live session holds it: a session whose heartbeat this machine
+    saw unchanged for `ttl` is restored first (shielded: a Ctrl-C ends bridge after the
+    repair); a live one refuses the swap."""
     name = str(deployment["metadata"]["name"])
-    decision = state.decide(state.decode(annotations_of(deployment)), now(), ttl)
+    lock = state.decode(annotations_of(deployment))
+    seen: state.Liveness | None = None
+    if lock is not None and state.needs_watching(lock):
+        seen = (await watch_sessions(api, {name: (deployment, lock)}, ttl=ttl,
+                                     progress=progress))[name]
+        current = await api.get_deployment(name)
+        now_locked = state.decode(annotations_of(current))
+        if now_locked is None or now_locked.session != lock.session:
+            # the session ended (or was replaced) while watched: decide on what is there now
+            deployment, lock, seen = current, now_locked, None
+    decision = state.decide(lock, seen)
     if isinstance(decision, state.RepairFirst):
         lk = decision.lock
         progress.info(f"deployment/{name} was swapped by {lk.owner} (session {lk.session}) "
-                      f"whose heartbeat stopped {state.describe_age(decision.silent_for)} ago; "
-                      "restoring it first")
+                      "whose heartbeat did not change for "
+                      f"{state.describe_age(decision.silent_for)}; restoring it first")
         outcome.repaired_stale = True  # the repair changes the cluster, even if it fails
         with anyio.CancelScope(shield=True):
             out = await restore.restore(api, name, progress, lock=lk, wait=True,
@@ -56,7 +143,8 @@ async def clear_the_way(api: Api, deployment: Obj, *, ttl: float, bound: float,
             raise BridgeError(f"could not restore the stale session on deployment/{name}; "
                               "fix it as shown above, then try again")
         deployment = await api.get_deployment(name)
-        decision = state.decide(state.decode(annotations_of(deployment)), now(), ttl)
+        # a lock found now is a new session's (taken since the repair): never repaired unseen
+        decision = state.decide(state.decode(annotations_of(deployment)))
     if isinstance(decision, state.Refuse):
         raise BridgeError(
             f"deployment/{name} is already swapped by {decision.holder} since "
@@ -90,6 +178,10 @@ class Lease:
     # once this session scaled it to 0): a KEDA/HPA/GitOps controller scaling it back is said.
     drift: controllers.DriftWatch = field(default_factory=controllers.DriftWatch)
     drift_armed: bool = False
+    # The proxy Deployment this session created (its UID; empty until then), which carries
+    # the heartbeat, and the number of the last beat written on it.
+    proxy_uid: str = ""
+    beats: int = 0
 
     async def take(self, deployment: Obj, *, outcome: Outcome, stack: CleanupStack,
                    restore_step: Callable[[], Awaitable[Any]]) -> None:
@@ -193,15 +285,45 @@ class Lease:
                 self.progress.warn(line)
 
     async def beat(self) -> None:
-        """One heartbeat, only onto our own lock."""
+        """One heartbeat: the original is read (NotOurs once the lock is not ours; nothing is
+        written on it), then the next sequence number is written on this session's proxy
+        Deployment (from its creation on; before, observers see no heartbeat, which is not
+        "stale" until it stays so for their TTL). A proxy Deployment that is gone or not the
+        one created gets no beat."""
+        self.observe(await self.still_ours())
+        if not self.proxy_uid:
+            return
+        proxy = self.lock.proxy
+
+        class Gone(Exception):
+            pass
+
+        async def read() -> Obj:
+            try:
+                return await self.api.get_deployment(proxy)
+            except NotFound:
+                raise Gone from None
+
+        def decide(dep: Obj) -> dict[str, Any] | None:
+            if (dep.get("metadata") or {}).get("uid") != self.proxy_uid:
+                return None  # not the proxy this session created: nothing is written on it
+            return state.heartbeat_patch(self.beats, now())
+
+        self.beats += 1  # a number never written before, even if the last write's fate is unknown
         try:
-            await self._patch_if_ours(state.heartbeat_patch(now()), "heartbeat",
-                                      seen=self.observe)
+            await conditional.patch_when(
+                read, lambda p: self.api.patch_deployment(proxy, p), decide,
+                what=f"deployment/{proxy} (heartbeat)")
         except conditional.KeptChanging:
             pass  # changed again and again under us: the next beat will do
+        except Gone:
+            # deleted (a restore deletes the proxy, then clears the lock) or replaced: no
+            # beat; whether the session can go on is the link's verdict (still_ours_unless_
+            # unsure) and the next beat's (the lock)
+            pass
 
     async def heartbeat(self, interval: float) -> None:
-        """Refresh the lock every interval; raise NotOurs once the lock is not ours."""
+        """A beat every interval; raise NotOurs once the lock (or the proxy) is not ours."""
         failing = False
         while True:
             await anyio.sleep(interval)

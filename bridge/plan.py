@@ -334,6 +334,7 @@ def plan_proxy(original: Obj, opts: Options) -> dict[str, Any]:
             "annotations": {  # not the lock's keys: a proxy is never mistaken for a swap
                 state.OWNER: opts.owner,
                 state.PROXY_FOR_LABEL: name,
+                state.HEARTBEAT: "0",  # the session's heartbeat, bumped by lease.Lease.beat
             },
             # restore deletes only a proxy that names the original's UID (and the garbage
             # collector removes it if the original is deleted)

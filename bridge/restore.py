@@ -1,4 +1,5 @@
-"""Putting a swapped Deployment back: replicas up and Ready, proxy deleted, annotations cleared.
+"""Putting a swapped Deployment back: replicas up and Ready, proxy deleted, annotations cleared
+(on the Deployment, and the copies the Deployment controller made on its ReplicaSets).
 
 Used when a session ends (whatever ended it), by `bridge restore` after a session died, and by
 a new swap that finds a stale session. The steps run independently — one failing does not skip
@@ -8,7 +9,7 @@ Idempotent: restoring a restored Deployment changes nothing.
 
 from __future__ import annotations
 
-import datetime as dt
+import functools
 import shlex
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ POLL = 0.25
 DEFAULT_TIMEOUT = 120.0
 RETRY_FOR = 20.0  # how long one restore step keeps retrying while the API server falters
 RETRY_DELAY = 1.0
+OBSERVED_WITHIN = 30.0  # how long the restore waits for the controller to see the lock gone
 
 
 @dataclass
@@ -194,8 +196,10 @@ async def restore(kube: Api, name: str, progress: Progress, *, lock: state.Lock 
     if lock is None:
         if found is None:
             progress.info(f"deployment/{name} is not swapped; nothing to restore")
+            if original is not None:  # copies an earlier session (or version) left behind
+                await clean_replicasets(kube, original, progress, out, settled=True)
             return out
-        doubts = state.lock_problems(found, _now())  # security: act on no field of a forgery
+        doubts = state.lock_problems(found)  # security: act on no field of a forgery
         if doubts:
             out.failures.append(state.Doubtful(found, tuple(doubts)).explain(name)
                                 + "; nothing was changed")
@@ -230,6 +234,7 @@ async def restore(kube: Api, name: str, progress: Progress, *, lock: state.Lock 
                 if await _clear_lock(kube, name, lock.session if ours else None, progress):
                     out.restored = True
                     progress.detail(f"cleared bridge's annotations on deployment/{name}")
+                    await clean_replicasets(kube, original, progress, out)
             except BridgeError as e:
                 keys = " ".join(k + "-" for k in state.KEYS)
                 out.failures.append(
@@ -260,8 +265,87 @@ async def _delete_proxy(kube: Api, lock: state.Lock, progress: Progress, wait: b
         progress.error(out.failures[-1])
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+def ours_on_replicaset(rs: Obj) -> list[str]:
+    """The annotation keys of bridge's on a ReplicaSet (the Deployment controller copies the
+    Deployment's annotations onto its new ReplicaSet, and never removes them)."""
+    return sorted(k for k in (rs.get("metadata", {}).get("annotations") or {})
+                  if k.startswith(state.PREFIX))
+
+
+def owned_by(rs: Obj, uid: str) -> bool:
+    return any(ref.get("uid") == uid and ref.get("kind") == "Deployment"
+               for ref in rs.get("metadata", {}).get("ownerReferences") or [])
+
+
+def unlocked_and_observed(dep: Obj) -> bool | None:
+    """True once the Deployment carries none of bridge's annotations and its controller has
+    seen that version (status.observedGeneration), so it copies none of them any more;
+    None when it carries a lock again (a new session: its annotations are not ours to clean);
+    False while the controller has not caught up."""
+    annotations = dep.get("metadata", {}).get("annotations") or {}
+    if any(k in annotations for k in state.KEYS):
+        return None
+    st = dep.get("status") or {}
+    return int(st.get("observedGeneration") or 0) >= int(
+        dep.get("metadata", {}).get("generation") or 0)
+
+
+async def clean_replicasets(kube: Api, original: Obj, progress: Progress, out: Outcome, *,
+                            settled: bool = False) -> None:
+    """Remove every `bridge-k8s.io/` annotation from the ReplicaSets the original owns (by
+    UID), once the controller observed the Deployment without the lock (bounded wait; unless
+    `settled`: nothing was changed just now). Lacking the permission (or time), one warning
+    names the leftover and the command that removes it; the restore still succeeds."""
+    meta = original.get("metadata") or {}
+    name, uid = str(meta.get("name")), str(meta.get("uid") or "")
+    if not uid:
+        return
+    selector = ((original.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    sel = ",".join(f"{k}={v}" for k, v in selector.items())
+    seen: bool | None = False
+    if not settled:
+        with anyio.move_on_after(OBSERVED_WITHIN):
+            while True:
+                try:
+                    seen = unlocked_and_observed(await kube.get_deployment(name))
+                except BridgeError as e:
+                    if not _transient(e):
+                        seen = None
+                        progress.warn(f"could not read deployment/{name} ({e}); the copies "
+                                      "of bridge's annotations on its ReplicaSets are left")
+                if seen is not False:
+                    break
+                await anyio.sleep(POLL)
+        if seen is None:
+            return
+        if seen is False:
+            progress.warn(f"the controller of deployment/{name} has not observed the lock "
+                          f"removed after {OBSERVED_WITHIN:g}s; cleaning its ReplicaSets "
+                          "anyway")
+    try:
+        replicasets = [rs for rs in await kube.list_replicasets_strict(sel)
+                       if owned_by(rs, uid) and ours_on_replicaset(rs)]
+    except BridgeError as e:
+        if not settled:
+            progress.warn(f"could not list the ReplicaSets of deployment/{name} ({e}); any "
+                          "copy of bridge's annotations on them stays; remove it with: "
+                          + kubectl(kube, "annotate", "replicaset", "-l", sel or "...",
+                                    *(k + "-" for k in state.KEYS)))
+        return
+    for rs in replicasets:
+        rs_name = str(rs["metadata"]["name"])
+        keys = ours_on_replicaset(rs)
+        try:
+            await _retrying(f"cleaning replicaset/{rs_name}",
+                            functools.partial(kube.patch_replicaset, rs_name,
+                                              {"metadata": {"annotations": dict.fromkeys(keys)}}),
+                            progress)
+            progress.detail(f"removed bridge's annotations from replicaset/{rs_name}")
+        except BridgeError as e:
+            progress.warn(f"could not remove bridge's annotations from replicaset/{rs_name} "
+                          f"({e}); the restore is otherwise complete; remove them with: "
+                          + kubectl(kube, "annotate", "replicaset/" + rs_name,
+                                    *(k + "-" for k in keys)))
 
 
 async def _clear_lock(kube: Api, name: str, session: str | None, progress: Progress) -> bool:

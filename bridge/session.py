@@ -72,7 +72,7 @@ def prepare(r: Resolved, deployment: dict[str, Any], o: SwapOptions, asked: Aske
         session=session, owner=o.owner,
         replicas=int(deployment.get("spec", {}).get("replicas", 1)),
         proxy=plan.proxy_name(r.name, session),
-        ports=",".join(pm.spec() for pm in r.ports), started_at=started, heartbeat=started)
+        ports=",".join(pm.spec() for pm in r.ports), started_at=started)
     opts = plan.Options(
         container=r.container, ports=r.ports, session=session, owner=o.owner,
         authorized_key=tunnelmod.public_key_line(client_key), image=o.sidecar_image,
@@ -258,6 +258,7 @@ class Session:
         created = await swap.kube.create_deployment(swap.prepared.manifest)
         # the pods trusted are those of the Deployment created here (its UID)
         swap.linker.proxy_uid = str((created.get("metadata") or {}).get("uid") or "")
+        swap.lease.proxy_uid = swap.linker.proxy_uid  # from now on the heartbeat goes there
         proxy = swap.prepared.lock.proxy
         p.info(f"created proxy deployment/{proxy}")
         try:

@@ -1,15 +1,25 @@
-"""A swap session's state, kept as annotations on the original Deployment.
+"""A swap session's state: the lock on the original Deployment, the heartbeat on the proxy.
 
-The annotations are the lock against a second swap and what `bridge restore` (or the next
-`bridge swap`) reads to repair a session that died. Everything here is pure: encoding,
-decoding, and the decision a new swap takes when it finds a lock.
+The lock (annotations on the original, written once at swap and removed at restore) is what
+stops a second swap and what `bridge restore` (or the next `bridge swap`) reads to repair a
+session that died. Nothing writes the original during the session: every annotation change
+bumps a Deployment's metadata.generation, and the Deployment controller copies annotations onto
+its ReplicaSets. The heartbeat is a sequence number on the session's own proxy Deployment,
+bumped every interval.
+
+Whether a session is alive is judged without comparing two machines' clocks: an observer
+watches the heartbeat value on its own monotonic clock; a change means alive, no change for the
+TTL means stale (an absent proxy or heartbeat is a value like any other, so the window between
+the lock and the proxy's creation is not "stale at once").
+
+Everything here is pure: encoding, decoding, and the decisions taken on observations.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 PREFIX = "bridge-k8s.io/"
@@ -19,7 +29,11 @@ REPLICAS = PREFIX + "original-replicas"
 PROXY = PREFIX + "proxy"
 PORTS = PREFIX + "ports"
 STARTED_AT = PREFIX + "started-at"
+# On the proxy Deployment: a sequence number that changes every beat, and the holder's time
+# (shown, never compared). Earlier versions of bridge kept a heartbeat time in the lock on the
+# original under the same key; such locks are still read (and the key removed at restore).
 HEARTBEAT = PREFIX + "heartbeat"
+HEARTBEAT_AT = PREFIX + "heartbeat-at"
 KEYS = (SESSION, OWNER, REPLICAS, PROXY, PORTS, STARTED_AT, HEARTBEAT)
 
 # Labels on what bridge creates.
@@ -35,7 +49,7 @@ DEFAULT_HEARTBEAT_TTL = 60.0
 # the Deployment: every field is checked before bridge acts on it.
 SESSION_FORMAT = re.compile(r"[a-z0-9]{1,20}\Z")  # bridge writes 8 hex digits
 MAX_REPLICAS = 10_000  # far above any Deployment bridge could have scaled down
-CLOCK_SKEW = 300.0  # seconds a timestamp may lie ahead of this machine's clock (another laptop)
+MAX_BEAT = 20  # digits of a heartbeat sequence number
 MAX_SHOWN = 120  # characters of an annotation value bridge prints
 _EPOCH = dt.datetime.fromtimestamp(0, dt.UTC)
 
@@ -60,8 +74,9 @@ class Lock:
     replicas: int
     proxy: str
     ports: str  # "8080,9090:9091" as the user sees it
-    started_at: dt.datetime
-    heartbeat: dt.datetime
+    started_at: dt.datetime  # the holder's clock: shown, never compared
+    # the heartbeat time of a lock written by an earlier bridge (on the original); shown only
+    heartbeat: dt.datetime | None = None
     # What is wrong with the annotations this lock was read from (empty for a lock bridge
     # wrote): a lock with problems is never acted on, only reported.
     problems: tuple[str, ...] = field(default=(), compare=False)
@@ -92,17 +107,28 @@ def encode(lock: Lock) -> dict[str, str]:
         PROXY: lock.proxy,
         PORTS: lock.ports,
         STARTED_AT: format_time(lock.started_at),
-        HEARTBEAT: format_time(lock.heartbeat),
     }
 
 
-def heartbeat_patch(now: dt.datetime, resource_version: str | None = None) -> dict[str, object]:
-    """Merge patch refreshing the heartbeat; with a resourceVersion it fails (409) if the
-    Deployment changed since it was read (so it never lands on a lock that is not ours)."""
-    meta: dict[str, object] = {"annotations": {HEARTBEAT: format_time(now)}}
-    if resource_version:
-        meta["resourceVersion"] = resource_version
-    return {"metadata": meta}
+def beat_annotations(seq: int, now: dt.datetime) -> dict[str, str]:
+    """The heartbeat as it stands on the proxy Deployment after beat number `seq`."""
+    return {HEARTBEAT: str(seq), HEARTBEAT_AT: format_time(now)}
+
+
+def heartbeat_patch(seq: int, now: dt.datetime) -> dict[str, object]:
+    """Merge patch on the proxy Deployment: heartbeat number `seq` (the holder's time for
+    display)."""
+    return {"metadata": {"annotations": beat_annotations(seq, now)}}
+
+
+def beat_of(annotations: Mapping[str, str] | None) -> str | None:
+    """The heartbeat value on a proxy Deployment: its sequence number, None when absent or not
+    in bridge's format (garbage that never changes is no sign of life)."""
+    value = (annotations or {}).get(HEARTBEAT)
+    if isinstance(value, str) and value.isascii() and value.isdigit() \
+            and len(value) <= MAX_BEAT:
+        return value
+    return None
 
 
 def lock_patch(lock: Lock, resource_version: str | None = None) -> dict[str, object]:
@@ -172,7 +198,8 @@ def decode(annotations: Mapping[str, str] | None) -> Lock | None:
         proxy = printable(proxy, 80)
     ports = annotations.get(PORTS, "")
     started_at = when(STARTED_AT)
-    heartbeat = when(HEARTBEAT)
+    # a lock of an earlier bridge carries its heartbeat time: read (and checked) for display
+    heartbeat = when(HEARTBEAT) if HEARTBEAT in annotations else None
     return Lock(
         session=session,
         owner=printable(owner or "unknown", 80),
@@ -193,14 +220,10 @@ def _is_proxy_name_for(proxy: str, session: str) -> bool:
             and proxy.endswith(f"-bridge-{session}") and len(proxy) > len(f"-bridge-{session}"))
 
 
-def lock_problems(lock: Lock, now: dt.datetime) -> list[str]:
+def lock_problems(lock: Lock) -> list[str]:
     """Everything that keeps bridge from acting on `lock`: the fields that were malformed or
-    missing, and timestamps in the future (beyond CLOCK_SKEW)."""
-    found = list(lock.problems)
-    for key, t in ((STARTED_AT, lock.started_at), (HEARTBEAT, lock.heartbeat)):
-        if t != _EPOCH and (t - now).total_seconds() > CLOCK_SKEW:
-            found.append(f"{key}={format_time(t)} is in the future")
-    return found
+    missing. Its timestamps are another machine's clock: shown, never judged."""
+    return list(lock.problems)
 
 
 def fix_by_hand(name: str) -> str:
@@ -208,8 +231,47 @@ def fix_by_hand(name: str) -> str:
     return (f"kubectl annotate deployment/{name} " + " ".join(k + "-" for k in KEYS))
 
 
-def is_stale(now: dt.datetime, heartbeat: dt.datetime, ttl: float) -> bool:
-    return (now - heartbeat).total_seconds() > ttl
+@dataclass(frozen=True)
+class Seen:
+    """One look at a session's heartbeat: when (the observer's monotonic clock, seconds) and
+    what (`beat_of` the proxy Deployment; None: no proxy Deployment, or no heartbeat on it)."""
+
+    at: float
+    value: str | None
+
+
+@dataclass(frozen=True)
+class Alive:
+    after: float  # seconds of watching until the heartbeat changed
+
+
+@dataclass(frozen=True)
+class Stale:
+    silent_for: float  # seconds the heartbeat was watched without changing (at least the TTL)
+
+
+@dataclass(frozen=True)
+class Watching:
+    left: float  # seconds still to watch before the session counts as stale
+
+
+Liveness = Alive | Stale | Watching
+
+
+def liveness(seen: Sequence[Seen], ttl: float) -> Liveness:
+    """What the looks at one session's heartbeat say: alive as soon as the value changed;
+    stale once it stayed the same (absent included) for `ttl` seconds of the observer's own
+    clock; until then, keep watching. No timestamp written by anyone is compared."""
+    if not seen:
+        return Watching(ttl)
+    first = seen[0]
+    for s in seen[1:]:
+        if s.value != first.value:
+            return Alive(s.at - first.at)
+    watched = seen[-1].at - first.at
+    if watched >= ttl:
+        return Stale(watched)
+    return Watching(ttl - watched)
 
 
 @dataclass(frozen=True)
@@ -227,7 +289,7 @@ class Refuse:
 @dataclass(frozen=True)
 class RepairFirst:
     lock: Lock
-    silent_for: float  # seconds since the last heartbeat
+    silent_for: float  # seconds this observer watched the heartbeat not change
 
 
 @dataclass(frozen=True)
@@ -248,15 +310,21 @@ class Doubtful:
 Decision = Proceed | Refuse | RepairFirst | Doubtful
 
 
-def decide(lock: Lock | None, now: dt.datetime, ttl: float) -> Decision:
-    """What a new swap does about the lock it found on the Deployment."""
+def needs_watching(lock: Lock | None) -> bool:
+    """Whether deciding about `lock` needs its heartbeat watched (a lock bridge can act on)."""
+    return lock is not None and not lock_problems(lock)
+
+
+def decide(lock: Lock | None, seen: Liveness | None = None) -> Decision:
+    """What a new swap does about the lock it found on the Deployment, given what watching its
+    session's heartbeat showed (`seen`; only a `Stale` session is repaired)."""
     if lock is None:
         return Proceed()
-    problems = lock_problems(lock, now)
+    problems = lock_problems(lock)
     if problems:
         return Doubtful(lock, tuple(problems))
-    if is_stale(now, lock.heartbeat, ttl):
-        return RepairFirst(lock, (now - lock.heartbeat).total_seconds())
+    if isinstance(seen, Stale):
+        return RepairFirst(lock, seen.silent_for)
     return Refuse(lock.owner, lock.started_at, lock.session)
 
 

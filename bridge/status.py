@@ -1,9 +1,14 @@
-"""`bridge status`: the swapped Deployments of a namespace, as a kubectl-style table."""
+"""`bridge status`: the swapped Deployments of a namespace, as a kubectl-style table.
+
+Whether a session is live or stale is what watching its heartbeat showed (`state.liveness`,
+on this machine's clock); the AGE column is the holder's start time read on this machine's
+clock, shown only.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from bridge import state
@@ -23,21 +28,41 @@ class Row:
     session: str
 
 
-def rows(deployments: Sequence[Obj], now: dt.datetime, ttl: float) -> list[Row]:
+def locked(deployments: Sequence[Obj]) -> dict[str, tuple[Obj, state.Lock]]:
+    """The Deployments carrying a lock whose session's heartbeat is worth watching."""
+    out = {}
+    for dep in deployments:
+        lock = state.decode(dep.get("metadata", {}).get("annotations"))
+        if lock is not None and state.needs_watching(lock):
+            out[name_of(dep)] = (dep, lock)
+    return out
+
+
+def describe(seen: state.Liveness | None) -> tuple[str, str]:
+    """(HEARTBEAT, STATE) for what watching a session's heartbeat showed."""
+    if isinstance(seen, state.Alive):
+        return f"beat within {state.describe_age(seen.after)}", "live"
+    if isinstance(seen, state.Stale):
+        return f"silent for {state.describe_age(seen.silent_for)}", "stale"
+    return "-", "unknown"
+
+
+def rows(deployments: Sequence[Obj], now: dt.datetime,
+         seen: Mapping[str, state.Liveness]) -> list[Row]:
+    """One row per locked Deployment; `seen`: what watching each session's heartbeat showed."""
     out = []
     for dep in deployments:
         lock = state.decode(dep.get("metadata", {}).get("annotations"))
         if lock is None:
             continue
-        silent = (now - lock.heartbeat).total_seconds()
+        name = name_of(dep)
+        heartbeat, live = describe(seen.get(name))
+        if state.lock_problems(lock):  # security: a lock bridge did not write, never stale
+            heartbeat, live = "-", "invalid"
         out.append(Row(
-            deployment=name_of(dep), owner=lock.owner, ports=lock.ports or "-",
+            deployment=name, owner=lock.owner, ports=lock.ports or "-",
             age=state.describe_age((now - lock.started_at).total_seconds()),
-            heartbeat=f"{state.describe_age(silent)} ago",
-            # security: a lock bridge did not write is shown as such, never as stale
-            state="invalid" if state.lock_problems(lock, now) else
-            "stale" if state.is_stale(now, lock.heartbeat, ttl) else "live",
-            proxy=lock.proxy or "-", session=lock.session,
+            heartbeat=heartbeat, state=live, proxy=lock.proxy or "-", session=lock.session,
         ))
     return sorted(out, key=lambda r: r.deployment)
 

@@ -36,7 +36,7 @@ LEAST_PRIVILEGE_RULES: tuple[Rule, ...] = (
     _rule("", "services", "get,list"),
     _rule("discovery.k8s.io", "endpointslices", "list"),
     _rule("", "endpoints", "get"),
-    _rule("apps", "replicasets", "get,list"),
+    _rule("apps", "replicasets", "get,list,patch"),
     _rule("", "limitranges", "list"),
     _rule("keda.sh", "scaledobjects", "list"),
 )

@@ -30,6 +30,9 @@ Obj = dict[str, Any]
 Key = tuple[str, str]
 HASH_LABEL = "pod-template-hash"
 REVISION = "deployment.kubernetes.io/revision"
+_NOT_COPIED = frozenset({REVISION, "deployment.kubernetes.io/revision-history",
+                         "deployment.kubernetes.io/desired-replicas",
+                         "deployment.kubernetes.io/max-replicas"})
 _SAFE = "bcdfghjklmnpqrstvwxz2456789"
 
 
@@ -404,6 +407,9 @@ class ControllerManager:
             new_rs["metadata"].setdefault("annotations", {})[REVISION] = str(max(revisions) + 1)
             new_rs = self.store.replace("apps/replicasets", new_rs)
             rss = [new_rs] + old_rss
+        if not created_new:  # [realbeh] at every sync, paused or not
+            new_rs = self._copy_annotations(d, new_rs)
+            rss = [new_rs] + old_rss
         if not d["spec"].get("paused"):
             old_uids = {rs["metadata"]["uid"] for rs in old_rss}
             old_pods_left = sum(
@@ -418,7 +424,7 @@ class ControllerManager:
         revision = new_rs["metadata"].get("annotations", {}).get(REVISION)
         if revision and d["metadata"].get("annotations", {}).get(REVISION) != revision:
             d["metadata"].setdefault("annotations", {})[REVISION] = revision
-            d = self.store.replace("apps/deployments", d)
+            d = self.store.replace("apps/deployments", d, status_only=True)  # no new generation
         now = datetime.now(UTC)
         status = deployment_status(d, new_rs, [new_rs] + old_rss, d.get("status") or {}, now,
                                    created_new)
@@ -428,6 +434,17 @@ class ControllerManager:
         wait = progress_check_after(d, now)
         if wait is not None:
             self.deployments.add_later(namespace, name, wait + 1.0)
+
+    def _copy_annotations(self, d: Obj, rs: Obj) -> Obj:
+        """[realbeh] The real controller copies the Deployment's annotations (but its own) onto
+        the new ReplicaSet at every sync, and never removes one the Deployment dropped."""
+        want = {k: v for k, v in (d["metadata"].get("annotations") or {}).items()
+                if k not in _NOT_COPIED and not k.startswith("kubectl.kubernetes.io/last-")}
+        have = rs["metadata"].setdefault("annotations", {})
+        if all(have.get(k) == v for k, v in want.items()):
+            return rs
+        have.update(want)
+        return self.store.replace("apps/replicasets", rs)
 
     def _create_replicaset(self, d: Obj, revision: int) -> Obj:
         template = copy.deepcopy(d["spec"]["template"])

@@ -33,6 +33,9 @@ Obj = dict[str, Any]
 CLUSTER_SCOPED = frozenset({"namespaces"})
 # Resources whose spec changes bump metadata.generation.
 GENERATION_TRACKED = frozenset({"apps/deployments", "apps/replicasets"})
+# [realbeh] ... and, for Deployments, annotation changes too (the controller copies them onto
+# the ReplicaSets: kubernetes pkg/registry/apps/deployment/strategy.go PrepareForUpdate).
+ANNOTATION_GENERATION = frozenset({"apps/deployments"})
 EVENT_LOG_SIZE = 10_000
 _NAME_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # as apiserver's utilrand
 
@@ -143,6 +146,10 @@ class Store:
         if status_only:
             new = copy.deepcopy(current)
             new["status"] = copy.deepcopy(obj.get("status", {}))
+            if resource in ANNOTATION_GENERATION and "annotations" in meta:
+                # [realbeh] a Deployment's /status write may change its annotations (the
+                # controller's revision), without a new generation
+                new["metadata"]["annotations"] = copy.deepcopy(meta["annotations"])
         else:
             new = copy.deepcopy(obj)
             new_meta = new.setdefault("metadata", {})
@@ -153,7 +160,10 @@ class Store:
                 new_meta.setdefault("deletionTimestamp", current["metadata"]["deletionTimestamp"])
             if resource in GENERATION_TRACKED:
                 generation = current["metadata"].get("generation", 1)
-                if new.get("spec") != current.get("spec"):
+                if new.get("spec") != current.get("spec") or (
+                        resource in ANNOTATION_GENERATION
+                        and (new_meta.get("annotations") or {})
+                        != (current["metadata"].get("annotations") or {})):
                     generation += 1
                 new_meta["generation"] = generation
         if new == current:

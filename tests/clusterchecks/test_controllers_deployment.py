@@ -327,3 +327,30 @@ def test_recreate_strategy_replaces_all_pods_after_old_ones_are_gone(
             break
     assert not overlap, "a new pod existed while an old one was still there"
     wait_until(lambda: rollout_done(apps_v1, namespace, "rec", 2), 30, "second rollout")
+
+
+def test_annotations_bump_the_generation_and_are_copied_onto_the_replicaset(
+        apps_v1: Any, namespace: str, wait_until: Any) -> None:
+    """As Kubernetes does (deployment strategy PrepareForUpdate; the controller's
+    getNewReplicaSet): a Deployment's annotation change is a new generation, the controller
+    copies its annotations onto the current ReplicaSet at every sync and never removes one the
+    Deployment dropped; its own revision annotation (a /status write) is no new generation."""
+    apps_v1.create_namespaced_deployment(namespace, deployment("ann", 1))
+    d = wait_until(lambda: rollout_done(apps_v1, namespace, "ann", 1), 30, "rollout")
+    assert d.metadata.generation == 1 and d.metadata.annotations[
+        "deployment.kubernetes.io/revision"] == "1"
+    apps_v1.patch_namespaced_deployment("ann", namespace,
+                                        {"metadata": {"annotations": {"example.com/x": "1"}}})
+    assert apps_v1.read_namespaced_deployment("ann", namespace).metadata.generation == 2
+
+    def copied(value: str | None) -> Any:
+        rss = apps_v1.list_namespaced_replica_set(namespace, label_selector="app=ann").items
+        return len(rss) == 1 and (rss[0].metadata.annotations or {}).get(
+            "example.com/x") == value and rss[0]
+
+    wait_until(lambda: copied("1"), 30, "the annotation copied onto the ReplicaSet")
+    apps_v1.patch_namespaced_deployment("ann", namespace,
+                                        {"metadata": {"annotations": {"example.com/x": None}}})
+    d = wait_until(lambda: rollout_done(apps_v1, namespace, "ann", 1), 30, "observed")
+    assert d.metadata.generation == 3
+    assert copied("1")  # the copy stays

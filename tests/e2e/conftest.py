@@ -256,7 +256,9 @@ class Workload:
         err, out = self.tmp / f"bridge{n}.err", self.tmp / f"bridge{n}.out"
         # The suite's own settings (BRIDGE_TEST_CLUSTER...) are not the laptop's environment.
         laptop = {k: v for k, v in os.environ.items() if k not in real_cluster.SETTINGS}
-        full_env = {**laptop, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # a beat a second (not 10 s): `bridge restore` watches a heartbeat interval and a half
+        full_env = {**laptop, "PYTHONUNBUFFERED": "1", "BRIDGE_HEARTBEAT_INTERVAL": "1",
+                    **(env or {})}
         with open(err, "w") as e, open(out, "w") as o:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "bridge.cli", "--kubeconfig", self.kubeconfig,

@@ -4,7 +4,7 @@ test cluster: they fail, and the cluster is left as it was.
 - a bare pod carrying the session's label, running the real sidecar with the victim's public
   key and a `BASH_ENV` of the attacker's choosing, is never tunnelled to (item 1);
 - a forged lock never makes `bridge restore` delete another Deployment or the target, and a
-  lock without heartbeat is not "repaired" by `bridge swap` (item 2).
+  forged lock is not "repaired" by `bridge swap` (item 2).
 """
 
 from __future__ import annotations
@@ -90,13 +90,16 @@ def test_a_forged_lock_makes_restore_delete_nothing(make_workload: Any, proxy: s
     unforge(w)
 
 
-def test_a_lock_without_heartbeat_is_not_repaired_by_swap(make_workload: Any) -> None:
+def test_a_forged_lock_is_not_repaired_by_swap(make_workload: Any) -> None:
+    """A lock without heartbeat (as bridge writes them now) naming another Deployment as its
+    proxy: neither watched nor repaired, whatever the TTL."""
     w = make_workload()
     make_workload(name="payments", replicas=1)
     forge(w, proxy="payments", heartbeat="<absent>", replicas="2")
-    code, b = w.run_bridge("swap", "hello", "--", "true")
+    code, b = w.run_bridge("swap", "hello", "--", "true", env={"BRIDGE_HEARTBEAT_TTL": "1"})
     assert code != 0
-    assert "heartbeat is missing" in b.stderr and "nothing was changed" in b.stderr, b.stderr
+    assert "is not a name bridge gives the proxy" in b.stderr, b.stderr
+    assert "nothing was changed" in b.stderr and "checking whether" not in b.stderr, b.stderr
     assert w.get("deployment", "payments")["spec"]["replicas"] == 1
     assert w.proxies() == []
     unforge(w)

@@ -121,8 +121,11 @@ class Bench:
                 key = f"pods {json.dumps(meta.get('labels') or {}, sort_keys=True)}"
                 got.setdefault(key, []).append(f"ready={ready} live={live}")
                 continue
-            if kind == "ReplicaSet":
-                got[f"ReplicaSet/{meta['name']}"] = (item.get("spec") or {}).get("replicas")
+            if kind == "ReplicaSet":  # and no copy of bridge's lock left on it
+                ours = sorted(k for k in meta.get("annotations") or {}
+                              if k.startswith(state.PREFIX))
+                got[f"ReplicaSet/{meta['name']}"] = [(item.get("spec") or {}).get("replicas"),
+                                                     *ours]
                 continue
             entry = {"labels": meta.get("labels") or {},
                      "annotations": meta.get("annotations") or {}}
@@ -175,7 +178,9 @@ class Bench:
                 [sys.executable, "-m", "bridge.cli", "--kubeconfig", str(self.linked),
                  "-n", self.namespace, *args],
                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=e, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "CI": "true", **(env or {})},
+                # a beat a second: `bridge restore` watches a heartbeat interval and a half
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "CI": "true",
+                     "BRIDGE_HEARTBEAT_INTERVAL": "1", **(env or {})},
                 text=True, start_new_session=True)
         return p, err
 
@@ -368,8 +373,8 @@ def run_kill(b: Bench, n: int, rng: random.Random, setup_s: float, restore_s: fl
             if rc != 0:
                 note += f": {out.strip().splitlines()[-1:]}"
         else:
-            # The next swap repairs a lock whose heartbeat went silent for longer than its TTL.
-            time.sleep(3.0)
+            # The next swap watches the dead session's heartbeat stay the same for its TTL,
+            # then repairs it.
             q, qerr = b.bridge("swap", NAME, "--port", f"http:{b.local_port}",
                                env={"BRIDGE_HEARTBEAT_TTL": "2"})
             try:

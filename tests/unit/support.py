@@ -393,6 +393,7 @@ class FakeKube:
         self.services: list[dict[str, Any]] = []
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.created: list[dict[str, Any]] = []
+        self.replicasets: dict[str, dict[str, Any]] = {}
 
     def add(self, name: str, replicas: int, annotations: dict[str, str] | None = None,
             **meta: Any) -> None:
@@ -458,7 +459,9 @@ class FakeKube:
     async def list_pods(self, selector: str | None = None) -> list[dict[str, Any]]:
         self._enter("list_pods")
         await anyio.sleep(self.delay)
-        return copy.deepcopy(self.pods)
+        pods = copy.deepcopy(self.pods)
+        self._leave("list_pods")
+        return pods
 
     async def list_services(self) -> list[dict[str, Any]]:
         return copy.deepcopy(self.services)
@@ -477,6 +480,20 @@ class FakeKube:
 
     async def list_replicasets(self, label_selector: str) -> list[dict[str, Any]]:
         return []
+
+    async def list_replicasets_strict(self, label_selector: str) -> list[dict[str, Any]]:
+        self._enter("list_replicasets_strict")
+        return [copy.deepcopy(rs) for rs in self.replicasets.values()]
+
+    async def patch_replicaset(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self._enter("patch_replicaset")
+        rs = self.replicasets[name]
+        for k, v in (patch.get("metadata", {}).get("annotations") or {}).items():
+            if v is None:
+                rs["metadata"]["annotations"].pop(k, None)
+            else:
+                rs["metadata"]["annotations"][k] = v
+        return copy.deepcopy(rs)
 
     async def list_limit_ranges(self) -> list[dict[str, Any]]:
         return []

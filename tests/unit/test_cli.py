@@ -109,13 +109,18 @@ def test_usage_errors(args: list[str], message: str, kubeconfig: Path) -> None:
 
 def test_status_table() -> None:
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    lock = state.Lock("s1", "ann@laptop", 2, "hello-bridge-s1", "8080", t0, t0)
+    lock = state.Lock("s1", "ann@laptop", 2, "hello-bridge-s1", "8080", t0)
     deps = [{"metadata": {"name": "hello", "annotations": state.encode(lock)}},
             {"metadata": {"name": "plain"}}]
-    rows = status.rows(deps, t0 + dt.timedelta(seconds=30), ttl=60)
-    assert [(r.deployment, r.owner, r.state, r.heartbeat) for r in rows] == [
-        ("hello", "ann@laptop", "live", "30s ago")]
-    assert status.rows(deps, t0 + dt.timedelta(seconds=90), ttl=60)[0].state == "stale"
+    assert list(status.locked(deps)) == ["hello"]
+    rows = status.rows(deps, t0 + dt.timedelta(seconds=30), {"hello": state.Alive(3)})
+    assert [(r.deployment, r.owner, r.state, r.heartbeat, r.age) for r in rows] == [
+        ("hello", "ann@laptop", "live", "beat within 3s", "30s")]
+    # live or stale is what watching showed, whatever the holder's clock said
+    later = t0 + dt.timedelta(days=3)
+    assert status.rows(deps, later, {"hello": state.Alive(1)})[0].state == "live"
+    stale = status.rows(deps, t0, {"hello": state.Stale(61)})[0]
+    assert (stale.state, stale.heartbeat) == ("stale", "silent for 1m1s")
     text = status.table(rows).splitlines()
     assert text[0].split() == list(status.HEADERS)
     assert text[1].split()[:3] == ["hello", "ann@laptop", "8080"]

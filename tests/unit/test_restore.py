@@ -3,6 +3,7 @@ never clears or refreshes a lock another session holds, and says how to finish b
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import io
 from typing import Any
@@ -21,7 +22,7 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 def lock(session: str = "s1", owner: str = "ann@laptop") -> state.Lock:
     return state.Lock(session=session, owner=owner, replicas=2, proxy=f"hello-bridge-{session}",
-                      ports="8080", started_at=T0, heartbeat=T0)
+                      ports="8080", started_at=T0)
 
 
 @pytest.fixture(autouse=True)
@@ -142,35 +143,74 @@ def test_clearing_retries_after_a_conflict() -> None:
 
 
 def lease_on(kube: FakeKube, lk: state.Lock) -> Lease:
-    return Lease(kube, "hello", lk, Progress(stream=io.StringIO()))
+    lease = Lease(kube, "hello", lk, Progress(stream=io.StringIO()))
+    lease.proxy_uid = f"uid-{lk.proxy}"  # the proxy Deployment this session created
+    return lease
 
 
-def test_heartbeat_refreshes_only_its_own_lock() -> None:
+def patched(kube: FakeKube) -> list[str]:
+    names: list[str] = []
+    kube.on_patch = lambda name, patch: names.append(name)
+    return names
+
+
+def test_the_heartbeat_bumps_the_proxy_and_never_writes_the_original() -> None:
+    kube = FakeKube()
+    mine = lock("s1")
+    swapped(kube, mine)
+    original = copy.deepcopy(kube.deployments["hello"])
+    names = patched(kube)
+    s = lease_on(kube, mine)
+    values = []
+    for _ in range(3):
+        anyio.run(s.beat)
+        values.append(state.beat_of(kube.deployments[mine.proxy]["metadata"]["annotations"]))
+    assert values == ["1", "2", "3"]  # a new value every beat
+    assert names == [mine.proxy] * 3
+    assert kube.deployments["hello"] == original  # not one write: same resourceVersion
+
+
+def test_no_heartbeat_before_the_proxy_exists() -> None:
+    kube = FakeKube()
+    mine = lock("s1")
+    kube.add("hello", 0, state.encode(mine))
+    names = patched(kube)
+    s = lease_on(kube, mine)
+    s.proxy_uid = ""  # not created yet
+    anyio.run(s.beat)
+    assert names == []
+
+
+def test_the_heartbeat_stops_once_the_lock_or_the_proxy_is_not_ours() -> None:
     kube = FakeKube()
     mine = lock("s1")
     swapped(kube, mine)
     s = lease_on(kube, mine)
-    anyio.run(s.beat)
-    beat = state.decode(kube.deployments["hello"]["metadata"]["annotations"])
-    assert beat is not None and beat.session == "s1" and beat.heartbeat > T0
-
+    names = patched(kube)
     kube.deployments["hello"]["metadata"]["annotations"] = state.encode(lock("s2", "bob@desk"))
     with pytest.raises(NotOurs, match="restored or taken over"):
         anyio.run(s.beat)
-    assert state.decode(kube.deployments["hello"]["metadata"]["annotations"]) == \
-        lock("s2", "bob@desk")
-
     kube.deployments["hello"]["metadata"]["annotations"] = {}
     with pytest.raises(NotOurs):
         anyio.run(s.beat)
-    assert kube.deployments["hello"]["metadata"]["annotations"] == {}  # no stray heartbeat
+    assert names == [] and kube.deployments["hello"]["metadata"]["annotations"] == {}
+
+    # a proxy Deployment replaced or deleted gets no beat (the link decides whether the
+    # session goes on; a restore deletes the proxy before it clears the lock)
+    kube.deployments["hello"]["metadata"]["annotations"] = state.encode(mine)
+    kube.deployments[mine.proxy]["metadata"]["uid"] = "someone-elses"
+    anyio.run(s.beat)
+    del kube.deployments[mine.proxy]
+    anyio.run(s.beat)
+    assert names == []
 
 
-def test_heartbeat_never_lands_on_a_lock_taken_between_read_and_write() -> None:
+def test_the_heartbeat_never_writes_a_lock_taken_between_read_and_write() -> None:
     kube = FakeKube()
     mine, theirs = lock("s1"), lock("s2", "bob@desk")
     swapped(kube, mine)
     s = lease_on(kube, mine)
+    names = patched(kube)
 
     def take_over() -> None:
         dep = kube.deployments["hello"]
@@ -179,8 +219,10 @@ def test_heartbeat_never_lands_on_a_lock_taken_between_read_and_write() -> None:
         dep["metadata"]["resourceVersion"] = str(kube.rv)
 
     kube.after["get_deployment"] = take_over
+    anyio.run(s.beat)  # read ours, then beat on our own proxy
     with pytest.raises(NotOurs):
         anyio.run(s.beat)
+    assert "hello" not in names
     assert state.decode(kube.deployments["hello"]["metadata"]["annotations"]) == theirs
 
 
@@ -189,6 +231,13 @@ def test_a_failing_heartbeat_never_cuts_the_restore_short() -> None:
     lk = lock()
     swapped(kube, lk)
     kube.delay = 0.2  # the restore takes a while: the heartbeat fires meanwhile
+    # (while it waits for the Service to send traffic to the original's pod again)
+    kube.services = [{"metadata": {"name": "hello"}, "spec": {"selector": {"app": "hello"}}}]
+    kube.pods = [{"metadata": {"name": "hello-1", "labels": {"app": "hello"}},
+                  "status": {"podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}],
+                             "conditions": [{"type": "Ready", "status": "True"}]}}]
+    kube.endpoints = {"hello": {"subsets": [{"addresses": [{"ip": "10.0.0.1"}]}]}}
+    kube.after["list_pods"] = kube.pods.clear  # then the proxy's pods are gone at once
     beats = []
 
     def broken(name: str, patch: dict[str, Any]) -> None:
@@ -207,3 +256,109 @@ def test_a_failing_heartbeat_never_cuts_the_restore_short() -> None:
     assert kube.deployments["hello"]["spec"]["replicas"] == 2
     assert lk.proxy not in kube.deployments
     assert state.decode(kube.deployments["hello"]["metadata"]["annotations"]) is None
+
+
+def replicaset(name: str, owner_uid: str, annotations: dict[str, str]) -> dict[str, Any]:
+    return {"metadata": {"name": name, "annotations": dict(annotations),
+                         "ownerReferences": [{"kind": "Deployment", "uid": owner_uid,
+                                              "controller": True}]}}
+
+
+def copies(lk: state.Lock) -> dict[str, str]:
+    """What the Deployment controller copied onto the original's ReplicaSet during the swap
+    (an earlier bridge's heartbeat included), beside annotations of its own."""
+    return {**state.encode(lk), state.HEARTBEAT: "2026-01-01T00:00:10Z",
+            "deployment.kubernetes.io/revision": "3", "team": "payments"}
+
+
+def test_restore_removes_the_locks_copies_from_the_originals_replicasets() -> None:
+    kube = FakeKube()
+    lk = lock()
+    swapped(kube, lk)
+    kube.replicasets["hello-abc"] = replicaset("hello-abc", "uid-hello", copies(lk))
+    kube.replicasets["other-abc"] = replicaset("other-abc", "uid-other", copies(lk))
+    out, text = run_restore(kube, lock=lk)
+    assert out.ok, text
+    assert kube.replicasets["hello-abc"]["metadata"]["annotations"] == {
+        "deployment.kubernetes.io/revision": "3", "team": "payments"}
+    assert kube.replicasets["other-abc"]["metadata"]["annotations"] == copies(lk)  # not its
+
+
+def test_restore_of_an_unswapped_deployment_still_removes_old_copies() -> None:
+    kube = FakeKube()
+    kube.add("hello", 2)
+    kube.replicasets["hello-abc"] = replicaset("hello-abc", "uid-hello", copies(lock()))
+    out, text = run_restore(kube)
+    assert out.ok and "nothing to restore" in text
+    assert kube.replicasets["hello-abc"]["metadata"]["annotations"] == {
+        "deployment.kubernetes.io/revision": "3", "team": "payments"}
+
+
+def test_replicasets_are_cleaned_only_once_the_controller_observed_the_lock_gone() -> None:
+    kube = FakeKube()
+    lk = lock()
+    swapped(kube, lk)
+    kube.replicasets["hello-abc"] = replicaset("hello-abc", "uid-hello", copies(lk))
+    order: list[str] = []
+
+    def clear_bumps_generation(name: str, patch: dict[str, Any]) -> None:
+        annotations = patch.get("metadata", {}).get("annotations") or {}
+        if name == "hello" and annotations.get(state.SESSION, "x") is None:
+            dep = kube.deployments["hello"]
+            dep["metadata"]["generation"] += 1  # the controller has not seen it yet
+            order.append("cleared")
+
+            def observe() -> None:
+                order.append("observed")
+                dep["status"]["observedGeneration"] = dep["metadata"]["generation"]
+
+            kube.after["get_deployment"] = lambda: kube.after.update(get_deployment=observe)
+
+    kube.on_patch = clear_bumps_generation
+    real_patch = kube.patch_replicaset
+
+    async def patch_replicaset(name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        order.append("cleaned")
+        return await real_patch(name, patch)
+
+    kube.patch_replicaset = patch_replicaset  # type: ignore[method-assign]
+    out, text = run_restore(kube, lock=lk)
+    assert out.ok, text
+    assert order == ["cleared", "observed", "cleaned"]
+
+
+def test_unswapped_state() -> None:
+    base = {"metadata": {"generation": 4, "annotations": {"team": "x"}},
+            "status": {"observedGeneration": 4}}
+    assert restore.unlocked_and_observed(base) is True
+    assert restore.unlocked_and_observed({**base, "status": {"observedGeneration": 3}}) is False
+    relocked = {"metadata": {"generation": 5, "annotations": state.encode(lock("s2"))},
+                "status": {"observedGeneration": 5}}
+    assert restore.unlocked_and_observed(relocked) is None  # a new session's: not ours
+
+
+def test_no_right_to_patch_replicasets_is_one_warning_and_the_restore_succeeds() -> None:
+    kube = FakeKube()
+    lk = lock()
+    swapped(kube, lk)
+    kube.replicasets["hello-abc"] = replicaset("hello-abc", "uid-hello", copies(lk))
+    kube.fail["patch_replicaset"] = [api_error(403, "replicasets.apps is forbidden")]
+    out, text = run_restore(kube, lock=lk)
+    assert out.ok, text
+    warnings = [ln for ln in text.splitlines() if "warning" in ln]
+    assert len(warnings) == 1, text
+    assert "replicaset/hello-abc" in warnings[0] and "forbidden" in warnings[0]
+    assert ("kubectl --context ctx -n ns annotate replicaset/hello-abc "
+            "bridge-k8s.io/heartbeat- bridge-k8s.io/original-replicas-") in warnings[0]
+
+
+def test_no_right_to_list_replicasets_is_one_warning_and_the_restore_succeeds() -> None:
+    kube = FakeKube()
+    lk = lock()
+    swapped(kube, lk)
+    kube.fail["list_replicasets_strict"] = [api_error(403, "replicasets.apps is forbidden")]
+    out, text = run_restore(kube, lock=lk)
+    assert out.ok, text
+    warnings = [ln for ln in text.splitlines() if "warning" in ln]
+    assert len(warnings) == 1, text
+    assert "annotate replicaset -l app=hello bridge-k8s.io/session-" in warnings[0]

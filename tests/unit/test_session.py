@@ -231,7 +231,7 @@ def locked(kube: FakeKube, session: str = "abcd", replicas: int = 2):  # type: i
 
     t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     lk = state.Lock(session=session, owner="me@here", replicas=replicas, proxy="hello-bridge",
-                    ports="80", started_at=t, heartbeat=t)
+                    ports="80", started_at=t)
     kube.add("hello", replicas, state.encode(lk))
     return lk
 
@@ -592,3 +592,148 @@ def test_the_reconnect_policy_is_bounded_when_asked_and_ends_when_the_lease_is_g
 
     with pytest.raises(NotOurs):
         anyio.run(watchdog)
+
+
+# -- a second swap finding a lock: the session's heartbeat watched on this machine's clock ----
+
+def _watched_lock(kube: FakeKube, *, proxy: bool):  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    from bridge import state
+    from tests.unit.test_restore import add_proxy
+
+    # the holder's clock is an hour ahead: it must not matter
+    t = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    lk = state.Lock(session="s1", owner="ann@laptop", replicas=2, proxy="hello-bridge-s1",
+                    ports="80", started_at=t)
+    kube.add("hello", 0, state.encode(lk))
+    if proxy:
+        add_proxy(kube, lk)
+        kube.deployments[lk.proxy]["metadata"]["annotations"].update(
+            state.beat_annotations(7, t))
+    return lk
+
+
+def _clear(kube: FakeKube, ttl: float, during=None):  # type: ignore[no-untyped-def]
+    from bridge.lease import clear_the_way
+    from bridge.outcome import Outcome
+
+    out = io.StringIO()
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with anyio.create_task_group() as tg:
+            if during is not None:
+                tg.start_soon(during)
+            try:
+                return await clear_the_way(kube, await kube.get_deployment("hello"), ttl=ttl,
+                                           bound=5, progress=Progress(stream=out),
+                                           outcome=Outcome())
+            finally:
+                tg.cancel_scope.cancel()
+
+    try:
+        return anyio.run(main), out.getvalue()
+    except BaseExceptionGroup as eg:
+        e = first_bridge_error(eg)
+        if e is None:
+            raise
+        e.add_note(out.getvalue())
+        raise e from None
+
+
+def test_a_second_swap_is_refused_when_the_heartbeat_changes() -> None:
+    from bridge import state
+
+    kube = FakeKube()
+    lk = _watched_lock(kube, proxy=True)
+
+    async def beat() -> None:
+        await anyio.sleep(0.2)
+        kube.deployments[lk.proxy]["metadata"]["annotations"][state.HEARTBEAT] = "8"
+
+    with pytest.raises(BridgeError, match="already swapped by ann@laptop") as e:
+        _clear(kube, ttl=30, during=beat)
+    assert ("deployment/hello is locked by ann@laptop (session s1); checking whether that "
+            "session is alive (up to 30s)") in "".join(e.value.__notes__)
+    assert lk.proxy in kube.deployments and kube.deployments["hello"]["spec"]["replicas"] == 0
+
+
+def test_a_second_swap_repairs_a_session_whose_heartbeat_stayed_the_same_for_the_ttl() -> None:
+    kube = FakeKube()
+    lk = _watched_lock(kube, proxy=True)
+    dep, text = _clear(kube, ttl=0.5)
+    assert "whose heartbeat did not change for 0s; restoring it first" in text
+    assert lk.proxy not in kube.deployments
+    assert kube.deployments["hello"]["spec"]["replicas"] == 2
+    assert dep["metadata"]["annotations"] == {}
+
+
+def test_no_proxy_yet_is_not_stale_at_once_and_its_creation_is_a_sign_of_life() -> None:
+    from bridge import state
+    from tests.unit.test_restore import add_proxy
+
+    kube = FakeKube()
+    lk = _watched_lock(kube, proxy=False)
+
+    async def create_proxy() -> None:
+        await anyio.sleep(0.2)
+        add_proxy(kube, lk)
+        kube.deployments[lk.proxy]["metadata"]["annotations"][state.HEARTBEAT] = "0"
+
+    with pytest.raises(BridgeError, match="already swapped by ann@laptop"):
+        _clear(kube, ttl=30, during=create_proxy)
+    # and a lock whose proxy never comes is stale after the TTL
+    kube2 = FakeKube()
+    _watched_lock(kube2, proxy=False)
+    _dep, text = _clear(kube2, ttl=0.5)
+    assert "restoring it first" in text and kube2.deployments["hello"]["spec"]["replicas"] == 2
+
+
+def test_a_heartbeat_on_a_proxy_that_is_not_provably_the_sessions_is_no_sign_of_life() -> None:
+    from bridge import state
+
+    kube = FakeKube()
+    lk = _watched_lock(kube, proxy=True)
+    kube.deployments[lk.proxy]["metadata"]["ownerReferences"] = []  # a look-alike
+
+    async def beat() -> None:
+        for n in range(8, 100):
+            await anyio.sleep(0.05)
+            if lk.proxy in kube.deployments:
+                kube.deployments[lk.proxy]["metadata"]["annotations"][state.HEARTBEAT] = str(n)
+
+    with pytest.raises(BridgeError):  # judged stale, and then its repair refuses the look-alike
+        _clear(kube, ttl=0.5, during=beat)
+
+
+def test_a_session_of_the_previous_version_beating_on_the_original_is_alive() -> None:
+    """A lock written by an earlier bridge: no heartbeat on its proxy, but the heartbeat time
+    in the lock changes (compared for equality only, never with a clock)."""
+    from bridge import state
+
+    kube = FakeKube()
+    lk = _watched_lock(kube, proxy=True)
+    del kube.deployments[lk.proxy]["metadata"]["annotations"][state.HEARTBEAT]
+    kube.deployments["hello"]["metadata"]["annotations"][state.HEARTBEAT] = \
+        "2020-01-01T00:00:00Z"  # years behind: no matter
+
+    async def beat() -> None:
+        await anyio.sleep(0.2)
+        kube.deployments["hello"]["metadata"]["annotations"][state.HEARTBEAT] = \
+            "2020-01-01T00:00:10Z"
+
+    with pytest.raises(BridgeError, match="already swapped by ann@laptop"):
+        _clear(kube, ttl=30, during=beat)
+
+
+def test_a_session_that_ends_while_watched_lets_the_swap_proceed() -> None:
+    kube = FakeKube()
+    _watched_lock(kube, proxy=False)
+
+    async def end() -> None:
+        await anyio.sleep(0.2)
+        kube.deployments["hello"]["metadata"]["annotations"] = {}
+        kube.deployments["hello"]["spec"]["replicas"] = 2
+
+    dep, text = _clear(kube, ttl=30, during=end)
+    assert dep["metadata"]["annotations"] == {} and "restoring it first" not in text

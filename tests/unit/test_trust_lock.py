@@ -4,7 +4,8 @@ annotations never crash a command or reach the terminal unescaped (item 8).
 The review's reproductions: `kubectl annotate deploy hello bridge-k8s.io/session=x
 bridge-k8s.io/proxy=payments bridge-k8s.io/original-replicas=7` then `bridge restore hello`
 deleted `payments` and scaled hello to 7; `proxy=hello` deleted the target; a missing
-heartbeat read as the epoch, so any lock looked stale and `bridge swap` "repaired" it.
+heartbeat read as the epoch, so any lock looked stale and `bridge swap` "repaired" it (now a
+lock has no heartbeat: it is repaired only after its session's heartbeat was watched unchanged).
 """
 
 from __future__ import annotations
@@ -108,22 +109,24 @@ def test_a_valid_lock_with_its_proven_proxy_is_restored() -> None:
     assert kube.deployments["hello"]["metadata"]["annotations"] == {}
 
 
-def test_missing_heartbeat_is_not_stale_but_doubtful() -> None:
-    lk = state.decode(forged(heartbeat="<absent>"))
-    assert lk is not None
-    d = state.decide(lk, NOW, 60)
-    assert isinstance(d, state.Doubtful)  # never repaired (and its proxy deleted) by a swap
-    assert "heartbeat is missing" in d.explain("hello")
+def test_a_lock_without_heartbeat_is_never_repaired_unwatched() -> None:
+    """A lock carries no heartbeat any more (it lives on the proxy): whatever its timestamps
+    say, a swap repairs it only after watching its heartbeat stay unchanged for the TTL."""
+    for stamp in (T, "2999-01-01T00:00:00Z", "1970-01-01T00:00:00Z"):
+        lk = state.decode(forged(heartbeat="<absent>", started_at=stamp))
+        assert lk is not None and not lk.problems
+        assert isinstance(state.decide(lk), state.Refuse)
+        assert isinstance(state.decide(lk, state.Watching(1)), state.Refuse)
 
 
-def test_future_and_unparseable_timestamps_are_doubtful_never_a_crash() -> None:
-    for stamp in ("2999-01-01T00:00:00Z", "yesterday", "0001-01-01T00:00:00+01:00",
-                  "9999-12-31T23:59:59-23:59", "1" * 5000):
+def test_unparseable_timestamps_are_doubtful_never_a_crash() -> None:
+    for stamp in ("yesterday", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-23:59",
+                  "1" * 5000):
         lk = state.decode(forged(heartbeat=stamp))
         assert lk is not None
-        assert isinstance(state.decide(lk, NOW, 60), state.Doubtful), stamp
+        assert isinstance(state.decide(lk, state.Stale(600)), state.Doubtful), stamp
         rows = status.rows([{"metadata": {"name": "hello", "annotations": forged(
-            heartbeat=stamp, started_at=stamp)}}], NOW, 60)
+            heartbeat=stamp, started_at=stamp)}}], NOW, {"hello": state.Stale(600)})
         assert rows[0].state == "invalid"
         status.table(rows)
 
@@ -141,7 +144,7 @@ def test_control_characters_in_annotations_are_escaped() -> None:
     for text in (lk.owner, lk.ports, lk.session, *lk.problems):
         assert "\x1b" not in text and "\n" not in text and "\x07" not in text
     rows = status.rows([{"metadata": {"name": "hello", "annotations": forged(owner=evil)}}],
-                       NOW, 60)
+                       NOW, {})
     assert "\x1b" not in status.table(rows)
 
 
