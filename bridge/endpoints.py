@@ -60,6 +60,16 @@ def ready_ips(slices: Iterable[Obj], service: str | None = None) -> set[str]:
     return out
 
 
+def services_selector(services: Iterable[str]) -> str:
+    """The label selector of the EndpointSlices of these Services (names are DNS labels)."""
+    return f"{SERVICE_NAME_LABEL} in ({','.join(sorted(set(services)))})"
+
+
+def ready_ips_by_service(slices: list[Obj], services: Iterable[str]) -> dict[str, set[str]]:
+    """Each Service's ready addresses, from one list of slices (several Services' mixed)."""
+    return {name: ready_ips(slices, name) for name in services}
+
+
 def ready_ips_from_endpoints(endpoints: Obj) -> set[str]:
     """Ready addresses of a v1 Endpoints object (fallback when EndpointSlices are not served)."""
     out: set[str] = set()

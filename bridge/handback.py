@@ -51,6 +51,9 @@ async def wait_proxy_out(api: Api, session: str, manifest: Obj, progress: Progre
     if not services or not ips:
         return
     waiter = progress.waiting("the proxy pod to leave the Service endpoints")
+    # Polled, not watched: kube-proxy applies the change a moment after the API shows it, and
+    # SETTLE was sized with this loop's detection delay included. Watched (seen at once), one
+    # e2e hand-back run on the real cluster lost a request here; not proven to be the cause.
     with anyio.move_on_after(bound):
         while True:
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
 
@@ -20,6 +21,8 @@ from bridge.kube import Api, ApiError, Obj
 from bridge.lease import Lease
 from bridge.link import FORWARD_PATIENCE, POLL, Link, Linker
 from bridge.progress import Progress
+
+R = TypeVar("R")
 
 HAND_OVER_ATTEMPTS = 3  # how many times the tunnel may drop before the hand-over gives up
 READY, STOPPED, TUNNEL_CLOSED = "ready", "stopped", "tunnel closed"
@@ -63,6 +66,28 @@ async def proxy_ips(api: Api, session: str, pod: str | None = None) -> set[str]:
         if pod is None or target.name_of(q) == pod:
             ips |= endpoints.pod_ips(q)
     return ips
+
+
+async def wait_service_ips(api: Api, services: Sequence[Obj],
+                           decide: Callable[[dict[str, set[str]]], R | None]) -> R:
+    """[realbeh] Until `decide` returns something for the Services' ready addresses (asked on
+    every change and every tick): their EndpointSlices watched (one request open, not a list
+    per Service every POLL); v1 Endpoints polled on a server without EndpointSlices (404).
+    ApiError (e.g. 403) propagates."""
+    names = sorted({target.name_of(svc) for svc in services})
+
+    async def check(slices: list[Obj]) -> R | None:
+        return decide(endpoints.ready_ips_by_service(slices, names))
+    try:
+        return await api.wait_for("endpointslices", endpoints.services_selector(names), check)
+    except ApiError as e:
+        if e.status != 404:
+            raise
+    while True:
+        found = decide({n: await api.service_ready_ips(n) for n in names})
+        if found is not None:
+            return found
+        await anyio.sleep(POLL)
 
 
 @dataclass
@@ -121,26 +146,51 @@ class HandOver:
         (TUNNEL_CLOSED: the forwards are gone, the pod will never turn Ready)."""
         api, pod_name = self.api, link.pod
         waiter = self.progress.waiting(f"proxy pod {pod_name} to become Ready")
-        services: list[Obj] | None = None
-        while True:
+
+        def interrupted() -> str | None:
             if self.stop():
                 waiter.done("the command exited or the session ends; not handing over")
                 return STOPPED
             if link.tunnel.is_closed():
                 return TUNNEL_CLOSED
-            pods = await api.list_pods(f"{state.SESSION_LABEL}={self.linker.spec.session}")
+            return None
+
+        async def pod_ready(pods: list[Obj]) -> tuple[str, set[str]] | None:
+            why = interrupted()
+            if why is not None:
+                return why, set()
             mine = [q for q in pods if target.name_of(q) == pod_name]
             if mine:
                 await self.linker.check_pod(mine[0])
                 if restore.pod_ready(mine[0]):
-                    ip = str(mine[0].get("status", {}).get("podIP"))
-                    if services is None:
-                        services = await restore.services_selecting(api, self.manifest)
-                    if await restore.endpoints_serve(api, services, {ip}):
-                        waiter.done(f"proxy pod {pod_name} Ready ({waiter.elapsed():.1f}s)")
-                        return READY
+                    return READY, endpoints.pod_ips(mine[0])
             waiter.tick()
-            await anyio.sleep(POLL)
+            return None
+
+        # the pod's watch, then its Services' EndpointSlices' (decisions on what was seen)
+        outcome, ips = await api.wait_for(
+            "pods", f"{state.SESSION_LABEL}={self.linker.spec.session}", pod_ready)
+        if outcome != READY:
+            return outcome
+        services = await restore.services_selecting(api, self.manifest)
+
+        def served(current: dict[str, set[str]]) -> str | None:
+            why = interrupted()
+            if why is not None:
+                return why
+            if all(current[n] & ips for n in current):
+                return READY
+            waiter.tick()
+            return None
+        if services:
+            try:
+                outcome = await wait_service_ips(api, services, served)
+            except ApiError:  # cannot see the endpoints (RBAC): the pod's readiness is all
+                outcome = READY
+            if outcome != READY:
+                return outcome
+        waiter.done(f"proxy pod {pod_name} Ready ({waiter.elapsed():.1f}s)")
+        return READY
 
     async def wait_drained(self, pod_name: str) -> None:
         """Until the Services send traffic to the proxy only (bounded; informational)."""
@@ -151,19 +201,20 @@ class HandOver:
         ips = await proxy_ips(api, self.linker.spec.session, pod_name)
         waiter = self.progress.waiting(f"the original pods of deployment/{self.lease.name} to "
                                        "leave the Service endpoints")
+
+        def drained(current: dict[str, set[str]]) -> bool | None:
+            if self.stop():
+                return False  # then the hand-back or the restore starts at once
+            if all(v <= ips for v in current.values()):
+                waiter.done()
+                return True
+            waiter.tick()
+            return None
         with anyio.move_on_after(self.timeout):
-            while not self.stop():  # then the hand-back or the restore starts at once
-                try:
-                    current = set()
-                    for svc in services:  # EndpointSlices, every address family
-                        current |= await api.service_ready_ips(target.name_of(svc))
-                except ApiError:
-                    return  # not allowed to read Endpoints: nothing more to learn
-                if current <= ips:
-                    waiter.done()
-                    return
-                waiter.tick()
-                await anyio.sleep(POLL)
+            try:
+                await wait_service_ips(api, services, drained)
+            except ApiError:
+                pass  # not allowed to read Endpoints: nothing more to learn
             return
         self.progress.warn("the original pods are still in the Service endpoints after "
                            f"{self.timeout:g}s")

@@ -11,14 +11,18 @@ status when the server answered, `Unreachable` when it did not.
 from __future__ import annotations
 
 import json
+import math
 import os
 import ssl
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import aiohttp
+import anyio
 import yaml
 from kubernetes.aio import client as kclient
 
@@ -28,9 +32,17 @@ from bridge.retry import DEFAULT as DEFAULT_RETRY
 from bridge.retry import RetryPolicy, call_with_retries, parse_retry_after
 
 Obj = dict[str, Any]
+T = TypeVar("T")
+Check = Callable[[list[Obj]], Awaitable[T | None]]
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = 30.0
 IDEMPOTENT = ("GET", "DELETE")  # [realbeh] repeated after a 5xx or no answer
+TICK = 0.25  # how often a wait looks again at what it has seen (stop(), a closed tunnel)
+POLL = 0.25  # the list interval when the server will not watch
+WATCH_SECONDS = 290  # one watch request's server-side bound (the server may end it earlier)
+# the collections `wait_for` follows, by kind (namespaced)
+COLLECTIONS = {"pods": "/api/v1/namespaces/{ns}/pods",
+               "endpointslices": "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"}
 
 
 class ApiError(BridgeError):
@@ -117,6 +129,120 @@ class Api(Protocol):
     async def list_pods(self, label_selector: str | None = None) -> list[Obj]: ...
     async def pod_log(self, name: str, container: str | None = None, *,
                       tail_lines: int | None = None, limit_bytes: int | None = None) -> str: ...
+    async def wait_for(self, kind: str, label_selector: str, check: Check[T], *,
+                       tick: float = TICK) -> T: ...
+
+
+class WatchFailed(Exception):
+    """A watch the server would not serve or that broke off (not 410): poll instead."""
+
+
+class Gone(Exception):
+    """410: the resourceVersion is too old to watch from; list again."""
+
+
+def object_key(obj: Obj) -> str:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    return str(meta.get("uid") or f"{meta.get('namespace')}/{meta.get('name')}")
+
+
+def resource_version(obj: Obj) -> str:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+    return rv if isinstance(rv, str) else ""
+
+
+def apply_event(objs: dict[str, Obj], event: Any) -> tuple[str, str]:
+    """Apply one watch event to the objects by key (pure but for `objs`): returns (type, the
+    resourceVersion to watch on from, "" when the event carries none). ERROR events raise:
+    `Gone` for 410, `WatchFailed` otherwise, as does anything that is not an event."""
+    if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+        raise WatchFailed(f"not a watch event: {str(event)[:100]}")
+    type_, obj = event.get("type"), event["object"]
+    if type_ == "ERROR":
+        if obj.get("code") == 410:
+            raise Gone(str(obj.get("message") or "Gone"))
+        raise WatchFailed(f"watch error {obj.get('code')}: {str(obj.get('message'))[:200]}")
+    if type_ in ("ADDED", "MODIFIED"):
+        objs[object_key(obj)] = obj
+    elif type_ == "DELETED":
+        objs.pop(object_key(obj), None)
+    elif type_ != "BOOKMARK":
+        raise WatchFailed(f"unknown watch event type {str(type_)[:40]!r}")
+    return str(type_), resource_version(obj)
+
+
+async def follow(list_once: Callable[[], Awaitable[tuple[list[Obj], str]]],
+                 watch_once: Callable[[str, float], AsyncGenerator[Any, None]],
+                 publish: Callable[[list[Obj]], None], *, poll: float = POLL) -> None:
+    """Keep `publish`ing the current objects of a collection, forever (the caller cancels):
+    list, then watch from the list's resourceVersion applying each event; re-list on 410
+    Gone; a watch that ends (its timeout) starts again from the last resourceVersion seen; a
+    watch that fails otherwise (not allowed, broken off, garbage) turns this into polling the
+    list every `poll` seconds. Each watch request is bounded by the caller's deadline."""
+    rv = ""
+    objs: dict[str, Obj] = {}
+    while True:
+        if not rv:
+            items, rv = await list_once()
+            objs = {object_key(o): o for o in items if isinstance(o, dict)}
+            publish(list(objs.values()))
+        if not rv:  # a server that gives no resourceVersion cannot be watched
+            break
+        deadline = anyio.current_effective_deadline()
+        bound = min(WATCH_SECONDS, max(1.0, deadline - anyio.current_time()))
+        try:
+            async with aclosing(watch_once(rv, bound)) as events:
+                async for event in events:
+                    type_, seen = apply_event(objs, event)
+                    rv = seen or rv
+                    if type_ != "BOOKMARK":
+                        publish(list(objs.values()))
+        except Gone:
+            rv = ""
+        except WatchFailed:
+            break
+    while True:  # the fallback: poll
+        await anyio.sleep(poll)
+        items, _ = await list_once()
+        publish([o for o in items if isinstance(o, dict)])
+
+
+async def wait_with(feed: Callable[[Callable[[list[Obj]], None]], Awaitable[None]],
+                    check: Check[T], *, tick: float = TICK) -> T:
+    """Run `feed` (which publishes snapshots) until `check` returns something for one: on
+    every new snapshot, and every `tick` seconds on the last one (so a check can notice state
+    of its own). `feed`'s errors end the wait."""
+    latest: list[list[Obj]] = []
+    changed = anyio.Event()
+
+    def publish(objs: list[Obj]) -> None:
+        nonlocal changed
+        latest[:] = [objs]
+        changed.set()
+
+    result: list[T] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            async def run_feed() -> None:
+                await feed(publish)
+            tg.start_soon(run_feed)
+            while True:
+                with anyio.move_on_after(tick):
+                    await changed.wait()
+                changed = anyio.Event()
+                if latest:
+                    found = await check(latest[0])
+                    if found is not None:
+                        result.append(found)
+                        tg.cancel_scope.cancel()
+                        break
+    except BaseExceptionGroup as group:  # the feed's (or the check's) own error, as it was
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    return result[0]
 
 
 def kubeconfig_paths(explicit: str | None) -> str:
@@ -392,6 +518,64 @@ class Kube:
             "GET", f"/api/v1/namespaces/{self._ns(namespace)}/pods/{quote(name, safe='')}/log",
             query=query, raw=True)
         return r
+
+    # -- watches ------------------------------------------------------------------------------
+
+    async def wait_for(self, kind: str, label_selector: str, check: Check[T], *,
+                       tick: float = TICK, namespace: str | None = None) -> T:
+        """[realbeh] Until `check` returns something for the objects of `kind` (COLLECTIONS)
+        matching the selector: list then watch (`follow`), one request open instead of a list
+        every POLL. Bound it with the caller's deadline (anyio.fail_after / move_on_after)."""
+        path = COLLECTIONS[kind].format(ns=self._ns(namespace))
+        query = [("labelSelector", label_selector)] if label_selector else []
+
+        async def list_once() -> tuple[list[Obj], str]:
+            r = await self.request("GET", path, query=query)
+            meta = r.get("metadata") if isinstance(r, dict) else None
+            rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+            return list(r.get("items") or []), rv if isinstance(rv, str) else ""
+
+        def watch_once(rv: str, bound: float) -> AsyncGenerator[Any, None]:
+            return self.watch_events(path, query, rv, bound)
+
+        async def feed(publish: Callable[[list[Obj]], None]) -> None:
+            await follow(list_once, watch_once, publish)
+        return await wait_with(feed, check, tick=tick)
+
+    async def watch_events(self, path: str, query: list[tuple[str, str]], rv: str,
+                           bound: float) -> AsyncGenerator[Any, None]:
+        """The events of one watch request from `rv` (bounded by `bound` seconds on the
+        server and the client), parsed; HTTP 410 raises `Gone`, any other failure
+        `WatchFailed`."""
+        seconds = max(1, math.ceil(bound))
+        full = [*query, ("watch", "1"), ("resourceVersion", rv),
+                ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(seconds))]
+        api = self.api_client
+        resp = None
+        try:
+            params = await api.param_serialize(
+                method="GET", resource_path=path, query_params=full,
+                header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+            resp = await api.call_api(*params, _request_timeout=seconds + REQUEST_TIMEOUT,
+                                      _preload_content=False)
+            if resp.status == 410:
+                raise Gone(f"HTTP 410 watching {path}")
+            if resp.status >= 400:
+                raise WatchFailed(f"HTTP {resp.status} watching {path}")
+            while True:
+                line = await resp.response.content.readline()
+                if not line:
+                    return
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except ValueError as e:
+                        raise WatchFailed(f"not JSON in the watch of {path}") from e
+        except (aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as e:
+            raise WatchFailed(f"watching {path}: {_short(e)}") from e
+        finally:
+            if resp is not None:
+                resp.response.release()
 
     async def _get(self, path: str, namespace: str | None) -> Obj:
         try:

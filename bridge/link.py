@@ -223,12 +223,14 @@ class Linker:
         container = self.spec.container
         checked = time.monotonic()
         last_problem = ""
-        while True:
+
+        async def found(seen: list[Obj]) -> tuple[str, str] | None:
+            # decisions on the pods the watch has seen; the host key from the sidecar's log
+            nonlocal checked, last_problem
             if not first and time.monotonic() - checked > 2:
                 await self.still_ours()  # the proxy may be gone for good
                 checked = time.monotonic()
-            pods = [q for q in await self.api.list_pods(selector)
-                    if not q.get("metadata", {}).get("deletionTimestamp")]
+            pods = [q for q in seen if not q.get("metadata", {}).get("deletionTimestamp")]
             pods = await self.proven(pods)  # never a pod we cannot prove ours
             pods.sort(key=lambda q: str(q.get("metadata", {}).get("creationTimestamp", "")))
             if first:  # admission refusals fail now; scheduling and gates are waited out
@@ -254,7 +256,9 @@ class Linker:
                         waiter.done(f"proxy pod {pname} running ({waiter.elapsed():.1f}s)")
                         return pname, host_key
             waiter.tick()
-            await anyio.sleep(POLL)
+            return None
+        # [realbeh] the pods watched (list, then one request open), not listed every POLL
+        return await self.api.wait_for("pods", selector, found, tick=POLL)
 
     async def proven(self, pods: list[Obj]) -> list[Obj]:
         """The pods proven to be the proxy Deployment's (trust.proven_pods); each other pod is

@@ -290,7 +290,20 @@ class ApiServer:
         backlog: list[Obj] = []
         if initial:
             backlog, since = self.store.list(r.key, target.namespace, predicate)
-        self.store.check_since(since)
+        try:
+            self.store.check_since(since)
+        except ApiError as e:
+            if e.code != 410:
+                raise
+            # as Kubernetes' watch cache: a resourceVersion too old to watch from is a
+            # watch that sends one ERROR event with the 410 Expired Status, then ends
+            gone = web.StreamResponse(headers={"Content-Type": "application/json",
+                                               "Transfer-Encoding": "chunked"})
+            await gone.prepare(request)
+            await gone.write((json.dumps({"type": "ERROR", "object": e.status()}) + "\n")
+                             .encode())
+            await gone.write_eof()
+            return gone
         events = self.store.watch(r.key, target.namespace, since)
         response = web.StreamResponse(headers={"Content-Type": "application/json",
                                                "Transfer-Encoding": "chunked"})

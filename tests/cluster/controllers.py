@@ -8,6 +8,7 @@ rollouts are pure functions (`rollout_plan`) of the Deployment and its ReplicaSe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import json
@@ -29,6 +30,10 @@ log = logging.getLogger("test-cluster.controllers")
 Obj = dict[str, Any]
 Key = tuple[str, str]
 HASH_LABEL = "pod-template-hash"
+SLICES = "discovery.k8s.io/endpointslices"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
+SLICE_MANAGER = "endpointslice-controller.k8s.io"
 REVISION = "deployment.kubernetes.io/revision"
 _NOT_COPIED = frozenset({REVISION, "deployment.kubernetes.io/revision-history",
                          "deployment.kubernetes.io/desired-replicas",
@@ -69,6 +74,44 @@ def surge_and_unavailable(deployment: Obj) -> tuple[int, int]:
     if surge == 0 and unavailable == 0:
         unavailable = 1
     return surge, unavailable
+
+
+def endpoint_slices(svc: Obj, subsets: list[Obj]) -> list[Obj]:
+    """A Service's EndpointSlices for its Endpoints' subsets (pure): one IPv4 slice per port
+    set, every address an endpoint with `conditions` (ready/serving/terminating) and its
+    `targetRef`; a Service without endpoints still has one slice, with none listed."""
+    meta = svc["metadata"]
+    name, ns = meta["name"], meta["namespace"]
+    labels = {**(meta.get("labels") or {}), SERVICE_NAME_LABEL: name, MANAGED_BY: SLICE_MANAGER}
+    owner = {"apiVersion": "v1", "kind": "Service", "name": name, "uid": meta.get("uid"),
+             "controller": True, "blockOwnerDeletion": True}
+    groups: dict[str, tuple[list[Obj], list[Obj]]] = {}
+    for subset in subsets:
+        ports = subset.get("ports") or []
+        key = json.dumps(ports, sort_keys=True)
+        eps = groups.setdefault(key, (ports, []))[1]
+        for field, ready in (("addresses", True), ("notReadyAddresses", False)):
+            for a in subset.get(field) or []:
+                ep: Obj = {"addresses": [a["ip"]], "conditions": {
+                    "ready": ready, "serving": ready, "terminating": False}}
+                if a.get("nodeName"):
+                    ep["nodeName"] = a["nodeName"]
+                if a.get("targetRef"):
+                    ep["targetRef"] = a["targetRef"]
+                eps.append(ep)
+    if not groups:
+        groups["[]"] = ([], [])
+    out = []
+    for key, (ports, eps) in sorted(groups.items()):
+        digest = hashlib.sha256(f"{ns}/{name}/{key}".encode()).digest()
+        suffix = "".join(_SAFE[b % len(_SAFE)] for b in digest[:5])
+        out.append({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"name": f"{name}-{suffix}", "namespace": ns,
+                                 "labels": labels, "ownerReferences": [owner]},
+                    "addressType": "IPv4",
+                    "endpoints": sorted(eps, key=lambda e: e["addresses"][0]),
+                    "ports": ports})
+    return out
 
 
 def pod_ready(pod: Obj) -> bool:
@@ -597,6 +640,32 @@ class ControllerManager:
     # -- Endpoints -----------------------------------------------------------------------
 
     def sync_endpoints(self, namespace: str, name: str) -> None:
+        self._sync_endpoints(namespace, name)
+        self._sync_slices(namespace, name)
+
+    def _sync_slices(self, namespace: str, name: str) -> None:
+        """The Service's EndpointSlices (discovery.k8s.io/v1), from its Endpoints' subsets,
+        as the EndpointSlice controller keeps them (what kube-proxy and bridge read)."""
+        svc = self.store.try_get("services", namespace, name)
+        ep = self.store.try_get("endpoints", namespace, name)
+        desired = {} if svc is None or ep is None else {
+            sl["metadata"]["name"]: sl for sl in endpoint_slices(svc, ep.get("subsets") or [])}
+        current = {sl["metadata"]["name"]: sl for sl in self.store.list(SLICES, namespace)[0]
+                   if (sl["metadata"].get("labels") or {}).get(SERVICE_NAME_LABEL) == name
+                   and (sl["metadata"].get("labels") or {}).get(MANAGED_BY) == SLICE_MANAGER}
+        for slice_name, sl in desired.items():
+            have = current.pop(slice_name, None)
+            if have is None:
+                self.store.create(SLICES, sl)
+            elif (have.get("endpoints"), have.get("ports")) != (sl["endpoints"], sl["ports"]):
+                have["endpoints"], have["ports"] = sl["endpoints"], sl["ports"]
+                have["metadata"].pop("resourceVersion", None)
+                self.store.replace(SLICES, have)
+        for slice_name in current:
+            with contextlib.suppress(ApiError):
+                self.store.delete(SLICES, namespace, slice_name)
+
+    def _sync_endpoints(self, namespace: str, name: str) -> None:
         static = self.static_endpoints.get((namespace, name))
         svc = self.store.try_get("services", namespace, name)
         current = self.store.try_get("endpoints", namespace, name)

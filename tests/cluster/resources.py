@@ -43,6 +43,7 @@ RESOURCES: tuple[Resource, ...] = (
              ("status", "log", "portforward"), ("all",)),
     Resource("", "v1", "Service", "services", "service", True, ("svc",), ("status",), ("all",)),
     Resource("", "v1", "Endpoints", "endpoints", "endpoints", True, ("ep",)),
+    Resource("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", True),
     Resource("", "v1", "Event", "events", "event", True, ("ev",)),
     Resource("", "v1", "ConfigMap", "configmaps", "configmap", True, ("cm",)),
     Resource("", "v1", "Secret", "secrets", "secret", True),

@@ -13,7 +13,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kubernetes.aio.client import ApiClient, Configuration
 
-from bridge.kube import ApiError, error_type
+from bridge.endpoints import SERVICE_NAME_LABEL
+from bridge.kube import TICK, ApiError, WatchFailed, error_type, follow, wait_with
 from bridge.portforward import SUBPROTOCOL, PortForwarder
 from bridge.tunnel import Tunnel, new_client_key, parse_host_key, public_key_line
 from sidecar import protocol
@@ -517,3 +518,26 @@ class FakeKube:
     async def pod_log(self, name: str, container: str | None = None, *,
                       tail_lines: int | None = None, limit_bytes: int | None = None) -> str:
         return ""
+
+    def slices(self) -> list[dict[str, Any]]:
+        """`self.endpoints` (v1 Endpoints) as the EndpointSlices a server would keep."""
+        return [{"addressType": "IPv4", "metadata": {"labels": {SERVICE_NAME_LABEL: name}},
+                 "endpoints": [{"addresses": [a.get("ip")]} for s in ep.get("subsets") or []
+                               for a in s.get("addresses") or []]}
+                for name, ep in self.endpoints.items()]
+
+    async def wait_for(self, kind: str, label_selector: str, check: Any, *,
+                       tick: float = TICK) -> Any:
+        """bridge.kube's wait, fed by polling this fake's lists (it serves no watch)."""
+        async def list_once() -> tuple[list[dict[str, Any]], str]:
+            if kind == "pods":
+                return await self.list_pods(label_selector), ""
+            return self.slices(), ""
+
+        async def no_watch(rv: str, bound: float) -> AsyncGenerator[Any, None]:
+            raise WatchFailed("the fake serves no watch")
+            yield
+
+        async def feed(publish: Callable[[list[dict[str, Any]]], None]) -> None:
+            await follow(list_once, no_watch, publish, poll=tick)
+        return await wait_with(feed, check, tick=tick)
