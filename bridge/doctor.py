@@ -58,6 +58,8 @@ NEEDS: tuple[Need, ...] = (
     Need("list", "services", "to find the Services that select the pods"),
     Need("list", "endpointslices", "to see when traffic moved", "discovery.k8s.io",
          required=False),
+    Need("watch", "endpointslices", "to see at once (not polled) when traffic moved",
+         "discovery.k8s.io", required=False),
     Need("get", "endpoints", "to see when traffic moved (older clusters)", required=False),
     Need("get", "replicasets", "to prove the proxy pod's owner chain", "apps"),
     Need("list", "replicasets", "to say why the proxy pod cannot be created, and to find the "

@@ -34,7 +34,7 @@ LEAST_PRIVILEGE_RULES: tuple[Rule, ...] = (
     _rule("", "pods/log", "get"),
     _rule("", "pods/portforward", "get,create"),
     _rule("", "services", "get,list"),
-    _rule("discovery.k8s.io", "endpointslices", "list"),
+    _rule("discovery.k8s.io", "endpointslices", "list,watch"),
     _rule("", "endpoints", "get"),
     _rule("apps", "replicasets", "get,list,patch"),
     _rule("", "limitranges", "list"),
