@@ -541,3 +541,16 @@ class FakeKube:
         async def feed(publish: Callable[[list[dict[str, Any]]], None]) -> None:
             await follow(list_once, no_watch, publish, poll=tick)
         return await wait_with(feed, check, tick=tick)
+
+
+async def serve_get(handle: Callable[[web.Request], Any]) -> tuple[web.AppRunner, str]:
+    """An HTTP server on 127.0.0.1 answering every GET with `handle`: its runner (clean it
+    up) and its URL."""
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    return runner, f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import io
 import json
-import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -23,6 +22,7 @@ from bridge import credentials
 from bridge.credentials import ExecPlugin, TokenSource, parse_output, run_plugin
 from bridge.errors import BridgeError
 from bridge.kube import ApiError, Kube
+from tests.unit.support import serve_get
 
 SECRET = "s3cret"
 V1 = "client.authentication.k8s.io/v1"
@@ -141,19 +141,8 @@ class Api:
         return web.json_response({"kind": "Deployment", "metadata": {"name": "hello"}})
 
 
-async def serve(api: Api) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", api.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    return runner, f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
 async def connect(setup: Setup, api: Api) -> tuple[Kube, web.AppRunner]:
-    runner, server = await serve(api)
+    runner, server = await serve_get(api.handle)
     kube = await Kube.connect(setup.kubeconfig(server))
     source = credentials.installed(kube.api_client.configuration)
     assert source is not None
@@ -246,7 +235,7 @@ def test_without_a_plugin_the_401_stands(tmp_path: Path) -> None:
     api = Api(clock)
 
     async def main() -> None:
-        runner, server = await serve(api)
+        runner, server = await serve_get(api.handle)
         path = tmp_path / "kc"
         path.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "c",

@@ -33,6 +33,7 @@ from bridge import credentials, kubeconfig_edit, oidc
 from bridge.credentials import OidcToken
 from bridge.errors import BridgeError
 from bridge.kube import Kube
+from tests.unit.support import serve_get
 
 SECRET = b"issuer-signing-key"
 CLIENT_ID = "kubernetes"
@@ -325,17 +326,6 @@ class Api:
         return web.json_response({"kind": "Deployment", "metadata": {"name": "hello"}})
 
 
-async def serve(api: Api) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", api.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    return runner, f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-
 def oidc_source(kube: Kube, clock: Clock) -> OidcToken:
     source = credentials.installed(kube.api_client.configuration)
     assert isinstance(source, OidcToken)
@@ -358,7 +348,7 @@ def test_a_valid_id_token_is_used_without_the_issuer_then_renewed_before_it_expi
         before = path.read_text()
 
         async def main() -> None:
-            runner, server = await serve(api)
+            runner, server = await serve_get(api.handle)
             path.write_text(before.replace("server: }", f"server: {server}}}"))
             original = path.read_text()
             kube = await Kube.connect(str(path))
@@ -416,7 +406,7 @@ def test_a_401_renews_the_id_token_once(tmp_path: Path) -> None:
         api = Api(clock)
 
         async def main() -> None:
-            runner, server = await serve(api)
+            runner, server = await serve_get(api.handle)
             path = kubeconfig(tmp_path / "kc", server, provider(issuer, first))
             kube = await Kube.connect(str(path))  # the test clock is the real time here
             try:
