@@ -152,7 +152,7 @@ def test_a_live_mount_comes_back_after_the_ssh_connection_drops(
         make_workload: Any, state_home: Path, tmp_path: Path) -> None:
     """The sidecar is frozen until the agent's keepalives give up, then thawed: sshfs ended
     with the old connection; bridge mounts again on the new one."""
-    from tests.e2e.test_resilience import proxy_pod, sidecar_process
+    from tests.e2e.test_resilience import drop_ssh, proxy_pod
 
     w = make_workload()
     port = free_port()
@@ -165,13 +165,7 @@ def test_a_live_mount_comes_back_after_the_ssh_connection_drops(
         b.wait_for("attached")
         assert str(given) in mounted_roots()
         assert probe(given) == "[]"
-        sidecar = sidecar_process(proxy_pod(w)["metadata"]["name"])
-        sidecar.suspend()
-        try:
-            b.wait_for("connection to the proxy pod lost")
-        finally:
-            sidecar.resume()
-        b.wait_for("reconnected")
+        drop_ssh(b, proxy_pod(w)["metadata"]["name"])
         wait_until("the files to be mounted again",
                    lambda: b.stderr.count(f"mounted the pod's files at {given}") == 2)
         assert mounted_roots().count(str(given)) == 1

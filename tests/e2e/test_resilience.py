@@ -40,6 +40,19 @@ def proxy_pod(w: Workload) -> dict[str, Any]:
     return pods[0]
 
 
+def drop_ssh(b: Any, pod_name: str) -> psutil.Process:
+    """Drop bridge's SSH connection while the pod stays up: freeze the sidecar until bridge
+    says the connection is lost, thaw it, wait for the reconnect; the sidecar process."""
+    sidecar = sidecar_process(pod_name)
+    sidecar.suspend()
+    try:
+        b.wait_for("connection to the proxy pod lost")
+    finally:
+        sidecar.resume()
+    b.wait_for("reconnected")
+    return sidecar
+
+
 def sidecar_process(pod_name: str) -> psutil.Process:
     """The `python -m sidecar` process running in pod `pod_name` (its HOSTNAME)."""
     found = []
@@ -101,13 +114,7 @@ def test_tunnel_comes_back_when_the_ssh_connection_drops(make_workload: Any) -> 
     b, port = w.attach(env={"BRIDGE_KEEPALIVE_INTERVAL": "0.5"})
     until_laptop_answers(ip, 80, f"laptop {port}\n")
     pod = proxy_pod(w)["metadata"]["name"]
-    sidecar = sidecar_process(pod)
-    sidecar.suspend()
-    try:
-        b.wait_for("connection to the proxy pod lost")
-    finally:
-        sidecar.resume()
-    b.wait_for("reconnected")
+    sidecar = drop_ssh(b, pod)
     wait_until("the laptop to answer again",
                lambda: http_get(ip, 80) == f"laptop {port}\n")
     assert sidecar_process(pod).pid == sidecar.pid  # the same sidecar: only SSH dropped

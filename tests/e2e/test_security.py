@@ -115,7 +115,7 @@ def test_a_forged_host_key_line_cannot_break_the_reconnect(make_workload: Any,
     from tests.clusterchecks.test_kubectl_portforward import kubectl_port_forward
     from tests.sidecar.test_security import FORGED_KEY, disconnect_packet
 
-    from .test_resilience import proxy_pod, sidecar_process
+    from .test_resilience import drop_ssh, proxy_pod
 
     w = make_workload()
     ip = w.service_ip()
@@ -133,13 +133,7 @@ def test_a_forged_host_key_line_cannot_break_the_reconnect(make_workload: Any,
     wait_until("the attack in the sidecar's log", lambda: "mallory" in w.k(
         "logs", pod["metadata"]["name"]) or "host-key: " + FORGED_KEY in w.k(
         "logs", pod["metadata"]["name"]).replace("\\n", "\n"))
-    sidecar = sidecar_process(pod["metadata"]["name"])
-    sidecar.suspend()  # drop bridge's SSH connection: it reconnects, reading the host key
-    try:
-        b.wait_for("connection to the proxy pod lost")
-    finally:
-        sidecar.resume()
-    b.wait_for("reconnected")
+    drop_ssh(b, pod["metadata"]["name"])  # bridge reconnects, reading the host key again
     wait_until("the laptop to answer again", lambda: http_get(ip, 80) == f"laptop {port}\n")
     b.signal(signal.SIGINT)
     assert b.wait() == 0, b.stderr
