@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +22,12 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.helpers import stop_process
+
+# A suite started as a background job of a non-interactive shell inherits SIGINT ignored, and an
+# ignored signal stays ignored across exec: every bridge, command and helper the tests start would
+# then shrug off the Ctrl-C the tests send. With a handler here, children start with the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
