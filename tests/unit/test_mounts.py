@@ -308,9 +308,11 @@ def test_cleanup_leaves_a_running_sessions_files_alone(
         assert mounts.cleanup_leftovers(lambda _: None) == 0
         assert (Path(root) / "etc/config/app.yaml").read_text() == APP_YAML
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=WAIT)
-        stop_process(proc, 10)
+        try:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=WAIT)
+        finally:
+            stop_process(proc, 10)  # also when the Ctrl-C went unanswered
     assert not os.path.exists(root)
 
 
