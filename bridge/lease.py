@@ -36,6 +36,10 @@ class NotOurs(BridgeError):
     deleted), or its proxy Deployment is gone."""
 
 
+class ProxyGone(Exception):
+    """The session's proxy Deployment is not there to carry a heartbeat."""
+
+
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -295,14 +299,11 @@ class Lease:
             return
         proxy = self.lock.proxy
 
-        class Gone(Exception):
-            pass
-
         async def read() -> Obj:
             try:
                 return await self.api.get_deployment(proxy)
             except NotFound:
-                raise Gone from None
+                raise ProxyGone from None
 
         def decide(dep: Obj) -> dict[str, Any] | None:
             if (dep.get("metadata") or {}).get("uid") != self.proxy_uid:
@@ -316,7 +317,7 @@ class Lease:
                 what=f"deployment/{proxy} (heartbeat)")
         except conditional.KeptChanging:
             pass  # changed again and again under us: the next beat will do
-        except Gone:
+        except ProxyGone:
             # deleted (a restore deletes the proxy, then clears the lock) or replaced: no
             # beat; whether the session can go on is the link's verdict (still_ours_unless_
             # unsure) and the next beat's (the lock)
