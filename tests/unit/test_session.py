@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import io
 
+from typing import Any
+
 import anyio
 import pytest
 
@@ -666,6 +668,33 @@ def test_a_second_swap_repairs_a_session_whose_heartbeat_stayed_the_same_for_the
     assert lk.proxy not in kube.deployments
     assert kube.deployments["hello"]["spec"]["replicas"] == 2
     assert dep["metadata"]["annotations"] == {}
+
+
+class SlowKube(FakeKube):
+    """An API server a link away: read number i (from 0) takes delays[i] seconds, then none."""
+
+    def __init__(self, delays: list[float]) -> None:
+        super().__init__()
+        self.delays = delays
+
+    async def get_deployment(self, name: str) -> dict[str, Any]:
+        if self.delays:
+            await anyio.sleep(self.delays.pop(0))
+        return await super().get_deployment(name)
+
+
+def test_a_dead_session_is_repaired_even_when_every_look_takes_time() -> None:
+    """The TTL is counted from the first look's answer, not from before it was asked: a slow
+    first look (here 0.3 s of a 0.5 s TTL: a new connection's handshakes) must not leave the verdict "still watching" when
+    the watch ends, which refused the swap as if the dead session were alive (CI failure:
+    "already swapped by ..." after SIGKILL in the restore, with BRIDGE_HEARTBEAT_TTL=2)."""
+    # the swap's own read, then the first look's (a new connection's handshakes)
+    kube = SlowKube([0.0, 0.3])
+    lk = _watched_lock(kube, proxy=True)
+    dep, text = _clear(kube, ttl=0.5)
+    assert "restoring it first" in text
+    assert lk.proxy not in kube.deployments
+    assert kube.deployments["hello"]["spec"]["replicas"] == 2
 
 
 def test_no_proxy_yet_is_not_stale_at_once_and_its_creation_is_a_sign_of_life() -> None:
