@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import io
-
 from typing import Any
 
 import anyio
@@ -685,9 +684,9 @@ class SlowKube(FakeKube):
 
 def test_a_dead_session_is_repaired_even_when_every_look_takes_time() -> None:
     """The TTL is counted from the first look's answer, not from before it was asked: a slow
-    first look (here 0.3 s of a 0.5 s TTL: a new connection's handshakes) must not leave the verdict "still watching" when
-    the watch ends, which refused the swap as if the dead session were alive (CI failure:
-    "already swapped by ..." after SIGKILL in the restore, with BRIDGE_HEARTBEAT_TTL=2)."""
+    first look (here 0.3 s of a 0.5 s TTL: a new connection's handshakes) must not end the
+    watch "still watching", which refused the swap as if the dead session were alive (CI
+    failure: "already swapped by ..." after SIGKILL in the restore, BRIDGE_HEARTBEAT_TTL=2)."""
     # the swap's own read, then the first look's (a new connection's handshakes)
     kube = SlowKube([0.0, 0.3])
     lk = _watched_lock(kube, proxy=True)
