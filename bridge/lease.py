@@ -9,7 +9,8 @@ in between the session only reads the original (and scales it, through
 session's). The heartbeat is a sequence number on the session's own proxy Deployment.
 
 Also the observer's edge: `watch_sessions` looks at other sessions' heartbeats on this
-machine's monotonic clock until `state.liveness` has a verdict (no clocks compared).
+machine's monotonic clock until `state.liveness` has a verdict (no clocks compared), except for
+a session whose bridge ran on this machine and is gone (`localstate`): dead at once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from bridge import conditional, controllers, plan, restore, state, trust
+from bridge import conditional, controllers, localstate, plan, restore, state, trust
 from bridge.cleanup import CleanupStack
 from bridge.errors import BridgeError
 from bridge.kube import Api, ApiError, NotFound, Obj, Unreachable
@@ -90,15 +91,20 @@ async def watch_sessions(api: Api, locked: Mapping[str, tuple[Obj, state.Lock]],
                          ) -> dict[str, state.Liveness]:
     """Watch the heartbeats of the sessions holding these Deployments (name -> (Deployment,
     lock)) on this machine's monotonic clock, until each is seen alive (its heartbeat changed)
-    or stale (unchanged for `ttl`), or `limit` seconds passed (then `state.Watching`)."""
+    or stale (unchanged for `ttl`), or `limit` seconds passed (then `state.Watching`). A session
+    whose bridge ran on this machine and is no longer running is `state.Ended` unwatched."""
     bound = ttl if limit is None else min(limit, ttl)
+    verdicts: dict[str, state.Liveness] = {}
     for name, (_dep, lk) in locked.items():
+        pid = localstate.ended(lk.session, api.namespace, name)
+        if pid is not None:  # its bridge ran here and is gone: nothing to watch
+            verdicts[name] = state.Ended(pid)
+            continue
         progress.info(f"deployment/{name} is locked by {lk.owner} (session {lk.session}); "
                       f"checking whether that session is alive (up to {bound:g}s)")
     seen: dict[str, list[state.Seen]] = {name: [] for name in locked}
-    verdicts: dict[str, state.Liveness] = {}
     waiter = Waiter(progress, "a heartbeat")
-    while True:
+    while len(verdicts) < len(locked):
         for name, (dep, lk) in locked.items():
             if name in verdicts:
                 continue
@@ -112,10 +118,10 @@ async def watch_sessions(api: Api, locked: Mapping[str, tuple[Obj, state.Lock]],
             if not isinstance(verdict, state.Watching) or \
                     seen[name][-1].at - seen[name][0].at >= bound:
                 verdicts[name] = verdict
-        if len(verdicts) == len(locked):
-            return verdicts
-        waiter.tick()
-        await anyio.sleep(look_every(ttl))
+        if len(verdicts) < len(locked):
+            waiter.tick()
+            await anyio.sleep(look_every(ttl))
+    return verdicts
 
 
 async def clear_the_way(api: Api, deployment: Obj, *, ttl: float, bound: float,
@@ -138,8 +144,7 @@ async def clear_the_way(api: Api, deployment: Obj, *, ttl: float, bound: float,
     if isinstance(decision, state.RepairFirst):
         lk = decision.lock
         progress.info(f"deployment/{name} was swapped by {lk.owner} (session {lk.session}) "
-                      "whose heartbeat did not change for "
-                      f"{state.describe_age(decision.silent_for)}; restoring it first")
+                      f"{decision.why()}; restoring it first")
         outcome.repaired_stale = True  # the repair changes the cluster, even if it fails
         with anyio.CancelScope(shield=True):
             out = await restore.restore(api, name, progress, lock=lk, wait=True,
@@ -197,6 +202,11 @@ class Lease:
         that left the Deployment unlocked and its spec as planned (the controller's status
         updates, its revision annotation) is retried; a lock or a spec change refuses."""
         handle = stack.push(f"restoring deployment/{self.name}", restore_step)
+        try:  # before the lock exists: a bridge killed from now on is known dead here at once
+            localstate.register(self.lock.session, self.api.namespace, self.name)
+        except OSError as e:
+            self.progress.detail(f"could not record the session on this machine ({e}); if "
+                                 "bridge is killed, the next swap watches its heartbeat")
         first = [deployment]  # the first attempt writes on the Deployment the plan was made of
 
         async def read() -> Obj:
@@ -217,6 +227,7 @@ class Lease:
             raise
         except (ApiError, BridgeError):
             stack.discard(handle)  # refused, or it kept changing: the lock was not taken
+            localstate.forget(self.lock.session)
             raise
         except BaseException:
             outcome.touched = True  # cancelled mid-request: the restore finds out

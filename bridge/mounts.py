@@ -43,6 +43,7 @@ import anyio
 import asyncssh
 import psutil
 
+from bridge import localstate
 from bridge.errors import BridgeError
 from bridge.progress import Progress
 
@@ -115,9 +116,7 @@ def safe_name(name: str) -> bool:
 
 
 def records_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
-                                                            "state")
-    return Path(base) / "bridge" / "mounts"
+    return localstate.state_dir() / "mounts"
 
 
 @dataclass(frozen=True)
@@ -132,16 +131,7 @@ class Record:
     helper_started: float = 0.0
 
     def alive(self) -> bool:
-        return _same_process(self.pid, self.started)
-
-
-def _same_process(pid: int, started: float) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        return abs(psutil.Process(pid).create_time() - started) < 1.0
-    except psutil.Error:
-        return False
+        return localstate.same_process(self.pid, self.started)
 
 
 def _write_record(record: Record, session: str) -> Path:
@@ -181,7 +171,7 @@ def cleanup_leftovers(say: Callable[[str], None]) -> int:
             continue
         if record.alive():
             continue
-        if _same_process(record.helper_pid, record.helper_started):
+        if localstate.same_process(record.helper_pid, record.helper_started):
             # an sshfs whose bridge died with a request pending can hang; its auto_unmount
             # helper unmounts once it is gone
             with contextlib.suppress(psutil.Error):

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import anyio
 
-from bridge import conditional, endpoints, leftovers, plan, state, trust
+from bridge import conditional, endpoints, leftovers, localstate, plan, state, trust
 from bridge.errors import BridgeError
 from bridge.kube import Api, ApiError, NotFound, Obj, ServerTrouble, Unreachable
 from bridge.progress import Progress, Waiter
@@ -244,6 +244,8 @@ async def restore(kube: Api, name: str, progress: Progress, *, lock: state.Lock 
         else:
             progress.warn(f"kept bridge's annotations on deployment/{name} so that "
                           f"`bridge restore {name}` can finish the job")
+    if out.ok:  # the session is over: this machine's record of it (if any) is done with
+        localstate.forget(lock.session)
     return out
 
 

@@ -255,7 +255,15 @@ class Watching:
     left: float  # seconds still to watch before the session counts as stale
 
 
-Liveness = Alive | Stale | Watching
+@dataclass(frozen=True)
+class Ended:
+    """The session's bridge ran on this machine and that process is gone (this machine's
+    record of the session, localstate.py): dead without watching its heartbeat."""
+
+    pid: int
+
+
+Liveness = Alive | Stale | Watching | Ended
 
 
 def liveness(seen: Sequence[Seen], ttl: float) -> Liveness:
@@ -289,7 +297,13 @@ class Refuse:
 @dataclass(frozen=True)
 class RepairFirst:
     lock: Lock
-    silent_for: float  # seconds this observer watched the heartbeat not change
+    evidence: Stale | Ended  # why the session is taken for dead
+
+    def why(self) -> str:
+        if isinstance(self.evidence, Ended):
+            return (f"whose bridge on this machine (pid {self.evidence.pid}) is no longer "
+                    "running")
+        return f"whose heartbeat did not change for {describe_age(self.evidence.silent_for)}"
 
 
 @dataclass(frozen=True)
@@ -317,14 +331,14 @@ def needs_watching(lock: Lock | None) -> bool:
 
 def decide(lock: Lock | None, seen: Liveness | None = None) -> Decision:
     """What a new swap does about the lock it found on the Deployment, given what watching its
-    session's heartbeat showed (`seen`; only a `Stale` session is repaired)."""
+    session's heartbeat showed (`seen`; only a `Stale` or `Ended` session is repaired)."""
     if lock is None:
         return Proceed()
     problems = lock_problems(lock)
     if problems:
         return Doubtful(lock, tuple(problems))
-    if isinstance(seen, Stale):
-        return RepairFirst(lock, seen.silent_for)
+    if isinstance(seen, (Stale, Ended)):
+        return RepairFirst(lock, seen)
     return Refuse(lock.owner, lock.started_at, lock.session)
 
 

@@ -44,6 +44,8 @@ def describe(seen: state.Liveness | None) -> tuple[str, str]:
         return f"beat within {state.describe_age(seen.after)}", "live"
     if isinstance(seen, state.Stale):
         return f"silent for {state.describe_age(seen.silent_for)}", "stale"
+    if isinstance(seen, state.Ended):
+        return f"bridge pid {seen.pid} here ended", "stale"
     return "-", "unknown"
 
 

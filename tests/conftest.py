@@ -38,6 +38,18 @@ STOP_TIMEOUT = 30.0
 T = TypeVar("T")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """bridge's state on this machine (records of sessions and mounts, under $XDG_STATE_HOME)
+    lives in a directory of this test run, for every bridge the tests start: a record another
+    run left (a killed bridge's) never decides what a test sees, and the user's own records
+    are left alone."""
+    home = tmp_path_factory.mktemp("state-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_STATE_HOME", str(home))
+        yield home
+
+
 @dataclass
 class ClusterProcess:
     kubeconfig: str

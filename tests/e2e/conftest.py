@@ -268,6 +268,14 @@ class Workload:
         self.bridges.append(b)
         return b
 
+    def another_laptop(self) -> dict[str, str]:
+        """The environment of a bridge standing for one on another machine: a state directory
+        of its own (a machine's records of its sessions, bridge/localstate.py, are not shared),
+        so a session it leaves is judged by its heartbeat alone."""
+        home = self.tmp / f"laptop-{len(self.bridges)}"
+        home.mkdir(exist_ok=True)
+        return {"XDG_STATE_HOME": str(home)}
+
     def run_bridge(self, *args: str, env: dict[str, str] | None = None) -> tuple[int, Bridge]:
         b = self.bridge(*args, env=env)
         return b.wait(), b

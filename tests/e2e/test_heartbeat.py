@@ -81,7 +81,8 @@ def test_the_original_is_not_written_during_a_swap_and_its_replicasets_are_clean
 def test_a_live_session_is_refused_and_a_killed_one_repaired_whatever_the_clocks(
         make_workload: Any) -> None:
     w = make_workload()
-    holder, _port = w.attach(env={**FAST, "BRIDGE_OWNER": "alice@laptop"})
+    # alice is on another machine: once she is killed, only her heartbeat tells
+    holder, _port = w.attach(env={**FAST, "BRIDGE_OWNER": "alice@laptop", **w.another_laptop()})
     w.assert_swapped()
     # alice's clock runs 5 minutes ahead (her start time), an old bridge's heartbeat time in the
     # lock 5 minutes behind: neither decides anything

@@ -217,17 +217,40 @@ def test_kill_9_then_next_swap_repairs_the_stale_session(make_workload: Any) -> 
     import sys
 
     w = make_workload()
-    b, port = w.attach(env={"BRIDGE_HEARTBEAT_INTERVAL": "0.5", "BRIDGE_OWNER": "dead@laptop"})
+    b, port = w.attach(env={"BRIDGE_HEARTBEAT_INTERVAL": "0.5", "BRIDGE_OWNER": "dead@laptop",
+                            **w.another_laptop()})
     b.kill()
     old_proxy = w.assert_swapped()["metadata"]["name"]
     until_the_heartbeat_settles(w, old_proxy)
-    # the next swap watches the heartbeat stay the same for its TTL (2s), then repairs first
+    # the dead session was another machine's: the next swap watches the heartbeat stay the
+    # same for its TTL (2s), then repairs first
     code, r = w.run_bridge("swap", "hello", "--", sys.executable, "-c",
                            "import sys; sys.exit(3)", env={"BRIDGE_HEARTBEAT_TTL": "2"})
     assert code == 3, r.stderr
     assert "checking whether that session is alive (up to 2s)" in r.stderr
-    assert "dead@laptop" in r.stderr and "restoring it first" in r.stderr
+    assert "dead@laptop" in r.stderr and "whose heartbeat did not change" in r.stderr
     assert f"deleted proxy deployment/{old_proxy}" in r.stderr
+
+
+def test_kill_9_on_this_laptop_then_next_swap_repairs_at_once(make_workload: Any) -> None:
+    """The killed bridge ran here: this machine knows its process is gone, so the next swap
+    repairs the session without sitting through the heartbeat's TTL (60 s by default)."""
+    import sys
+
+    w = make_workload()
+    b, port = w.attach()
+    b.kill()
+    old_proxy = w.assert_swapped()["metadata"]["name"]
+    code, r = w.run_bridge("swap", "hello", "--", sys.executable, "-c",
+                           "import sys; sys.exit(3)")
+    assert code == 3, r.stderr
+    assert "checking whether that session is alive" not in r.stderr
+    assert (f"whose bridge on this machine (pid {b.proc.pid}) is no longer running; restoring "
+            "it first") in r.stderr
+    assert f"deleted proxy deployment/{old_proxy}" in r.stderr
+    w.assert_restored()
+    code, status = w.run_bridge("status")
+    assert code == 0 and "No swapped deployments" in status.stderr, status.stderr
 
 
 def test_second_swap_is_refused_naming_the_holder(make_workload: Any) -> None:

@@ -373,8 +373,8 @@ def run_kill(b: Bench, n: int, rng: random.Random, setup_s: float, restore_s: fl
             if rc != 0:
                 note += f": {out.strip().splitlines()[-1:]}"
         else:
-            # The next swap watches the dead session's heartbeat stay the same for its TTL,
-            # then repairs it.
+            # The next swap, on this machine, knows the killed bridge is gone (bridge/
+            # localstate.py) and repairs its session at once (the TTL is the fallback).
             q, qerr = b.bridge("swap", NAME, "--port", f"http:{b.local_port}",
                                env={"BRIDGE_HEARTBEAT_TTL": "2"})
             try:

@@ -96,7 +96,7 @@ def test_skewed_timestamps_in_the_annotations_change_nothing() -> None:
             assert state.decide(lk, state.Alive(1)) == state.Refuse(
                 "ann@laptop", T0 + skew, "ab12cd34")
             stale = state.decide(lk, state.Stale(60))
-            assert isinstance(stale, state.RepairFirst) and stale.silent_for == 60
+            assert stale == state.RepairFirst(lk, state.Stale(60))
             # not watched yet (or still watching): never repaired
             assert isinstance(state.decide(lk), state.Refuse)
             assert isinstance(state.decide(lk, state.Watching(3)), state.Refuse)
@@ -110,7 +110,12 @@ def test_decide() -> None:
     d = state.decide(live, state.Stale(90))
     assert isinstance(d, state.RepairFirst)
     assert d.lock == live
-    assert d.silent_for == 90
+    assert d.evidence == state.Stale(90)
+    assert d.why() == "whose heartbeat did not change for 1m30s"
+    # this machine's record says the holder's process is gone: dead, without watching
+    gone = state.decide(live, state.Ended(4242))
+    assert gone == state.RepairFirst(live, state.Ended(4242))
+    assert gone.why() == "whose bridge on this machine (pid 4242) is no longer running"
 
 
 def test_patches() -> None:

@@ -1,0 +1,130 @@
+"""What bridge keeps on this machine about its own sessions, under $XDG_STATE_HOME/bridge
+(~/.local/state/bridge): a record per session holding a lock, naming the bridge process that
+holds it (pid and create time, so a reused pid is not taken for it).
+
+A later bridge on the same machine that finds that session's lock on a Deployment knows at
+once whether its holder still runs: a record whose process is gone is a dead session (bridge
+was killed, the laptop slept through a crash, the terminal was closed), repaired without
+watching its heartbeat for the TTL. Without a record (the session is another machine's or
+another user's) the heartbeat decides, as before. The record is written before the lock is
+taken and removed once the lock is released; a record left by a killed bridge is the evidence
+and stays until that session is repaired.
+
+Records are this user's own files; the session id that names one comes from a lock on the
+cluster, so it is checked to be a plain id before it becomes a file name.
+
+    localstate.register(session, namespace, deployment)   # before the lock is taken
+    localstate.ended(session, namespace, deployment)      # -> pid of the dead holder, or None
+    localstate.forget(session)                            # once the lock is released
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+_SESSION_ID = re.compile(r"[0-9a-z][0-9a-z-]{0,62}")
+KEEP_UNMATCHED_S = 30 * 86400  # a record whose lock was never found is dropped after this
+
+
+def state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                            "state")
+    return Path(base) / "bridge"
+
+
+def same_process(pid: int, started: float) -> bool:
+    """Whether process `pid` runs and is the one created at `started` (not a reused pid)."""
+    if pid <= 0:
+        return False
+    try:
+        return abs(psutil.Process(pid).create_time() - started) < 1.0
+    except psutil.Error:
+        return False
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    session: str
+    namespace: str
+    deployment: str
+    pid: int
+    started: float  # the process's create time
+    written: float  # wall clock, for dropping records that never matched a lock
+
+
+def _path(session: str) -> Path | None:
+    if not _SESSION_ID.fullmatch(session):
+        return None  # not an id bridge makes: never a file name
+    return state_dir() / "sessions" / f"{session}.json"
+
+
+def register(session: str, namespace: str, deployment: str) -> None:
+    """Record that this process holds (is about to take) `session`'s lock."""
+    path = _path(session)
+    if path is None:
+        raise ValueError(f"not a session id: {session!r}")
+    me = psutil.Process()
+    record = SessionRecord(session, namespace, deployment, me.pid, me.create_time(),
+                           time.time())
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _prune(path.parent)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(record)))
+    tmp.replace(path)
+
+
+def read(session: str) -> SessionRecord | None:
+    """The record of `session`, None when there is none or it is not one bridge wrote."""
+    path = _path(session)
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+        record = SessionRecord(
+            session=str(data["session"]), namespace=str(data["namespace"]),
+            deployment=str(data["deployment"]), pid=int(data["pid"]),
+            started=float(data["started"]), written=float(data["written"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record if record.session == session else None
+
+
+def judge(record: SessionRecord | None, namespace: str, deployment: str,
+          running: bool) -> int | None:
+    """The pid of the dead bridge that held this lock, when `record` (this machine's, for the
+    same session) names the same Deployment and its process is gone (`running` False); None
+    when this machine cannot tell (no record, another Deployment) or the holder runs."""
+    if record is None or (record.namespace, record.deployment) != (namespace, deployment):
+        return None
+    return None if running else record.pid
+
+
+def ended(session: str, namespace: str, deployment: str) -> int | None:
+    """`judge` on this machine: the pid of `session`'s bridge here, once it is gone."""
+    record = read(session)
+    running = record is not None and same_process(record.pid, record.started)
+    return judge(record, namespace, deployment, running)
+
+
+def forget(session: str) -> None:
+    path = _path(session)
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
+def _prune(directory: Path) -> None:
+    """Drop records older than KEEP_UNMATCHED_S whose process is gone (a bridge killed before
+    its lock was written leaves one that no lock will ever match)."""
+    cutoff = time.time() - KEEP_UNMATCHED_S
+    for entry in directory.glob("*.json"):
+        record = read(entry.stem)
+        if record is not None and record.written < cutoff \
+                and not same_process(record.pid, record.started):
+            entry.unlink(missing_ok=True)
