@@ -156,14 +156,26 @@ def test_kill_9_of_bridge_stops_the_command_tree(make_workload: Any, tmp_path: A
 
 
 ESCAPE = r"""
-import os, subprocess, sys
-pid_file, port = sys.argv[1], sys.argv[2]
-# a daemon of the command: a session of its own, so neither the watcher nor PDEATHSIG reach it
-daemon = subprocess.Popen([sys.executable, "-c", sys.argv[3], port], start_new_session=True,
-                          stdout=subprocess.DEVNULL)
-with open(pid_file, "w") as f:
-    f.write(str(daemon.pid))
-daemon.wait()
+import os, sys, time
+pid_file, port, server = sys.argv[1], sys.argv[2], sys.argv[3]
+# a daemon of the command, made the classic way (double fork): a session of its own and its
+# parent gone at once, so it is neither in the command's session nor below the command in the
+# process tree, and the watcher that stops the command's tree when bridge dies cannot find it.
+# (A daemon still below the command when bridge dies is stopped with it: a race between
+# PDEATHSIG and the watcher, which made this test flaky while the daemon was a direct child.)
+if os.fork() == 0:
+    os.setsid()
+    pid = os.fork()
+    if pid == 0:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.execv(sys.executable, [sys.executable, "-c", server, port])
+    with open(pid_file + ".tmp", "w") as f:
+        f.write(str(pid))
+    os.rename(pid_file + ".tmp", pid_file)
+    os._exit(0)
+os.wait()
+time.sleep(3600)
 """
 
 
