@@ -10,6 +10,11 @@ another user's) the heartbeat decides, as before. The record is written before t
 taken and removed once the lock is released; a record left by a killed bridge is the evidence
 and stays until that session is repaired.
 
+A record also names the machine it was written on (host name, boot time, pid namespace): a
+home directory shared by several machines (NFS) or containers must not make one of them take
+another's live bridge for dead because that pid does not run where it looks. Only a record of
+this very machine is judged by its pid (of an earlier boot of it: dead); any other says nothing.
+
 Records are this user's own files; the session id that names one comes from a lock on the
 cluster, so it is checked to be a plain id before it becomes a file name.
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +56,26 @@ def same_process(pid: int, started: float) -> bool:
 
 
 @dataclass(frozen=True)
+class Machine:
+    """Where a pid means something: this host, since this boot, in this pid namespace."""
+
+    host: str
+    boot: float  # psutil.boot_time(): seconds since the epoch
+    pidns: int  # the inode of /proc/self/ns/pid (0 where there is none)
+
+    @staticmethod
+    def here() -> Machine:
+        try:
+            pidns = os.stat("/proc/self/ns/pid").st_ino
+        except OSError:
+            pidns = 0
+        return Machine(socket.gethostname(), psutil.boot_time(), pidns)
+
+
+BOOT_SLACK_S = 2.0  # boot times computed from uptime may differ by a rounding
+
+
+@dataclass(frozen=True)
 class SessionRecord:
     session: str
     namespace: str
@@ -57,6 +83,7 @@ class SessionRecord:
     pid: int
     started: float  # the process's create time
     written: float  # wall clock, for dropping records that never matched a lock
+    machine: Machine
 
 
 def _path(session: str) -> Path | None:
@@ -72,7 +99,7 @@ def register(session: str, namespace: str, deployment: str) -> None:
         raise ValueError(f"not a session id: {session!r}")
     me = psutil.Process()
     record = SessionRecord(session, namespace, deployment, me.pid, me.create_time(),
-                           time.time())
+                           time.time(), Machine.here())
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     _prune(path.parent)
     tmp = path.with_suffix(".tmp")
@@ -87,22 +114,34 @@ def read(session: str) -> SessionRecord | None:
         return None
     try:
         data = json.loads(path.read_text())
+        machine = data["machine"]
         record = SessionRecord(
             session=str(data["session"]), namespace=str(data["namespace"]),
             deployment=str(data["deployment"]), pid=int(data["pid"]),
-            started=float(data["started"]), written=float(data["written"]))
+            started=float(data["started"]), written=float(data["written"]),
+            machine=Machine(str(machine["host"]), float(machine["boot"]),
+                            int(machine["pidns"])))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return record if record.session == session else None
 
 
-def judge(record: SessionRecord | None, namespace: str, deployment: str,
+def judge(record: SessionRecord | None, namespace: str, deployment: str, here: Machine,
           running: bool) -> int | None:
-    """The pid of the dead bridge that held this lock, when `record` (this machine's, for the
-    same session) names the same Deployment and its process is gone (`running` False); None
-    when this machine cannot tell (no record, another Deployment) or the holder runs."""
+    """The pid of the dead bridge that held this lock, when `record` (this user's, for the
+    same session) names the same Deployment and was written on this machine (`here`) by a
+    process that is gone (`running`: whether that pid runs here, as the same process) or in an
+    earlier boot; None when this machine cannot tell (no record, another Deployment, another
+    host or pid namespace) or the holder runs."""
     if record is None or (record.namespace, record.deployment) != (namespace, deployment):
         return None
+    then = record.machine
+    if then.host != here.host:
+        return None  # a home directory shared with another machine: its pids say nothing here
+    if abs(then.boot - here.boot) > BOOT_SLACK_S:
+        return record.pid if then.boot < here.boot else None  # rebooted since: gone
+    if then.pidns != here.pidns:
+        return None  # another container on this machine: its pid is not ours to look up
     return None if running else record.pid
 
 
@@ -110,7 +149,7 @@ def ended(session: str, namespace: str, deployment: str) -> int | None:
     """`judge` on this machine: the pid of `session`'s bridge here, once it is gone."""
     record = read(session)
     running = record is not None and same_process(record.pid, record.started)
-    return judge(record, namespace, deployment, running)
+    return judge(record, namespace, deployment, Machine.here(), running)
 
 
 def forget(session: str) -> None:

@@ -3,6 +3,7 @@ process, judged by whether that process still runs, never a file name from a for
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -32,17 +33,38 @@ def state_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _record(pid: int = 10, namespace: str = "ns", deployment: str = "hello"
-            ) -> localstate.SessionRecord:
-    return localstate.SessionRecord("ab12cd34", namespace, deployment, pid, 1.0, 1.0)
+HERE = localstate.Machine("laptop", 1000.0, 4026531836)
+
+
+def _record(pid: int = 10, namespace: str = "ns", deployment: str = "hello",
+            machine: localstate.Machine = HERE) -> localstate.SessionRecord:
+    return localstate.SessionRecord("ab12cd34", namespace, deployment, pid, 1.0, 1.0, machine)
 
 
 def test_judge_names_the_dead_holder_only_for_the_same_deployment() -> None:
-    assert localstate.judge(None, "ns", "hello", running=False) is None
-    assert localstate.judge(_record(), "ns", "hello", running=True) is None
-    assert localstate.judge(_record(), "ns", "hello", running=False) == 10
-    assert localstate.judge(_record(deployment="web"), "ns", "hello", running=False) is None
-    assert localstate.judge(_record(namespace="other"), "ns", "hello", running=False) is None
+    assert localstate.judge(None, "ns", "hello", HERE, running=False) is None
+    assert localstate.judge(_record(), "ns", "hello", HERE, running=True) is None
+    assert localstate.judge(_record(), "ns", "hello", HERE, running=False) == 10
+    assert localstate.judge(_record(deployment="web"), "ns", "hello", HERE,
+                            running=False) is None
+    assert localstate.judge(_record(namespace="other"), "ns", "hello", HERE,
+                            running=False) is None
+
+
+def test_judge_trusts_a_pid_only_where_it_was_written() -> None:
+    """A home directory shared by machines (NFS) or containers: a pid that does not run here
+    may run there, and that bridge is alive. Only this host, boot and pid namespace count; an
+    earlier boot of this host means the holder is gone."""
+    other_host = localstate.Machine("desktop", HERE.boot, HERE.pidns)
+    container = localstate.Machine(HERE.host, HERE.boot, 4026532000)
+    rebooted = localstate.Machine(HERE.host, HERE.boot - 86400, 4026531999)
+    later_boot = localstate.Machine(HERE.host, HERE.boot + 86400, HERE.pidns)
+    rounding = localstate.Machine(HERE.host, HERE.boot + 1, HERE.pidns)
+    for machine, verdict in ((other_host, None), (container, None), (rebooted, 10),
+                             (later_boot, None), (rounding, 10)):
+        assert localstate.judge(_record(machine=machine), "ns", "hello", HERE,
+                                running=False) == verdict, machine
+    assert localstate.judge(_record(machine=rebooted), "ns", "hello", HERE, running=True) == 10
 
 
 def _register_in_a_child(session: str, namespace: str = "ns", deployment: str = "hello"
@@ -96,9 +118,12 @@ def test_a_record_not_written_by_bridge_says_nothing(state_home: Path) -> None:
     directory.mkdir(parents=True)
     (directory / "ab12cd34.json").write_text('{"session": "ab12cd34", "pid": "x"}')
     assert localstate.ended("ab12cd34", "ns", "hello") is None
-    (directory / "ab12cd34.json").write_text(json.dumps(
-        {**_record().__dict__, "session": "cd34ab12"}))  # filed under another id
-    assert localstate.ended("ab12cd34", "ns", "hello") is None
+    good = json.loads(json.dumps(dataclasses.asdict(_record())))
+    (directory / "ab12cd34.json").write_text(json.dumps({**good, "session": "cd34ab12"}))
+    assert localstate.read("ab12cd34") is None  # filed under another id
+    del good["machine"]  # written where? (a record of an earlier version of this file)
+    (directory / "ab12cd34.json").write_text(json.dumps(good))
+    assert localstate.read("ab12cd34") is None
 
 
 def test_old_records_of_ended_processes_are_pruned_and_running_ones_kept(
