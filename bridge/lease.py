@@ -204,7 +204,7 @@ class Lease:
         handle = stack.push(f"restoring deployment/{self.name}", restore_step)
         try:  # before the lock exists: a bridge killed from now on is known dead here at once
             localstate.register(self.lock.session, self.api.namespace, self.name)
-        except OSError as e:
+        except (OSError, BridgeError) as e:
             self.progress.detail(f"could not record the session on this machine ({e}); if "
                                  "bridge is killed, the next swap watches its heartbeat")
         first = [deployment]  # the first attempt writes on the Deployment the plan was made of

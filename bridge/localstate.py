@@ -30,10 +30,13 @@ import os
 import re
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
+
+from bridge import env
 
 _SESSION_ID = re.compile(r"[0-9a-z][0-9a-z-]{0,62}")
 KEEP_UNMATCHED_S = 30 * 86400  # a record whose lock was never found is dropped after this
@@ -100,11 +103,15 @@ def register(session: str, namespace: str, deployment: str) -> None:
     me = psutil.Process()
     record = SessionRecord(session, namespace, deployment, me.pid, me.create_time(),
                            time.time(), Machine.here())
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_record(path, asdict(record))
     _prune(path.parent)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(record)))
-    tmp.replace(path)
+
+
+def write_record(path: Path, data: Mapping[str, object]) -> None:
+    """One record of bridge's state (sessions, mounts) as JSON, written atomically with mode
+    0600 in a directory only this user can enter. Raises OSError or BridgeError."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    env.write_private(path, json.dumps(data))
 
 
 def read(session: str) -> SessionRecord | None:

@@ -135,12 +135,8 @@ class Record:
 
 
 def _write_record(record: Record, session: str) -> Path:
-    directory = records_dir()
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory / f"{session}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record.__dict__))
-    tmp.replace(path)
+    path = records_dir() / f"{session}.json"
+    localstate.write_record(path, record.__dict__)
     return path
 
 

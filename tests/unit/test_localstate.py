@@ -89,6 +89,7 @@ def test_a_session_whose_process_ended_is_known_dead_and_a_running_one_is_not(
     files = sorted(p.name for p in (state_home / "bridge" / "sessions").iterdir())
     assert files == ["ab12cd34.json", "cd34ab12.json"]
     assert (state_home / "bridge" / "sessions").stat().st_mode & 0o777 == 0o700
+    assert (state_home / "bridge" / "sessions" / "cd34ab12.json").stat().st_mode & 0o777 == 0o600
     localstate.forget("ab12cd34")
     assert localstate.ended("ab12cd34", "ns", "hello") is None
 
