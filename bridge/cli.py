@@ -16,12 +16,14 @@ from typing import Any, TypeVar
 import anyio
 import click
 
-from bridge import envsyntax, lease, state
-from bridge import restore as restore_mod
 from bridge import status as status_mod
 from bridge.errors import BridgeError
-from bridge.kube import Kube
+from bridge.kube.client import Kube
+from bridge.local import envsyntax
+from bridge.model import state
 from bridge.progress import NORMAL, QUIET, VERBOSE, Progress
+from bridge.swap import lease
+from bridge.swap import restore as restore_mod
 from sidecar import protocol
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -180,7 +182,7 @@ def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -
     environment to a file for your IDE. With it, COMMAND runs with the pod's environment and
     bridge exits with its exit code, after restoring the cluster.
     """
-    from bridge.session import Session, SwapOptions
+    from bridge.swap.session import Session, SwapOptions
 
     common = _common(ctx, **kw)
     _pop_common(kw)
@@ -228,8 +230,8 @@ def restore(ctx: click.Context, target: str | None, all_: bool, **kw: Any) -> No
                 out = await restore_mod.restore_all(kube, progress, wait=not kw["no_wait"],
                                                     wait_timeout=kw["timeout"])
             else:
-                from bridge.session import resolve_target
-                from bridge.target import name_of
+                from bridge.model.target import name_of
+                from bridge.swap.session import resolve_target
 
                 dep, _ = await resolve_target(kube, str(target))
                 lock = state.decode(dep.get("metadata", {}).get("annotations"))
@@ -342,7 +344,7 @@ def ide_vscode(ctx: click.Context, target: str, program: str | None, module: str
     """
     from pathlib import Path
 
-    from bridge.ide import vscode
+    from bridge.local.ide import vscode
 
     if program and module:
         raise click.UsageError("give --program or --module, not both")

@@ -1,7 +1,7 @@
 """`bridge doctor [TARGET]`: can this user swap here, and what would get in the way?
 
 Asks the API server (SelfSubjectAccessReview) for every permission bridge uses, reads the
-cluster version, and for a TARGET also what would fight the swap (bridge.controllers) and
+cluster version, and for a TARGET also what would fight the swap (bridge.model.controllers) and
 whether the sidecar image is already on a node (when nodes may be listed). Prints one line
 per finding; changes nothing. The permission table below is the one the README's Role grants.
 
@@ -15,8 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge import controllers, credentials
 from bridge.errors import BridgeError
+from bridge.kube import credentials
+from bridge.model import controllers
 
 Obj = dict[str, Any]
 REVIEW_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
@@ -158,7 +159,7 @@ def image_on_nodes(nodes: Iterable[Obj], image: str) -> bool:
 
 async def examine(kube: Any, target: str | None = None, image: str = "") -> Report:
     """Ask the cluster (read-only: access reviews and gets) and build the Report."""
-    from bridge.kube import ApiError
+    from bridge.kube.client import ApiError
 
     report = Report(kube.context, kube.namespace, image=image)
     report.credentials_note = credentials_note(kube.api_client.configuration)
@@ -205,8 +206,8 @@ def credentials_note(configuration: Any) -> str:
 
 
 async def _examine_target(kube: Any, report: Report, target: str) -> None:
-    from bridge.kube import ApiError
-    from bridge.session import resolve_target
+    from bridge.kube.client import ApiError
+    from bridge.swap.session import resolve_target
 
     try:
         deployment, _services = await resolve_target(kube, target)

@@ -11,9 +11,9 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bridge import state
-from bridge.kube import Obj
-from bridge.target import name_of
+from bridge.kube.client import Obj
+from bridge.model import state
+from bridge.model.target import name_of
 
 
 @dataclass(frozen=True)

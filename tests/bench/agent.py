@@ -1,7 +1,8 @@
 """bridge's agent tunnel in a process of its own, for the loopback tunnel path.
 
 ``python -m tests.bench.agent --port SSH_PORT --key-file KEY --host-key LINE
---forward REMOTE:HOST:PORT [--tuning JSON]`` connects ``bridge.tunnel.Tunnel`` to a sidecar on
+--forward REMOTE:HOST:PORT [--tuning JSON]`` connects
+``bridge.transport.tunnel.Tunnel`` to a sidecar on
 127.0.0.1, asks for the remote forward, prints ``forwarding`` and holds the tunnel until
 SIGTERM. Its own process, so its CPU and RSS are the agent's alone, as in ``bridge swap``.
 
@@ -28,7 +29,7 @@ from tests.bench.server import raise_fd_limit
 
 def write_client_key(directory: Path) -> tuple[Path, str]:
     """A fresh ed25519 client key as a private-key file, and its OpenSSH public-key line."""
-    from bridge.tunnel import new_client_key, public_key_line
+    from bridge.transport.tunnel import new_client_key, public_key_line
 
     key = new_client_key()
     path = directory / "client_key"
@@ -38,7 +39,7 @@ def write_client_key(directory: Path) -> tuple[Path, str]:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from bridge.tunnel import Tunnel
+    from bridge.transport.tunnel import Tunnel
 
     tuning = json.loads(args.tuning)
     try:

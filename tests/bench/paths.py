@@ -3,7 +3,7 @@
 - ``limit``: the client straight to the server over loopback;
 - ``openssh``: stock ``ssh -N -R`` to an ``sshd`` this module starts on 127.0.0.1 with its own
   config, host key and authorized key in a temporary directory;
-- ``tunnel``: bridge's agent tunnel (``bridge.tunnel.Tunnel`` in its own process, see
+- ``tunnel``: bridge's agent tunnel (``bridge.transport.tunnel.Tunnel`` in its own process, see
   ``tests/bench/agent.py``) to a real sidecar subprocess (``python -m sidecar``) over loopback.
 
 The cluster path lives in ``tests/bench/cluster.py``.

@@ -80,7 +80,7 @@ def test_loopback_and_openssh(tmp_path: Path) -> None:
 
 @needs_openssh
 def test_bridge_tunnel(tmp_path: Path) -> None:
-    pytest.importorskip("bridge.tunnel")
+    pytest.importorskip("bridge.transport.tunnel")
     if not (Path(__file__).resolve().parents[2] / "sidecar" / "__main__.py").exists():
         pytest.skip("the sidecar is not there")
     before = _children()

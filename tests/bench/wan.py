@@ -363,10 +363,10 @@ def text(results: list[ShapeResult]) -> str:
         for who, side in (("bridge", r.bridge), ("reference", r.reference)):
             for e in side.errors:
                 lines.append(f"  {who} error: {e}")
-        if len(r.bridge.swap_start) > 1 or len(r.bridge.restore) > 1:
+        if len(r.bridge.swap_start) > 1 or len(r.bridge.swap.restore) > 1:
             lines.append("  swap rounds (s): start " + ", ".join(f"{x:.2f}" for x in
                          r.bridge.swap_start) + "; restore " + ", ".join(
-                         f"{x:.2f}" for x in r.bridge.restore))
+                         f"{x:.2f}" for x in r.bridge.swap.restore))
     slope = serial_rtts(results)
     if slope is not None:
         lines.append("")

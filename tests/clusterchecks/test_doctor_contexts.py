@@ -56,8 +56,8 @@ def test_websocket_port_forward_needs_create_as_on_1_35(cluster: Any) -> None:
     import anyio
 
     from bridge.errors import BridgeError
-    from bridge.kube import Kube
-    from bridge.portforward import PortForwarder
+    from bridge.kube.client import Kube
+    from bridge.transport.portforward import PortForwarder
 
     async def main() -> str:
         kube = await Kube.connect(cluster.kubeconfig, CONTEXT_RESTRICTED)

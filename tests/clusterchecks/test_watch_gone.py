@@ -138,7 +138,7 @@ def test_kubectl_raw_watch_prints_the_error_event(server: Server, tmp_path: Path
 
 def test_bridge_watch_helper_lists_again_after_the_410_event(server: Server,
                                                               tmp_path: Path) -> None:
-    from bridge import kube
+    from bridge.kube import client as kube
 
     old = compacted(server)
     seen: list[str] = []

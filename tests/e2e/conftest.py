@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from bridge import state
+from bridge.model import state
 from tests.conftest import Kubectl, official_client, start_cluster
 from tests.realcluster import fixture as real_cluster
 
@@ -270,7 +270,7 @@ class Workload:
 
     def another_laptop(self) -> dict[str, str]:
         """The environment of a bridge standing for one on another machine: a state directory
-        of its own (a machine's records of its sessions, bridge/localstate.py, are not shared),
+        of its own (a machine's records of its sessions, bridge/local/records.py, are not shared),
         so a session it leaves is judged by its heartbeat alone."""
         home = self.tmp / f"laptop-{len(self.bridges)}"
         home.mkdir(exist_ok=True)

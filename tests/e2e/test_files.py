@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from bridge import mounts
+from bridge.local import mounts
 from tests.e2e.conftest import (
     LOCAL_SERVER,
     REPO,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from bridge.lifecycle import HAND_BACK_LINE
+from bridge.model.lifecycle import HAND_BACK_LINE
 
 from .conftest import LOCAL_SERVER, free_port, http_get, wait_until
 

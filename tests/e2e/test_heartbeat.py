@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bridge import state
+from bridge.model import state
 
 from .conftest import Workload, wait_until
 

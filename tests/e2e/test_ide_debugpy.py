@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from dotenv import dotenv_values
 
-from bridge.ide import vscode
+from bridge.local.ide import vscode
 from tests.dap import DapClient
 
 from .conftest import REPO, free_port, wait_until

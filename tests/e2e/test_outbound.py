@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bridge import env as envmod
+from bridge.local import env as envmod
 from tests.e2e.conftest import Workload, free_port
 from tests.realcluster import fixture as real_cluster
 

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from bridge import state
+from bridge.model import state
 from sidecar import protocol
 from tests.realcluster import fixture as real_cluster
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from bridge import state
+from bridge.model import state
 
 from .conftest import Workload, http_get, wait_until
 
@@ -111,7 +111,7 @@ def test_a_forged_host_key_line_cannot_break_the_reconnect(make_workload: Any,
     reason held `\\nhost-key: <attacker's key>`; bridge then pinned that key on its next
     reconnect and never got back in (the original stayed at zero). Now the sidecar escapes it
     and bridge reads only the first announcement: the reconnect succeeds."""
-    from bridge import plan
+    from bridge.model import plan
     from tests.clusterchecks.test_kubectl_portforward import kubectl_port_forward
     from tests.sidecar.test_security import FORGED_KEY, disconnect_packet
 

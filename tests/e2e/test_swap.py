@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from dotenv import dotenv_values
 
-from bridge import state
+from bridge.model import state
 from sidecar import protocol
 
 from .conftest import LOCAL_SERVER, free_port, http_get, until_laptop_answers, wait_until

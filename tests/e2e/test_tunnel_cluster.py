@@ -13,8 +13,8 @@ import pytest
 from kubernetes.aio.client import ApiClient
 
 from bridge.errors import BridgeError
-from bridge.portforward import PortForwarder
-from bridge.tunnel import Tunnel, new_client_key, parse_host_key, public_key_line
+from bridge.transport.portforward import PortForwarder
+from bridge.transport.tunnel import Tunnel, new_client_key, parse_host_key, public_key_line
 from sidecar import protocol
 from tests.unit.support import echo, echo_through, exchange, port_of, run
 

@@ -39,7 +39,7 @@ from typing import Any
 import psutil
 import yaml
 
-from bridge import state
+from bridge.model import state
 from tests.bench import cluster as bench_cluster
 from tests.bench import procs, toxiproxy, wan
 from tests.e2e.conftest import workload_manifest

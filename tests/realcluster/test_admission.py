@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge import state
+from bridge.model import state
 from tests.conftest import KUBECTL
 from tests.e2e.conftest import free_port, http_get, until_laptop_answers, wait_until
 from tests.realcluster import kubeconfigs, objects

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bridge import state
+from bridge.model import state
 from tests.conftest import KUBECTL
 from tests.e2e.conftest import free_port, http_get, wait_until
 from tests.realcluster.config import Config

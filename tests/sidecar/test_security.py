@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from bridge import trust
+from bridge.model import trust
 from sidecar import protocol, settings
 from sidecar.forwards import Tally
 from sidecar.server import escape_text

@@ -28,10 +28,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kubernetes.aio.client import ApiClient, Configuration
 
-from bridge.endpoints import SERVICE_NAME_LABEL
-from bridge.kube import TICK, ApiError, WatchFailed, error_type, follow, wait_with
-from bridge.portforward import SUBPROTOCOL, PortForwarder
-from bridge.tunnel import Tunnel, new_client_key, parse_host_key, public_key_line
+from bridge.kube.client import TICK, ApiError, WatchFailed, error_type, follow, wait_with
+from bridge.model.endpoints import SERVICE_NAME_LABEL
+from bridge.transport.portforward import SUBPROTOCOL, PortForwarder
+from bridge.transport.tunnel import Tunnel, new_client_key, parse_host_key, public_key_line
 from sidecar import protocol
 
 SERVER_NAME = "kubernetes.bridge.test"
@@ -528,7 +528,7 @@ class FakeKube:
 
     async def wait_for(self, kind: str, label_selector: str, check: Any, *,
                        tick: float = TICK) -> Any:
-        """bridge.kube's wait, fed by polling this fake's lists (it serves no watch)."""
+        """bridge.kube.client's wait, fed by polling this fake's lists (it serves no watch)."""
         async def list_once() -> tuple[list[dict[str, Any]], str]:
             if kind == "pods":
                 return await self.list_pods(label_selector), ""

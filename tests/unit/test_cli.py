@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge import state, status
+from bridge import status
+from bridge.model import state
 
 KUBECONFIG = """\
 apiVersion: v1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.controllers import DriftWatch, findings, keda_targets, replicas_manager
+from bridge.model.controllers import DriftWatch, findings, keda_targets, replicas_manager
 
 
 def deployment(labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None,

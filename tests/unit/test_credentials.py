@@ -18,10 +18,10 @@ import pytest
 import yaml
 from aiohttp import web
 
-from bridge import credentials
-from bridge.credentials import ExecPlugin, TokenSource, parse_output, run_plugin
 from bridge.errors import BridgeError
-from bridge.kube import ApiError, Kube
+from bridge.kube import credentials
+from bridge.kube.client import ApiError, Kube
+from bridge.kube.credentials import ExecPlugin, TokenSource, parse_output, run_plugin
 from tests.unit.support import serve_get
 
 SECRET = "s3cret"

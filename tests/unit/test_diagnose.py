@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from bridge import plan
-from bridge.diagnose import FAIL, WAIT, admission_refusal, diagnose, one_line, pod_waiting
-from bridge.resources import sidecar_resources
-from bridge.target import PortMap
+from bridge.model import plan
+from bridge.model.diagnose import FAIL, WAIT, admission_refusal, diagnose, one_line, pod_waiting
+from bridge.model.resources import sidecar_resources
+from bridge.model.target import PortMap
 
 
 def rs_failure(message: str, status: str = "True") -> dict[str, Any]:
@@ -76,7 +76,7 @@ def test_an_unschedulable_proxy_pod_is_no_start_failure() -> None:
     """The proxy's start waits an Unschedulable pod out (shown via pod_waiting) instead of
     failing it at once: on the real cluster the first check failed the swap with `cannot be
     scheduled` before the scheduler's message could be waited out."""
-    from bridge.link import pod_problem
+    from bridge.swap.link import pod_problem
 
     unschedulable = pod([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                           "message": "0/1 nodes are available"}])

@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from bridge import controllers
 from bridge.doctor import NEEDS, Report, applies, image_on_nodes, lines, minor_version, review
+from bridge.model import controllers
 from tests.cluster.auth import LEAST_PRIVILEGE_RULES
 
 PORTFORWARD_GET = next(n for n in NEEDS if n.subresource == "portforward" and n.verb == "get")

@@ -9,8 +9,8 @@ from typing import Any
 from aiohttp import web
 from kubernetes.aio import client as kclient
 
-from bridge.endpoints import pod_ips, ready_ips, ready_ips_from_endpoints, serves
-from bridge.kube import Kube
+from bridge.kube.client import Kube
+from bridge.model.endpoints import pod_ips, ready_ips, ready_ips_from_endpoints, serves
 
 
 def eps(service: str, family: str, *endpoints: tuple[str, bool | None]) -> dict[str, Any]:

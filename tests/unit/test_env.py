@@ -1,4 +1,4 @@
-"""bridge.env: the overlay rule, and env files that survive a round trip (ours and bash's)."""
+"""bridge.local.env: the overlay rule, and env files that survive a round trip (ours and bash's)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.env import (
+from bridge.errors import BridgeError
+from bridge.local.env import (
     LOCAL_KEEP,
     format_dotenv,
     is_local,
@@ -19,7 +20,6 @@ from bridge.env import (
     write_dotenv,
     write_json,
 )
-from bridge.errors import BridgeError
 
 TYPICAL = {
     "PLAIN": "hello",

@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from bridge import env
+from bridge.local import env
 
 ATTACK = {
     "BASH_ENV": "/tmp/evil.sh", "ENV": "/tmp/evil.sh", "LD_PRELOAD": "/tmp/evil.so",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridge import envsyntax as es
+from bridge.local import envsyntax as es
 
 TRICKY = {
     "NEWLINES": "line one\nline two\n",

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bridge import env
 from bridge.cli import main
 from bridge.errors import BridgeError
-from bridge.ide import envfile, jsonc, vscode
+from bridge.local import env
+from bridge.local.ide import envfile, jsonc, vscode
 from bridge.progress import Progress
 
 OPTS = vscode.Options(target="svc/hello", name="hello", program="app.py")

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from bridge.lifecycle import TABLE, Action, Event, Phase, action, event_of
+from bridge.model.lifecycle import TABLE, Action, Event, Phase, action, event_of
 
 A, E, P = Action, Event, Phase
 

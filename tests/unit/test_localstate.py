@@ -1,4 +1,4 @@
-"""This machine's records of its own sessions (bridge/localstate.py): written for a real
+"""This machine's records of its own sessions (bridge/local/records.py): written for a real
 process, judged by whether that process still runs, never a file name from a forged id."""
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from bridge import localstate, state, status
+from bridge import status
 from bridge.cleanup import CleanupStack
 from bridge.errors import BridgeError
-from bridge.outcome import Outcome
+from bridge.local import records as localstate
+from bridge.model import state
+from bridge.model.outcome import Outcome
 from bridge.progress import Progress
 from tests.unit.support import FakeKube
 from tests.unit.test_restore import lease_on, lock, run_restore
@@ -71,7 +73,7 @@ def _register_in_a_child(session: str, namespace: str = "ns", deployment: str = 
                          ) -> int:
     """A bridge-like process that records a session and exits; its pid."""
     p = subprocess.run(
-        [sys.executable, "-c", "import os, sys; from bridge import localstate; "
+        [sys.executable, "-c", "import os, sys; from bridge.local import records as localstate; "
          "localstate.register(*sys.argv[1:]); print(os.getpid())",
          session, namespace, deployment],
         cwd=REPO, capture_output=True, text=True, check=True, env=os.environ.copy())

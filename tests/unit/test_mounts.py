@@ -1,4 +1,4 @@
-"""bridge/mounts.py: the pod's files on this machine, copy and live (sshfs -o passive), against
+"""bridge/local/mounts.py: the pod's files on this machine, copy and live (sshfs -o passive), against
 a real sidecar on this host whose mounts are kubelet-style symlink farms
 (tests/sidecar/test_files.py builds them). Nothing may be left mounted or on disk: after the
 end, after Ctrl-C, and after SIGKILL + the leftover cleanup `bridge restore` runs."""
@@ -21,8 +21,8 @@ import asyncssh
 import psutil
 import pytest
 
-from bridge import mounts
 from bridge.errors import BridgeError
+from bridge.local import mounts
 from bridge.progress import QUIET, Progress
 from sidecar import protocol
 from tests.helpers import stop_process
@@ -223,7 +223,7 @@ def kubelet_update(volume: Path, files: dict[str, str]) -> None:
 CHILD = """
 import asyncio, sys
 import asyncssh
-from bridge import mounts
+from bridge.local import mounts
 from bridge.progress import QUIET, Progress
 
 async def main():

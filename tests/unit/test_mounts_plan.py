@@ -1,4 +1,4 @@
-"""The proxy pod's side of the pod's files (bridge/plan.py): which volume mounts the sidecar
+"""The proxy pod's side of the pod's files (bridge/model/plan.py): which volume mounts the sidecar
 gets and serves. Pure: manifests in, manifests out."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import copy
 import json
 from typing import Any
 
-from bridge import plan
-from bridge.target import PortMap
+from bridge.model import plan
+from bridge.model.target import PortMap
 from sidecar import files as sidecar_files
 from sidecar import protocol
 

@@ -12,9 +12,9 @@ import yaml
 from aiohttp import web
 from aiohttp_socks import ProxyConnector
 
-from bridge import netconfig
 from bridge.errors import BridgeError
-from bridge.kube import Kube
+from bridge.kube import netconfig
+from bridge.kube.client import Kube
 from tests.unit.support import SERVER_NAME, Pki, echo, fake_forwarder, run
 
 PY313_DEFAULT = ssl.create_default_context

@@ -29,10 +29,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from bridge import credentials, kubeconfig_edit, oidc
-from bridge.credentials import OidcToken
 from bridge.errors import BridgeError
-from bridge.kube import Kube
+from bridge.kube import credentials, kubeconfig_edit, oidc
+from bridge.kube.client import Kube
+from bridge.kube.credentials import OidcToken
 from tests.unit.support import serve_get
 
 SECRET = b"issuer-signing-key"

@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from bridge.errors import BridgeError
-from bridge.outbound import forwards, httpproxy, inject, socks5
+from bridge.transport.outbound import forwards, httpproxy, inject, socks5
 from tests.cluster import dns
 
 
@@ -206,7 +206,7 @@ def test_sidecar_resolve_command_parsing() -> None:
 def test_a_forward_keeps_the_pods_connections_on_even_with_outbound_none() -> None:
     """--forward connections leave from the pod (direct-tcpip): with --outbound none the
     sidecar must still open them, or every forwarded connection is closed unanswered."""
-    from bridge.options import SwapOptions, preflight
+    from bridge.swap.options import SwapOptions, preflight
 
     def asked(outbound: str, forwards: tuple[str, ...] = ()) -> bool:
         return preflight(SwapOptions("hello", outbound=outbound, forwards=forwards)).direct_tcpip

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import outbound
+from bridge.transport import outbound
 from tests.sidecar.harness import ClientKey, make_key, non_loopback_addresses, running_sidecar
 
 pytestmark = [pytest.mark.timeout(120),

@@ -14,8 +14,8 @@ from typing import Any
 import anyio
 import pytest
 
-from bridge import state
 from bridge.errors import BridgeError
+from bridge.model import state
 from bridge.progress import Progress
 from tests.unit.support import FakeKube, api_error
 from tests.unit.test_trust_lock import forged, snapshot
@@ -24,8 +24,8 @@ HOST_KEY = "ssh-ed25519 " + "A" * 68
 
 
 def test_a_lock_bridge_cannot_trust_is_refused_by_the_lease_and_nothing_changes() -> None:
-    from bridge.lease import clear_the_way
-    from bridge.outcome import Outcome, final_message
+    from bridge.model.outcome import Outcome, final_message
+    from bridge.swap.lease import clear_the_way
 
     kube = FakeKube()
     kube.add("hello", 2, forged(session="X"))  # not a session id bridge writes
@@ -41,8 +41,8 @@ def test_a_lock_bridge_cannot_trust_is_refused_by_the_lease_and_nothing_changes(
 
 
 def test_the_drift_watch_speaks_once_and_only_while_the_original_should_be_at_zero() -> None:
-    from bridge import controllers
-    from bridge.lease import Lease
+    from bridge.model import controllers
+    from bridge.swap.lease import Lease
     from tests.unit.test_session import locked
 
     kube = FakeKube()
@@ -97,7 +97,7 @@ def _pod(name: str, created: str, spec: dict[str, Any], owner: dict[str, Any] | 
 
 
 def test_the_link_trusts_only_a_pod_proven_to_be_the_proxys() -> None:
-    from bridge.link import Linker, LinkSpec
+    from bridge.swap.link import Linker, LinkSpec
 
     spec = {"containers": [{"name": "web", "image": "sidecar:1"}]}
     kube = ProvingKube()
@@ -127,8 +127,8 @@ def test_the_link_trusts_only_a_pod_proven_to_be_the_proxys() -> None:
 
 def test_env_files_hold_back_the_pods_risky_variables_and_add_bridges_own(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from bridge import envout
     from bridge.cleanup import CleanupStack
+    from bridge.local import envout
 
     monkeypatch.chdir(tmp_path)
     pod = {"DB_URL": "postgres://db", "LD_PRELOAD": "/tmp/evil.so", "BASH_ENV": "$(touch x)"}
@@ -158,11 +158,11 @@ def test_env_files_hold_back_the_pods_risky_variables_and_add_bridges_own(
 def test_the_plan_takes_the_options_of_the_features() -> None:
     """--outbound none without --forward: the sidecar opens no connection for the command;
     --forward needs it even then; --mount brings the container's files (and the token)."""
-    from bridge import outbound, tunnel
-    from bridge.options import Asked, SwapOptions
-    from bridge.resolve import Resolved
-    from bridge.session import prepare
-    from bridge.target import PortMap
+    from bridge.model.target import PortMap
+    from bridge.swap.options import Asked, SwapOptions
+    from bridge.swap.resolve import Resolved
+    from bridge.swap.session import prepare
+    from bridge.transport import outbound, tunnel
     from sidecar import protocol
     from tests.unit.test_plan import ORIGINAL
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from bridge import plan, state
-from bridge.target import PortMap
+from bridge.model import plan, state
+from bridge.model.target import PortMap
 from sidecar import protocol
 
 ORIGINAL: dict[str, Any] = {

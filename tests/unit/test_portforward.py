@@ -1,4 +1,5 @@
-"""bridge.portforward against a small server speaking the server side of v4.channel.k8s.io.
+"""bridge.transport.portforward against a small server speaking the server side of
+v4.channel.k8s.io.
 
 `FakeApiServer` implements what the Kubernetes API server does for
 `GET .../pods/POD/portforward?ports=P` upgraded to a websocket: checks the subprotocol
@@ -19,7 +20,7 @@ import pytest
 from kubernetes.aio.client import ApiClient, Configuration
 
 from bridge.errors import BridgeError
-from bridge.portforward import SUBPROTOCOL, PortForwarder
+from bridge.transport.portforward import SUBPROTOCOL, PortForwarder
 from tests.unit.support import (
     Pki,
     cleanup,

@@ -11,10 +11,11 @@ from typing import Any
 import anyio
 import pytest
 
-from bridge import restore, state
-from bridge.kube import Unreachable
-from bridge.lease import Lease, NotOurs
+from bridge.kube.client import Unreachable
+from bridge.model import state
 from bridge.progress import Progress
+from bridge.swap import restore
+from bridge.swap.lease import Lease, NotOurs
 from tests.unit.support import FakeKube, api_error
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

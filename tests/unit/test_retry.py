@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 from kubernetes.aio import client as kclient
 
-from bridge.kube import ApiError, Kube
-from bridge.retry import RetryPolicy, call_with_retries, parse_retry_after
+from bridge.kube.client import ApiError, Kube
+from bridge.kube.retry import RetryPolicy, call_with_retries, parse_retry_after
 
 pytestmark = pytest.mark.anyio
 
@@ -162,7 +162,7 @@ async def test_tls_failure_is_not_retried() -> None:
     """A server that does not speak TLS: one connection, one clear error, no back-off."""
     import asyncio
 
-    from bridge.kube import Unreachable
+    from bridge.kube.client import Unreachable
 
     connections = 0
 

@@ -1,4 +1,4 @@
-"""bridge.runner: real processes — exit codes, signal deaths, whole trees terminated."""
+"""bridge.local.runner: real processes — exit codes, signal deaths, whole trees terminated."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from bridge.errors import BridgeError
-from bridge.runner import Child, exit_status
+from bridge.local.runner import Child, exit_status
 
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
@@ -224,7 +224,7 @@ def test_terminate_tree_of_an_exited_child_is_harmless() -> None:
 
 AGENT = r"""
 import asyncio, os, sys
-from bridge.runner import Child
+from bridge.local.runner import Child
 
 async def main() -> None:
     child = await Child.start(["sh", "-c", sys.argv[1]], {"PATH": os.environ["PATH"]})
@@ -277,8 +277,8 @@ def test_the_command_tree_dies_with_bridge_even_by_sigkill(tmp_path: Path, watch
 def test_a_leftover_process_of_a_session_is_found_with_its_ports() -> None:
     import subprocess
 
-    from bridge import leftovers
-    from bridge.envout import SESSION_VAR
+    from bridge.local import leftovers
+    from bridge.local.envout import SESSION_VAR
     from tests.unit.support import free_port
 
     port = free_port()

@@ -13,9 +13,9 @@ import pytest
 
 from bridge.cleanup import CleanupStack
 from bridge.errors import BridgeError
-from bridge.link import pod_problem
 from bridge.progress import Progress
-from bridge.session import first_bridge_error
+from bridge.swap.link import pod_problem
+from bridge.swap.session import first_bridge_error
 from tests.unit.support import FakeKube, api_error
 
 
@@ -115,9 +115,9 @@ def test_a_reconnect_waits_for_the_sidecar_to_release_the_ports() -> None:
     Without patience the refusal is immediate."""
     import asyncio
 
-    from bridge.link import Link
-    from bridge.target import PortMap
-    from bridge.tunnel import ForwardRefused
+    from bridge.model.target import PortMap
+    from bridge.swap.link import Link
+    from bridge.transport.tunnel import ForwardRefused
     from tests.unit.support import free_port, sidecar
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -164,7 +164,7 @@ def test_a_reconnect_waits_for_the_sidecar_to_release_the_ports() -> None:
 # -- stand-ins: the API (tests.unit.support.FakeKube) and the link ---------------------------
 
 def make_linker(kube: FakeKube, ports: list, progress: Progress | None = None):  # type: ignore[no-untyped-def,type-arg]
-    from bridge.link import Linker, LinkSpec
+    from bridge.swap.link import Linker, LinkSpec
 
     async def ours() -> None:
         pass
@@ -189,7 +189,7 @@ class FakeLinker:
     """Stands in for link.Linker in the hand-over and hand-back: records what was asked."""
 
     def __init__(self, links: list, log: list[str] | None = None) -> None:  # type: ignore[type-arg]
-        from bridge.link import LinkSpec
+        from bridge.swap.link import LinkSpec
 
         self.links = links
         self.current = links[0]
@@ -228,7 +228,7 @@ def ready_pod(name: str = "proxy-pod", ready: bool = True, ip: str = "10.0.0.9")
 def locked(kube: FakeKube, session: str = "abcd", replicas: int = 2):  # type: ignore[no-untyped-def]
     import datetime as dt
 
-    from bridge import state
+    from bridge.model import state
 
     t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     lk = state.Lock(session=session, owner="me@here", replicas=replicas, proxy="hello-bridge",
@@ -238,8 +238,8 @@ def locked(kube: FakeKube, session: str = "abcd", replicas: int = 2):  # type: i
 
 
 def hand_over(kube: FakeKube, linker: FakeLinker, stop=lambda: False):  # type: ignore[no-untyped-def]
-    from bridge.handover import HandOver
-    from bridge.lease import Lease
+    from bridge.swap.handover import HandOver
+    from bridge.swap.lease import Lease
 
     lk = locked(kube)
     progress = Progress(stream=io.StringIO())
@@ -248,8 +248,8 @@ def hand_over(kube: FakeKube, linker: FakeLinker, stop=lambda: False):  # type: 
 
 
 def test_waiting_for_the_proxy_to_be_ready_stops_when_the_command_exits() -> None:
-    from bridge.handover import STOPPED
-    from bridge.link import Link
+    from bridge.swap.handover import STOPPED
+    from bridge.swap.link import Link
 
     kube = FakeKube()
     kube.pods = [ready_pod(ready=False)]
@@ -263,8 +263,8 @@ def test_waiting_for_the_proxy_to_be_ready_stops_when_the_command_exits() -> Non
 
 
 def test_waiting_for_the_proxy_to_be_ready_stops_when_the_tunnel_closes() -> None:
-    from bridge.handover import TUNNEL_CLOSED
-    from bridge.link import Link
+    from bridge.swap.handover import TUNNEL_CLOSED
+    from bridge.swap.link import Link
 
     kube = FakeKube()
     kube.pods = [ready_pod(ready=False)]
@@ -281,7 +281,7 @@ def test_a_tunnel_lost_while_waiting_for_ready_is_reconnected_with_patience() ->
     """The tunnel drops after the forwards, while the proxy turns Ready: bridge reconnects,
     forwards again waiting for the sidecar to release the old ports, waits for Ready on the new
     link, then scales the original to zero."""
-    from bridge.link import FORWARD_PATIENCE, Link
+    from bridge.swap.link import FORWARD_PATIENCE, Link
 
     kube = FakeKube()
     kube.pods = [ready_pod()]
@@ -295,8 +295,8 @@ def test_a_tunnel_lost_while_waiting_for_ready_is_reconnected_with_patience() ->
 
 
 def test_a_tunnel_that_keeps_dropping_during_the_hand_over_fails_clearly() -> None:
-    from bridge.handover import HAND_OVER_ATTEMPTS
-    from bridge.link import Link
+    from bridge.swap.handover import HAND_OVER_ATTEMPTS
+    from bridge.swap.link import Link
 
     kube = FakeKube()
     kube.pods = [ready_pod(ready=False)]
@@ -311,7 +311,7 @@ def test_a_tunnel_that_keeps_dropping_during_the_hand_over_fails_clearly() -> No
 
 
 def test_a_command_gone_during_the_hand_over_keeps_the_original_serving() -> None:
-    from bridge.link import Link
+    from bridge.swap.link import Link
 
     kube = FakeKube()
     kube.pods = [ready_pod()]
@@ -321,8 +321,8 @@ def test_a_command_gone_during_the_hand_over_keeps_the_original_serving() -> Non
 
 
 def test_the_original_is_scaled_only_while_the_lock_is_ours() -> None:
-    from bridge import state
-    from bridge.lease import Lease, NotOurs
+    from bridge.model import state
+    from bridge.swap.lease import Lease, NotOurs
 
     kube = FakeKube()
     lk = locked(kube)
@@ -349,7 +349,7 @@ def test_the_original_is_scaled_only_while_the_lock_is_ours() -> None:
 
 
 def test_patch_when_retries_conflicts_and_gives_up_after_a_bound() -> None:
-    from bridge import conditional
+    from bridge.kube import conditional
 
     kube = FakeKube()
     kube.add("hello", 1)
@@ -382,14 +382,14 @@ def test_patch_when_retries_conflicts_and_gives_up_after_a_bound() -> None:
 
 
 def test_taking_the_lock_keeps_the_restore_step_only_when_the_lock_may_be_taken() -> None:
-    from bridge.kube import Unreachable
-    from bridge.lease import Lease
-    from bridge.outcome import Outcome
+    from bridge.kube.client import Unreachable
+    from bridge.model.outcome import Outcome
+    from bridge.swap.lease import Lease
 
     async def noop() -> None:
         pass
 
-    from bridge.conditional import CONFLICT_RETRIES
+    from bridge.kube.conditional import CONFLICT_RETRIES
 
     for failures, kept in [([api_error(409, "modified")] * CONFLICT_RETRIES, False),
                            ([api_error(403, "no")], False), ([Unreachable("no answer")], True)]:
@@ -415,9 +415,9 @@ def test_taking_the_lock_retries_a_conflict_that_left_only_status_changed() -> N
     """The Deployment controller updates the status (and the revision annotation) after a
     stale session's repair: taking the lock reads again and takes it; a new lock or a spec
     change since the plan was made refuses, and keeps no restore step."""
-    from bridge import state
-    from bridge.lease import Lease
-    from bridge.outcome import Outcome
+    from bridge.model import state
+    from bridge.model.outcome import Outcome
+    from bridge.swap.lease import Lease
 
     async def noop() -> None:
         pass
@@ -465,9 +465,9 @@ def test_taking_the_lock_retries_a_conflict_that_left_only_status_changed() -> N
 def test_hand_back_brings_the_original_back_before_withdrawing_the_proxy() -> None:
     """Both serve for a moment: the original is scaled up and Ready first, then the sidecar is
     told to fail its readiness, then bridge waits for the proxy to leave the endpoints."""
-    from bridge import handback
-    from bridge.lease import Lease
-    from bridge.link import Link
+    from bridge.swap import handback
+    from bridge.swap.lease import Lease
+    from bridge.swap.link import Link
 
     kube = FakeKube()
     lk = locked(kube)
@@ -503,7 +503,7 @@ def test_hand_back_brings_the_original_back_before_withdrawing_the_proxy() -> No
 
 def test_the_final_message_is_built_from_the_outcome() -> None:
     from bridge.errors import NothingChanged
-    from bridge.outcome import Outcome, final_message
+    from bridge.model.outcome import Outcome, final_message
 
     boom = BridgeError("boom")
     assert final_message(boom, Outcome()) == "boom; nothing was changed"
@@ -524,7 +524,7 @@ def test_the_final_message_is_built_from_the_outcome() -> None:
 
 
 def test_output_paths_are_checked_before_anything(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from bridge.envout import output_path_problem
+    from bridge.local.envout import output_path_problem
 
     assert output_path_problem("--env-file", str(tmp_path / "x.env")) is None
     assert output_path_problem("--env-file", "relative.env") is None  # the current directory
@@ -537,7 +537,7 @@ def test_output_paths_are_checked_before_anything(tmp_path) -> None:  # type: ig
 
 def test_a_bad_env_file_fails_before_the_cluster_is_contacted(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """No kubeconfig is even read: the error comes first, and says nothing was changed."""
-    from bridge.session import Session, SwapOptions
+    from bridge.swap.session import Session, SwapOptions
 
     bad = str(tmp_path / "missing" / "x.env")
     s = Session(SwapOptions(target="hello", env_file=bad, kubeconfig=str(tmp_path / "no-kc")),
@@ -549,7 +549,7 @@ def test_a_bad_env_file_fails_before_the_cluster_is_contacted(tmp_path) -> None:
 
 
 def test_the_command_environment_names_the_session() -> None:
-    from bridge.envout import SESSION_VAR, child_environment
+    from bridge.local.envout import SESSION_VAR, child_environment
 
     env = child_environment({"GREETING": "hi", "PATH": "/pod/bin"}, "abcd")
     assert env["GREETING"] == "hi" and env[SESSION_VAR] == "abcd"
@@ -558,8 +558,8 @@ def test_the_command_environment_names_the_session() -> None:
 def test_the_reconnect_policy_is_bounded_when_asked_and_ends_when_the_lease_is_gone() -> None:
     """One policy for both users: the hand-over gives it a bound; the watchdog none, and then
     only a lost lease (or proxy) ends it."""
-    from bridge.lease import NotOurs
-    from bridge.link import Link, Linker, LinkSpec
+    from bridge.swap.lease import NotOurs
+    from bridge.swap.link import Link, Linker, LinkSpec
 
     closed: list[str] = []
 
@@ -600,7 +600,7 @@ def test_the_reconnect_policy_is_bounded_when_asked_and_ends_when_the_lease_is_g
 def _watched_lock(kube: FakeKube, *, proxy: bool):  # type: ignore[no-untyped-def]
     import datetime as dt
 
-    from bridge import state
+    from bridge.model import state
     from tests.unit.test_restore import add_proxy
 
     # the holder's clock is an hour ahead: it must not matter
@@ -616,8 +616,8 @@ def _watched_lock(kube: FakeKube, *, proxy: bool):  # type: ignore[no-untyped-de
 
 
 def _clear(kube: FakeKube, ttl: float, during=None):  # type: ignore[no-untyped-def]
-    from bridge.lease import clear_the_way
-    from bridge.outcome import Outcome
+    from bridge.model.outcome import Outcome
+    from bridge.swap.lease import clear_the_way
 
     out = io.StringIO()
 
@@ -643,7 +643,7 @@ def _clear(kube: FakeKube, ttl: float, during=None):  # type: ignore[no-untyped-
 
 
 def test_a_second_swap_is_refused_when_the_heartbeat_changes() -> None:
-    from bridge import state
+    from bridge.model import state
 
     kube = FakeKube()
     lk = _watched_lock(kube, proxy=True)
@@ -697,7 +697,7 @@ def test_a_dead_session_is_repaired_even_when_every_look_takes_time() -> None:
 
 
 def test_no_proxy_yet_is_not_stale_at_once_and_its_creation_is_a_sign_of_life() -> None:
-    from bridge import state
+    from bridge.model import state
     from tests.unit.test_restore import add_proxy
 
     kube = FakeKube()
@@ -718,7 +718,7 @@ def test_no_proxy_yet_is_not_stale_at_once_and_its_creation_is_a_sign_of_life() 
 
 
 def test_a_heartbeat_on_a_proxy_that_is_not_provably_the_sessions_is_no_sign_of_life() -> None:
-    from bridge import state
+    from bridge.model import state
 
     kube = FakeKube()
     lk = _watched_lock(kube, proxy=True)
@@ -737,7 +737,7 @@ def test_a_heartbeat_on_a_proxy_that_is_not_provably_the_sessions_is_no_sign_of_
 def test_a_session_of_the_previous_version_beating_on_the_original_is_alive() -> None:
     """A lock written by an earlier bridge: no heartbeat on its proxy, but the heartbeat time
     in the lock changes (compared for equality only, never with a clock)."""
-    from bridge import state
+    from bridge.model import state
 
     kube = FakeKube()
     lk = _watched_lock(kube, proxy=True)

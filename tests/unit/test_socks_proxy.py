@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bridge.kube import ApiError, Kube
-from bridge.portforward import PortForwarder
+from bridge.kube.client import ApiError, Kube
+from bridge.transport.portforward import PortForwarder
 from tests.unit.support import (
     SERVER_NAME,
     TOKEN,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from bridge import state
+from bridge.model import state
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 SKEW = dt.timedelta(minutes=5)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bridge.errors import BridgeError
-from bridge.target import (
+from bridge.model.target import (
     PortMap,
     TargetRef,
     choose_container,

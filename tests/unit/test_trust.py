@@ -9,8 +9,8 @@ from typing import Any
 import asyncssh
 import pytest
 
-from bridge import plan, trust
-from bridge.target import PortMap
+from bridge.model import plan, trust
+from bridge.model.target import PortMap
 from sidecar import protocol
 from tests.unit.test_plan import ORIGINAL, options
 

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from bridge import localports
-from bridge.localports import Listener
+from bridge.local import ports as localports
+from bridge.local.ports import Listener
 
 LISTEN = ("import socket, sys; s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1]))); "
           "s.listen(); print('up', flush=True); sys.stdin.read()")

@@ -16,8 +16,10 @@ from typing import Any
 
 import anyio
 
-from bridge import restore, state, status
+from bridge import status
+from bridge.model import state
 from bridge.progress import Progress
+from bridge.swap import restore
 from tests.unit.support import FakeKube
 from tests.unit.test_restore import add_proxy, fast_retries, lock, run_restore
 
@@ -174,7 +176,7 @@ def test_pod_log_and_status_text_reach_the_terminal_escaped() -> None:
     import pytest
 
     from bridge.errors import BridgeError
-    from bridge.link import Linker, LinkSpec
+    from bridge.swap.link import Linker, LinkSpec
 
     evil = "\x1b]0;owned\x07\x1b[2J"
 

@@ -1,4 +1,4 @@
-"""bridge.tunnel against the real sidecar (`python -m sidecar`) as a local subprocess.
+"""bridge.transport.tunnel against the real sidecar (`python -m sidecar`) as a local subprocess.
 
 Direct loopback TCP (tunnel=None) and, once, SSH over bridge's own port-forward
 (through the fake v4.channel.k8s.io API server of test_portforward).
@@ -18,7 +18,7 @@ import asyncssh
 import pytest
 
 from bridge.errors import BridgeError
-from bridge.tunnel import (
+from bridge.transport.tunnel import (
     Tunnel,
     check_version,
     new_client_key,

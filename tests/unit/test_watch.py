@@ -1,4 +1,4 @@
-"""The watch helper (bridge/kube.py): list, then watch from the list's resourceVersion; re-list
+"""The watch helper (bridge/kube/client.py): list, then watch from the list's resourceVersion; re-list
 on 410 Gone; poll when the watch fails; every request bounded by the caller's deadline."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 from kubernetes.aio.client import ApiClient, Configuration
 
-from bridge import kube
-from bridge.kube import Gone, Kube, WatchFailed, apply_event, follow, wait_with
+from bridge.kube import client as kube
+from bridge.kube.client import Gone, Kube, WatchFailed, apply_event, follow, wait_with
 from tests.unit.support import FakeKube, api_error
 
 

@@ -1,0 +1,1 @@
+"""The Kubernetes API edge: client, credentials, kubeconfig, retries, conditional writes."""

@@ -1,0 +1,2 @@
+"""Bytes between the laptop and the proxy pod: the port-forward, the SSH tunnel, outbound
+traffic."""
