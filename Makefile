@@ -12,6 +12,7 @@ setup:
 
 lint: setup
 	$(VENV)/bin/ruff check bridge sidecar tests scripts
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: setup
 	$(VENV)/bin/mypy bridge sidecar

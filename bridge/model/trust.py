@@ -14,18 +14,16 @@ proof is a pure function here, returning what is wrong (an empty list: nothing):
 - `host_key_announcement`: the sidecar's own first `host-key:` line, in the strict format,
   from a bounded head of the log (never the last such line of the whole log).
 
-Two small async edges read what the proofs need (`proven_pods`, `proxy_doubt`), so a caller
-adds one line where it lists pods or is about to delete a proxy.
+The reads the proofs need (`proven_pods`, `proxy_doubt`) are in `bridge.swap.proofs`; this
+module does no I/O.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from bridge.errors import BridgeError
 from bridge.model import plan, state
 from sidecar import protocol
 
@@ -55,12 +53,12 @@ _EXACT_LISTS = frozenset({"containers", "initContainers", "env", "envFrom", "com
                           "ports"})
 
 
-def _meta(obj: Obj) -> Mapping[str, Any]:
+def meta_of(obj: Obj) -> Mapping[str, Any]:
     return obj.get("metadata") or {}
 
 
-def _controller(obj: Obj) -> Mapping[str, Any] | None:
-    for ref in _meta(obj).get("ownerReferences") or []:
+def controller_of(obj: Obj) -> Mapping[str, Any] | None:
+    for ref in meta_of(obj).get("ownerReferences") or []:
         if ref.get("controller"):
             return dict(ref)
     return None
@@ -82,7 +80,7 @@ def proxy_deployment_problems(proxy: Obj, original: str, session: str,
     """Why `proxy` is not provably the proxy bridge created for deployment `original` in
     `session` (empty: it is). `original_uid`: the original's UID while it exists."""
     found: list[str] = []
-    meta = _meta(proxy)
+    meta = meta_of(proxy)
     name = str(meta.get("name") or "")
     expected = plan.proxy_name(original, session)
     if name != expected:
@@ -191,18 +189,18 @@ def pod_problems(pod: Obj, proxy_uid: str, replicaset: Obj | None, planned_spec:
     `proxy_uid`), running the planned spec (empty: it is). `replicaset`: the ReplicaSet the
     pod's controller reference names, as read from the API (None: not found)."""
     found: list[str] = []
-    meta = _meta(pod)
+    meta = meta_of(pod)
     if (meta.get("labels") or {}).get(state.SESSION_LABEL) != session:
         found.append(f"it lacks the label {state.SESSION_LABEL}={session}")
-    ref = _controller(pod)
+    ref = controller_of(pod)
     if ref is None or ref.get("kind") != "ReplicaSet":
         found.append("it is not controlled by a ReplicaSet (a bare pod)")
     elif replicaset is None:
         found.append(f"its ReplicaSet {state.printable(str(ref.get('name')))} does not exist")
     else:
-        if _meta(replicaset).get("uid") != ref.get("uid"):
+        if meta_of(replicaset).get("uid") != ref.get("uid"):
             found.append("its controller reference does not match its ReplicaSet's UID")
-        rs_ref = _controller(replicaset)
+        rs_ref = controller_of(replicaset)
         if rs_ref is None or rs_ref.get("kind") != "Deployment" or rs_ref.get("uid") != proxy_uid:
             found.append("its ReplicaSet is not controlled by the proxy Deployment bridge "
                          "created")
@@ -215,59 +213,3 @@ def describe(name: str, problems: Sequence[str], limit: int = 3) -> str:
     shown = "; ".join(problems[:limit])
     more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
     return f"{name}: {shown}{more}"
-
-
-# -- the edges: read what a proof needs ---------------------------------------------------------
-
-async def proven_pods(kube: Any, pods: Sequence[P], proxy_uid: str, planned_spec: Obj,
-                      session: str) -> tuple[list[P], dict[str, list[str]]]:
-    """(the pods of `pods` proven to be the proxy's, {name: problems} of the others). Reads
-    each pod's controlling ReplicaSet; a ReplicaSet that cannot be found proves nothing."""
-    from bridge.kube.client import ApiError
-
-    proven: list[P] = []
-    refused: dict[str, list[str]] = {}
-    for pod in pods:
-        ref = _controller(pod)
-        rs = None
-        if ref is not None and ref.get("kind") == "ReplicaSet":
-            try:
-                rs = await kube.get_replicaset(str(ref.get("name")))
-            except ApiError as e:
-                if e.status != 404:
-                    raise
-        problems = pod_problems(pod, proxy_uid, rs, planned_spec, session)
-        if problems:
-            refused[str(_meta(pod).get("name"))] = problems
-        else:
-            proven.append(pod)
-    return proven, refused
-
-
-async def proxy_doubt(kube: Any, original: str, original_obj: Obj | None, session: str,
-                      proxy: str) -> str:
-    """Why deployment `proxy` may not be deleted as the proxy of `original` in `session`
-    ("" when it may, or when it does not exist), as one line with the fix by hand."""
-    from bridge.kube.client import ApiError
-
-    try:
-        found = await kube.get_deployment(proxy)
-    except ApiError as e:
-        if e.status == 404:
-            return ""
-        problems = [f"it could not be read ({e})"]
-    except BridgeError as e:
-        problems = [f"it could not be read ({e})"]
-    else:
-        uid = _meta(original_obj).get("uid") if original_obj else None
-        problems = proxy_deployment_problems(found, original, session, uid)
-        if not problems:
-            return ""
-    where = " ".join(shlex.quote(a) for a in (
-        (["--context", kube.context] if getattr(kube, "context", "") else [])
-        + ["-n", str(getattr(kube, "namespace", "default"))]))
-    return (f"deployment/{state.printable(proxy)} is not provably bridge's proxy for "
-            f"deployment/{original} (session {session}): {'; '.join(problems)}; nothing was "
-            f"changed; if it is, delete it yourself (kubectl {where} delete deployment/"
-            f"{state.printable(proxy)}), scale {original} back and run: "
-            + state.fix_by_hand(original).replace("kubectl ", f"kubectl {where} ", 1))

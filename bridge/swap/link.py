@@ -20,6 +20,7 @@ from bridge.errors import BridgeError
 from bridge.kube.client import Api, Obj
 from bridge.model import diagnose, state, target, trust
 from bridge.progress import Progress
+from bridge.swap import proofs
 from bridge.swap.lease import NotOurs
 from bridge.transport import tunnel as tunnelmod
 from sidecar import protocol
@@ -261,9 +262,9 @@ class Linker:
         return await self.api.wait_for("pods", selector, found, tick=POLL)
 
     async def proven(self, pods: list[Obj]) -> list[Obj]:
-        """The pods proven to be the proxy Deployment's (trust.proven_pods); each other pod is
+        """The pods proven to be the proxy Deployment's (proofs.proven_pods); each other pod is
         said once and ignored."""
-        proven, refused = await trust.proven_pods(self.api, pods, self.proxy_uid,
+        proven, refused = await proofs.proven_pods(self.api, pods, self.proxy_uid,
                                                   self.spec.planned_spec, self.spec.session)
         for name in sorted(set(refused) - self.refused):
             self.refused.add(name)

@@ -25,6 +25,7 @@ from bridge.local import records as localstate
 from bridge.model import endpoints, plan, state, trust
 from bridge.model.target import name_of, service_selects, template_labels
 from bridge.progress import Progress, Waiter
+from bridge.swap import proofs
 
 T = TypeVar("T")
 
@@ -212,7 +213,7 @@ async def restore(kube: Api, name: str, progress: Progress, *, lock: state.Lock 
     if local_check:
         report_leftovers(lock.session, progress)
     ours = found is not None and found.session == lock.session
-    doubt = lock.proxy and await trust.proxy_doubt(kube, name, original, lock.session,
+    doubt = lock.proxy and await proofs.proxy_doubt(kube, name, original, lock.session,
                                                    lock.proxy)  # security: prove, or
     if doubt:  # change nothing and say how to finish by hand
         out.failures.append(doubt)

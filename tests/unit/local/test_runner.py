@@ -247,7 +247,7 @@ def test_the_command_tree_dies_with_bridge_even_by_sigkill(tmp_path: Path, watch
     pid_file = tmp_path / "pids"
     script = (f"trap '' TERM; sleep 600 & echo $! > {pid_file}; "
               "while true; do sleep 1; done")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     if not watcher:
         env["BRIDGE_TEST_NO_REAPER"] = "1"
     agent = subprocess.Popen([sys.executable, "-c", AGENT, script], stdout=subprocess.PIPE,

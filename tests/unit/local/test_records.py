@@ -23,10 +23,10 @@ from bridge.model import state
 from bridge.model.outcome import Outcome
 from bridge.progress import Progress
 from tests.unit.support import FakeKube
-from tests.unit.test_restore import lease_on, lock, run_restore
-from tests.unit.test_session import _clear, _watched_lock
+from tests.unit.swap.test_restore import lease_on, lock, run_restore
+from tests.unit.swap.test_session import _clear, _watched_lock
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True)

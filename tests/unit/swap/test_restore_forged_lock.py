@@ -21,7 +21,7 @@ from bridge.model import state
 from bridge.progress import Progress
 from bridge.swap import restore
 from tests.unit.support import FakeKube
-from tests.unit.test_restore import add_proxy, fast_retries, lock, run_restore
+from tests.unit.swap.test_restore import add_proxy, fast_retries, lock, run_restore
 
 __all__ = ["fast_retries"]  # the autouse fixture, for this module too
 

@@ -1,5 +1,5 @@
-"""The watch helper (bridge/kube/client.py): list, then watch from the list's resourceVersion; re-list
-on 410 Gone; poll when the watch fails; every request bounded by the caller's deadline."""
+"""The watch helper (bridge/kube/client.py): list, then watch from the list's resourceVersion;
+re-list on 410 Gone; poll when the watch fails; every request bounded by the caller's deadline."""
 
 from __future__ import annotations
 

@@ -601,7 +601,7 @@ def _watched_lock(kube: FakeKube, *, proxy: bool):  # type: ignore[no-untyped-de
     import datetime as dt
 
     from bridge.model import state
-    from tests.unit.test_restore import add_proxy
+    from tests.unit.swap.test_restore import add_proxy
 
     # the holder's clock is an hour ahead: it must not matter
     t = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
@@ -698,7 +698,7 @@ def test_a_dead_session_is_repaired_even_when_every_look_takes_time() -> None:
 
 def test_no_proxy_yet_is_not_stale_at_once_and_its_creation_is_a_sign_of_life() -> None:
     from bridge.model import state
-    from tests.unit.test_restore import add_proxy
+    from tests.unit.swap.test_restore import add_proxy
 
     kube = FakeKube()
     lk = _watched_lock(kube, proxy=False)

@@ -1,5 +1,5 @@
-"""bridge/local/mounts.py: the pod's files on this machine, copy and live (sshfs -o passive), against
-a real sidecar on this host whose mounts are kubelet-style symlink farms
+"""bridge/local/mounts.py: the pod's files on this machine, copy and live (sshfs -o passive),
+against a real sidecar on this host whose mounts are kubelet-style symlink farms
 (tests/sidecar/test_files.py builds them). Nothing may be left mounted or on disk: after the
 end, after Ctrl-C, and after SIGKILL + the leftover cleanup `bridge restore` runs."""
 

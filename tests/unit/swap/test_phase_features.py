@@ -18,7 +18,7 @@ from bridge.errors import BridgeError
 from bridge.model import state
 from bridge.progress import Progress
 from tests.unit.support import FakeKube, api_error
-from tests.unit.test_trust_lock import forged, snapshot
+from tests.unit.swap.test_restore_forged_lock import forged, snapshot
 
 HOST_KEY = "ssh-ed25519 " + "A" * 68
 
@@ -43,7 +43,7 @@ def test_a_lock_bridge_cannot_trust_is_refused_by_the_lease_and_nothing_changes(
 def test_the_drift_watch_speaks_once_and_only_while_the_original_should_be_at_zero() -> None:
     from bridge.model import controllers
     from bridge.swap.lease import Lease
-    from tests.unit.test_session import locked
+    from tests.unit.swap.test_session import locked
 
     kube = FakeKube()
     lk = locked(kube, replicas=2)
@@ -164,7 +164,7 @@ def test_the_plan_takes_the_options_of_the_features() -> None:
     from bridge.swap.session import prepare
     from bridge.transport import outbound, tunnel
     from sidecar import protocol
-    from tests.unit.test_plan import ORIGINAL
+    from tests.unit.model.test_plan import ORIGINAL
 
     r = Resolved(ORIGINAL, [], "hello", "app", [PortMap(8080, 8080, "http")])
     key = tunnel.new_client_key()

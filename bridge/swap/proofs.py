@@ -1,0 +1,66 @@
+"""The reads that bridge's proofs of ownership need (the proofs themselves are pure, in
+`bridge.model.trust`): each listed pod's controlling ReplicaSet, and the proxy Deployment
+before restore deletes it."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+from bridge.errors import BridgeError
+from bridge.kube.client import ApiError
+from bridge.model import state, trust
+
+Obj = Mapping[str, Any]
+P = TypeVar("P", bound=Mapping[str, Any])
+
+
+async def proven_pods(kube: Any, pods: Sequence[P], proxy_uid: str, planned_spec: Obj,
+                      session: str) -> tuple[list[P], dict[str, list[str]]]:
+    """(the pods of `pods` proven to be the proxy's, {name: problems} of the others). Reads
+    each pod's controlling ReplicaSet; a ReplicaSet that cannot be found proves nothing."""
+    proven: list[P] = []
+    refused: dict[str, list[str]] = {}
+    for pod in pods:
+        ref = trust.controller_of(pod)
+        rs = None
+        if ref is not None and ref.get("kind") == "ReplicaSet":
+            try:
+                rs = await kube.get_replicaset(str(ref.get("name")))
+            except ApiError as e:
+                if e.status != 404:
+                    raise
+        problems = trust.pod_problems(pod, proxy_uid, rs, planned_spec, session)
+        if problems:
+            refused[str(trust.meta_of(pod).get("name"))] = problems
+        else:
+            proven.append(pod)
+    return proven, refused
+
+
+async def proxy_doubt(kube: Any, original: str, original_obj: Obj | None, session: str,
+                      proxy: str) -> str:
+    """Why deployment `proxy` may not be deleted as the proxy of `original` in `session`
+    ("" when it may, or when it does not exist), as one line with the fix by hand."""
+    try:
+        found = await kube.get_deployment(proxy)
+    except ApiError as e:
+        if e.status == 404:
+            return ""
+        problems = [f"it could not be read ({e})"]
+    except BridgeError as e:
+        problems = [f"it could not be read ({e})"]
+    else:
+        uid = trust.meta_of(original_obj).get("uid") if original_obj else None
+        problems = trust.proxy_deployment_problems(found, original, session, uid)
+        if not problems:
+            return ""
+    where = " ".join(shlex.quote(a) for a in (
+        (["--context", kube.context] if getattr(kube, "context", "") else [])
+        + ["-n", str(getattr(kube, "namespace", "default"))]))
+    return (f"deployment/{state.printable(proxy)} is not provably bridge's proxy for "
+            f"deployment/{original} (session {session}): {'; '.join(problems)}; nothing was "
+            f"changed; if it is, delete it yourself (kubectl {where} delete deployment/"
+            f"{state.printable(proxy)}), scale {original} back and run: "
+            + state.fix_by_hand(original).replace("kubectl ", f"kubectl {where} ", 1))
