@@ -100,10 +100,12 @@ class Outbound:
         out.update(self.env())
         return out
 
-    def wrap_argv(self, argv: Sequence[str]) -> list[str]:
+    def wrap_argv(self, argv: Sequence[str], path: str | None = None) -> list[str]:
+        """The command as run: under torsocks for inject (found on `path`, the child's PATH;
+        this process's by default)."""
         if self.mode is Mode.INJECT:
             assert self.torsocks is not None
-            return [self.torsocks, *argv]
+            return inject.torsocks_argv(self.torsocks, argv, path)
         return list(argv)
 
     def describe(self) -> str:
