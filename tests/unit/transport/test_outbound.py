@@ -223,3 +223,15 @@ def test_a_forward_keeps_the_pods_connections_on_even_with_outbound_none() -> No
     assert asked("none", ("orders:80:18080",)) is True
     assert asked("none") is False
     assert asked("proxy") is True
+
+
+def test_the_attach_hint_scopes_the_variables_in_the_files_syntax() -> None:
+    from bridge.transport.outbound import Outbound
+
+    ob = Outbound(mode=inject.Mode.PROXY, user="u", password="p", port=9)
+    fish = ob.attach_hint(".bridge/hello.fish", "fish")
+    assert "`fish -c 'source \\'.bridge/hello.fish\\'; and exec YOUR_COMMAND'`" in fish
+    assert "set -a" not in ob.attach_hint(".bridge/hello.env")  # dotenv: never sourced
+    assert "`dotenv -f .bridge/hello.env run -- YOUR_COMMAND`" in ob.attach_hint(
+        ".bridge/hello.env")
+    assert Outbound(mode=inject.Mode.NONE, user="u", password="p").attach_hint("x.env") == ""
