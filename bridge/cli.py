@@ -286,6 +286,8 @@ def status(ctx: click.Context, **kw: Any) -> None:
         click.echo(f"No swapped deployments in namespace {ns}.", err=True)
         return
     click.echo(status_mod.table(rows))
+    for line in status_mod.restore_commands(rows, ns, common.context, common.kubeconfig):
+        click.echo(line, err=True)
 
 
 @cli.command()

@@ -109,10 +109,11 @@ class Report:
     image_note: str = ""
     target_note: str = ""
     credentials_note: str = ""
+    unreachable: str = ""  # the API server could not be reached at all (why, one line)
 
     @property
     def ok(self) -> bool:
-        return not self.unchecked and not self.missing(required=True)
+        return not self.unreachable and not self.unchecked and not self.missing(required=True)
 
     def missing(self, *, required: bool) -> list[Need]:
         return [n for n, ok in self.allowed.items()
@@ -121,6 +122,8 @@ class Report:
 
 def lines(report: Report) -> list[str]:
     """What `bridge doctor` prints: one line per fact, missing things first."""
+    if report.unreachable:  # nothing else could be asked: one line, not a wrong diagnosis
+        return [f"unreachable: {report.unreachable}"]
     out = [f"cluster: Kubernetes {report.version or 'version unknown'} "
            f"(context {report.context}, namespace {report.namespace})"]
     if report.credentials_note:
@@ -159,7 +162,7 @@ def image_on_nodes(nodes: Iterable[Obj], image: str) -> bool:
 
 async def examine(kube: Any, target: str | None = None, image: str = "") -> Report:
     """Ask the cluster (read-only: access reviews and gets) and build the Report."""
-    from bridge.kube.client import ApiError
+    from bridge.kube.client import ApiError, Unreachable
 
     report = Report(kube.context, kube.namespace, image=image)
     report.credentials_note = credentials_note(kube.api_client.configuration)
@@ -167,6 +170,11 @@ async def examine(kube: Any, target: str | None = None, image: str = "") -> Repo
         version = await kube.request("GET", "/version")
         report.version = str(version.get("gitVersion") or "")
         report.minor = minor_version(version)
+    except Unreachable as e:
+        if e.permanent:  # refused, no such name, TLS, a full timeout: nothing more to ask
+            report.unreachable = str(e)
+            return report
+        report.version = f"unknown ({e})"
     except ApiError as e:
         report.version = f"unknown ({e})"
     for need in NEEDS:
@@ -174,6 +182,9 @@ async def examine(kube: Any, target: str | None = None, image: str = "") -> Repo
             continue
         try:
             answer = await kube.request("POST", REVIEW_PATH, body=review(need, kube.namespace))
+        except Unreachable as e:
+            report.unchecked = f"the API server did not answer a SelfSubjectAccessReview ({e})"
+            break
         except ApiError as e:
             report.unchecked = (f"the server refused a SelfSubjectAccessReview ({e}); "
                                 "ask your administrator for the Role in bridge's README")

@@ -8,6 +8,7 @@ clock, shown only.
 from __future__ import annotations
 
 import datetime as dt
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ def locked(deployments: Sequence[Obj]) -> dict[str, tuple[Obj, state.Lock]]:
 
 def describe(seen: state.Liveness | None) -> tuple[str, str]:
     """(HEARTBEAT, STATE) for what watching a session's heartbeat showed."""
+    if isinstance(seen, state.Running):
+        return f"your bridge here ({seen.where()})", "live"
     if isinstance(seen, state.Alive):
         return f"beat within {state.describe_age(seen.after)}", "live"
     if isinstance(seen, state.Stale):
@@ -67,6 +70,25 @@ def rows(deployments: Sequence[Obj], now: dt.datetime,
             heartbeat=heartbeat, state=live, proxy=lock.proxy or "-", session=lock.session,
         ))
     return sorted(out, key=lambda r: r.deployment)
+
+
+def restore_commands(rs: Sequence[Row], namespace: str, context: str | None = None,
+                     kubeconfig: str | None = None) -> list[str]:
+    """For each stale session, the exact command that repairs it (quoted for a POSIX shell;
+    the context and kubeconfig named when the user named them, so it goes to the same
+    cluster)."""
+    out = []
+    for r in rs:
+        if r.state != "stale":
+            continue
+        argv = ["bridge", "restore", r.deployment, "-n", namespace]
+        if context:
+            argv += ["--context", context]
+        if kubeconfig:
+            argv += ["--kubeconfig", kubeconfig]
+        out.append(f"deployment/{r.deployment}: its session is stale; repair it with: "
+                   + shlex.join(argv))
+    return out
 
 
 HEADERS = ("DEPLOYMENT", "OWNER", "PORTS", "AGE", "HEARTBEAT", "STATE", "PROXY", "SESSION")

@@ -17,7 +17,7 @@ from typing import Any
 
 import asyncssh
 
-from sidecar import listen, protocol
+from sidecar import listen, protocol, resolve
 
 log = logging.getLogger("sidecar")
 
@@ -389,6 +389,27 @@ class _Refused(asyncio.Protocol):
 # ---------------------------------------------------------------- direct-tcpip
 
 
+_CONNECT_REASONS = {
+    errno.ECONNREFUSED: protocol.REASON_REFUSED,
+    errno.ETIMEDOUT: protocol.REASON_TIMEOUT,
+    errno.ENETUNREACH: protocol.REASON_NET_UNREACHABLE,
+    errno.EHOSTUNREACH: protocol.REASON_HOST_UNREACHABLE,
+    errno.EHOSTDOWN: protocol.REASON_HOST_UNREACHABLE,
+}
+
+
+def connect_reason(exc: BaseException) -> str:
+    """The reason code (protocol.REASON_*) of a connect that failed: by errno, the name
+    look-up's own code for a gaierror, `failed` for the rest."""
+    if isinstance(exc, TimeoutError):
+        return protocol.REASON_TIMEOUT
+    if isinstance(exc, socket.gaierror):
+        return resolve.error_kind(exc)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return _CONNECT_REASONS.get(exc.errno, protocol.REASON_FAILED)
+    return protocol.REASON_FAILED
+
+
 def direct_connection(
     conn: asyncssh.SSHServerConnection, dest_host: str, dest_port: int, label: str, tally: Tally
 ) -> tuple[asyncssh.SSHTCPChannel[bytes], Awaitable[asyncssh.SSHTCPSession[bytes]]]:
@@ -408,8 +429,8 @@ def direct_connection(
                 CONNECT_TIMEOUT,
             )
         except (OSError, TimeoutError) as exc:
-            reason = listen.error_text(exc)
-            message = f"cannot connect to {hostport(dest_host, dest_port)}: {reason}"
+            message = protocol.open_failure(connect_reason(exc), hostport(dest_host, dest_port),
+                                            listen.error_text(exc))
             pipe.close(message)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, message) from None
         return ChannelEnd(pipe)

@@ -39,8 +39,9 @@ CMD_WITHDRAW = "withdraw"
 # Added for outbound (issue 10): name look-ups with the pod's resolver, see sidecar/resolve.py.
 #   "resolve NAME"        -> {"addresses": ["10.96.0.10", ...]} | {"error": "...", "kind": K}
 #   "resolve-ptr ADDRESS" -> {"names": ["host"]} | {"error": "...", "kind": K}
-# K is "nxdomain", "timeout", "failed" (exit 0) or "invalid" (exit 1). An older sidecar
-# answers exit 127 (unknown command): the agent then has no in-pod name resolution.
+# K is REASON_NXDOMAIN, REASON_TIMEOUT, REASON_FAILED (exit 0) or REASON_INVALID (exit 1),
+# see "Reason codes" below. An older sidecar answers exit 127 (unknown command): the agent
+# then has no in-pod name resolution.
 CMD_RESOLVE = "resolve"
 CMD_RESOLVE_PTR = "resolve-ptr"
 COMMANDS = (CMD_ENV, CMD_VERSION, CMD_WITHDRAW, CMD_RESOLVE, CMD_RESOLVE_PTR)
@@ -109,3 +110,43 @@ ENV_MOUNTS = "BRIDGE_MOUNTS"
 # Where the laptop process finds the pod's files (their pod paths under it): set in its
 # environment and in the env file, e.g. $BRIDGE_ROOT/etc/config/app.yaml.
 ENV_ROOT = "BRIDGE_ROOT"
+
+# --- Reason codes: why the pod could not do it (issue 22). ---
+
+# One word each, for the agent to map once to its own errors (a SOCKS5 reply, an HTTP status)
+# instead of searching the text for "refused". They are the "kind" of a failed resolve
+# command, and the first word of the description of a direct-tcpip open that failed to
+# connect (SSH code OPEN_CONNECT_FAILED):
+#   "REASON: cannot connect to HOST:PORT: TEXT"   e.g. "refused: cannot connect to
+#   10.96.0.7:80: Connection refused"
+# TEXT is the pod's own words (strerror) for people; the code is the contract. A sidecar
+# before these codes sent "cannot connect to HOST:PORT: TEXT": an agent finds no known code
+# before the first ": " and falls back to TEXT (see OPEN_REASON_SEPARATOR). An older agent
+# reads TEXT after the last ": " and still works, so the protocol version stays.
+# Other open failures use SSH's own codes: OPEN_ADMINISTRATIVELY_PROHIBITED (outbound off,
+# not authenticated) means REASON_NOT_ALLOWED, OPEN_RESOURCE_SHORTAGE (too many open
+# connections) REASON_FAILED.
+REASON_REFUSED = "refused"  # ECONNREFUSED: nothing listens there
+REASON_TIMEOUT = "timeout"  # no answer in time (the connect, or the name look-up)
+REASON_NET_UNREACHABLE = "net-unreachable"  # ENETUNREACH
+REASON_HOST_UNREACHABLE = "host-unreachable"  # EHOSTUNREACH, EHOSTDOWN: no route to it
+REASON_NXDOMAIN = "nxdomain"  # the name does not exist (for the pod's resolver)
+REASON_INVALID = "invalid"  # the request was malformed (resolve: not a name or address)
+REASON_NOT_ALLOWED = "not-allowed"  # the sidecar does not open it (outbound off)
+REASON_FAILED = "failed"  # anything else (a DNS server failure, a reset, ...)
+REASONS = (REASON_REFUSED, REASON_TIMEOUT, REASON_NET_UNREACHABLE, REASON_HOST_UNREACHABLE,
+           REASON_NXDOMAIN, REASON_INVALID, REASON_NOT_ALLOWED, REASON_FAILED)
+OPEN_REASON_SEPARATOR = ": "
+
+
+def open_failure(reason: str, host_port: str, text: str) -> str:
+    """The description of a direct-tcpip open that could not connect."""
+    return f"{reason}{OPEN_REASON_SEPARATOR}cannot connect to {host_port}: {text}"
+
+
+def open_reason(description: str) -> tuple[str | None, str]:
+    """(reason code or None for a sidecar that sent none, the pod's own words)."""
+    head, sep, rest = description.partition(OPEN_REASON_SEPARATOR)
+    code = head if sep and head in REASONS else None
+    # the pod's words are what follows the last ": " either way ("cannot connect to H:P: X")
+    return code, description.rpartition(OPEN_REASON_SEPARATOR)[2] or description

@@ -46,22 +46,23 @@ def problem(kind: str, arg: str) -> str | None:
 
 
 def error_kind(exc: BaseException) -> str:
-    """`nxdomain` when the name does not exist, `timeout`, else `failed`."""
+    """The reason code of a failed look-up: nxdomain when the name does not exist, timeout,
+    else failed."""
     if isinstance(exc, TimeoutError):
-        return "timeout"
+        return protocol.REASON_TIMEOUT
     if isinstance(exc, socket.gaierror) and exc.errno in (
         socket.EAI_NONAME,
         getattr(socket, "EAI_NODATA", socket.EAI_NONAME),
     ):
-        return "nxdomain"
-    return "failed"
+        return protocol.REASON_NXDOMAIN
+    return protocol.REASON_FAILED
 
 
 async def answer(kind: str, arg: str) -> tuple[str, int]:
     """(stdout, exit status) for one resolve command."""
     why = problem(kind, arg)
     if why is not None:
-        return json.dumps({"error": why, "kind": "invalid"}) + "\n", 1
+        return json.dumps({"error": why, "kind": protocol.REASON_INVALID}) + "\n", 1
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(LOOKUP_TIMEOUT):

@@ -10,13 +10,14 @@ status when the server answered, `Unreachable` when it did not.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
@@ -300,6 +301,9 @@ class Kube:
     context: str
     host: str
     retry_policy: RetryPolicy = DEFAULT_RETRY  # [realbeh]
+    # whether the server ever answered: until then a refused connection or a name that does
+    # not resolve is the kubeconfig's server being unreachable, said at once (not retried)
+    answered: bool = field(default=False, init=False)
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None, context: str | None = None,
@@ -371,6 +375,7 @@ class Kube:
                                       _preload_content=False)
             data = await resp.read()
             status = resp.status
+            self.answered = True
             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             resp.response.release()
         except (aiohttp.ClientConnectorCertificateError, ssl.SSLError,
@@ -378,6 +383,10 @@ class Kube:
             raise Unreachable(f"cannot reach the Kubernetes API at {self.host}: TLS: "
                               f"{_short(e)}", permanent=True) from e
         except (aiohttp.ClientError, OSError) as e:
+            why = None if self.answered else never_connected(e)
+            if why is not None:  # no use retrying: one line, at once
+                raise Unreachable(f"cannot reach the Kubernetes API at {self.host} (context "
+                                  f"{self.context}): {why}", permanent=True) from e
             # [realbeh] a TLS failure wrapped by a connector (the SOCKS one) is still TLS
             tls = any(isinstance(x, ssl.SSLError)
                       for x in (getattr(e, "os_error", None), e.__cause__))
@@ -601,6 +610,20 @@ class Kube:
             raise NamespaceNotFound(ns) from e
         except ApiError:
             pass  # forbidden to read namespaces: the original 404 stands
+
+
+def never_connected(e: BaseException) -> str | None:
+    """Why a request could not even open a connection, when it is the address itself: the
+    connection was refused (nothing listens there) or the server's name does not resolve.
+    None for the rest (resets, timeouts, TLS), which may be a blip worth retrying."""
+    if isinstance(e, aiohttp.ClientConnectorDNSError):
+        text = getattr(e.os_error, "strerror", None) or _short(e.os_error)
+        return f"its name does not resolve ({text}; is the kubeconfig's server right?)"
+    if isinstance(e, aiohttp.ClientConnectorError) and \
+            getattr(e.os_error, "errno", None) == errno.ECONNREFUSED:
+        return ("connection refused: nothing listens there (is the cluster running, is the "
+                "kubeconfig's server right?)")
+    return None
 
 
 def _short(e: BaseException) -> str:

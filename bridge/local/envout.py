@@ -8,6 +8,7 @@ there); `write_files` is where the environment is written (add a format there).
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -47,6 +48,54 @@ def child_environment(pod_env: Mapping[str, str], session: str, *, allow: Iterab
     child_env.update(own or {})
     child_env[SESSION_VAR] = session
     return child_env
+
+
+COMMAND = "YOUR_COMMAND"  # what the user puts in a hint's place
+
+
+def scoped_run(syntax: str, env_file: str) -> str:
+    """How to start one command with the variables of `env_file` (written in `syntax`) so that
+    they reach that command alone: the shell it is typed in keeps none of them. (`set -a; .
+    FILE; set +a; cmd` leaves LD_PRELOAD and the proxy variables in the shell, and every later
+    program there goes through a session that has ended.) Each form is checked against its
+    real reader in the tests; `COMMAND` stands for the user's command."""
+    if syntax == "sh":  # sh, dash, bash, zsh, ksh: a subshell, the command exec'd in it
+        return f"(. {shlex.quote(_with_dir(env_file))} && exec {COMMAND})"
+    if syntax == "dotenv":
+        # Not `set -a; . FILE`: a shell does not read dotenv's quoting, and a bare value with
+        # `;` or `|` in it would run as a command. python-dotenv's own runner reads it exactly.
+        return f"dotenv -f {shlex.quote(env_file)} run -- {COMMAND}"
+    if syntax == "fish":  # `begin; ...; end` does not scope `set -gx`: another fish does
+        inner = _fish_quote(env_file)
+        return f"fish -c {_fish_quote(f'source {inner}; and exec {COMMAND}')}"
+    if syntax == "csh":  # csh, tcsh: a subshell
+        return f"( source {_csh_quote(env_file)} && exec {COMMAND} )"
+    if syntax == "powershell":  # $env: is the process's: another PowerShell
+        inner = "'" + _with_dir(env_file).replace("'", "''") + "'"
+        script = f". {inner}; {COMMAND}; exit $LASTEXITCODE"
+        return "pwsh -NoProfile -Command '" + script.replace("'", "''") + "'"
+    if syntax == "cmd":  # `set` is the session's: another cmd
+        return f'cmd /c "call "{env_file}" && {COMMAND}"'
+    if syntax == "compose":  # the variables live in the container only
+        return f"docker compose -f compose.yaml -f {shlex.quote(env_file)} up"
+    # json: no shell reads it; Python puts it in the command's environment and runs it
+    loader = ("import json,os,sys; e=json.load(open(sys.argv[1])); "
+              "os.execvpe(sys.argv[2], sys.argv[2:], {**os.environ, **e})")
+    return f"python3 -c {shlex.quote(loader)} {shlex.quote(env_file)} {COMMAND}"
+
+
+def _with_dir(path: str) -> str:
+    """`path` with a directory part, so `.` (and PowerShell's `.`) do not search PATH."""
+    return path if "/" in path or "\\" in path else "./" + path
+
+
+def _fish_quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _csh_quote(text: str) -> str:
+    # single quotes hold everything in csh but `!` (history) and a newline
+    return "'" + text.replace("'", "'\\''").replace("!", "\\!") + "'"
 
 
 def write_files(pod_env: Mapping[str, str], *, own: Mapping[str, str] | None = None,

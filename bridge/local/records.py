@@ -159,6 +159,17 @@ def ended(session: str, namespace: str, deployment: str) -> int | None:
     return judge(record, namespace, deployment, Machine.here(), running)
 
 
+def alive_here(session: str, namespace: str, deployment: str) -> SessionRecord | None:
+    """The record of `session`'s bridge when it runs on this machine now (the same process,
+    seen in this pid namespace, holding this Deployment): this user's own live session."""
+    record = read(session)
+    if record is None or not same_process(record.pid, record.started):
+        return None
+    # judged as if gone: a pid comes back only when this machine may judge that record by it
+    judged = judge(record, namespace, deployment, Machine.here(), running=False)
+    return record if judged == record.pid else None
+
+
 def forget(session: str) -> None:
     path = _path(session)
     if path is not None:

@@ -263,6 +263,25 @@ class Ended:
     pid: int
 
 
+@dataclass(frozen=True)
+class Running(Alive):
+    """The session's bridge runs on this machine now, as this user (this machine's record of
+    the session, local/records.py): the user's own live session, known without watching."""
+
+    pid: int = 0
+    terminal: str | None = None  # its controlling terminal (/dev/pts/3), if any
+    started: dt.datetime | None = None  # when that process started
+
+    def where(self) -> str:
+        """`pid 4242, terminal /dev/pts/3, started 14:05`, for a message."""
+        parts = [f"pid {self.pid}"]
+        if self.terminal:
+            parts.append(f"terminal {printable(self.terminal, 40)}")
+        if self.started is not None:
+            parts.append(f"started {self.started.strftime('%H:%M')}")
+        return ", ".join(parts)
+
+
 Liveness = Alive | Stale | Watching | Ended
 
 
@@ -292,6 +311,16 @@ class Refuse:
     holder: str
     since: dt.datetime
     session: str
+    here: Running | None = None  # the user's own bridge on this machine holds it
+
+    def explain(self, name: str) -> str:
+        if self.here is not None:
+            return (f"you are already swapping deployment/{name} in another bridge "
+                    f"({self.here.where()}); end it first (Ctrl-C there), or run "
+                    f"`bridge restore {name}` if it hangs")
+        return (f"deployment/{name} is already swapped by {self.holder} since "
+                f"{format_time(self.since)} (session {self.session}); ask them to end it, or "
+                f"run `bridge restore {name}` if that session is dead")
 
 
 @dataclass(frozen=True)
@@ -339,7 +368,8 @@ def decide(lock: Lock | None, seen: Liveness | None = None) -> Decision:
         return Doubtful(lock, tuple(problems))
     if isinstance(seen, (Stale, Ended)):
         return RepairFirst(lock, seen)
-    return Refuse(lock.owner, lock.started_at, lock.session)
+    return Refuse(lock.owner, lock.started_at, lock.session,
+                  seen if isinstance(seen, Running) else None)
 
 
 def describe_age(seconds: float) -> str:

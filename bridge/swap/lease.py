@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import psutil
 
 from bridge.cleanup import CleanupStack
 from bridge.errors import BridgeError
@@ -31,6 +32,7 @@ from bridge.model import controllers, plan, state, trust
 from bridge.model.outcome import Outcome
 from bridge.progress import Progress, Waiter
 from bridge.swap import restore
+from bridge.swap.options import default_owner
 
 LOOKS_PER_TTL = 20  # an observer looks at a heartbeat this often per TTL (at most once a second)
 
@@ -89,16 +91,37 @@ async def heartbeat_of(api: Api, original: Obj, lock: state.Lock) -> str | None:
     return f"{beat or '-'} {state.printable(legacy or '-', 80)}"
 
 
+def running_here(session: str, namespace: str, deployment: str) -> state.Running | None:
+    """The user's own bridge on this machine that holds `session` (its record, its process
+    running now), or None."""
+    record = localstate.alive_here(session, namespace, deployment)
+    if record is None:
+        return None
+    try:
+        terminal = psutil.Process(record.pid).terminal()
+    except psutil.Error:
+        terminal = None
+    started = dt.datetime.fromtimestamp(record.started).astimezone()  # local time, shown only
+    return state.Running(0.0, record.pid, terminal, started)
+
+
 async def watch_sessions(api: Api, locked: Mapping[str, tuple[Obj, state.Lock]], *,
                          ttl: float, progress: Progress, limit: float | None = None,
                          ) -> dict[str, state.Liveness]:
     """Watch the heartbeats of the sessions holding these Deployments (name -> (Deployment,
     lock)) on this machine's monotonic clock, until each is seen alive (its heartbeat changed)
     or stale (unchanged for `ttl`), or `limit` seconds passed (then `state.Watching`). A session
-    whose bridge ran on this machine and is no longer running is `state.Ended` unwatched."""
+    whose bridge runs on this machine as this user (its record here, and the owner this bridge
+    would write: not another person sharing the account with BRIDGE_OWNER) is `state.Running`
+    unwatched, one whose bridge ran here and is no longer running `state.Ended`."""
     bound = ttl if limit is None else min(limit, ttl)
     verdicts: dict[str, state.Liveness] = {}
     for name, (_dep, lk) in locked.items():
+        mine = running_here(lk.session, api.namespace, name) \
+            if lk.owner == default_owner() else None
+        if mine is not None:  # this user's own bridge here holds it: alive, nothing to watch
+            verdicts[name] = mine
+            continue
         pid = localstate.ended(lk.session, api.namespace, name)
         if pid is not None:  # its bridge ran here and is gone: nothing to watch
             verdicts[name] = state.Ended(pid)
@@ -160,10 +183,7 @@ async def clear_the_way(api: Api, deployment: Obj, *, ttl: float, bound: float,
         # a lock found now is a new session's (taken since the repair): never repaired unseen
         decision = state.decide(state.decode(annotations_of(deployment)))
     if isinstance(decision, state.Refuse):
-        raise BridgeError(
-            f"deployment/{name} is already swapped by {decision.holder} since "
-            f"{state.format_time(decision.since)} (session {decision.session}); "
-            f"ask them to end it, or run `bridge restore {name}` if that session is dead")
+        raise BridgeError(decision.explain(name))
     if isinstance(decision, state.Doubtful):  # a lock bridge did not write: never repaired
         raise BridgeError(decision.explain(name))
     if not isinstance(decision, state.Proceed):

@@ -282,8 +282,8 @@ class Session:
             swap.pod_env, own=file_env, allow=o.env_allow, syntax=o.env_syntax,
             env_file=o.env_file, env_json=o.env_json, attach=not o.command,
             stem=swap.resolved.name, stack=self.stack, progress=p)
-        if not o.command and swap.env_file and ob.attach_hint(swap.env_file):
-            p.info(ob.attach_hint(swap.env_file))
+        if not o.command and swap.env_file and ob.attach_hint(swap.env_file, o.env_syntax):
+            p.info(ob.attach_hint(swap.env_file, o.env_syntax))
 
     async def _provide_files(self, swap: Swap, link: Link) -> str:
         """The pod's files under a directory (copied or mounted live), removed at the end; a

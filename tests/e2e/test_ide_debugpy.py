@@ -113,9 +113,13 @@ def test_breakpoint_hit_by_a_request_from_the_cluster(make_workload: Any,
     # The attached line names the default env file, and ends the IDE task's wait.
     attached = [ln for ln in b.stderr.splitlines() if ln.startswith("bridge: attached: ")]
     assert len(attached) == 1, b.stderr
-    pattern = vscode.swap_task(vscode.Options("hello", "hello"))["problemMatcher"][
-        "background"]["endsPattern"]
-    assert [ln for ln in b.stderr.splitlines() if re.search(pattern, ln)] == attached
+    background = vscode.swap_task(vscode.Options("hello", "hello"))["problemMatcher"][
+        "background"]
+    lines = b.stderr.splitlines()
+    assert [ln for ln in lines if re.search(background["endsPattern"], ln)] == attached
+    # the begin pattern: the swap's first line only (the task is busy from its start)
+    begun = [i for i, ln in enumerate(lines) if re.search(background["beginsPattern"], ln)]
+    assert len(begun) == 1 and begun[0] < lines.index(attached[0]), b.stderr
     env_path = attached[0].split("environment in ", 1)[1].split(";", 1)[0]
     assert env_path == str(REPO / ".bridge" / "hello.env")
     file_env = {k: v or "" for k, v in dotenv_values(env_path).items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -209,6 +210,19 @@ def test_command_mode_reaches_the_cluster_through_torsocks(make_workload: Any,
     assert_inject_extras(r, unreachable_from_a_pod(orders))
 
 
+@pytest.mark.skipif(shutil.which("torsocks") is None, reason="needs torsocks")
+def test_sh_c_runs_under_torsocks_with_its_exit_code(make_workload: Any) -> None:
+    """torsocks reads `sh` as its own `show` subcommand: the command ran nothing and bridge
+    exited 0 (issue 21.1). It runs, under torsocks, and its exit code is bridge's."""
+    hello = make_workload("hello", replicas=1)
+    code, b = hello.run_bridge("swap", "hello", "--outbound", "inject", "--",
+                               "sh", "-c", 'echo "ran with $LD_PRELOAD"; exit 7')
+    assert code == 7, b.stderr
+    assert "ran with " in b.stdout and "libtorsocks" in b.stdout, b.stdout + b.stderr
+    assert 'LD_PRELOAD=""' not in b.stdout
+    hello.assert_restored()
+
+
 def test_attach_mode_env_file_loads_torsocks(make_workload: Any, tmp_path: Path) -> None:
     hello = make_workload("hello", replicas=1)
     orders, cluster_ip, pod_ip, http_port, echo_port = make_orders(make_workload)
@@ -216,16 +230,25 @@ def test_attach_mode_env_file_loads_torsocks(make_workload: Any, tmp_path: Path)
     b = hello.bridge("swap", "hello", "--port", f"http:{listen}", "--outbound", "inject",
                      "--env-file", str(env_file))
     b.wait_for("attached")
-    assert f"with every variable of {env_file}" in b.stderr  # the printed instructions
+    # the printed instructions: the file's variables for the one process (issue 21.7)
+    said = f"with the variables of {env_file}, for it alone (your shell keeps none of them): `"
+    assert said in b.stderr, b.stderr
+    hint = b.stderr.partition(said)[2].partition("`")[0]
+    assert hint == f"dotenv -f {env_file} run -- YOUR_COMMAND"
     env = envmod.parse_dotenv(env_file.read_text())
     assert "libtorsocks" in env["LD_PRELOAD"] and env["TORSOCKS_CONF_FILE"]
     assert env["ALL_PROXY"].startswith("socks5h://")
     out = tmp_path / "r.json"
     # The IDE's process: started by the test with the file's environment and nothing else of
-    # bridge's (no torsocks wrapper).
-    child_env = {**os.environ, **env, "ECHO_PORT": str(echo_port)}
-    subprocess.run(app_argv("inject", out, listen, cluster_ip, pod_ip, http_port,
-                            hello.namespace), env=child_env, check=True, timeout=240)
+    # bridge's (no torsocks wrapper), the way the hint says, from a shell that keeps nothing.
+    app = shlex.join(app_argv("inject", out, listen, cluster_ip, pod_ip, http_port,
+                              hello.namespace))
+    shell = {**os.environ, "ECHO_PORT": str(echo_port),
+             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    typed = hint.replace("YOUR_COMMAND", app) + '\necho "after=${LD_PRELOAD-unset}"'
+    done = subprocess.run(["bash", "--norc", "-c", typed], env=shell, capture_output=True,
+                          text=True, check=True, timeout=240)
+    assert done.stdout.splitlines()[-1] == "after=unset", done.stdout + done.stderr
     r = json.loads(out.read_text())
     assert_reached(r, orders_says(orders))
     assert_inject_extras(r, unreachable_from_a_pod(orders))

@@ -342,7 +342,9 @@ def test_direct_tcpip_reaches_local_server_by_address_and_name(
     by_address, by_name, failure = asyncio.run(scenario())
     assert by_address == b"cluster-svc:hello 127.0.0.1"
     assert by_name == b"cluster-svc:hello localhost"
-    assert failure.startswith("cannot connect to 127.0.0.1:") and "refused" in failure
+    # the reason code first (the agent maps it), then the pod's own words for people
+    assert failure.startswith("refused: cannot connect to 127.0.0.1:"), failure
+    assert protocol.open_reason(failure) == (protocol.REASON_REFUSED, "Connection refused")
 
 
 def test_ready_flips_with_the_forwards(sidecar: Sidecar, key: ClientKey) -> None:

@@ -262,3 +262,37 @@ def test_image_record_round_trip(tmp_path: object) -> None:
     assert podenv.load_image_env(Path(str(tmp_path)) / "missing.json") == {}
     path.write_text("[1, 2]")
     assert podenv.load_image_env(path) == {}
+
+
+def test_connect_failures_have_reason_codes() -> None:
+    import errno
+    import socket
+
+    from sidecar import forwards
+
+    def reason(exc: BaseException) -> str:
+        return forwards.connect_reason(exc)
+
+    assert reason(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")) == "refused"
+    assert reason(TimeoutError()) == protocol.REASON_TIMEOUT
+    assert reason(OSError(errno.ETIMEDOUT, "x")) == protocol.REASON_TIMEOUT
+    assert reason(OSError(errno.ENETUNREACH, "x")) == protocol.REASON_NET_UNREACHABLE
+    assert reason(OSError(errno.EHOSTUNREACH, "x")) == protocol.REASON_HOST_UNREACHABLE
+    assert reason(socket.gaierror(socket.EAI_NONAME, "Name or service not known")) == \
+        protocol.REASON_NXDOMAIN
+    assert reason(socket.gaierror(socket.EAI_AGAIN, "Temporary failure")) == \
+        protocol.REASON_FAILED
+    assert reason(OSError(errno.ECONNRESET, "x")) == protocol.REASON_FAILED
+    assert reason(OSError("Multiple exceptions: ...")) == protocol.REASON_FAILED
+
+
+def test_open_failure_descriptions_round_trip_and_old_ones_have_no_code() -> None:
+    text = protocol.open_failure(protocol.REASON_REFUSED, "[fd00::1]:80", "Connection refused")
+    assert text == "refused: cannot connect to [fd00::1]:80: Connection refused"
+    assert protocol.open_reason(text) == ("refused", "Connection refused")
+    # a sidecar before the codes, and an older agent reading a new one (the last ": " part)
+    assert protocol.open_reason("cannot connect to 10.0.0.1:80: Connection refused") == \
+        (None, "Connection refused")
+    assert text.rpartition(": ")[2] == "Connection refused"
+    assert protocol.open_reason("unknown-word: x: y") == (None, "y")
+    assert len(set(protocol.REASONS)) == len(protocol.REASONS)

@@ -89,3 +89,43 @@ def test_test_clusters_least_privilege_user_has_exactly_the_readme_role() -> Non
     rules = {(frozenset(r["apiGroups"]), frozenset(r["resources"]), frozenset(r["verbs"]))
              for r in readme_role()["rules"]}
     assert rules == set(LEAST_PRIVILEGE_RULES)
+
+
+def test_an_unreachable_server_is_said_as_such_not_as_missing_permissions() -> None:
+    """A refused connection: one line naming the server and the context, no permission line
+    and no 'ask your administrator', after one connection attempt."""
+    import socket
+
+    import anyio
+    from kubernetes.aio import client as kclient
+
+    from bridge.doctor import examine
+    from bridge.kube.client import Kube
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    asked: list[str] = []
+
+    async def run() -> Report:
+        config = kclient.Configuration(host=f"https://127.0.0.1:{port}")
+        kube = Kube(kclient.ApiClient(config), "shop", "staging", config.host)
+        once = kube._request_once
+
+        async def counting(method: str, path: str, **kw: Any) -> Any:
+            asked.append(path)
+            return await once(method, path, **kw)
+
+        kube._request_once = counting  # type: ignore[method-assign]
+        try:
+            return await examine(kube, "hello")
+        finally:
+            await kube.close()
+
+    report = anyio.run(run)
+    assert not report.ok
+    assert lines(report) == [
+        f"unreachable: cannot reach the Kubernetes API at https://127.0.0.1:{port} (context "
+        "staging): connection refused: nothing listens there (is the cluster running, is the "
+        "kubeconfig's server right?)"]
+    assert asked == ["/version"]

@@ -3,13 +3,18 @@
 Three pieces, merged into `.vscode/tasks.json` and `.vscode/launch.json` (JSONC: the user's
 other entries and comments are kept; ours are replaced by name on a re-run):
 
-- a background task `bridge: swap NAME` running `bridge swap TARGET --env-file FILE`. VS Code
-  waits for a background pre-launch task until its problem matcher's `endsPattern` matches a
-  line; ours matches bridge's "attached" line, printed once the traffic is handed over and the
-  env file is written. VS Code runs the pre-launch task before the debugger extension resolves
-  the configuration (debugService: preLaunchTask, then
-  resolveDebugConfigurationWithSubstitutedVariables, which is where the Python debugger reads
-  `envFile`), so the file read is the one this swap wrote.
+- a background task `bridge: swap NAME` running `bridge swap TARGET --env-file FILE`, with
+  the absolute path of the bridge that wrote it (VS Code's PATH need not have bridge on it: a
+  pipx install, a project venv that is not activated). VS Code waits for a background
+  pre-launch task until its problem matcher's background `endsPattern` matches a line; the
+  matcher is `activeOnStart` (busy from the task's start, as if `beginsPattern` had matched),
+  and `endsPattern` is bridge's "attached" line, printed once the traffic is handed over and
+  the env file is written. `beginsPattern` is the line that starts a swap, printed once: VS
+  Code matches it before `endsPattern` on every line (problemCollectors.ts: tryBegin ||
+  tryFinish), so a pattern matching any later line would make the task busy again. VS Code
+  runs the pre-launch task before the debugger extension resolves the configuration
+  (debugService: preLaunchTask, then resolveDebugConfigurationWithSubstitutedVariables, which
+  is where the Python debugger reads `envFile`), so the file read is the one this swap wrote.
 - a debugpy launch configuration `bridge: debug NAME` with that `envFile`, the task as
   `preLaunchTask` and
 - a `postDebugTask` `bridge: end swap NAME` that terminates the swap task (through the
@@ -18,8 +23,10 @@ other entries and comments are kept; ours are replaced by name on a re-run):
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,8 @@ from bridge.errors import BridgeError
 from bridge.local.ide import envfile, jsonc
 
 TASKS_SKELETON = {"version": "2.0.0"}
+# The line a swap starts with (bridge.swap.session: "swapping deployment/NAME (container ...").
+SWAP_BEGINS_PATTERN = r"^bridge: swapping deployment/"
 LAUNCH_SKELETON = {"version": "0.2.0"}
 
 
@@ -39,7 +48,21 @@ class Options:
     args: tuple[str, ...] = ()
     ports: tuple[str, ...] = ()
     swap_args: tuple[str, ...] = ()  # more `bridge swap` options (-n NS, --context ...)
-    bridge: str = "bridge"  # the command that runs bridge
+    bridge: tuple[str, ...] = field(default_factory=lambda: running_bridge())  # runs bridge
+
+
+def running_bridge(argv0: str | None = None, executable: str | None = None
+                   ) -> tuple[str, ...]:
+    """The command that runs this very bridge, by absolute path: its entry-point script (what
+    sys.argv[0] names when bridge was started as `bridge`, from a venv or pipx), else this
+    interpreter with `-m bridge.cli` (started as `python -m bridge.cli`, or embedded)."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    path = os.path.abspath(argv0) if argv0 else ""
+    name = os.path.basename(path)
+    if name.startswith("bridge") and not name.endswith(".py") and os.path.isfile(path) \
+            and os.access(path, os.X_OK):
+        return (path,)
+    return (os.path.abspath(executable or sys.executable), "-m", "bridge.cli")
 
 
 def name_of_target(target: str) -> str:
@@ -80,16 +103,16 @@ def swap_task(opts: Options) -> dict[str, Any]:
         "label": swap_label(opts),
         "detail": "Swap the cluster's traffic for this machine until the debug session ends",
         "type": "process",
-        "command": opts.bridge,
-        "args": args + list(opts.swap_args),
+        "command": opts.bridge[0],
+        "args": [*opts.bridge[1:], *args, *opts.swap_args],
         "options": {"cwd": "${workspaceFolder}"},
         "isBackground": True,
         "problemMatcher": {
             "owner": "bridge",
             "pattern": {"regexp": r"^bridge: error: (.*)$", "file": 1, "message": 1},
             "background": {
-                "activeBegin": True,
-                "beginsPattern": r"^bridge: ",
+                "activeOnStart": True,
+                "beginsPattern": SWAP_BEGINS_PATTERN,
                 "endsPattern": envfile.ATTACHED_LINE_PATTERN,
             },
         },

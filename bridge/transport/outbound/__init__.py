@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from bridge.errors import BridgeError
+from bridge.local import envout, envsyntax
 from bridge.transport.outbound import forwards as forwards_mod
 from bridge.transport.outbound import inject
 from bridge.transport.outbound.forwards import Forward
@@ -100,10 +101,12 @@ class Outbound:
         out.update(self.env())
         return out
 
-    def wrap_argv(self, argv: Sequence[str]) -> list[str]:
+    def wrap_argv(self, argv: Sequence[str], path: str | None = None) -> list[str]:
+        """The command as run: under torsocks for inject (found on `path`, the child's PATH;
+        this process's by default)."""
         if self.mode is Mode.INJECT:
             assert self.torsocks is not None
-            return [self.torsocks, *argv]
+            return inject.torsocks_argv(self.torsocks, argv, path)
         return list(argv)
 
     def describe(self) -> str:
@@ -118,16 +121,20 @@ class Outbound:
                   for fwd, local in self.forwards]
         return "; ".join(parts)
 
-    def attach_hint(self, env_file: str) -> str:
-        """How to start the IDE's process so it takes the same path (attach mode)."""
+    def attach_hint(self, env_file: str, syntax: str = envsyntax.DEFAULT_SYNTAX) -> str:
+        """How to start a process by hand so it takes the same path (attach mode): with the
+        variables of `env_file` (in `syntax`) for that process alone, so the shell does not
+        keep LD_PRELOAD and the proxy variables after the session."""
         if self.mode is Mode.NONE:
             return ""
         how = ("LD_PRELOAD loads torsocks, ALL_PROXY/HTTP_PROXY cover programs it cannot reach"
                if self.mode is Mode.INJECT and self.preload else
                "ALL_PROXY/HTTP_PROXY/HTTPS_PROXY, for programs that honour them")
-        return (f"outbound: start your process with every variable of {env_file} (e.g. "
-                f"`set -a; . {env_file}; set +a`) and its connections go out from the pod "
-                f"({how})")
+        tool = (" (python-dotenv's CLI: pip install 'python-dotenv[cli]'; or --env-syntax "
+                "sh, fish, csh, powershell for your shell)" if syntax == "dotenv" else "")
+        return (f"outbound: start your process with the variables of {env_file}, for it alone "
+                f"(your shell keeps none of them): `{envout.scoped_run(syntax, env_file)}`"
+                f"{tool}; its connections go out from the pod ({how})")
 
     async def close(self) -> None:
         for server in self._servers:

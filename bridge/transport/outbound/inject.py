@@ -13,7 +13,7 @@ import enum
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from bridge.errors import BridgeError
 
@@ -77,6 +77,29 @@ def library_path(torsocks: str, env: Mapping[str, str] | None = None) -> str | N
         return None
     value = out.stdout.strip()
     return value if out.returncode == 0 and value and os.path.exists(value) else None
+
+
+def torsocks_argv(torsocks: str, argv: Sequence[str], path: str | None = None) -> list[str]:
+    """`argv` run under torsocks exactly as given.
+
+    The torsocks script reads its first word as its own before taking it for a command: `on`,
+    `off`, `show` and `sh` are its subcommands (`torsocks sh -c 'exit 7'` prints LD_PRELOAD and
+    exits 0), anything starting with `-` is its option, and it has no `--` (2.3.0 and its
+    source today: `torsocks -- sh` looks for a program named `--`). A word with a `/` is never
+    one of those, so the command is named by its path: found on `path` (the child's PATH) as
+    the shell would, or kept as given when it already names a path (`./` put before one that
+    starts with `-`). Its basename, and every argument, stay as given."""
+    if not argv:
+        raise BridgeError("no command to run under torsocks")
+    first = argv[0]
+    if "/" in first:
+        named = "./" + first if first.startswith("-") else first
+    else:
+        found = shutil.which(first, path=path)
+        if found is None:
+            raise BridgeError(f"{first}: command not found (looked on PATH)")
+        named = found if "/" in found else "./" + found  # (an empty PATH entry: the cwd)
+    return [torsocks, named, *argv[1:]]
 
 
 def proxy_env(socks_url: str, http_url: str) -> dict[str, str]:

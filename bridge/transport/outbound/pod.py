@@ -24,11 +24,75 @@ GetConnection = Callable[[], "asyncssh.SSHClientConnection | None"]
 
 
 class PodError(Exception):
-    """The pod could not do it; str() is the reason (`Connection refused`, `timed out`)."""
+    """The pod could not do it; str() is the reason in words (`Connection refused`, `timed
+    out`), `reason` the sidecar's reason code (protocol.REASON_*) that callers act on."""
+
+    reason = protocol.REASON_FAILED
+
+
+class Refused(PodError):
+    reason = protocol.REASON_REFUSED
+
+
+class TimedOut(PodError):
+    reason = protocol.REASON_TIMEOUT
+
+
+class NetworkUnreachable(PodError):
+    reason = protocol.REASON_NET_UNREACHABLE
+
+
+class HostUnreachable(PodError):
+    reason = protocol.REASON_HOST_UNREACHABLE
 
 
 class NoSuchName(PodError):
-    pass
+    reason = protocol.REASON_NXDOMAIN
+
+
+class NotAllowed(PodError):
+    """The sidecar does not open it (outbound connections off for this session)."""
+
+    reason = protocol.REASON_NOT_ALLOWED
+
+
+_BY_REASON: dict[str, type[PodError]] = {cls.reason: cls for cls in (
+    Refused, TimedOut, NetworkUnreachable, HostUnreachable, NoSuchName, NotAllowed)}
+_BY_REASON[protocol.REASON_INVALID] = NoSuchName  # resolve: not a name, so no such name
+
+
+def error_for(reason: str | None, text: str) -> PodError:
+    """The one mapping from the sidecar's reason code to an error (unknown or none: PodError;
+    a sidecar from before the codes: read from its text, see `reason_from_text`)."""
+    code = reason if reason is not None else reason_from_text(text)
+    return _BY_REASON.get(code, PodError)(text)
+
+
+def reason_from_text(text: str) -> str:
+    """For a sidecar before protocol.REASON_* (its strerror text only): the code it means."""
+    low = text.lower()
+    if "refused" in low:
+        return protocol.REASON_REFUSED
+    if "timed out" in low or "timeout" in low:
+        return protocol.REASON_TIMEOUT
+    if "network is unreachable" in low:
+        return protocol.REASON_NET_UNREACHABLE
+    if "no route" in low or "unreachable" in low or "host is down" in low:
+        return protocol.REASON_HOST_UNREACHABLE
+    if ("not known" in low or "no address" in low or "nodename" in low
+            or "name resolution" in low):
+        return protocol.REASON_NXDOMAIN
+    return protocol.REASON_FAILED
+
+
+def open_error(e: asyncssh.ChannelOpenError) -> PodError:
+    """Why the sidecar did not open a direct-tcpip channel, as an error."""
+    if e.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+        return NotAllowed(e.reason)
+    if e.code != asyncssh.OPEN_CONNECT_FAILED:
+        return PodError(e.reason)
+    code, text = protocol.open_reason(e.reason)
+    return error_for(code, text)
 
 
 @dataclass
@@ -58,10 +122,9 @@ class Pod:
                     host, port, encoding=None, window=protocol.FORWARD_WINDOW,
                     max_pktsize=protocol.FORWARD_MAX_PKTSIZE)
         except TimeoutError:
-            raise PodError("timed out") from None
+            raise TimedOut("timed out") from None
         except asyncssh.ChannelOpenError as e:
-            # The sidecar says "cannot connect to HOST:PORT: REASON".
-            raise PodError(e.reason.rpartition(": ")[2] or e.reason) from None
+            raise open_error(e) from None
         except (asyncssh.Error, OSError) as e:
             raise PodError(f"tunnel error: {e}") from None
 
@@ -80,7 +143,7 @@ class Pod:
         try:
             result = await conn.run(f"{command} {arg}", check=False, timeout=LOOKUP_TIMEOUT)
         except asyncssh.TimeoutError:
-            raise PodError("name look-up timed out") from None
+            raise TimedOut("name look-up timed out") from None
         except (asyncssh.Error, OSError) as e:
             raise PodError(f"tunnel error: {e}") from None
         if result.exit_status == 127:
@@ -93,7 +156,8 @@ class Pod:
         if isinstance(values, list) and values and all(isinstance(v, str) for v in values):
             self._cache[key] = _Cached(time.monotonic(), values)
             return values
-        error = str(body.get("error", "no answer")) if isinstance(body, dict) else "no answer"
-        if isinstance(body, dict) and body.get("kind") in ("nxdomain", "invalid"):
-            raise NoSuchName(error)
-        raise PodError(error)
+        if not isinstance(body, dict):
+            raise PodError("no answer")
+        kind = body.get("kind")
+        raise error_for(kind if isinstance(kind, str) else protocol.REASON_FAILED,
+                        str(body.get("error", "no answer")))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from bridge.transport.outbound import httpproxy, socks5
-from bridge.transport.outbound.pod import NoSuchName, Pod, PodError
+from bridge.transport.outbound.pod import NoSuchName, Pod, PodError, TimedOut
 
 log = logging.getLogger("bridge.transport.outbound")
 
@@ -122,7 +122,7 @@ class Proxy:
             remote_r, remote_w = await self.pod.open(request.host, request.port)
         except PodError as e:
             log.info("connect to %s:%d from the pod failed: %s", request.host, request.port, e)
-            writer.write(socks5.reply(socks5.failure_for_reason(str(e)), self._bound(request)))
+            writer.write(socks5.reply(socks5.failure_for_reason(e.reason), self._bound(request)))
             await writer.drain()
             return
         writer.write(socks5.reply(socks5.REP_SUCCEEDED, self._bound(request)))
@@ -185,8 +185,7 @@ class Proxy:
         try:
             remote_r, remote_w = await self.pod.open(host, port)
         except PodError as e:
-            code = socks5.failure_for_reason(str(e))
-            status = (504, "Gateway Timeout") if code == socks5.REP_TTL_EXPIRED else (
+            status = (504, "Gateway Timeout") if isinstance(e, TimedOut) else (
                 502, "Bad Gateway")
             writer.write(httpproxy.response(
                 *status, f"bridge proxy: cannot connect to {host}:{port} from the pod: {e}\n"))

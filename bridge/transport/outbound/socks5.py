@@ -13,6 +13,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from sidecar import protocol
+
 VERSION = 5
 AUTH_VERSION = 1
 METHOD_NO_AUTH = 0x00
@@ -152,17 +154,19 @@ def name_reply(name: str) -> bytes:
     return bytes([VERSION, REP_SUCCEEDED, 0, ATYP_DOMAIN, len(raw)]) + raw + b"\0\0"
 
 
+# The reply for each reason code the sidecar sends (sidecar.protocol.REASON_*), chosen so
+# clients raise their ordinary error: refused -> ECONNREFUSED, timeout -> ETIMEDOUT (torsocks).
+_REPLY_FOR_REASON = {
+    protocol.REASON_REFUSED: REP_CONNECTION_REFUSED,
+    protocol.REASON_TIMEOUT: REP_TTL_EXPIRED,
+    protocol.REASON_NET_UNREACHABLE: REP_NETWORK_UNREACHABLE,
+    protocol.REASON_HOST_UNREACHABLE: REP_HOST_UNREACHABLE,
+    protocol.REASON_NXDOMAIN: REP_HOST_UNREACHABLE,
+    protocol.REASON_INVALID: REP_HOST_UNREACHABLE,
+    protocol.REASON_NOT_ALLOWED: REP_NOT_ALLOWED,
+}
+
+
 def failure_for_reason(reason: str) -> int:
-    """The reply code for why the pod could not connect (the sidecar's reason text), chosen so
-    clients raise their ordinary error: refused -> ECONNREFUSED, timed out -> ETIMEDOUT."""
-    text = reason.lower()
-    if "refused" in text:
-        return REP_CONNECTION_REFUSED
-    if "timed out" in text or "timeout" in text:
-        return REP_TTL_EXPIRED
-    if "network is unreachable" in text:
-        return REP_NETWORK_UNREACHABLE
-    if ("no route" in text or "unreachable" in text or "not known" in text
-            or "name resolution" in text or "no address" in text or "nodename" in text):
-        return REP_HOST_UNREACHABLE
-    return REP_GENERAL_FAILURE
+    """The reply code for why the pod could not connect (a sidecar reason code)."""
+    return _REPLY_FOR_REASON.get(reason, REP_GENERAL_FAILURE)

@@ -69,7 +69,8 @@ def test_the_task_readiness_pattern_matches_the_attached_line_bridge_prints() ->
     line = out.getvalue().splitlines()[0]
     task = vscode.swap_task(OPTS)
     assert re.search(task["problemMatcher"]["background"]["endsPattern"], line)
-    assert re.search(task["problemMatcher"]["background"]["beginsPattern"], line)
+    # (not the begin pattern: VS Code tries that first on every line, see below)
+    assert not re.search(task["problemMatcher"]["background"]["beginsPattern"], line)
     # and only that line: the earlier progress lines do not end the wait
     for earlier in ("bridge: waiting for proxy pod x to become Ready",
                     "bridge: wrote the pod's environment to /w/.bridge/h.env",
@@ -171,3 +172,82 @@ def test_cli_writes_both_files_and_keeps_a_broken_one_untouched(
     assert "launch.json is not valid JSON with comments" in err and "nothing was written" in err
     assert (tmp_path / ".vscode" / "launch.json").read_text() == broken
     assert (tmp_path / ".vscode" / "tasks.json").read_text() == before
+
+
+# -- the task as VS Code runs it ---------------------------------------------------------------
+def _vscode_busy_after_each_line(background: dict[str, object], lines: list[str]) -> list[bool]:
+    """VS Code's WatchingProblemCollector (src/vs/workbench/contrib/tasks/common/
+    problemCollectors.ts), reduced to its background state: `activeOnStart` makes it busy at
+    the start (aboutToStart); each line is tried as a begin (ignored while busy) and, when it
+    was not one, as an end (ignored while idle): `tryBegin(line) || tryFinish(line)`. A
+    pre-launch task lets the debugger start at its first busy -> idle change. Keys it does not
+    know (`activeBegin`) are ignored, as VS Code's parser ignores them."""
+    begins = re.compile(str(background["beginsPattern"]))
+    ends = re.compile(str(background["endsPattern"]))
+    busy = background.get("activeOnStart") is True
+    out = []
+    for line in lines:
+        began = False
+        if begins.search(line) and not busy:
+            busy = began = True
+        if not began and ends.search(line) and busy:
+            busy = False
+        out.append(busy)
+    return out
+
+
+def test_the_background_task_is_busy_from_its_start_until_attached_and_stays_idle() -> None:
+    out = io.StringIO()
+    progress = Progress(stream=out)
+    progress.info("swapping deployment/hello (container app, ports 80) in namespace dev, "
+                  "session ab12cd34")
+    progress.info("created proxy deployment/hello-bridge-ab12cd34")
+    progress.info(envfile.attached_message(["127.0.0.1:8080"], "/w/.bridge/hello.env"))
+    progress.info("reconnected to the proxy pod (after 1.2s)")
+    progress.warn("the tunnel dropped; reconnecting")
+    lines = out.getvalue().splitlines()
+    background = vscode.swap_task(OPTS)["problemMatcher"]["background"]
+    assert set(background) == {"activeOnStart", "beginsPattern", "endsPattern"}
+    assert _vscode_busy_after_each_line(background, lines) == [True, True, False, False, False]
+    assert _vscode_busy_after_each_line(background, []) == []  # busy before any line: the start
+    # what the old matcher did: `activeBegin` is no key of VS Code's, so the task was idle at
+    # its start, and every later "bridge: " line made it busy again
+    old = {"activeBegin": True, "beginsPattern": r"^bridge: ",
+           "endsPattern": envfile.ATTACHED_LINE_PATTERN}
+    assert _vscode_busy_after_each_line(old, lines) == [True, True, False, True, True]
+
+
+def test_the_task_runs_the_bridge_that_wrote_it_by_its_absolute_path(tmp_path: Path) -> None:
+    script = tmp_path / "venv" / "bin" / "bridge"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    assert vscode.running_bridge(str(script), "/usr/bin/python3") == (str(script),)
+    # started as `python -m bridge.cli`, or from a test runner: this interpreter, -m bridge.cli
+    assert vscode.running_bridge("/src/bridge/cli.py", "/v/bin/python") == (
+        "/v/bin/python", "-m", "bridge.cli")
+    assert vscode.running_bridge("/usr/bin/pytest", "/v/bin/python")[1:] == ("-m", "bridge.cli")
+    task = vscode.swap_task(vscode.Options("hello", "hello", bridge=("/v/bin/python", "-m",
+                                                                      "bridge.cli")))
+    assert task["command"] == "/v/bin/python"
+    assert task["args"][:4] == ["-m", "bridge.cli", "swap", "hello"]
+
+
+def test_the_installed_command_writes_its_own_path_and_it_runs_without_path(
+        tmp_path: Path) -> None:
+    """The console script (as pip, pipx or a venv install it) writes its own absolute path,
+    which VS Code can run with a PATH that has no bridge on it."""
+    import subprocess
+    import sys
+
+    entry = Path(sys.executable).parent / "bridge"
+    if not entry.exists():
+        pytest.skip("bridge's console script is not installed next to this interpreter")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    subprocess.run([str(entry), "ide", "vscode", "hello", "--workspace", str(tmp_path)],
+                   env=env, check=True, capture_output=True, timeout=120)
+    task = jsonc.loads((tmp_path / ".vscode" / "tasks.json").read_text())["tasks"][0]
+    assert task["command"] == str(entry)
+    done = subprocess.run([task["command"], "--help"], env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0 and "swap" in done.stdout

@@ -141,3 +141,17 @@ def test_describe_age() -> None:
     assert state.describe_age(125) == "2m5s"
     assert state.describe_age(7300) == "2h1m"
     assert state.describe_age(90000) == "1d1h"
+
+
+def test_the_users_own_running_bridge_is_refused_by_name() -> None:
+    lk = state.Lock(session="ab12cd34", owner="root@vm", replicas=2,
+                    proxy="hello-bridge-ab12cd34", ports="80", started_at=T0)
+    mine = state.Running(0.0, 4242, None, dt.datetime(2026, 12, 7, 14, 5))
+    decision = state.decide(lk, mine)
+    assert isinstance(decision, state.Refuse) and decision.here == mine
+    assert decision.explain("hello") == (
+        "you are already swapping deployment/hello in another bridge (pid 4242, started "
+        "14:05); end it first (Ctrl-C there), or run `bridge restore hello` if it hangs")
+    theirs = state.decide(lk, state.Alive(3))
+    assert isinstance(theirs, state.Refuse) and theirs.here is None
+    assert "ask them to end it" in theirs.explain("hello")

@@ -10,6 +10,7 @@ import pytest
 
 from bridge.errors import BridgeError
 from bridge.transport.outbound import forwards, httpproxy, inject, socks5
+from sidecar import protocol
 from tests.cluster import dns
 
 
@@ -64,15 +65,23 @@ def test_replies_have_the_fixed_sizes_torsocks_reads() -> None:
 
 
 @pytest.mark.parametrize(("reason", "code"), [
-    ("Connection refused", socks5.REP_CONNECTION_REFUSED),
-    ("timed out", socks5.REP_TTL_EXPIRED),
-    ("Network is unreachable", socks5.REP_NETWORK_UNREACHABLE),
-    ("No route to host", socks5.REP_HOST_UNREACHABLE),
-    ("Name or service not known", socks5.REP_HOST_UNREACHABLE),
-    ("something else", socks5.REP_GENERAL_FAILURE),
+    (protocol.REASON_REFUSED, socks5.REP_CONNECTION_REFUSED),
+    (protocol.REASON_TIMEOUT, socks5.REP_TTL_EXPIRED),
+    (protocol.REASON_NET_UNREACHABLE, socks5.REP_NETWORK_UNREACHABLE),
+    (protocol.REASON_HOST_UNREACHABLE, socks5.REP_HOST_UNREACHABLE),
+    (protocol.REASON_NXDOMAIN, socks5.REP_HOST_UNREACHABLE),
+    (protocol.REASON_NOT_ALLOWED, socks5.REP_NOT_ALLOWED),
+    (protocol.REASON_FAILED, socks5.REP_GENERAL_FAILURE),
+    ("a-code-from-a-newer-sidecar", socks5.REP_GENERAL_FAILURE),
 ])
 def test_pod_failures_map_to_ordinary_errors(reason: str, code: int) -> None:
     assert socks5.failure_for_reason(reason) == code
+
+
+def test_every_reason_code_has_its_reply() -> None:
+    unmapped = [r for r in protocol.REASONS if r != protocol.REASON_FAILED
+                and socks5.failure_for_reason(r) == socks5.REP_GENERAL_FAILURE]
+    assert unmapped == []
 
 
 # -- HTTP proxy -------------------------------------------------------------------------------
@@ -214,3 +223,15 @@ def test_a_forward_keeps_the_pods_connections_on_even_with_outbound_none() -> No
     assert asked("none", ("orders:80:18080",)) is True
     assert asked("none") is False
     assert asked("proxy") is True
+
+
+def test_the_attach_hint_scopes_the_variables_in_the_files_syntax() -> None:
+    from bridge.transport.outbound import Outbound
+
+    ob = Outbound(mode=inject.Mode.PROXY, user="u", password="p", port=9)
+    fish = ob.attach_hint(".bridge/hello.fish", "fish")
+    assert "`fish -c 'source \\'.bridge/hello.fish\\'; and exec YOUR_COMMAND'`" in fish
+    assert "set -a" not in ob.attach_hint(".bridge/hello.env")  # dotenv: never sourced
+    assert "`dotenv -f .bridge/hello.env run -- YOUR_COMMAND`" in ob.attach_hint(
+        ".bridge/hello.env")
+    assert Outbound(mode=inject.Mode.NONE, user="u", password="p").attach_hint("x.env") == ""
