@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.errors import BridgeError
+from bridge.local.envsyntax import comment_safe
 
 # Variables that belong to the laptop session, never taken from the pod.
 LOCAL_KEEP: frozenset[str] = frozenset(
@@ -230,12 +231,12 @@ def format_held_back(held: Mapping[str, str]) -> str:
     if not held:
         return ""
     lines = ["# Held back by bridge (they could run code or redirect traffic on this machine);\n",
-             "# pass --env-allow NAME to bridge to take one, or edit it in here yourself.\n"]
+             "# pass --env-allow NAME to bridge to take one, or edit it in here yourself\n",
+             "# (line breaks and control characters in a value are shown escaped).\n"]
     for name in sorted(held):
         value = held[name]
         if is_shell_name(name):
-            quoted = _quote(value).replace("\n", "\n# ")
-            lines.append(f"# {name}={quoted}\n")
+            lines.append(f"# {name}={comment_safe(_quote(value))}\n")
         else:
             lines.append(f"# (not a shell name) {_printable_name(name)}\n")
     return "".join(lines)

@@ -66,7 +66,7 @@ def test_one_line_and_the_env_file_has_them_commented_out(tmp_path: Path) -> Non
     path = tmp_path / "app.env"
     env.write_dotenv(path, kept, held)
     text = path.read_text()
-    assert "# BASH_ENV='/x\n# id'" in text and "# LD_PRELOAD='/e.so'" in text
+    assert "# BASH_ENV='/x\\nid'\n" in text and "# LD_PRELOAD='/e.so'" in text
     assert env.parse_dotenv(text) == {"A": "1"}  # read back: the held ones stay comments
     sourced = subprocess.run(["bash", "-c", f"set -a; . {path}; env"], capture_output=True,
                              text=True, env={"PATH": os.environ["PATH"]}, check=True).stdout
@@ -152,3 +152,21 @@ def test_app_settings_pass(name: str) -> None:
 
 def test_an_exported_function_is_held_back_by_its_value() -> None:
     assert env.held_back_family("X", "() { id; }") == "shell start-up and hooks"
+
+
+def test_held_back_comments_survive_every_line_break(tmp_path: Path) -> None:
+    """Issue 19, item 4, for bridge's own dotenv writer: no break ends a held-back comment."""
+    from dotenv import dotenv_values
+
+    marker = tmp_path / "pwned"
+    held = {f"BASH_ENV{i}": f"x{brk}touch {marker}{brk}INJECTED=1{brk}"
+            for i, brk in enumerate(["\n", "\r", "\v", "\f", "\x85", "\u2028", "\u2029", "\x1c"])}
+    path = tmp_path / "app.env"
+    env.write_dotenv(path, {"A": "1"}, held)
+    text = path.read_text(encoding="utf-8")
+    assert len(text.splitlines()) == 4 + len(held)  # Python's splitlines knows them all
+    assert env.parse_dotenv(text) == {"A": "1"}
+    assert dotenv_values(path) == {"A": "1"}
+    sourced = subprocess.run(["bash", "-c", f"set -a; . {path}; env"], capture_output=True,
+                             text=True, env={"PATH": os.environ["PATH"]}, check=True).stdout
+    assert "INJECTED" not in sourced and not marker.exists()
