@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -358,6 +359,48 @@ def _read_word(text: str, pos: int, line_no: int) -> tuple[str, int, int]:
             parts.append(char)
             pos += 1
     return "".join(parts), pos, line_no
+
+
+def private_dir(directory: Path) -> None:
+    """Make `directory`, and every missing directory above it, with mode 0700; or check an
+    existing one: a directory of this user's that no one else can write to. Another user who
+    can write there could replace bridge's files (a session record, the environment an IDE
+    reads) or read them as they are made. BridgeError (one line: what is wrong, what to do;
+    nothing was changed) otherwise."""
+    missing: list[Path] = []
+    probe = directory
+    while not os.path.lexists(probe) and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        for level in reversed(missing):
+            os.mkdir(level, 0o700)
+    except FileExistsError:
+        pass  # made meanwhile: checked below like any existing one
+    except OSError as exc:
+        raise BridgeError(f"cannot create {directory}: {exc.strerror}") from None
+    problem = dir_problem(directory)
+    if problem:
+        raise BridgeError(problem)
+
+
+def dir_problem(directory: Path) -> str | None:
+    """Why bridge must not keep its files in `directory` (one line), or None."""
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        return f"cannot use {directory}: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"cannot use {directory}: it is not a directory; remove it and try again"
+    if st.st_uid != os.geteuid():
+        return (f"refusing to keep bridge's files in {directory}: it belongs to uid "
+                f"{st.st_uid}, not to you (uid {os.geteuid()}); remove it (bridge makes its "
+                "own, mode 0700) and try again; nothing was changed")
+    if st.st_mode & 0o022:
+        return (f"refusing to keep bridge's files in {directory}: others can write to it "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 700 {directory}` and "
+                "try again; nothing was changed")
+    return None
 
 
 def write_private(path: Path, text: str) -> None:
