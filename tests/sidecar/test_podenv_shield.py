@@ -103,6 +103,7 @@ def test_without_the_shield_the_apps_pythonpath_takes_the_sidecar_over(
     assert marker.exists()
 
 
+@pytest.mark.timeout(600)  # one interpreter per name (about 70), on a shared machine
 def test_every_shielded_variable_means_unset_when_empty() -> None:
     """The shield blanks each name (a pod spec cannot unset one): for each, an empty value must
     leave the sidecar's interpreter, its crypto and OpenSSL exactly as with none."""
