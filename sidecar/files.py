@@ -10,7 +10,9 @@ resolved here, on the server:
 - symbolic links are followed only when where they lead stays inside the same mount
   (ConfigMap and Secret volumes are symlink farms: `app.yaml -> ..data/app.yaml`,
   `..data -> ..2024_01_01_00_00_00.123`); a link leading out is refused, and left out of
-  listings;
+  listings. The check and the use are one walk of directory descriptors (`open_beneath`:
+  openat with O_NOFOLLOW, component by component), so a directory swapped for a link to
+  `/etc` between a check and an open cannot lead anywhere: there is no second lookup;
 - the client sees no symbolic links at all: `lstat` is `stat` of where a link leads, and
   `readlink`/`symlink`/`link` are refused, so nothing the client does can be redirected;
 - nothing is changed unless the mount is writable (the user asked for `--mount-rw` and the
@@ -96,15 +98,17 @@ def parse_mounts(raw: str) -> tuple[Mount, ...]:
 
 @dataclass(frozen=True)
 class Place:
-    """Where a client's path leads: a virtual directory (mount is None) or a real path."""
+    """Where a client's path leads by its text: a virtual directory (mount is None) or a path
+    `rel` beneath a mount's source (opened only by `open_beneath`)."""
 
     path: str  # the clean pod path
     mount: Mount | None
-    real: str = ""  # symlink-free real path (inside mount.source)
+    rel: str = ""  # beneath mount.source, "" for the mount itself
 
 
 class Tree:
-    """The virtual tree of the mounts; resolves client paths (pure but for realpath/exists)."""
+    """The virtual tree of the mounts; resolves client paths by their text (pure but for
+    `children`, which leaves out mounts whose source is missing)."""
 
     def __init__(self, mounts: Sequence[Mount]) -> None:
         self.mounts = tuple(sorted(mounts, key=lambda m: len(m.path), reverse=True))
@@ -135,28 +139,130 @@ class Tree:
         return any(m.path.startswith(prefix) for m in self.mounts)
 
     def resolve(self, path: bytes) -> Place:
-        """The place `path` names; SFTPNoSuchFile outside every mount, SFTPPermissionDenied
-        where a symbolic link leads out of its mount."""
+        """The place `path` names; SFTPNoSuchFile outside every mount. Symbolic links are
+        followed later, by `open_beneath`, on the descriptors it opens."""
         clean = self.clean(path)
         mount = self.mount_of(clean)
         if mount is None:
             if self.is_virtual(clean):
                 return Place(clean, None)
             raise asyncssh.SFTPNoSuchFile(f"{clean} is not in the pod's mounts")
-        real = os.path.realpath(mount.source + clean[len(mount.path):])
-        root = os.path.realpath(mount.source)
-        if real != root and not real.startswith(root.rstrip("/") + "/"):
-            raise asyncssh.SFTPPermissionDenied(
-                f"{clean} leads outside its mount {mount.path} (a symbolic link)")
-        return Place(clean, mount, real)
+        return Place(clean, mount, clean[len(mount.path):].lstrip("/"))
 
-    def pod_path(self, place: Place) -> str:
-        """The canonical pod path of a place (links resolved inside the mount)."""
-        if place.mount is None:
-            return place.path
-        root = os.path.realpath(place.mount.source)
-        rest = place.real[len(root):]
-        return place.mount.path + rest if rest else place.mount.path
+
+# ------------------------------------------------------------------ opening beneath a mount
+
+MAX_LINKS = 40  # as the kernel's own limit on links followed in one lookup
+_DIR_STEP = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Outside(asyncssh.SFTPPermissionDenied):
+    """A symbolic link on the way leads out of the mount."""
+
+
+@dataclass
+class Opened:
+    """The end of a walk: `fd` (the object opened with the asked flags, or, for an entry, the
+    directory holding `name`), and the canonical components beneath the mount."""
+
+    fd: int
+    parts: list[str]
+    name: str = ""  # the final name, for an entry walk (unlink, mkdir, rename...)
+
+
+def _link_target(name: str, dir_fd: int) -> str | None:
+    try:
+        return os.readlink(name, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # not a link
+            return None
+        raise
+
+
+def open_beneath(root: str, rel: str, flags: int, mode: int = 0o644, *,
+                 entry: bool = False, where: str = "") -> Opened:
+    """Open `rel` beneath the directory `root` without a check-then-use race.
+
+    Each component is opened with openat(2) on the descriptor of the directory the walk is in,
+    with O_NOFOLLOW: what was checked is what is used, whatever is renamed or replaced by a
+    link meanwhile. A symbolic link met on the way is read (readlinkat) and its target walked
+    the same way: `..` returns to the descriptor the walk came from (never above `root`), an
+    absolute target must name a path under `root` (the mount's source; in the pod that is the
+    mount's own path), and then the walk restarts from `root`'s descriptor. So the kubelet's
+    `..data` links inside a ConfigMap or Secret volume resolve, and nothing leads out (Outside,
+    the error `where` names). `entry=True` stops before the final component: the directory's
+    descriptor and the name (its links followed too), for unlink, mkdir, rename."""
+    root_real = os.path.realpath(root)
+    stack: list[tuple[int, str]] = [(os.open(root, _DIR_STEP), "")]
+    pending = [p for p in rel.split("/") if p not in ("", ".")]
+    links = 0
+
+    def outside() -> Outside:
+        return Outside(f"{where or rel} leads outside its mount (a symbolic link)")
+
+    try:
+        while pending:
+            name = pending.pop(0)
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if len(stack) == 1:
+                    raise outside()
+                os.close(stack.pop()[0])
+                continue
+            here = stack[-1][0]
+            last = not pending
+            if last and entry:
+                target = _link_target_or_missing(name, here)
+            else:
+                try:
+                    fd = os.open(name, (flags | os.O_NOFOLLOW | os.O_CLOEXEC) if last
+                                 else _DIR_STEP, mode, dir_fd=here)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    target = _link_target(name, here)
+                    if target is None:
+                        raise
+                else:
+                    if not (last and flags & os.O_PATH and stat.S_ISLNK(os.fstat(fd).st_mode)):
+                        if last:
+                            return Opened(fd, [n for _, n in stack[1:]] + [name])
+                        stack.append((fd, name))
+                        continue
+                    os.close(fd)  # O_PATH opened the link itself: follow it
+                    target = _link_target(name, here)
+                    if target is None:
+                        raise OSError(errno.ELOOP, "the link changed while it was read")
+            if target is None:  # an entry that is no link (or does not exist yet)
+                return Opened(os.dup(here), [n for _, n in stack[1:]], name)
+            links += 1
+            if links > MAX_LINKS:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links")
+            if target.startswith("/"):
+                clean = posixpath.normpath(target)
+                if clean != root_real and not clean.startswith(root_real.rstrip("/") + "/"):
+                    raise outside()
+                while len(stack) > 1:
+                    os.close(stack.pop()[0])
+                target = clean[len(root_real):]
+            pending = [p for p in target.split("/") if p not in ("", ".")] + pending
+        # The walk ended on a directory it holds (the root, or after `..` or a link).
+        if entry:
+            raise asyncssh.SFTPPermissionDenied(f"{where or rel} is a mount itself")
+        fd = os.open(".", flags | os.O_CLOEXEC, mode, dir_fd=stack[-1][0])
+        return Opened(fd, [n for _, n in stack[1:]])
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+
+
+def _link_target_or_missing(name: str, dir_fd: int) -> str | None:
+    """The target of `name` if it is a link; None if it is anything else or does not exist."""
+    try:
+        return _link_target(name, dir_fd)
+    except FileNotFoundError:
+        return None
 
 
 _STARTED = int(time.time())
@@ -200,12 +306,14 @@ class FilesServer(asyncssh.SFTPServer):
         self._label = label
 
     # -- helpers
+    def _refused(self, what: str, path: str, exc: asyncssh.SFTPError) -> None:
+        log.info("%s sftp %s %r refused: %s", self._label, what, path, exc.reason)
+
     def _place(self, path: bytes, what: str) -> Place:
         try:
             return self._tree.resolve(path)
         except asyncssh.SFTPError as exc:
-            log.info("%s sftp %s %r refused: %s", self._label, what, os.fsdecode(path),
-                     exc.reason)
+            self._refused(what, os.fsdecode(path), exc)
             raise
 
     def _changeable(self, path: bytes, what: str) -> Place:
@@ -217,24 +325,52 @@ class FilesServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPPermissionDenied(f"{where} is read-only")
         return place
 
+    def _open(self, place: Place, flags: int, what: str, mode: int = 0o644, *,
+              entry: bool = False) -> Opened:
+        """`place` opened beneath its mount (`open_beneath`), errors as SFTP errors."""
+        assert place.mount is not None
+        try:
+            return open_beneath(place.mount.source, place.rel, flags, mode, entry=entry,
+                                where=place.path)
+        except asyncssh.SFTPError as exc:
+            self._refused(what, place.path, exc)
+            raise
+        except OSError as exc:
+            raise _os_error(exc) from None
+
     def _stat(self, place: Place) -> asyncssh.SFTPAttrs:
         if place.mount is None:
             return _virtual_attrs()
+        opened = self._open(place, os.O_PATH, "stat")
         try:
-            return asyncssh.SFTPAttrs.from_local(os.stat(place.real))
+            return asyncssh.SFTPAttrs.from_local(self._call(os.fstat, opened.fd))
+        finally:
+            os.close(opened.fd)
+
+    @staticmethod
+    def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
         except OSError as exc:
             raise _os_error(exc) from None
 
-    @staticmethod
-    def _call(fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except OSError as exc:
-            raise _os_error(exc) from None
+    def _pod_path(self, place: Place, parts: Sequence[str]) -> str:
+        assert place.mount is not None
+        return posixpath.join(place.mount.path, *parts) if parts else place.mount.path
 
     # -- reading
     def realpath(self, path: bytes) -> bytes:
-        return os.fsencode(self._tree.pod_path(self._place(path, "realpath")))
+        place = self._place(path, "realpath")
+        if place.mount is None:
+            return os.fsencode(place.path)
+        try:
+            opened = self._open(place, os.O_PATH, "realpath")
+            parts = opened.parts
+        except asyncssh.SFTPNoSuchFile:  # a name to be created: its directory's canonical path
+            opened = self._open(place, os.O_PATH, "realpath", entry=True)
+            parts = [*opened.parts, opened.name]
+        os.close(opened.fd)
+        return os.fsencode(self._pod_path(place, parts))
 
     def stat(self, path: bytes) -> Any:
         return self._stat(self._place(path, "stat"))
@@ -255,17 +391,19 @@ class FilesServer(asyncssh.SFTPServer):
                     continue
                 yield asyncssh.SFTPName(os.fsencode(name), attrs=attrs)
             return
+        opened = self._open(place, os.O_RDONLY | os.O_DIRECTORY, "list")
         try:
-            names = sorted(os.listdir(place.real))
-        except OSError as exc:
-            raise _os_error(exc) from None
+            names = sorted(self._call(os.listdir, opened.fd))
+        finally:
+            os.close(opened.fd)
         for name in names:
-            child_path = os.fsencode(posixpath.join(place.path, name))
+            inside = Place(posixpath.join(place.path, name), place.mount,
+                           posixpath.join(place.rel, name))
             try:
-                attrs = self._stat(self._tree.resolve(child_path))
-            except asyncssh.SFTPPermissionDenied:
+                attrs = self._stat(inside)
+            except Outside:
                 log.info("%s sftp list: left out %r (leads outside its mount)", self._label,
-                         os.fsdecode(child_path))
+                         inside.path)
                 continue
             except asyncssh.SFTPError:  # a dangling link, or gone meanwhile
                 continue
@@ -279,7 +417,11 @@ class FilesServer(asyncssh.SFTPServer):
         place = self._place(path, "statvfs")
         if place.mount is None:
             return asyncssh.SFTPVFSAttrs(bsize=4096, frsize=4096, namemax=255)
-        return self._call(os.statvfs, place.real)
+        opened = self._open(place, os.O_PATH, "statvfs")
+        try:
+            return self._call(os.fstatvfs, opened.fd)
+        finally:
+            os.close(opened.fd)
 
     # -- files
     def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> _Handle:
@@ -298,9 +440,7 @@ class FilesServer(asyncssh.SFTPServer):
             if pflags & bit:
                 flags |= osbit
         perms = 0o644 if attrs.permissions is None else attrs.permissions & 0o777
-        # The real path has no links left; O_NOFOLLOW keeps one swapped in since from counting.
-        fd = self._call(os.open, place.real, flags | os.O_NOFOLLOW | os.O_CLOEXEC, perms)
-        return _Handle(fd, writing)
+        return _Handle(self._open(place, flags, "open", perms).fd, writing)
 
     def read(self, file_obj: object, offset: int, size: int) -> bytes:
         assert isinstance(file_obj, _Handle)
@@ -339,40 +479,71 @@ class FilesServer(asyncssh.SFTPServer):
         assert isinstance(file_obj, _Handle)
         self._call(os.fsync, file_obj.fd)
 
-    # -- changes (writable mounts only)
+    # -- changes (writable mounts only), each on a descriptor or a directory's descriptor
     def setstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
         place = self._changeable(path, "setstat")
-        if attrs.size is not None:
-            self._call(os.truncate, place.real, attrs.size)
-        if attrs.permissions is not None:
-            self._call(os.chmod, place.real, attrs.permissions & 0o777)
-        if attrs.atime is not None and attrs.mtime is not None:
-            self._call(os.utime, place.real, (attrs.atime, attrs.mtime))
+        assert place.mount is not None
+        opened = self._open(place, os.O_PATH, "setstat")
+        # /proc/self/fd/N is the object the walk opened (not a name looked up again).
+        handle = f"/proc/self/fd/{opened.fd}"
+        try:
+            if attrs.size is not None:
+                self._call(os.truncate, handle, attrs.size)
+            if attrs.permissions is not None:
+                self._call(os.chmod, handle, attrs.permissions & 0o777)
+            if attrs.atime is not None and attrs.mtime is not None:
+                self._call(os.utime, handle, (attrs.atime, attrs.mtime))
+        finally:
+            os.close(opened.fd)
 
     def lsetstat(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
         self.setstat(path, attrs)
 
+    def _entry(self, path: bytes, what: str) -> Opened:
+        return self._open(self._changeable(path, what), os.O_PATH, what, entry=True)
+
     def remove(self, path: bytes) -> None:
-        self._call(os.remove, self._changeable(path, "remove").real)
+        opened = self._entry(path, "remove")
+        try:
+            self._call(os.unlink, opened.name, dir_fd=opened.fd)
+        finally:
+            os.close(opened.fd)
 
     def mkdir(self, path: bytes, attrs: asyncssh.SFTPAttrs) -> None:
         perms = 0o755 if attrs.permissions is None else attrs.permissions & 0o777
-        self._call(os.mkdir, self._changeable(path, "mkdir").real, perms)
+        opened = self._entry(path, "mkdir")
+        try:
+            self._call(os.mkdir, opened.name, perms, dir_fd=opened.fd)
+        finally:
+            os.close(opened.fd)
 
     def rmdir(self, path: bytes) -> None:
         place = self._changeable(path, "rmdir")
         if place.mount is None or place.path == place.mount.path:
             raise asyncssh.SFTPPermissionDenied("a mount itself cannot be removed")
-        self._call(os.rmdir, place.real)
+        opened = self._entry(path, "rmdir")
+        try:
+            self._call(os.rmdir, opened.name, dir_fd=opened.fd)
+        finally:
+            os.close(opened.fd)
 
     def _rename(self, oldpath: bytes, newpath: bytes, replace: bool) -> None:
-        old = self._changeable(oldpath, "rename")
-        new = self._changeable(newpath, "rename")
-        if old.mount != new.mount:
+        old_place = self._changeable(oldpath, "rename")
+        new_place = self._changeable(newpath, "rename")
+        if old_place.mount != new_place.mount:
             raise asyncssh.SFTPFailure("cannot move files between mounts")
-        if not replace and os.path.lexists(new.real):
-            raise asyncssh.SFTPFailure(f"{new.path} exists")
-        self._call(os.replace, old.real, new.real)
+        old = self._open(old_place, os.O_PATH, "rename", entry=True)
+        try:
+            new = self._open(new_place, os.O_PATH, "rename", entry=True)
+            try:
+                if not replace and _exists(new.name, new.fd):
+                    raise asyncssh.SFTPFailure(f"{new_place.path} exists")
+                self._call(os.replace, old.name, new.name, src_dir_fd=old.fd,
+                           dst_dir_fd=new.fd)
+            finally:
+                os.close(new.fd)
+        finally:
+            os.close(old.fd)
 
     def rename(self, oldpath: bytes, newpath: bytes) -> None:
         self._rename(oldpath, newpath, replace=False)
@@ -389,6 +560,14 @@ class FilesServer(asyncssh.SFTPServer):
         self._place(newpath, "link")
         log.info("%s sftp link %r refused", self._label, os.fsdecode(newpath))
         raise asyncssh.SFTPPermissionDenied("creating links is not allowed")
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 # ------------------------------------------------------------------ the session channel

@@ -9,6 +9,10 @@ the image's PATH or a coerced LC_CTYPE would be wrong.
   record FILE`, see the Dockerfile); a variable with the same name *and* value is
   the image's, so a spec that overrides PATH still wins.
 - Python's C-locale coercion (PEP 538) adds LC_CTYPE when the locale is C/POSIX.
+- The variables the sidecar's own process must not run with (LD_PRELOAD, PYTHONPATH...; the
+  plan's SIDECAR_SHIELDED) are blank here, the app's value under `protocol.SHIELD_PREFIX`:
+  served under the variable's own name, and not at all when it is the literal `$(NAME)` the
+  kubelet leaves for a name the app does not have.
 """
 
 from __future__ import annotations
@@ -56,13 +60,20 @@ def locale_was_coerced(environ: Mapping[str, str]) -> bool:
 def pod_environment(environ: Mapping[str, str], image_env: Mapping[str, str]) -> dict[str, str]:
     """The environment minus BRIDGE_* settings, the image's own variables and coercion."""
     coerced = locale_was_coerced(environ)
-    return {
+    shielded = {name[len(protocol.SHIELD_PREFIX):]: value for name, value in environ.items()
+                if name.startswith(protocol.SHIELD_PREFIX)}
+    env = {
         name: value
         for name, value in environ.items()
         if not name.startswith(protocol.SETTINGS_PREFIX)
+        and name not in shielded
         and image_env.get(name) != value
         and not (coerced and name == "LC_CTYPE")
     }
+    for name, value in shielded.items():
+        if value != f"$({name})" and image_env.get(name) != value:
+            env[name] = value
+    return env
 
 
 def record(path: Path, environ: Mapping[str, str]) -> None:

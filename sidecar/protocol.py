@@ -21,6 +21,11 @@ ENV_SSH_PORT = "BRIDGE_SSH_PORT"
 ENV_HEALTH_PORT = "BRIDGE_HEALTH_PORT"
 ENV_BIND = "BRIDGE_BIND"  # address the SSH server listens on
 SETTINGS_PREFIX = "BRIDGE_"  # every setting starts with this; `env` hides them
+# The app's value of a variable the sidecar's own process must not run with (LD_PRELOAD,
+# PYTHONPATH...): the plan blanks the variable and keeps the app's value under this prefix
+# (`$(NAME)`, expanded by the kubelet; the literal `$(NAME)` when the app has none); `env`
+# serves it under its own name again (sidecar.podenv).
+SHIELD_PREFIX = "BRIDGE_APPENV_"
 
 DEFAULT_SSH_PORT = 8022
 DEFAULT_HEALTH_PORT = 8023

@@ -15,12 +15,14 @@ Decisions, all pure functions of data (file writing is the only I/O here):
   (anything without `'` or a double backslash) unchanged. `parse_dotenv` is the
   exact inverse. Names that are not shell identifiers cannot be written in this
   format; they are left out and returned, so the caller can say so.
-- `hold_back`: the pod's variables that would make the laptop run code or send traffic
-  somewhere the pod chose (loader, interpreter, shell-hook, tool-hook and proxy variables:
-  `HELD_BACK`, `HELD_BACK_PREFIXES`, `*_PROXY` in any case) are kept out of the child's
-  environment unless the user names them (`--env-allow NAME`). The pod's environment may
-  come from a ConfigMap anyone in the namespace can edit; it must not reach the laptop as
-  code. `(kept, held_back)` is what every env writer uses.
+- `hold_back`: the pod's variables that would make a tool on the laptop load, run or fetch
+  code, trust other certificates or send traffic where the pod chose are kept out of the
+  child's environment unless the user names them (`--env-allow NAME`). They are classified
+  by families (`FAMILIES`: the loader and C library, shells, make, compilers, cargo, go, the
+  interpreters and their package managers, git, ssh, editors and pagers, proxies, trust
+  anchors, cluster and cloud tools), each by the names and namespaces (prefixes) its tools
+  read. The pod's environment may come from a ConfigMap anyone in the namespace can edit; it
+  must not reach the laptop as code. `(kept, held_back)` is what every env writer uses.
 - Files are created with mode 0600 (they hold secrets) and replaced atomically.
 """
 
@@ -29,11 +31,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.errors import BridgeError
+from bridge.local.envsyntax import comment_safe
 
 # Variables that belong to the laptop session, never taken from the pod.
 LOCAL_KEEP: frozenset[str] = frozenset(
@@ -67,60 +72,124 @@ LOCAL_KEEP: frozenset[str] = frozenset(
 # Prefixes of variable families that belong to the laptop session.
 LOCAL_KEEP_PREFIXES: tuple[str, ...] = ("LC_", "XDG_")
 
-# Variables that load code into, or redirect, a process started with them: held back from the
-# pod's environment unless allowed by name.
-HELD_BACK: frozenset[str] = frozenset(
-    {
-        # shells: startup files, hooks, imported functions
-        "BASH_ENV", "ENV", "PROMPT_COMMAND", "PS0", "PS1", "PS2", "PS4", "SHELLOPTS",
-        "BASHOPTS", "IFS", "CDPATH", "GLOBIGNORE", "ZDOTDIR", "FPATH", "PROMPT",
-        "KSH_ENV",
-        # dynamic loaders
-        "GCONV_PATH", "LOCPATH", "NLSPATH", "MALLOC_CHECK_", "HOSTALIASES", "RESOLV_HOST_CONF",
-        "GETCONF_DIR", "TZDIR",
-        # interpreters
-        "PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONUSERBASE", "PYTHONINSPECT",
-        "PYTHONBREAKPOINT", "PYTHONEXECUTABLE", "PYTHONPLATLIBDIR", "PYTHONSAFEPATH",
-        "PYTHONWARNINGS", "PYTHONDEBUG", "PYTHONPYCACHEPREFIX", "VIRTUAL_ENV",
-        "NODE_OPTIONS", "NODE_PATH", "NODE_REPL_EXTERNAL_MODULE", "NODE_EXTRA_CA_CERTS",
-        "NODE_TLS_REJECT_UNAUTHORIZED", "NPM_CONFIG_PREFIX",
-        "PERL5OPT", "PERL5LIB", "PERLLIB", "PERL5DB", "PERL_MB_OPT", "PERL_MM_OPT",
-        "RUBYOPT", "RUBYLIB", "RUBYSHELL", "GEM_HOME", "GEM_PATH", "BUNDLE_GEMFILE",
-        "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "JAVA_OPTIONS", "JAVA_OPTS",
-        "CLASSPATH", "JAVA_HOME", "MAVEN_OPTS", "GRADLE_OPTS",
-        "DOTNET_STARTUP_HOOKS", "DOTNET_ADDITIONAL_DEPS", "COMPlus_EnableDiagnostics",
-        "PHPRC", "PHP_INI_SCAN_DIR", "LUA_INIT", "LUA_PATH", "LUA_CPATH", "TCLLIBPATH",
-        "R_PROFILE", "R_PROFILE_USER", "R_ENVIRON", "R_ENVIRON_USER", "ERL_AFLAGS",
-        "ERL_FLAGS", "ERL_ZFLAGS", "ELIXIR_ERL_OPTIONS", "GOFLAGS", "CGO_LDFLAGS",
-        "CARGO_HOME", "RUSTC_WRAPPER", "RUSTFLAGS", "RUSTDOCFLAGS",
-        # tools the command may start
-        "EDITOR", "VISUAL", "PAGER", "MANPAGER", "BROWSER", "LESSOPEN", "LESSCLOSE",
-        "SUDO_ASKPASS", "SSH_ASKPASS", "SSH_ASKPASS_REQUIRE", "OPENSSL_CONF", "OPENSSL_ENGINES",
-        "SSLKEYLOGFILE", "CURL_HOME", "WGETRC", "INPUTRC", "TERMINFO", "TERMINFO_DIRS",
-        "MAIL", "HISTFILE", "NPM_CONFIG_USERCONFIG", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL",
-        "PIP_CONFIG_FILE", "PIP_TRUSTED_HOST", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
-        "SSL_CERT_FILE", "SSL_CERT_DIR", "KUBECONFIG", "DOCKER_HOST", "DOCKER_CONFIG",
-        "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "GOOGLE_APPLICATION_CREDENTIALS",
-        "TORSOCKS_CONF_FILE", "GLIBC_TUNABLES", "MONO_ENV_OPTIONS", "MONO_PATH",
-        "CORECLR_PROFILER", "CORECLR_PROFILER_PATH", "CORECLR_ENABLE_PROFILING",
-        "PYTHONNOUSERSITE", "PYTHONCASEOK", "PERL_UNICODE", "PERLIO", "PERL5SHELL",
-        "RUBYLIB_PREFIX", "SHLVL",
-        # proxies without the _PROXY suffix
-        "ALL_PROXY", "NO_PROXY", "SOCKS_SERVER", "SOCKS5_SERVER",
-    }
+@dataclass(frozen=True)
+class Family:
+    """A class of variables that make a tool on the laptop load, run or fetch code, or trust
+    or reach what the pod chose: `names` exactly, every name starting with one of `prefixes`
+    (a namespace the tool owns: new options appear in it with every release), and names
+    matching `pattern`. `except_names` are the family's plain app settings (NODE_ENV)."""
+
+    label: str
+    names: frozenset[str] = frozenset()
+    prefixes: tuple[str, ...] = ()
+    pattern: str = ""
+    except_names: frozenset[str] = frozenset()
+
+    def matches(self, upper: str) -> bool:
+        if upper in self.except_names:
+            return False
+        return (upper in self.names or upper.startswith(self.prefixes)
+                or bool(self.pattern and re.fullmatch(self.pattern, upper)))
+
+
+def _names(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+# The hold-back rule, by families. A name is compared in upper case (npm reads npm_config_*,
+# curl http_proxy: a lower-case spelling is the same variable to some tool). Why a family table
+# and not a list of names: a tool reads its whole namespace (CARGO_*, GIT_*, NPM_CONFIG_*,
+# PIP_*, LD_*...), and a list of the names known today misses the next release's; where a
+# tool shares a namespace with app settings (make's CC, Go's GO*), the names are listed.
+# A pure allowlist of "app settings" cannot be written (an app's names are its own), so this
+# is the widest rule that still passes them: everything not a tool's is the app's.
+FAMILIES: tuple[Family, ...] = (
+    Family("dynamic loader and C library", prefixes=("LD_", "DYLD_", "MALLOC_", "GCONV_"),
+           names=_names("GCONV_PATH GETCONF_DIR GLIBC_TUNABLES HOSTALIASES LOCALDOMAIN LOCPATH "
+                        "NIS_PATH NLSPATH RESOLV_HOST_CONF RES_OPTIONS TZDIR")),
+    Family("shell start-up and hooks", prefixes=("BASH_FUNC_", "BASH_"),
+           names=_names("ENV KSH_ENV PROMPT_COMMAND SHELLOPTS BASHOPTS IFS CDPATH GLOBIGNORE "
+                        "ZDOTDIR FPATH PROMPT RPROMPT HISTFILE INPUTRC MAIL MAILPATH SHLVL "
+                        "TMOUT PROMPT_DIRTRIM POSIXLY_CORRECT"),
+           pattern=r"PS[0-9]"),
+    Family("make", names=_names("MAKEFLAGS MFLAGS MAKEFILES GNUMAKEFLAGS MAKELEVEL MAKE "
+                                "MAKESHELL MAKEOVERRIDES MAKECMDGOALS")),
+    Family("compilers and linkers",
+           names=_names("CC CXX CPP LD AR AS NM RANLIB STRIP OBJCOPY OBJDUMP READELF FC F77 "
+                        "F90 CFLAGS CXXFLAGS CPPFLAGS LDFLAGS LDLIBS LIBS FFLAGS ASFLAGS "
+                        "ARFLAGS OBJCFLAGS CPATH C_INCLUDE_PATH CPLUS_INCLUDE_PATH "
+                        "OBJC_INCLUDE_PATH LIBRARY_PATH COMPILER_PATH GCC_EXEC_PREFIX "
+                        "DEPENDENCIES_OUTPUT SUNPRO_DEPENDENCIES CONFIG_SITE CONFIG_SHELL "
+                        "M4 YACC LEX SCONSFLAGS"),
+           prefixes=("CCACHE_", "DISTCC_", "PKG_CONFIG", "CMAKE_", "MESON", "NINJA_",
+                     "AUTOCONF", "AUTOMAKE", "ACLOCAL", "LIBTOOL", "CGO_", "QMAKE", "BAZEL")),
+    Family("cargo and rustc", prefixes=("CARGO", "RUSTC", "RUSTUP", "RUSTDOC"),
+           names=_names("RUSTFLAGS")),
+    # Go's toolchain reads GO + letters (GOFLAGS, GOTOOLCHAIN, GOPROXY, GOSUMDB, GOAUTH...);
+    # GOOGLE_* and other GO..._ names are not Go's. The runtime's tuning knobs load nothing.
+    Family("go", pattern=r"GO[A-Z0-9]+", names=_names("GCCGO GCCGOTOOLDIR"),
+           except_names=_names("GOGC GOMAXPROCS GOMEMLIMIT GOTRACEBACK")),
+    Family("python", prefixes=("PYTHON", "PIP_", "UV_", "POETRY_", "PIPENV_", "PDM_", "HATCH_",
+                               "CONDA", "PYENV", "TWINE_", "VIRTUAL_ENV"),
+           except_names=_names("PYTHONUNBUFFERED PYTHONDONTWRITEBYTECODE PYTHONIOENCODING "
+                               "PYTHONUTF8 PYTHONHASHSEED")),
+    Family("node, npm, yarn, pnpm", prefixes=("NODE_", "NPM_", "YARN_", "PNPM_", "COREPACK_",
+                                              "BUN_", "DENO_", "ELECTRON_"),
+           names=_names("NODE NODEJS_ORG_MIRROR NVM_DIR"),
+           except_names=_names("NODE_ENV")),
+    Family("perl", prefixes=("PERL",)),
+    Family("ruby", prefixes=("RUBY", "GEM_", "BUNDLE_", "BUNDLER_")),
+    Family("java and the jvm", prefixes=("JAVA_", "JDK_", "_JAVA_", "MAVEN_", "GRADLE_",
+                                         "SBT_", "ANT_", "KOTLIN_"),
+           names=_names("CLASSPATH M2_HOME JAVA_HOME"),
+           except_names=_names("JAVA_VERSION")),
+    Family("lua", prefixes=("LUA_",)),
+    Family("other interpreters", prefixes=("DOTNET_", "COMPLUS_", "CORECLR_", "MONO_", "PHP_INI",
+                                           "R_PROFILE", "R_ENVIRON", "R_LIBS", "ERL_", "JULIA_",
+                                           "GHC", "CABAL_", "TCL", "TK_LIBRARY", "GUILE_",
+                                           "OCAML", "RAKU", "ELIXIR_"),
+           names=_names("PHPRC")),
+    Family("git and other version control", prefixes=("GIT_", "HGRC", "SVN_", "CVS_", "BZR_"),
+           names=_names("HGEDITOR HGPLAIN HGPLAINEXCEPT HGENCODING HGMERGE")),
+    Family("ssh", prefixes=("SSH_", "SUDO_")),
+    Family("editors, pagers and terminals",
+           names=_names("EDITOR VISUAL PAGER MANPAGER MANOPT BROWSER LESS LESSOPEN LESSCLOSE "
+                        "LESSKEY LESSKEYIN LESSSECURE LESSEDIT TERMINFO TERMINFO_DIRS TERMCAP "
+                        "MAILCAPS MAILRC WWW_HOME FCEDIT"),
+           prefixes=("SYSTEMD_", "BAT_", "DELTA_", "VIM", "EMACS", "NVIM")),
+    Family("proxies", pattern=r".*_PROXY", prefixes=("SOCKS",),
+           names=_names("NO_PROXY ALL_PROXY")),
+    Family("trust anchors and TLS", prefixes=("OPENSSL_", "SSL_CERT", "GNUTLS_", "NSS_"),
+           names=_names("SSLKEYLOGFILE CURL_CA_BUNDLE REQUESTS_CA_BUNDLE CURL_HOME WGETRC NETRC "
+                        "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH NIX_SSL_CERT_FILE HTTPLIB2_CA_CERTS "
+                        "WEBSOCKET_CLIENT_CA_BUNDLE CA_BUNDLE")),
+    # Tools that talk to the user's clusters and clouds with the user's own credentials: the
+    # pod must not point them somewhere else, nor name a config that runs a credential helper.
+    Family("cluster, container and cloud tools",
+           prefixes=("DOCKER_", "BUILDKIT_", "PODMAN_", "CONTAINERS_", "KUBECTL_", "HELM_",
+                     "CLOUDSDK_", "AZURE_CONFIG", "TF_CLI", "TF_PLUGIN", "VAULT_",
+                     "AWS_ENDPOINT_URL", "GOOGLE_EXTERNAL_ACCOUNT"),
+           names=_names("KUBECONFIG CONTAINER_HOST AWS_CONFIG_FILE AWS_SHARED_CREDENTIALS_FILE "
+                        "AWS_CA_BUNDLE GOOGLE_APPLICATION_CREDENTIALS BOTO_CONFIG "
+                        "TORSOCKS_CONF_FILE")),
 )
-# Families: loaders (LD_*, DYLD_*), exported shell functions (BASH_FUNC_*), git's and
-# ssh's command hooks (GIT_*), and the interpreters' option families.
-HELD_BACK_PREFIXES: tuple[str, ...] = ("LD_", "DYLD_", "BASH_FUNC_", "GIT_", "NPM_CONFIG_",
-                                       "CORECLR_", "TORSOCKS_", "GCONV_", "MALLOC_")
 
 
-def is_held_back(name: str) -> bool:
-    """True for a variable that would load code into the command (or a program it starts) or
-    send its traffic through a proxy the pod chose."""
+def held_back_family(name: str, value: str = "") -> str | None:
+    """The family (a short label) that makes bridge hold `name` back, or None to pass it."""
     upper = name.upper()
-    return (name in HELD_BACK or upper in HELD_BACK or upper.startswith(HELD_BACK_PREFIXES)
-            or upper.endswith("_PROXY") or "%" in name)
+    for family in FAMILIES:
+        if family.matches(upper):
+            return family.label
+    if "%" in name or value.startswith("() {"):  # a bash exported function, old or new style
+        return "shell start-up and hooks"
+    return None
+
+
+def is_held_back(name: str, value: str = "") -> bool:
+    """True for a variable that would make a tool on this machine load, run or fetch code,
+    trust other certificates, or send its traffic where the pod chose (see FAMILIES)."""
+    return held_back_family(name, value) is not None
 
 
 def hold_back(pod: Mapping[str, str], allow: Iterable[str] = ()) -> tuple[dict[str, str],
@@ -136,7 +205,7 @@ def hold_back(pod: Mapping[str, str], allow: Iterable[str] = ()) -> tuple[dict[s
             kept[name] = value
         elif is_local(name):
             continue
-        elif is_held_back(name) or value.startswith("() {"):  # an old bash imports a function
+        elif is_held_back(name, value):
             held[name] = value
         else:
             kept[name] = value
@@ -163,12 +232,12 @@ def format_held_back(held: Mapping[str, str]) -> str:
     if not held:
         return ""
     lines = ["# Held back by bridge (they could run code or redirect traffic on this machine);\n",
-             "# pass --env-allow NAME to bridge to take one, or edit it in here yourself.\n"]
+             "# pass --env-allow NAME to bridge to take one, or edit it in here yourself\n",
+             "# (line breaks and control characters in a value are shown escaped).\n"]
     for name in sorted(held):
         value = held[name]
         if is_shell_name(name):
-            quoted = _quote(value).replace("\n", "\n# ")
-            lines.append(f"# {name}={quoted}\n")
+            lines.append(f"# {name}={comment_safe(_quote(value))}\n")
         else:
             lines.append(f"# (not a shell name) {_printable_name(name)}\n")
     return "".join(lines)
@@ -290,6 +359,48 @@ def _read_word(text: str, pos: int, line_no: int) -> tuple[str, int, int]:
             parts.append(char)
             pos += 1
     return "".join(parts), pos, line_no
+
+
+def private_dir(directory: Path) -> None:
+    """Make `directory`, and every missing directory above it, with mode 0700; or check an
+    existing one: a directory of this user's that no one else can write to. Another user who
+    can write there could replace bridge's files (a session record, the environment an IDE
+    reads) or read them as they are made. BridgeError (one line: what is wrong, what to do;
+    nothing was changed) otherwise."""
+    missing: list[Path] = []
+    probe = directory
+    while not os.path.lexists(probe) and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        for level in reversed(missing):
+            os.mkdir(level, 0o700)
+    except FileExistsError:
+        pass  # made meanwhile: checked below like any existing one
+    except OSError as exc:
+        raise BridgeError(f"cannot create {directory}: {exc.strerror}") from None
+    problem = dir_problem(directory)
+    if problem:
+        raise BridgeError(problem)
+
+
+def dir_problem(directory: Path) -> str | None:
+    """Why bridge must not keep its files in `directory` (one line), or None."""
+    try:
+        st = os.stat(directory)
+    except OSError as exc:
+        return f"cannot use {directory}: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"cannot use {directory}: it is not a directory; remove it and try again"
+    if st.st_uid != os.geteuid():
+        return (f"refusing to keep bridge's files in {directory}: it belongs to uid "
+                f"{st.st_uid}, not to you (uid {os.geteuid()}); remove it (bridge makes its "
+                "own, mode 0700) and try again; nothing was changed")
+    if st.st_mode & 0o022:
+        return (f"refusing to keep bridge's files in {directory}: others can write to it "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 700 {directory}` and "
+                "try again; nothing was changed")
+    return None
 
 
 def write_private(path: Path, text: str) -> None:

@@ -6,7 +6,9 @@ in a warning). A *value* the syntax cannot carry is an error (EnvSyntaxError nam
 variable and why, and the syntaxes that can carry it): a silently changed value is worse than
 none. `held_back` (variables bridge keeps from the process, e.g. loader or proxy settings) is
 written commented out where the syntax has comments, so the user sees them and can opt in;
-JSON has no comments and leaves them out.
+JSON has no comments and leaves them out. A held-back line is one comment line in every
+reader: each character any reader ends a line at (\\n, \\r, \\v, \\f, U+0085, U+2028,
+U+2029, the rest of C0 and C1) is written as an escape (`comment_safe`).
 
 The syntaxes, and which reader each is for (each checked against that reader in the tests):
 
@@ -74,9 +76,34 @@ def _check(syntax: str, problems: dict[str, str], alternatives: str) -> None:
                              f"(use --env-syntax {alternatives}, which can)")
 
 
-def _comment(text: str, mark: str = "# ") -> str:
-    """Every line of `text` commented out (a multi-line assignment stays one block)."""
-    return "".join(mark + line + "\n" for line in text.rstrip("\n").split("\n"))
+# Every character at which some reader of these files ends a line, and so a comment: \n and
+# \r (every shell; PowerShell at a bare \r), \v, \f and \x1c-\x1e (Python's splitlines, as
+# in python-dotenv's and other readers), NEL U+0085, U+2028 and U+2029 (YAML 1.1, PyYAML and
+# docker-compose v1; JavaScript readers). With them the rest of C0, DEL and C1: NUL ends a C
+# reader's line, ^Z ends a batch file, and a terminal acts on ESC when the file is shown.
+_ENDS_A_COMMENT = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\v": "\\v", "\f": "\\f"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def comment_safe(text: str) -> str:
+    """`text` with every character any reader could end a comment at written as an escape
+    (`\\n`, `\\x85`, `\\u2028`...): one line, whatever the reader."""
+    return _ENDS_A_COMMENT.sub(_escape_char, text)
+
+
+def _comment(text: str, mark: str = "# ", eol: str = "\n") -> str:
+    """`text` (one rendered assignment) as one comment line: a value's line breaks and control
+    characters are shown escaped, never ending the comment (such a value cannot be uncommented
+    as it is: take it with --env-allow)."""
+    body = text[: -len(eol)] if text.endswith(eol) else text
+    return mark + comment_safe(body) + eol
 
 
 def _render(env: Mapping[str, str], held_back: Mapping[str, str] | None,
@@ -91,7 +118,8 @@ def _render(env: Mapping[str, str], held_back: Mapping[str, str] | None,
         sections.append((held_back, True))
     for variables, commented in sections:
         if commented:
-            out.append(f"{comment}held back by bridge (uncomment to use):{eol}")
+            out.append(f"{comment}held back by bridge (uncomment to use; line breaks and control "
+                       f"characters are shown escaped):{eol}")
         for name in sorted(variables):
             why = name_ok(name)
             if why:
@@ -105,7 +133,7 @@ def _render(env: Mapping[str, str], held_back: Mapping[str, str] | None,
                 else:
                     problems[name] = str(e)
                 continue
-            out.append(_comment(line, comment) if commented else line)
+            out.append(_comment(line, comment, eol) if commented else line)
     _check(syntax, problems, alternatives)
     return Rendered("".join(out), left_out)
 
@@ -241,9 +269,15 @@ def render_cmd(env: Mapping[str, str], held_back: Mapping[str, str] | None = Non
 # -- docker compose ------------------------------------------------------------------------
 
 
+# Inside a YAML double-quoted scalar, YAML 1.1 folds NEL, U+2028 and U+2029 like a line break
+# (a changed value) and refuses DEL, C1 and a BOM: written as \\u escapes, which JSON has too.
+_YAML_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ufeff]")
+
+
 def _yaml_string(value: str) -> str:
     # A JSON string is a YAML double-quoted scalar; $ is doubled for compose's interpolation.
-    return json.dumps(value, ensure_ascii=False).replace("$", "$$")
+    quoted = json.dumps(value, ensure_ascii=False).replace("$", "$$")
+    return _YAML_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", quoted)
 
 
 def render_compose(env: Mapping[str, str], held_back: Mapping[str, str] | None = None,

@@ -109,8 +109,12 @@ def register(session: str, namespace: str, deployment: str) -> None:
 
 def write_record(path: Path, data: Mapping[str, object]) -> None:
     """One record of bridge's state (sessions, mounts) as JSON, written atomically with mode
-    0600 in a directory only this user can enter. Raises OSError or BridgeError."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    0600 in a directory only this user can enter (made 0700 with every missing parent, or
+    checked: `env.private_dir`). Raises OSError or BridgeError."""
+    env.private_dir(path.parent)
+    base = state_dir()
+    if base in path.parents:  # the state directory above it too (sessions/, mounts/)
+        env.private_dir(base)
     env.write_private(path, json.dumps(data))
 
 

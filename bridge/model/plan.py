@@ -193,6 +193,48 @@ def files_plan(pod_spec: Obj, container: Obj, opts: Options) -> FilesPlan:
     return FilesPlan(mounts, served, skipped)
 
 
+# What the sidecar's own process must not run with, though the app's container has it: the
+# dynamic loader's variables (glibc 2.36's ld.so), the C library's (its unsecvars list: what
+# it drops for set-uid programs), OpenSSL's (a configuration loads providers: code) and
+# Python's (a path, a start-up file, a warnings filter importing a module...). The sidecar is
+# `python -m sidecar` (asyncssh, cryptography): any of these in its environment could run code
+# in it or break it, before any line of it runs. PATH too: the runtime looks the image's
+# `python` up in it. Each is blanked (PATH: set to the runtime's default) after the app's env
+# and envFrom, its value kept under protocol.SHIELD_PREFIX for `env` to serve. Every name here
+# is checked to mean "unset" when empty (tests/sidecar/test_podenv_shield.py); ld.so's
+# presence switches (LD_SHOW_AUXV, LD_TRACE_LOADED_OBJECTS, LD_DYNAMIC_WEAK) are not here: a
+# pod spec cannot unset a variable, an empty one turns them on, and they only break a process.
+SIDECAR_SHIELDED: tuple[str, ...] = tuple("""
+    LD_PRELOAD LD_LIBRARY_PATH LD_AUDIT LD_BIND_NOT LD_BIND_NOW LD_DEBUG LD_DEBUG_OUTPUT
+    LD_HWCAP_MASK LD_ORIGIN_PATH LD_PROFILE LD_PROFILE_OUTPUT LD_USE_LOAD_BIAS LD_VERBOSE
+    LD_WARN LD_ASSUME_KERNEL LD_PREFER_MAP_32BIT_EXEC
+    GCONV_PATH GETCONF_DIR GLIBC_TUNABLES LOCPATH NLSPATH MALLOC_TRACE MALLOC_CHECK_
+    MALLOC_PERTURB_ MALLOC_TOP_PAD_ MALLOC_MMAP_THRESHOLD_ MALLOC_TRIM_THRESHOLD_ MALLOC_MMAP_MAX_
+    MALLOC_ARENA_MAX MALLOC_ARENA_TEST
+    OPENSSL_CONF OPENSSL_MODULES OPENSSL_ENGINES OPENSSL_ia32cap OPENSSL_armcap
+    PYTHONPATH PYTHONHOME PYTHONSTARTUP PYTHONINSPECT PYTHONUSERBASE PYTHONNOUSERSITE
+    PYTHONWARNINGS PYTHONBREAKPOINT PYTHONPLATLIBDIR PYTHONEXECUTABLE PYTHONMALLOC
+    PYTHONMALLOCSTATS PYTHONPYCACHEPREFIX PYTHONSAFEPATH PYTHONDEVMODE PYTHONOPTIMIZE
+    PYTHONVERBOSE PYTHONDEBUG PYTHONIOENCODING PYTHONUTF8 PYTHONCOERCECLOCALE PYTHONCASEOK
+    PYTHONTRACEMALLOC PYTHONPROFILEIMPORTTIME PYTHONASYNCIODEBUG PYTHONINTMAXSTRDIGITS
+    PYTHONFAULTHANDLER PYTHONPERFSUPPORT PYTHON_FROZEN_MODULES PYTHON_GIL PYTHON_CPU_COUNT
+    PATH
+""".split())
+# The runtime's default PATH (the Docker/containerd default; the sidecar image's python is in it).
+SIDECAR_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def _shield_env() -> list[dict[str, str]]:
+    """The entries that keep the app's SIDECAR_SHIELDED variables from the sidecar's process:
+    each name's value copied under the prefix (the kubelet expands `$(NAME)` from the app's
+    env and envFrom above), then the name itself blanked (an entry with no value is "")."""
+    out: list[dict[str, str]] = []
+    for name in SIDECAR_SHIELDED:
+        out.append({"name": protocol.SHIELD_PREFIX + name, "value": f"$({name})"})
+        out.append({"name": name, "value": SIDECAR_PATH} if name == "PATH" else {"name": name})
+    return out
+
+
 def _sidecar_env(opts: Options, ports: ControlPorts) -> list[dict[str, str]]:
     """Every sidecar setting, set explicitly: the proxy container inherits the app's env and
     envFrom, and an app variable that happened to be named like a setting (BRIDGE_BIND=0.0.0.0
@@ -226,7 +268,9 @@ def _sidecar_container(original: Obj, opts: Options, ports: ControlPorts) -> dic
                                         else resources.sidecar_resources()))
     settings = _sidecar_env(opts, ports)
     ours = {e["name"] for e in settings}
-    c["env"] = [e for e in c.get("env") or [] if e.get("name") not in ours] + settings
+    app_env = [e for e in c.get("env") or [] if e.get("name") not in ours
+               and not str(e.get("name", "")).startswith(protocol.SHIELD_PREFIX)]
+    c["env"] = app_env + _shield_env() + settings
     c["readinessProbe"] = {
         "httpGet": {"path": protocol.READY_PATH, "port": ports.health},
         "periodSeconds": READY_PERIOD_SECONDS,

@@ -194,3 +194,30 @@ def test_the_pods_bash_env_runs_nothing_on_the_laptop(make_workload: Any, tmp_pa
     code, b = w.run_bridge("swap", "hello", "--env-allow", "BASH_ENV", "--", "bash", "-c", "true")
     assert code == 0, b.stderr
     assert marker.exists()
+
+
+def test_the_sidecar_runs_without_the_pods_pythonpath_yet_serves_it(make_workload: Any,
+                                                                      tmp_path: Any) -> None:
+    """Issue 19, item 3: the proxy container is a copy of the app's; its PYTHONPATH and
+    LD_PRELOAD must not reach the sidecar's own Python (a sitecustomize there would take it
+    over), yet the laptop receives both: held back by default, passed with --env-allow."""
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    marker = tmp_path / "sidecar-pwned"
+    (evil / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if 'sidecar' in sys.orig_argv:\n"
+        f"    open({str(marker)!r}, 'w').close()\n"
+        "    os._exit(3)\n")
+    w = make_workload(extra_env=[{"name": "PYTHONPATH", "value": str(evil)},
+                                 {"name": "LD_PRELOAD", "value": "/nonexistent/evil.so"}])
+    show = 'echo "pp=${PYTHONPATH:-none} ld=${LD_PRELOAD:-none}"'
+    code, b = w.run_bridge("swap", "hello", "--outbound", "none", "--", "sh", "-c", show)
+    assert code == 0, b.stderr
+    assert not marker.exists()
+    assert "pp=none ld=none" in b.stdout
+    code, b = w.run_bridge("swap", "hello", "--outbound", "none", "--env-allow", "PYTHONPATH",
+                           "--env-allow", "LD_PRELOAD", "--", "sh", "-c", show)
+    assert code == 0, b.stderr
+    assert f"pp={evil} ld=/nonexistent/evil.so" in b.stdout
+    assert not marker.exists()

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from bridge.errors import BridgeError
+from bridge.local import env as envmod
 
 BRIDGE_DIR = ".bridge"
 GITIGNORE = "# Written by bridge: environment files holding the pod's secrets.\n*\n"
@@ -46,8 +47,8 @@ def attached_message(listen: list[str], env_file: str | None) -> str:
 
 def prepare_dir(directory: Path) -> None:
     """Create `directory` (0700) with a `.gitignore` ignoring everything in it, once."""
+    envmod.private_dir(directory)  # 0700, or an existing one that is this user's alone
     try:
-        directory.mkdir(mode=0o700, exist_ok=True)
         ignore = directory / ".gitignore"
         if not ignore.exists():
             ignore.write_text(GITIGNORE, encoding="utf-8")

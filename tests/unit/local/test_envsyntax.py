@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,7 +34,7 @@ TRICKY = {
     "JSONISH": '{"a": [1, "x y"], "b": null}',
     "PLAIN": "postgres://user@db:5432/app?x=1",
 }
-HELD = {"LD_PRELOAD": "/tmp/evil.so", "PYTHONPATH": "/x\n/y"}
+HELD = {"LD_PRELOAD": "/tmp/evil.so", "PYTHONPATH": "/x:/y z"}
 
 
 def _run_env(cmd: list[str]) -> dict[str, str]:
@@ -83,6 +84,8 @@ def test_held_back_variables_are_there_to_uncomment(tmp_path: Path, syntax: str,
     path.write_text(uncommented)
     got = _shell(path, prog)
     assert {k: got.get(k) for k in ("A", *HELD)} == {"A": "1", **HELD}
+    # A value with a line break stays on its one comment line, the break shown escaped.
+    assert "# export X='a\\nb'\n" in es.render("sh", {}, {"X": "a\nb"}).text
 
 
 def test_shell_syntaxes_leave_out_names_a_shell_cannot_set(tmp_path: Path) -> None:
@@ -174,7 +177,8 @@ def test_powershell_writer(tmp_path: Path) -> None:
 def test_cmd_writer_refuses_what_cmd_cannot_hold() -> None:
     r = es.render("cmd", {"PCT": "100%", "AMP": "a&b|c>d", "E": ""}, {"LD_PRELOAD": "x"})
     assert r.text == ('@echo off\r\nset "AMP=a&b|c>d"\r\nset "E="\r\nset "PCT=100%%"\r\n'
-                      'REM held back by bridge (uncomment to use):\r\nREM set "LD_PRELOAD=x"\r\n')
+                      'REM held back by bridge (uncomment to use; line breaks and control '
+                      'characters are shown escaped):\r\nREM set "LD_PRELOAD=x"\r\n')
     for bad, why in (("a\nb", "line break"), ('say "x"', "double quote")):
         with pytest.raises(es.EnvSyntaxError, match=why):
             es.render("cmd", {"V": bad})
@@ -185,3 +189,90 @@ def test_cmd_writer_refuses_what_cmd_cannot_hold() -> None:
 def test_unknown_syntax_is_a_clear_error() -> None:
     with pytest.raises(es.BridgeError, match="unknown env syntax 'yaml'; use one of dotenv"):
         es.render("yaml", {})
+
+
+# Issue 19, item 4: a held-back value (or name) must not end its comment in any reader.
+BREAKS = ["\n", "\r", "\r\n", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029",
+          "\x00", "\x1a", "\x1b"]
+# Every character any reader of these files ends a line at (a superset of each one's).
+ANY_READERS_BREAK = "[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029\x00\x1a]"
+
+
+def _hostile(marker: Path) -> dict[str, str]:
+    """Held-back values that, were the comment ended by the break, inject a command (shells),
+    a variable (dotenv), a key (compose) or a statement (PowerShell)."""
+    held = {}
+    for i, brk in enumerate(BREAKS):
+        payload = (f"x'\"{brk}touch {marker}{brk}INJECTED_{i}=1{brk}"
+                   f"    command: [\"evil\"]{brk}    privileged: true{brk}"
+                   f"$env:INJECTED_{i} = 'ps'{brk}set INJECTED_{i}=1{brk}")
+        held[f"LD_PRELOAD_{i}"] = payload
+    held["PYTHONPATH"] = "\u2028    command: evil"
+    return held
+
+
+def test_every_syntax_keeps_each_held_back_value_on_its_comment_line() -> None:
+    """The rule itself, for every syntax (PowerShell and cmd included, whose readers are not in
+    Debian): split at every character any reader ends a line at, each piece of the held-back
+    section is a comment."""
+    held = _hostile(Path("/tmp/m"))
+    held["odd\u2028name\x85"] = "v"  # a name too (PowerShell and compose write any name)
+    for syntax in es.SYNTAXES:
+        if syntax == "json":
+            continue
+        text = es.render(syntax, {"A": "1"}, held).text
+        section = text[text.index("held back by bridge") - (4 if syntax == "cmd" else 2):]
+        mark = "REM " if syntax == "cmd" else "# "
+        pieces = [p for p in re.split(ANY_READERS_BREAK, section) if p]
+        assert pieces and all(p.startswith(mark) for p in pieces), (syntax, pieces)
+
+
+def test_comment_safe_escapes_every_line_break_visibly() -> None:
+    assert es.comment_safe("a\nb\rc\u2028d\x85e\x1bf\tg") == "a\\nb\\rc\\u2028d\\x85e\\x1bf\tg"
+
+
+@pytest.mark.parametrize(("syntax", "prog"), [
+    ("sh", "sh"), ("sh", "bash"), ("fish", "fish"), ("csh", "tcsh"), ("csh", "bsd-csh")])
+def test_shells_run_nothing_from_a_held_back_value(tmp_path: Path, syntax: str,
+                                                   prog: str) -> None:
+    marker = tmp_path / "pwned"
+    got = _shell(_written(tmp_path, syntax, {"A": "1"}, _hostile(marker)), prog)
+    assert not marker.exists()
+    assert got.get("A") == "1"
+    assert not [k for k in got if k.startswith(("INJECTED", "LD_PRELOAD", "PYTHONPATH"))]
+
+
+def test_python_dotenv_reads_no_variable_from_a_held_back_value(tmp_path: Path) -> None:
+    from dotenv import dotenv_values
+
+    path = _written(tmp_path, "dotenv", {"A": "1"}, _hostile(tmp_path / "m"))
+    assert dotenv_values(path) == {"A": "1"}
+    assert dotenv_values(stream=io.StringIO(path.read_text(encoding="utf-8")),
+                         interpolate=False) == {"A": "1"}
+    text = es.render("sh", {"A": "1"}, _hostile(tmp_path / "m")).text
+    (tmp_path / "sh.env").write_text(text, encoding="utf-8", newline="")
+    assert dotenv_values(tmp_path / "sh.env") == {"A": "1"}  # comment lines even for it
+
+
+def test_docker_compose_reads_no_key_from_a_held_back_value(tmp_path: Path) -> None:
+    held = _hostile(tmp_path / "m")
+    kept = {"A": "1", "SEP": "a\u2028b\x85c\u2029d"}  # and a kept value keeps its characters
+    fragment = es.render("compose", kept, held, service="hello").text
+    doc = yaml.safe_load(fragment)
+    assert doc == {"services": {"hello": {"environment": kept}}}
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed; checked with PyYAML only")
+    (tmp_path / "base.yaml").write_text(
+        'version: "3.8"\nservices:\n  hello:\n    image: busybox\n')
+    (tmp_path / "env.yaml").write_text('version: "3.8"\n' + fragment, encoding="utf-8",
+                                       newline="")
+    out = subprocess.run(["docker-compose", "-f", "base.yaml", "-f", "env.yaml", "config"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "HOME": "/compose-home"})
+    assert out.returncode == 0, out.stderr
+    service = yaml.safe_load(out.stdout)["services"]["hello"]
+    assert set(service) == {"image", "environment"}  # no command, no privileged
+    assert set(service["environment"]) == set(kept) and service["environment"]["A"] == "1"
+    # docker-compose read SEP whole (its own `config` output then writes the breaks raw inside
+    # a single-quoted scalar, which a YAML reader folds: that is its writer, not this file)
+    assert re.search("a\u2028 *b\x85 *c\u2029 *d", out.stdout)

@@ -194,3 +194,62 @@ def test_a_second_swap_repairs_at_once_a_session_whose_bridge_here_was_killed() 
 
 def test_status_says_a_session_whose_bridge_here_ended_is_stale() -> None:
     assert status.describe(state.Ended(4242)) == ("bridge pid 4242 here ended", "stale")
+
+
+# Issue 19, item 8: bridge's directories are 0700 and an existing one must be this user's alone.
+def test_records_make_every_missing_directory_0700(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))
+    old = os.umask(0o022)
+    try:
+        localstate.register("s1", "ns", "web")
+    finally:
+        os.umask(old)
+    for d in (home / ".local", home / ".local/state", home / ".local/state/bridge",
+              home / ".local/state/bridge/sessions"):
+        assert oct(d.stat().st_mode & 0o777) == "0o700", d
+
+
+@pytest.mark.parametrize("which", ["bridge", "bridge/sessions"])
+def test_a_state_directory_others_can_write_to_is_refused(state_home: Path, which: str) -> None:
+    target = state_home / which
+    target.mkdir(parents=True, mode=0o700)
+    target.chmod(0o775)
+    with pytest.raises(BridgeError) as e:
+        localstate.register("s1", "ns", "web")
+    message = str(e.value)
+    assert "\n" not in message and "others can write" in message and "0775" in message
+    assert f"chmod 700 {target}" in message and "nothing was changed" in message
+    assert not list(state_home.rglob("*.json"))
+
+
+def test_a_state_directory_of_another_user_is_refused(state_home: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another user needs root")
+    target = state_home / "bridge"
+    target.mkdir(mode=0o700)
+    os.chown(target, 4242, 4242)
+    with pytest.raises(BridgeError, match="belongs to uid 4242, not to you"):
+        localstate.register("s1", "ns", "web")
+    assert not list(state_home.rglob("*.json"))
+
+
+def test_the_env_files_directory_is_checked_too(tmp_path: Path) -> None:
+    from bridge.local import env
+    from bridge.local.ide import envfile
+
+    shared = tmp_path / ".bridge"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(BridgeError, match=r"others can write to it \(mode 0777\)"):
+        envfile.prepare_dir(shared)
+    assert not (shared / ".gitignore").exists()
+    fresh = tmp_path / "a" / "b"
+    env.private_dir(fresh)
+    assert oct(fresh.stat().st_mode & 0o777) == oct((tmp_path / "a").stat().st_mode & 0o777) \
+        == "0o700"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(BridgeError, match="not a directory"):
+        env.private_dir(tmp_path / "file")

@@ -186,3 +186,26 @@ def test_a_long_deployment_name_gives_valid_label_values() -> None:
         assert len(value) <= 63 and value[-1].isalnum()
     assert len(m["metadata"]["name"]) <= 63
     assert m["metadata"]["annotations"][state.PROXY_FOR_LABEL] == long_name
+
+
+def test_the_sidecar_runs_without_the_apps_loader_and_python_variables() -> None:
+    """Issue 19, item 3: after the app's env (and envFrom, which the kubelet applies first),
+    each shielded name's value is copied under the prefix and the name blanked; the app's own
+    entries stay as they are, in order, so `$(NAME)` references keep their meaning."""
+    original = copy.deepcopy(ORIGINAL)
+    app = original["spec"]["template"]["spec"]["containers"][0]
+    app["env"] += [{"name": "LD_PRELOAD", "value": "/evil.so"},
+                   {"name": "PYTHONPATH", "value": "/evil"},
+                   {"name": protocol.SHIELD_PREFIX + "PATH", "value": "forged"}]
+    env = _sidecar_of(plan.plan_proxy(original, options()))["env"]
+    names = [e["name"] for e in env]
+    assert env[:4] == app["env"][:4]  # A, S, LD_PRELOAD, PYTHONPATH: untouched, first
+    assert names.count(protocol.SHIELD_PREFIX + "PATH") == 1  # the app's forged copy is gone
+    for name in ("LD_PRELOAD", "LD_LIBRARY_PATH", "LD_AUDIT", "PYTHONPATH", "PYTHONHOME",
+                 "PYTHONWARNINGS", "OPENSSL_CONF", "GCONV_PATH", "GLIBC_TUNABLES", "PATH"):
+        copy_at = names.index(protocol.SHIELD_PREFIX + name)
+        assert env[copy_at]["value"] == f"$({name})"
+        last = len(names) - 1 - names[::-1].index(name)
+        assert last == copy_at + 1  # blanked right after its value was taken
+        assert env[last].get("value", "") == (plan.SIDECAR_PATH if name == "PATH" else "")
+    assert names[-1] == protocol.ENV_MOUNTS  # the settings still come last
