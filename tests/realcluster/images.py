@@ -197,8 +197,8 @@ def python_base_image(log: Log, arch: str = "amd64") -> Image:
     if arch not in ARCHES:
         raise ValueError(f"no stand-in base for {arch}; one of {', '.join(ARCHES)}")
     name = python_base_name(arch)
-    recipe = (PYTHON_IMAGE, DEBIAN_SUITE, DEBIAN_MIRROR, *BASE_PACKAGES, *PYTHON_ENV,
-              BASE_RECIPE_VERSION)
+    recipe: tuple[str, ...] = (PYTHON_IMAGE, DEBIAN_SUITE, DEBIAN_MIRROR, *BASE_PACKAGES,
+                               *PYTHON_ENV, BASE_RECIPE_VERSION)
     if arch != "amd64":  # the amd64 key is unchanged: the real cluster's cached base stays valid
         recipe = (*recipe, arch, FOREIGN_RECIPE_VERSION)
     archive = _cached(recipe, "python-3.11-slim" + ("" if arch == "amd64" else f"-{arch}"))

@@ -154,7 +154,8 @@ def test_arm64_python_imports_the_sidecar(roots: dict[str, Path]) -> None:
             "print(platform.machine(), asyncssh.__version__)")
     result = subprocess.run(
         [shutil.which("chroot") or "/usr/sbin/chroot", "--userspec=10001:10001", str(root),
-         "/qemu-aarch64", "/usr/local/bin/python", "-c", code], capture_output=True, text=True, timeout=300,
+         "/qemu-aarch64", "/usr/local/bin/python", "-c", code],
+        capture_output=True, text=True, timeout=300,
         env={"PATH": "/usr/local/bin:/usr/bin", "LANG": "C.UTF-8"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[0] == "aarch64"
