@@ -13,6 +13,7 @@ setup:
 lint: setup
 	$(VENV)/bin/ruff check bridge sidecar tests scripts
 	$(VENV)/bin/lint-imports --no-cache
+	scripts/actionlint
 
 typecheck: setup
 	$(VENV)/bin/mypy bridge sidecar
