@@ -13,6 +13,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,8 @@ def elf_machine(path: Path) -> int:
 def oci(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The OCI archive `make image IMAGE_BASE=stand-in` writes, unpacked."""
     result = subprocess.run(
-        [str(images.REPO / "scripts/build-image"), "--image", protocol.DEFAULT_IMAGE,
-         "--base", "stand-in"], capture_output=True, text=True)
+        [sys.executable, str(images.REPO / "scripts/build-image"),
+         "--image", protocol.DEFAULT_IMAGE, "--base", "stand-in"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "builder: buildah" in result.stderr  # says which builder it found
     archive = Path(result.stderr.strip().splitlines()[-1].rsplit(": ", 1)[1])
