@@ -160,3 +160,39 @@ def test_arm64_python_imports_the_sidecar(roots: dict[str, Path]) -> None:
         env={"PATH": "/usr/local/bin:/usr/bin", "LANG": "C.UTF-8"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[0] == "aarch64"
+
+
+def test_the_builder_is_the_first_installed_of_buildah_podman_docker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """buildah before podman before docker; docker only with buildx (no engine is needed for
+    the check, but a bare docker CLI without buildx cannot build a list)."""
+    import importlib.machinery
+    import importlib.util
+    loader = importlib.machinery.SourceFileLoader("build_image",
+                                                  str(images.REPO / "scripts/build-image"))
+    spec = importlib.util.spec_from_loader("build_image", loader)
+    assert spec is not None
+    build_image = importlib.util.module_from_spec(spec)
+    loader.exec_module(build_image)
+
+    def install(*tools: str, buildx: bool = True) -> None:
+        for old in tmp_path.iterdir():
+            old.unlink()
+        for tool in tools:
+            exit_code = 0 if tool != "docker" or buildx else 1
+            (tmp_path / tool).write_text(f"#!/bin/sh\nexit {exit_code}\n")
+            (tmp_path / tool).chmod(0o755)
+        monkeypatch.setenv("PATH", str(tmp_path))
+
+    install("docker", "podman", "buildah")
+    assert build_image.detect("auto") == "buildah"
+    install("docker", "podman")
+    assert build_image.detect("auto") == "podman"
+    install("docker")
+    assert build_image.detect("auto") == "docker"
+    install("docker", buildx=False)
+    with pytest.raises(SystemExit, match="no image builder found"):
+        build_image.detect("auto")
+    install("buildah")
+    with pytest.raises(SystemExit, match="looked for podman"):
+        build_image.detect("podman")
