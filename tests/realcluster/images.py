@@ -209,7 +209,7 @@ def python_base_image(log: Log, arch: str = "amd64") -> Image:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if archive.exists():
             return Image(name, archive)
-        native = arch == "amd64"
+        native = arch == host_arch()
         log(f"building {name} with debootstrap ({DEBIAN_SUITE} {arch}, "
             f"{', '.join(BASE_PACKAGES)}{'' if native else ', unpacked only'}); about a minute")
         with tempfile.TemporaryDirectory(dir=IMAGES) as tmp:
@@ -276,9 +276,11 @@ def _bud(storage: Path, context: Path, arch: str, base: Image | None, build_base
     pulled) BASE names the target's and BUILD_BASE this machine's; without, the Dockerfile's
     pinned official base is pulled (its index has both platforms)."""
     ca = "/etc/ssl/certs/ca-certificates.crt"
+    # --pull=always on the official base: one name (the index digest) for both platforms; a
+    # local image of the other platform would otherwise be taken with only a warning.
     stand_in = (["--pull=never", "--build-arg", f"BASE={base.name}",
                  "--build-arg", f"BUILD_BASE={build_base.name}"]
-                if base is not None and build_base is not None else [])
+                if base is not None and build_base is not None else ["--pull=always"])
     return buildah(
         storage, "bud", "--quiet", "--isolation", "chroot", "--network", "host", *stand_in,
         "--runtime", shutil.which("runc") or "runc", "--platform", f"linux/{arch}",
