@@ -13,6 +13,7 @@ setup:
 lint: setup
 	$(VENV)/bin/ruff check bridge sidecar tests scripts
 	$(VENV)/bin/lint-imports --no-cache
+	scripts/actionlint
 
 typecheck: setup
 	$(VENV)/bin/mypy bridge sidecar
@@ -57,8 +58,12 @@ bench: setup
 faults: setup
 	$(PY) scripts/faults $(FAULTS_ARGS)
 
-image:
-	docker build -f sidecar/Dockerfile -t $(IMAGE) .
+# One manifest list (linux/amd64 + linux/arm64) with buildah, podman or docker buildx, whichever
+# is installed (scripts/build-image says which). IMAGE_BASE=stand-in: Debian stand-in bases built
+# here (no registry needed; buildah); IMAGE_ARGS=--push REF / --output FILE.
+IMAGE_BASE ?= official
+image: setup
+	$(PY) scripts/build-image --image $(IMAGE) --base $(IMAGE_BASE) $(IMAGE_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -5,8 +5,11 @@ under ~/.cache/bridge/images by the hash of what goes into them:
 - `docker.io/library/python:3.11-slim`: a Debian bookworm root from debootstrap with Python 3.11,
   pip and venv, laid out like the official image (`python` on PATH, pip allowed to install,
   /usr/local/lib/python3.11/site-packages on sys.path), so ordinary manifests and the sidecar
-  Dockerfile's `FROM` find it without a registry;
-- the sidecar, built by buildah from `sidecar/Dockerfile` itself on that base.
+  Dockerfile's `FROM` find it without a registry; for arm64 (`python_base_image(log, "arm64")`)
+  the same root assembled without running anything of it: Debian's arm64 packages unpacked
+  (`debootstrap --foreign`, then every package extracted), no emulation;
+- the sidecar, built by buildah from `sidecar/Dockerfile` itself on that base (the Dockerfile
+  cross-builds: its RUNs run on this machine's platform, so arm64 needs no emulation either).
 
 Images are written as docker-archive tarballs (what `docker save` writes and both `ctr images
 import` and buildah read).
@@ -23,6 +26,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +47,7 @@ PYTHON_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
               "LANG=C.UTF-8", "PYTHON_VERSION=3.11")
 SITE_PACKAGES = "/usr/local/lib/python3.11/site-packages"
 BASE_RECIPE_VERSION = "1"  # bump when base_adjust changes
+FOREIGN_RECIPE_VERSION = "1"  # bump when unpack_foreign changes
 
 Log = Callable[[str], None]
 
@@ -61,9 +66,14 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+# Debian's architecture names are the OCI ones for these two; arm64 images carry variant v8.
+ARCHES = ("amd64", "arm64")
+_VARIANT = {"arm64": "v8"}
+
+
 def image_config(diff_ids: Iterable[str], env: Iterable[str] = (),
                  entrypoint: list[str] | None = None, cmd: list[str] | None = None,
-                 user: str = "", workdir: str = "") -> bytes:
+                 user: str = "", workdir: str = "", arch: str = "amd64") -> bytes:
     """An OCI/docker image configuration (what `docker inspect` shows as Config)."""
     config: dict[str, object] = {"Env": list(env)}
     if entrypoint:
@@ -74,8 +84,11 @@ def image_config(diff_ids: Iterable[str], env: Iterable[str] = (),
         config["User"] = user
     if workdir:
         config["WorkingDir"] = workdir
+    platform = {"architecture": arch, "os": "linux"}
+    if arch in _VARIANT:
+        platform["variant"] = _VARIANT[arch]
     return json.dumps({
-        "architecture": "amd64", "os": "linux", "config": config,
+        **platform, "config": config,
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in diff_ids]},
         "history": [{"created_by": "bridge tests/realcluster/images.py"}],
     }, sort_keys=True).encode()
@@ -154,29 +167,63 @@ def base_adjust(root: Path) -> None:
                 f.unlink()
 
 
-def python_base_image(log: Log) -> Image:
-    """docker.io/library/python:3.11-slim made from Debian's packages (debootstrap)."""
-    recipe = (PYTHON_IMAGE, DEBIAN_SUITE, DEBIAN_MIRROR, *BASE_PACKAGES, *PYTHON_ENV,
-              BASE_RECIPE_VERSION)
-    archive = _cached(recipe, "python-3.11-slim")
+def python_base_name(arch: str = "amd64") -> str:
+    """The stand-in's local name: the official one for this machine's amd64, one per platform
+    otherwise (local storage holds one image per name)."""
+    return PYTHON_IMAGE if arch == "amd64" else f"bridge.local/python:3.11-slim-{arch}"
+
+
+def unpack_foreign(root: Path) -> None:
+    """Finish a `debootstrap --foreign` root without running any of it: extract every package
+    its second stage would install (the first stage extracted only the required ones) and write
+    what maintainer scripts would have written and the sidecar needs (the users and groups of
+    base-passwd). Nothing is configured: no dpkg database, no generated CA bundle (the sidecar
+    opens no TLS connection); the loader finds the libraries in its built-in multiarch paths."""
+    debpaths = (root / "debootstrap/debpaths").read_text().split()
+    for deb in debpaths[1::2]:
+        subprocess.run(["dpkg-deb", "--extract", str(root / deb.lstrip("/")), str(root)],
+                       check=True)
+    for name in ("passwd", "group"):
+        master = root / f"usr/share/base-passwd/{name}.master"
+        if not (root / "etc" / name).exists():
+            shutil.copyfile(master, root / "etc" / name)
+            (root / "etc" / name).chmod(0o644)
+    shutil.rmtree(root / "debootstrap")
+
+
+def python_base_image(log: Log, arch: str = "amd64") -> Image:
+    """docker.io/library/python:3.11-slim made from Debian's packages (debootstrap); for a
+    foreign `arch`, unpacked only (no emulation)."""
+    if arch not in ARCHES:
+        raise ValueError(f"no stand-in base for {arch}; one of {', '.join(ARCHES)}")
+    name = python_base_name(arch)
+    recipe: tuple[str, ...] = (PYTHON_IMAGE, DEBIAN_SUITE, DEBIAN_MIRROR, *BASE_PACKAGES,
+                               *PYTHON_ENV, BASE_RECIPE_VERSION)
+    if arch != "amd64":  # the amd64 key is unchanged: the real cluster's cached base stays valid
+        recipe = (*recipe, arch, FOREIGN_RECIPE_VERSION)
+    archive = _cached(recipe, "python-3.11-slim" + ("" if arch == "amd64" else f"-{arch}"))
     if archive.exists():
-        return Image(PYTHON_IMAGE, archive)
+        return Image(name, archive)
     IMAGES.mkdir(parents=True, exist_ok=True)
     with open(IMAGES / ".base.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if archive.exists():
-            return Image(PYTHON_IMAGE, archive)
-        log(f"building {PYTHON_IMAGE} with debootstrap ({DEBIAN_SUITE}, "
-            f"{', '.join(BASE_PACKAGES)}); about a minute")
+            return Image(name, archive)
+        native = arch == host_arch()
+        log(f"building {name} with debootstrap ({DEBIAN_SUITE} {arch}, "
+            f"{', '.join(BASE_PACKAGES)}{'' if native else ', unpacked only'}); about a minute")
         with tempfile.TemporaryDirectory(dir=IMAGES) as tmp:
             root = Path(tmp) / "root"
             result = subprocess.run(
                 ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+                 *([] if native else ["--foreign", f"--arch={arch}"]),
                  DEBIAN_SUITE, str(root), DEBIAN_MIRROR],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             if result.returncode != 0:
                 tail = "\n".join(result.stdout.splitlines()[-10:])
                 raise RuntimeError(f"debootstrap failed:\n{tail}")
+            if not native:
+                unpack_foreign(root)
             base_adjust(root)
             layer = Path(tmp) / "layer.tar"
             subprocess.run(
@@ -184,10 +231,11 @@ def python_base_image(log: Log) -> Image:
                  "--exclude=./dev/*", "--exclude=./proc/*", "--exclude=./sys/*",
                  "--exclude=./run/*", "--exclude=./tmp/*", "-cf", str(layer), "."],
                 check=True)
-            config = image_config([_sha256_file(layer)], env=PYTHON_ENV, cmd=["python3"])
-            write_archive(archive, PYTHON_IMAGE, layer, config)
-    log(f"built image {PYTHON_IMAGE}")
-    return Image(PYTHON_IMAGE, archive)
+            config = image_config([_sha256_file(layer)], env=PYTHON_ENV, cmd=["python3"],
+                                  arch=arch)
+            write_archive(archive, name, layer, config)
+    log(f"built image {name}")
+    return Image(name, archive)
 
 
 def _tree_hash(paths: Iterable[Path]) -> str:
@@ -207,9 +255,58 @@ def buildah(storage: Path, *args: str) -> list[str]:
             "--runroot", str(storage / "run"), *args]
 
 
+def host_arch() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def _context(tmp: Path) -> Path:
+    """Only what the Dockerfile may use, not the whole checkout."""
+    context = tmp / "context"
+    for src in sidecar_sources():
+        dst = context / src.relative_to(REPO)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+    return context
+
+
+def _bud(storage: Path, context: Path, arch: str, base: Image | None, build_base: Image | None,
+         *extra: str) -> list[str]:
+    """`buildah bud` of sidecar/Dockerfile for one platform. With stand-in bases (local, never
+    pulled) BASE names the target's and BUILD_BASE this machine's; without, the Dockerfile's
+    pinned official base is pulled (its index has both platforms)."""
+    ca = "/etc/ssl/certs/ca-certificates.crt"
+    # --pull=always on the official base: one name (the index digest) for both platforms; a
+    # local image of the other platform would otherwise be taken with only a warning.
+    stand_in = (["--pull=never", "--build-arg", f"BASE={base.name}",
+                 "--build-arg", f"BUILD_BASE={build_base.name}"]
+                if base is not None and build_base is not None else ["--pull=always"])
+    return buildah(
+        storage, "bud", "--quiet", "--isolation", "chroot", "--network", "host", *stand_in,
+        "--runtime", shutil.which("runc") or "runc", "--platform", f"linux/{arch}",
+        # buildah (1.28) leaves BUILDPLATFORM unset; docker and podman set it themselves
+        "--build-arg", f"BUILDPLATFORM=linux/{host_arch()}",
+        *(["--volume", f"{ca}:{ca}:ro"] if os.path.exists(ca) else []),
+        *extra, "-f", str(context / "sidecar" / "Dockerfile"), str(context))
+
+
+def _run_steps(steps: Iterable[list[str]]) -> None:
+    for step in steps:
+        result = subprocess.run(step, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if result.returncode != 0:
+            tail = "\n".join(result.stdout.splitlines()[-15:])
+            raise RuntimeError(f"buildah {step[7]} failed:\n{tail}")
+
+
+def _clean_storage(storage: Path) -> None:
+    subprocess.run(buildah(storage, "rm", "--all"), capture_output=True)
+    subprocess.run(buildah(storage, "rmi", "--all", "--force"), capture_output=True)
+
+
 def sidecar_image(name: str, base: Image, log: Log) -> Image:
-    """The sidecar image built by buildah from sidecar/Dockerfile on `base`, cached by the
-    sidecar sources and the base archive."""
+    """The sidecar image (this machine's platform, amd64) built by buildah from
+    sidecar/Dockerfile on `base`, cached by the sidecar sources (Dockerfile and lock included)
+    and the base archive."""
     sources = sidecar_sources()
     archive = _cached((name, _tree_hash(sources), base.archive.name), "sidecar")
     if archive.exists():
@@ -221,32 +318,62 @@ def sidecar_image(name: str, base: Image, log: Log) -> Image:
             return Image(name, archive)
         log(f"building {name} from sidecar/Dockerfile with buildah")
         with tempfile.TemporaryDirectory(dir=IMAGES) as tmp:
-            storage, context = Path(tmp) / "storage", Path(tmp) / "context"
-            for src in sources:  # only what the Dockerfile may use, not the whole checkout
-                dst = context / src.relative_to(REPO)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dst)
-            ca = "/etc/ssl/certs/ca-certificates.crt"
-            steps = [
-                buildah(storage, "pull", "--quiet", f"docker-archive:{base.archive}"),
-                buildah(storage, "bud", "--quiet", "--isolation", "chroot", "--network", "host",
-                        "--pull=never", "--runtime", shutil.which("runc") or "runc",
-                        "--build-arg", f"BASE={base.name}",
-                        *(["--volume", f"{ca}:{ca}:ro"] if os.path.exists(ca) else []),
-                        "-f", str(context / "sidecar" / "Dockerfile"), "-t", name, str(context)),
-                buildah(storage, "push", "--quiet", name,
-                        f"docker-archive:{archive}.tmp:{name}"),
-            ]
+            storage, context = Path(tmp) / "storage", _context(Path(tmp))
             try:
-                for step in steps:
-                    result = subprocess.run(step, stdout=subprocess.PIPE,
-                                            stderr=subprocess.STDOUT, text=True)
-                    if result.returncode != 0:
-                        tail = "\n".join(result.stdout.splitlines()[-15:])
-                        raise RuntimeError(f"buildah {step[7]} failed:\n{tail}")
+                _run_steps([
+                    buildah(storage, "pull", "--quiet", f"docker-archive:{base.archive}"),
+                    _bud(storage, context, host_arch(), base, base, "-t", name),
+                    buildah(storage, "push", "--quiet", name,
+                            f"docker-archive:{archive}.tmp:{name}"),
+                ])
             finally:
-                subprocess.run(buildah(storage, "rm", "--all"), capture_output=True)
-                subprocess.run(buildah(storage, "rmi", "--all", "--force"), capture_output=True)
+                _clean_storage(storage)
             os.replace(f"{archive}.tmp", archive)
     log(f"built image {name}")
     return Image(name, archive)
+
+
+def multiarch_sidecar(name: str, arches: Iterable[str], log: Log, stand_in: bool,
+                      push: str = "", digestfile: Path | None = None) -> Path:
+    """One manifest list `name` with the sidecar for every arch in `arches`, built by buildah
+    from sidecar/Dockerfile (cross-built: no emulation), written as an OCI archive (an image
+    index) cached under ~/.cache/bridge/images by its inputs; with `push` (a buildah
+    destination such as docker://ghcr.io/o/sidecar:v1) pushed there too, its digest written to
+    `digestfile`. `stand_in`: on tests' Debian bases built here, else the Dockerfile's pinned
+    official base (needs a registry)."""
+    arches = list(arches)
+    bases = {arch: python_base_image(log, arch) for arch in arches} if stand_in else {}
+    build_base = python_base_image(log, host_arch()) if stand_in else None
+    key = (name, _tree_hash(sidecar_sources()), *arches,
+           *(sorted(b.archive.name for b in bases.values())), "official" if not stand_in else "")
+    archive = _cached(key, "sidecar-multiarch").with_suffix(".oci.tar")
+    if archive.exists() and not push:
+        log(f"cached: {archive}")
+        return archive
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    with open(IMAGES / ".sidecar.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with tempfile.TemporaryDirectory(dir=IMAGES) as tmp:
+            storage, context = Path(tmp) / "storage", _context(Path(tmp))
+            steps = [buildah(storage, "pull", "--quiet", f"docker-archive:{b.archive}")
+                     for b in {*bases.values(), *([build_base] if build_base else [])}]
+            steps.append(buildah(storage, "manifest", "create", name))
+            for arch in arches:
+                steps.append(_bud(storage, context, arch, bases.get(arch), build_base,
+                                  "--manifest", name))
+            steps.append(buildah(storage, "manifest", "push", "--quiet", "--all", name,
+                                 f"oci-archive:{archive}.tmp:{name}"))
+            if push:
+                steps.append(buildah(storage, "manifest", "push", "--all",
+                                     *(["--digestfile", str(digestfile)] if digestfile else []),
+                                     name, push))
+            try:
+                started = time.monotonic()
+                log(f"building {name} for {', '.join(arches)} from sidecar/Dockerfile with "
+                    f"buildah ({'stand-in' if stand_in else 'official'} base)")
+                _run_steps(steps)
+            finally:
+                _clean_storage(storage)
+            os.replace(f"{archive}.tmp", archive)
+    log(f"built {name} ({', '.join(arches)}) in {time.monotonic() - started:.0f} s: {archive}")
+    return archive

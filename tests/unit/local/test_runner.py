@@ -235,7 +235,12 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.parametrize("watcher", [True, False], ids=["with-watcher", "pdeathsig-only"])
+@pytest.mark.parametrize("watcher", [
+    pytest.param(True, id="with-watcher"),
+    pytest.param(False, id="pdeathsig-only", marks=pytest.mark.skipif(
+        not sys.platform.startswith("linux"),
+        reason="PR_SET_PDEATHSIG (prctl) is Linux-only; elsewhere the watcher stops the tree")),
+])
 def test_the_command_tree_dies_with_bridge_even_by_sigkill(tmp_path: Path, watcher: bool,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """bridge is SIGKILLed (no cleanup of its own runs): the command dies with it through
