@@ -567,3 +567,23 @@ def describe(name: str, problems: Sequence[str], limit: int = 3) -> str:
     shown = "; ".join(problems[:limit])
     more = f" (and {len(problems) - limit} more)" if len(problems) > limit else ""
     return f"{name}: {shown}{more}"
+
+
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+
+
+def current_pods(original: Obj, replicasets: Sequence[Obj], pods: Sequence[P]) -> list[P]:
+    """The pods of `original`'s current ReplicaSet (the one it controls, by UID, at its
+    revision): what admission does to the app now. Each such pod may still be a neighbour's
+    copy claiming that ReplicaSet (`admitted` takes that into account)."""
+    uid = meta_of(original).get("uid")
+    revision = (meta_of(original).get("annotations") or {}).get(REVISION_ANNOTATION)
+    mine = [rs for rs in replicasets
+            if (controller_of(rs) or {}).get("uid") == uid and uid
+            and (revision is None
+                 or (meta_of(rs).get("annotations") or {}).get(REVISION_ANNOTATION) == revision)]
+    if len(mine) != 1:
+        return []
+    rs_uid = meta_of(mine[0]).get("uid")
+    return [p for p in pods if rs_uid and (controller_of(p) or {}).get("uid") == rs_uid
+            and (controller_of(p) or {}).get("kind") == "ReplicaSet"]
