@@ -149,7 +149,7 @@ def proxy_deployment_problems(proxy: Obj, original: str, session: str,
                    for r in refs):
             found.append(f"it has no owner reference to deployment/{original} "
                          f"(uid {original_uid})")
-    return found
+    return [state.printable(f, 300) for f in found]  # `original` may be read from the cluster
 
 
 # -- what admission added to the original's own pods -----------------------------------------

@@ -113,8 +113,8 @@ class Linker:
         link = Link(pod, forwarder, tun)
         try:
             info = await tun.version()
-            self.progress.detail(f"sidecar {info.get('sidecar')} protocol "
-                                 f"{info.get('protocol')}")
+            self.progress.detail(state.printable(f"sidecar {info.get('sidecar')} protocol "
+                                                 f"{info.get('protocol')}"))
             if forward:
                 await self.forward(link, patience=0.0 if first else FORWARD_PATIENCE)
             if first:
@@ -156,7 +156,8 @@ class Linker:
                 await self.current.tunnel.withdraw()
             return True
         except (BridgeError, TimeoutError) as e:
-            self.progress.warn(f"could not take the proxy pod out of the endpoints: {e}")
+            self.progress.warn("could not take the proxy pod out of the endpoints: "
+                               + state.printable(str(e), 300))
             return False
 
     async def reconnect(self, old: Link, *, forward: bool, within: float | None) -> Link:
@@ -198,7 +199,8 @@ class Linker:
             except Exception as e:  # whatever broke this attempt, the next may work
                 why = str(e) or type(e).__name__
             await self.still_ours()
-            self.progress.warn(f"reconnecting failed ({why}); retrying in {delay:g}s")
+            self.progress.warn(f"reconnecting failed ({state.printable(why, 300)}); "
+                               f"retrying in {delay:g}s")
             await anyio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
 

@@ -23,6 +23,7 @@ import pytest
 
 from bridge.model import state, trust
 from tests.cluster import admission
+from tests.realcluster import fixture as real_cluster
 
 from .conftest import Workload, http_get, wait_until
 
@@ -97,10 +98,17 @@ def test_a_copy_claiming_the_proxys_replicaset_never_gets_the_tunnel(
     the_copy_never_gets_the_tunnel(w, api_client, port, b)
 
 
+# The injector is the test cluster's admission emulation; on the real cluster it would be a
+# MutatingWebhookConfiguration with a TLS webhook server, which is not built yet.
+needs_injector = pytest.mark.skipif(real_cluster.selected() == "real",
+                                    reason="the mesh injector exists on the test cluster only")
+
+
 def mesh(kubectl: Any, namespace: str) -> None:
     kubectl("label", "namespace", namespace, f"{admission.MESH_LABEL}=inject")
 
 
+@needs_injector
 def test_a_swap_serves_in_a_meshed_namespace(make_workload: Any, kubectl: Any,
                                              namespace: str) -> None:
     mesh(kubectl, namespace)
@@ -122,6 +130,7 @@ def test_a_swap_serves_in_a_meshed_namespace(make_workload: Any, kubectl: Any,
     assert b.wait() == 0, b.stderr
 
 
+@needs_injector
 def test_under_a_mesh_a_copy_with_a_container_more_is_still_refused(
         make_workload: Any, kubectl: Any, namespace: str, api_client: Any) -> None:
     mesh(kubectl, namespace)

@@ -484,3 +484,12 @@ def test_without_a_mesh_nothing_is_admitted() -> None:
     admitted, why = trust.admitted(READ_ORIGINAL, [pod])
     assert why == "" and admitted.summary() == "" and not admitted.labels
     assert not admitted.annotations and not admitted.pod_fields and not admitted.fields
+
+
+def test_a_proxy_deployments_problems_are_escaped() -> None:
+    """`bridge restore --all` prints them, and the original's name in them is read from the
+    orphan's own annotation (issue 19 item 5)."""
+    proxy = copy.deepcopy(PLANNED)
+    hostile = "hello\x1b]52;c;ZXZpbA==\x07\u202e"
+    found = trust.proxy_deployment_problems(proxy, hostile, "s1", "orig-1")
+    assert found and not any(c in p for p in found for c in "\x1b\x07\u202e")
