@@ -540,6 +540,17 @@ def pod_problems(pod: Obj, proxy_uid: str, replicaset: Obj | None, planned_spec:
     ReplicaSet, `replicaset` as read, controlled by the proxy Deployment bridge created, UID
     `proxy_uid`) is checked too, but proves nothing alone: anyone who can create pods can
     write an owner reference."""
+    found = chain_problems(pod, proxy_uid, replicaset, session)
+    found += _meta_problems(planned_meta if planned_meta is not None
+                            else {"labels": {state.SESSION_LABEL: session}}, pod, admitted)
+    found += spec_problems(planned_spec, pod.get("spec") or {}, admitted, proxy)
+    return found
+
+
+def chain_problems(pod: Obj, proxy_uid: str, replicaset: Obj | None,
+                   session: str) -> list[str]:
+    """Why `pod` does not claim to be the proxy ReplicaSet's (the session label, a controller
+    reference to `replicaset`, which the proxy Deployment controls). A claim, not a proof."""
     found: list[str] = []
     meta = meta_of(pod)
     if (meta.get("labels") or {}).get(state.SESSION_LABEL) != session:
@@ -556,9 +567,6 @@ def pod_problems(pod: Obj, proxy_uid: str, replicaset: Obj | None, planned_spec:
         if rs_ref is None or rs_ref.get("kind") != "Deployment" or rs_ref.get("uid") != proxy_uid:
             found.append("its ReplicaSet is not controlled by the proxy Deployment bridge "
                          "created")
-    found += _meta_problems(planned_meta if planned_meta is not None
-                            else {"labels": {state.SESSION_LABEL: session}}, pod, admitted)
-    found += spec_problems(planned_spec, pod.get("spec") or {}, admitted, proxy)
     return found
 
 

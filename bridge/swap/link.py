@@ -244,7 +244,7 @@ class Linker:
                 await self.still_ours()  # the proxy may be gone for good
                 checked = time.monotonic()
             pods = [q for q in seen if not q.get("metadata", {}).get("deletionTimestamp")]
-            pods = await self.proven(pods)  # never a pod we cannot prove ours
+            pods = await self.proven(pods, first)  # never a pod we cannot prove ours
             pods.sort(key=lambda q: str(q.get("metadata", {}).get("creationTimestamp", "")))
             # the pod already proven and connected to, while it lives: never a newer one
             pods = [q for q in pods if trust.meta_of(q).get("uid") == self.pod_uid] or pods
@@ -276,10 +276,12 @@ class Linker:
         # [realbeh] the pods watched (list, then one request open), not listed every POLL
         return await self.api.wait_for("pods", selector, found, tick=POLL)
 
-    async def proven(self, pods: list[Obj]) -> list[Obj]:
+    async def proven(self, pods: list[Obj], first: bool = False) -> list[Obj]:
         """The pods proven to be the proxy Deployment's (proofs.proven_pods); each other pod is
-        said once and ignored."""
-        proven, refused = await proofs.proven_pods(
+        said once and ignored. While the proxy starts (`first`), a refused pod its ReplicaSet
+        claims with none proven ends the wait at once: a pod's spec does not change, so
+        bridge's own pod, changed by admission, will not become acceptable by waiting."""
+        proven, refused, claimed = await proofs.proven_pods(
             self.api, pods, self.proxy_uid, self.spec.planned_spec, self.spec.session,
             planned_meta=self.spec.planned_meta or None, admitted=self.admitted,
             proxy=self.spec.proxy)
@@ -289,6 +291,15 @@ class Linker:
                    f"{self.admitted_note}" if self.admitted_note else "")
             self.progress.warn("ignoring pod " + trust.describe(
                 state.printable(name), refused[name]) + f" (not bridge's proxy{why})")
+        if first and not proven and claimed:
+            name = sorted(claimed)[0]
+            raise BridgeError(
+                "the proxy pod " + trust.describe(state.printable(name), refused[name])
+                + "; bridge uses a pod only when it runs what bridge planned, plus what "
+                "admission added the same way to the original's own running pods ("
+                + (self.admitted_note or "they carry something else") + "); if a webhook "
+                "or mesh injects this, check that the original's pods are running and carry "
+                "the same")
         return proven
 
     async def check_admission(self, selector: str, pods: list[Obj]) -> None:

@@ -36,12 +36,14 @@ async def admitted_by(kube: Any, original: Obj) -> tuple[trust.Admitted, str]:
 async def proven_pods(kube: Any, pods: Sequence[P], proxy_uid: str, planned_spec: Obj,
                       session: str, *, planned_meta: Obj | None = None,
                       admitted: trust.Admitted = trust.NOTHING_ADMITTED,
-                      proxy: str = "") -> tuple[list[P], dict[str, list[str]]]:
-    """(the pods of `pods` proven to run the plan, {name: problems} of the others)
-    (`trust.pod_problems`). Reads each pod's controlling ReplicaSet; a ReplicaSet that cannot
-    be found proves nothing."""
+                      proxy: str = "") -> tuple[list[P], dict[str, list[str]], set[str]]:
+    """(the pods of `pods` proven to run the plan, {name: problems} of the others, the names
+    of those others that the proxy's ReplicaSet claims: bridge's own pod, changed, or a
+    neighbour's copy) (`trust.pod_problems`). Reads each pod's controlling ReplicaSet; a
+    ReplicaSet that cannot be found proves nothing."""
     proven: list[P] = []
     refused: dict[str, list[str]] = {}
+    claimed: set[str] = set()
     for pod in pods:
         ref = trust.controller_of(pod)
         rs = None
@@ -55,10 +57,13 @@ async def proven_pods(kube: Any, pods: Sequence[P], proxy_uid: str, planned_spec
                                       planned_meta=planned_meta, admitted=admitted,
                                       proxy=proxy)
         if problems:
-            refused[str(trust.meta_of(pod).get("name"))] = problems
+            name = str(trust.meta_of(pod).get("name"))
+            refused[name] = problems
+            if not trust.chain_problems(pod, proxy_uid, rs, session):
+                claimed.add(name)
         else:
             proven.append(pod)
-    return proven, refused
+    return proven, refused, claimed
 
 
 async def proxy_doubt(kube: Any, original: str, original_obj: Obj | None, session: str,

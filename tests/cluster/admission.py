@@ -42,7 +42,13 @@ def mutate(store: Store, resource: str, obj: Obj) -> Obj:
     ns = store.try_get("namespaces", None, obj["metadata"].get("namespace", ""))
     if ns is None or (ns["metadata"].get("labels") or {}).get(MESH_LABEL) != "inject":
         return obj
-    meta, spec = obj["metadata"], obj.setdefault("spec", {})
+    return inject(obj)
+
+
+def inject(obj: Obj) -> Obj:
+    """What the injector adds to pod `obj` (in place; the real cluster's webhook sends it as
+    a JSONPatch, tests/realcluster/mesh_webhook.py)."""
+    meta, spec = obj.setdefault("metadata", {}), obj.setdefault("spec", {})
     if any(c.get("name") == PROXY for c in spec.get("containers") or []):
         return obj  # injected once
     workload = workload_of(obj)

@@ -17,6 +17,7 @@ import copy
 import json
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -98,20 +99,24 @@ def test_a_copy_claiming_the_proxys_replicaset_never_gets_the_tunnel(
     the_copy_never_gets_the_tunnel(w, api_client, port, b)
 
 
-# The injector is the test cluster's admission emulation; on the real cluster it would be a
-# MutatingWebhookConfiguration with a TLS webhook server, which is not built yet.
-needs_injector = pytest.mark.skipif(real_cluster.selected() == "real",
-                                    reason="the mesh injector exists on the test cluster only")
+@pytest.fixture
+def meshed(kubectl: Any, namespace: str) -> Iterator[None]:
+    """The namespace's pods get the mesh's injection: on the test cluster by its admission
+    emulation (a namespace label), on the real cluster by a TLS mutating webhook."""
+    if real_cluster.selected() != "real":
+        kubectl("label", "namespace", namespace, f"{admission.MESH_LABEL}=inject")
+        yield
+        return
+    from tests.realcluster.mesh_webhook import MeshWebhook
+
+    hook = MeshWebhook(kubectl, namespace)
+    try:
+        yield
+    finally:
+        hook.close()
 
 
-def mesh(kubectl: Any, namespace: str) -> None:
-    kubectl("label", "namespace", namespace, f"{admission.MESH_LABEL}=inject")
-
-
-@needs_injector
-def test_a_swap_serves_in_a_meshed_namespace(make_workload: Any, kubectl: Any,
-                                             namespace: str) -> None:
-    mesh(kubectl, namespace)
+def test_a_swap_serves_in_a_meshed_namespace(meshed: None, make_workload: Any) -> None:
     w = make_workload()
     for pod in json.loads(w.k("get", "pods", "-l", "app=hello", "-o", "json"))["items"]:
         assert [c["name"] for c in pod["spec"]["containers"]][-1] == admission.PROXY
@@ -130,10 +135,8 @@ def test_a_swap_serves_in_a_meshed_namespace(make_workload: Any, kubectl: Any,
     assert b.wait() == 0, b.stderr
 
 
-@needs_injector
 def test_under_a_mesh_a_copy_with_a_container_more_is_still_refused(
-        make_workload: Any, kubectl: Any, namespace: str, api_client: Any) -> None:
-    mesh(kubectl, namespace)
+        meshed: None, make_workload: Any, api_client: Any) -> None:
     w = make_workload(replicas=1)
     b, port = w.attach()
     the_copy_never_gets_the_tunnel(w, api_client, port, b)

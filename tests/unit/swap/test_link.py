@@ -84,3 +84,26 @@ def test_a_refusal_says_why_admissions_additions_were_not_accepted() -> None:
     anyio.run(main)
     assert "ignoring pod proxy-a" in out.getvalue()
     assert "mesh-proxy" in out.getvalue() and "differ in what admission added" in out.getvalue()
+
+
+def test_the_start_ends_at_once_when_the_proxys_only_pod_is_refused() -> None:
+    """Issue 19: a mesh's additions the original's pods do not carry made bridge wait for its
+    own pod until the timeout; the pod cannot change, so the start fails at once, saying why."""
+    import pytest
+
+    from bridge.errors import BridgeError
+
+    kube = Kube()
+    meshed = {"containers": SPEC["containers"] + [{"name": "mesh-proxy", "image": "m:1"}]}
+    kube.pods = [pod("proxy-a", "uid-a", "2026-01-01T00:00:01Z", meshed)]
+    link = linker(kube, io.StringIO(),
+                  admitted_note="deployment/hello has no running pod to compare with")
+
+    async def main() -> None:
+        with anyio.fail_after(5):
+            await link.wait_pod(first=True)
+
+    with pytest.raises(BridgeError) as e:
+        anyio.run(main)
+    assert "mesh-proxy" in str(e.value) and "no running pod" in str(e.value)
+    assert "\n" not in str(e.value)
