@@ -74,6 +74,8 @@ _POD_FILLED: dict[str, Callable[[Any, Obj], bool]] = {
     "schedulerName": lambda v, p: v == "default-scheduler",
     "terminationGracePeriodSeconds": lambda v, p: v == 30,
     "securityContext": lambda v, p: v == {},
+    # RuntimeClass admission: the planned runtime class's pod overhead
+    "overhead": lambda v, p: bool(p.get("runtimeClassName")) and isinstance(v, Mapping),
 }
 # Container fields set on every container when the plan does not set them.
 _CONTAINER_FILLED: dict[str, Callable[[Any], bool]] = {
@@ -173,6 +175,7 @@ class Admitted:
     # container -> {field: (the template's value, the value admission gave it)}
     fields: Mapping[str, Mapping[str, tuple[Any, Any]]] = field(default_factory=dict)
     pod_fields: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)  # the same, pod
+    tolerations: tuple[Obj, ...] = ()  # added (e.g. a namespace's, PodTolerationRestriction)
     labels: frozenset[str] = frozenset()  # label keys added (values may name the workload)
     annotations: frozenset[str] = frozenset()  # annotation keys added
 
@@ -242,8 +245,11 @@ def _additions(template: Obj, pod: Obj, workload: str) -> Admitted:
                        - _FILLED_LABELS)
     annotations = frozenset(set(p_meta.get("annotations") or {})
                             - set(t_meta.get("annotations") or {}))
-    return Admitted(workload, order, added, volumes, mounts, env, fields, pod_fields, labels,
-                    annotations)
+    t_tolerations = list(t_spec.get("tolerations") or [])
+    tolerations = tuple(t for t in p_spec.get("tolerations") or []
+                        if t not in t_tolerations and not _is_default_toleration(t))
+    return Admitted(workload, order, added, volumes, mounts, env, fields, pod_fields,
+                    tolerations, labels, annotations)
 
 
 def admitted(original: Obj, pods: Sequence[Obj]) -> tuple[Admitted, str]:
@@ -446,7 +452,15 @@ def _containers_problems(key: str, planned: Obj, actual: Obj, ctx: _Ctx) -> list
     return found
 
 
-def _tolerations_problems(planned: Sequence[Obj], actual: Sequence[Obj]) -> list[str]:
+def _is_default_toleration(a: Obj) -> bool:
+    """One of DefaultTolerationSeconds admission's two tolerations."""
+    return (a.get("key") in DEFAULT_TOLERATION_KEYS and a.get("operator") == "Exists"
+            and a.get("effect") == "NoExecute" and _is_int(a.get("tolerationSeconds"))
+            and set(a) == {"key", "operator", "effect", "tolerationSeconds"})
+
+
+def _tolerations_problems(planned: Sequence[Obj], actual: Sequence[Obj],
+                          admitted: Sequence[Obj]) -> list[str]:
     rest = list(actual)
     found: list[str] = []
     for t in planned:
@@ -456,9 +470,7 @@ def _tolerations_problems(planned: Sequence[Obj], actual: Sequence[Obj]) -> list
         else:
             rest.remove(match)
     for a in rest:
-        if not (a.get("key") in DEFAULT_TOLERATION_KEYS and a.get("operator") == "Exists"
-                and a.get("effect") == "NoExecute" and _is_int(a.get("tolerationSeconds"))
-                and set(a) == {"key", "operator", "effect", "tolerationSeconds"}):
+        if not (_is_default_toleration(a) or a in admitted):
             found.append(f"spec.tolerations has an extra toleration {a.get('key')}")
     return found
 
@@ -495,7 +507,7 @@ def spec_problems(planned: Obj, actual: Obj, admitted: Admitted = NOTHING_ADMITT
             for name in set(mine) - {v.get("name") for v in a or []}:
                 found.append(f"spec.volumes[{name}] is missing")
         elif key == "tolerations":
-            found += _tolerations_problems(p or [], a or [])
+            found += _tolerations_problems(p or [], a or [], admitted.tolerations)
         elif key in admitted.pod_fields and admitted.pod_fields[key] == (p, ctx.local(a)):
             continue  # admission changed it the same way on the original's own pods
         elif key not in actual:

@@ -493,3 +493,24 @@ def test_a_proxy_deployments_problems_are_escaped() -> None:
     hostile = "hello\x1b]52;c;ZXZpbA==\x07\u202e"
     found = trust.proxy_deployment_problems(proxy, hostile, "s1", "orig-1")
     assert found and not any(c in p for p in found for c in "\x1b\x07\u202e")
+
+
+def test_a_namespaces_default_tolerations_and_a_runtime_class_overhead() -> None:
+    """PodTolerationRestriction adds a namespace's tolerations to every pod (accepted when the
+    original's pods carry them); RuntimeClass admission adds the planned class's overhead."""
+    extra = {"key": "dedicated", "operator": "Equal", "value": "shop", "effect": "NoSchedule"}
+    originals = [original_pod(i) for i in range(2)]
+    for p in originals:
+        p["spec"]["tolerations"].append(dict(extra))
+    admitted, _ = trust.admitted(READ_ORIGINAL, originals)
+    pod, rs = meshed_proxy_pod()
+    pod["spec"]["tolerations"].append(dict(extra))
+    assert meshed_problems(pod, rs, admitted) == []
+    plain, _ = trust.admitted(READ_ORIGINAL, [original_pod(i) for i in range(2)])
+    assert any("dedicated" in p for p in meshed_problems(pod, rs, plain))  # theirs lack it
+    spec = {**copy.deepcopy(SPEC), "runtimeClassName": "gvisor"}
+    pod, rs = genuine()
+    pod["spec"] = {**with_defaults(spec), "overhead": {"cpu": "250m"}}
+    assert problems(pod, rs, spec=spec) == []
+    pod["spec"] = {**with_defaults(SPEC), "overhead": {"cpu": "250m"}}
+    assert problems(pod, rs)  # without a planned runtime class, nothing adds an overhead
