@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.model import state
+
 Obj = dict[str, Any]
 
 KEDA_PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
@@ -39,7 +41,10 @@ class Finding:
     certain: bool = True  # False: a hint (a label others set too)
 
     def line(self) -> str:
-        return f"{self.message}; {self.pause}" if self.pause else self.message
+        """The finding in one line, safe on a terminal: names and annotations in it were
+        read from the cluster."""
+        return state.printable(f"{self.message}; {self.pause}" if self.pause else self.message,
+                               600)
 
 
 def _str(value: Any) -> str:

@@ -68,6 +68,9 @@ class LinkSpec:
     proxy: str = ""  # the proxy Deployment's name
     # The planned pod spec: a pod is trusted only when it runs this (trust.pod_problems).
     planned_spec: Obj = field(default_factory=dict)
+    # The planned pod template's metadata: the labels and annotations a proven pod carries
+    # (empty: only the session label).
+    planned_meta: Obj = field(default_factory=dict)
 
 
 @dataclass
@@ -86,6 +89,12 @@ class Linker:
     proxy_uid: str = ""
     refused: set[str] = field(default_factory=set)  # pods said once to be not bridge's
     said_waiting: str = ""  # the last scheduling / readiness-gate line said
+    # What admission (a mesh) added to the original's own pods, read before the swap: the
+    # proxy pod may carry the same (trust.admitted); and why nothing is, when that is so.
+    admitted: trust.Admitted = trust.NOTHING_ADMITTED
+    admitted_note: str = ""
+    pod_uid: str = ""  # the pod of the link in use: a reconnect keeps to it while it lives
+    _chosen_uid: str = ""
 
     async def connect(self, *, first: bool, forward: bool = True) -> Link:
         """Find the proxy pod, read its host key, port-forward + SSH, remote-forward the
@@ -104,8 +113,8 @@ class Linker:
         link = Link(pod, forwarder, tun)
         try:
             info = await tun.version()
-            self.progress.detail(f"sidecar {info.get('sidecar')} protocol "
-                                 f"{info.get('protocol')}")
+            self.progress.detail(state.printable(f"sidecar {info.get('sidecar')} protocol "
+                                                 f"{info.get('protocol')}"))
             if forward:
                 await self.forward(link, patience=0.0 if first else FORWARD_PATIENCE)
             if first:
@@ -114,8 +123,9 @@ class Linker:
             with anyio.CancelScope(shield=True):
                 await link.close()
             raise
-        self.progress.info(f"tunnel to pod {pod} up")
+        self.progress.info(f"tunnel to pod {state.printable(pod)} up")
         self.current = link
+        self.pod_uid = self._chosen_uid
         return link
 
     async def _run_hooks(self, link: Link) -> None:
@@ -146,7 +156,8 @@ class Linker:
                 await self.current.tunnel.withdraw()
             return True
         except (BridgeError, TimeoutError) as e:
-            self.progress.warn(f"could not take the proxy pod out of the endpoints: {e}")
+            self.progress.warn("could not take the proxy pod out of the endpoints: "
+                               + state.printable(str(e), 300))
             return False
 
     async def reconnect(self, old: Link, *, forward: bool, within: float | None) -> Link:
@@ -188,7 +199,8 @@ class Linker:
             except Exception as e:  # whatever broke this attempt, the next may work
                 why = str(e) or type(e).__name__
             await self.still_ours()
-            self.progress.warn(f"reconnecting failed ({why}); retrying in {delay:g}s")
+            self.progress.warn(f"reconnecting failed ({state.printable(why, 300)}); "
+                               f"retrying in {delay:g}s")
             await anyio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
 
@@ -232,8 +244,10 @@ class Linker:
                 await self.still_ours()  # the proxy may be gone for good
                 checked = time.monotonic()
             pods = [q for q in seen if not q.get("metadata", {}).get("deletionTimestamp")]
-            pods = await self.proven(pods)  # never a pod we cannot prove ours
+            pods = await self.proven(pods, first)  # never a pod we cannot prove ours
             pods.sort(key=lambda q: str(q.get("metadata", {}).get("creationTimestamp", "")))
+            # the pod already proven and connected to, while it lives: never a newer one
+            pods = [q for q in pods if trust.meta_of(q).get("uid") == self.pod_uid] or pods
             if first:  # admission refusals fail now; scheduling and gates are waited out
                 await self.check_admission(selector, pods)
             if pods:
@@ -254,6 +268,7 @@ class Linker:
                                                  limit_bytes=trust.HOST_KEY_LOG_LIMIT)
                     host_key = trust.host_key_announcement(log)
                     if host_key:
+                        self._chosen_uid = str(trust.meta_of(pod).get("uid") or "")
                         waiter.done(f"proxy pod {pname} running ({waiter.elapsed():.1f}s)")
                         return pname, host_key
             waiter.tick()
@@ -261,15 +276,30 @@ class Linker:
         # [realbeh] the pods watched (list, then one request open), not listed every POLL
         return await self.api.wait_for("pods", selector, found, tick=POLL)
 
-    async def proven(self, pods: list[Obj]) -> list[Obj]:
+    async def proven(self, pods: list[Obj], first: bool = False) -> list[Obj]:
         """The pods proven to be the proxy Deployment's (proofs.proven_pods); each other pod is
-        said once and ignored."""
-        proven, refused = await proofs.proven_pods(self.api, pods, self.proxy_uid,
-                                                  self.spec.planned_spec, self.spec.session)
+        said once and ignored. While the proxy starts (`first`), a refused pod its ReplicaSet
+        claims with none proven ends the wait at once: a pod's spec does not change, so
+        bridge's own pod, changed by admission, will not become acceptable by waiting."""
+        proven, refused, claimed = await proofs.proven_pods(
+            self.api, pods, self.proxy_uid, self.spec.planned_spec, self.spec.session,
+            planned_meta=self.spec.planned_meta or None, admitted=self.admitted,
+            proxy=self.spec.proxy)
         for name in sorted(set(refused) - self.refused):
             self.refused.add(name)
+            why = (f"; what admission added to the original's pods is not accepted: "
+                   f"{self.admitted_note}" if self.admitted_note else "")
             self.progress.warn("ignoring pod " + trust.describe(
-                state.printable(name), refused[name]) + " (not bridge's proxy)")
+                state.printable(name), refused[name]) + f" (not bridge's proxy{why})")
+        if first and not proven and claimed:
+            name = sorted(claimed)[0]
+            raise BridgeError(
+                "the proxy pod " + trust.describe(state.printable(name), refused[name])
+                + "; bridge uses a pod only when it runs what bridge planned, plus what "
+                "admission added the same way to the original's own running pods ("
+                + (self.admitted_note or "they carry something else") + "); if a webhook "
+                "or mesh injects this, check that the original's pods are running and carry "
+                "the same")
         return proven
 
     async def check_admission(self, selector: str, pods: list[Obj]) -> None:

@@ -16,12 +16,34 @@ Obj = Mapping[str, Any]
 P = TypeVar("P", bound=Mapping[str, Any])
 
 
+async def admitted_by(kube: Any, original: Obj) -> tuple[trust.Admitted, str]:
+    """What admission (a mesh) added to the original Deployment's own pods, read from the live
+    pods of its current ReplicaSet (`trust.admitted`), and why nothing is accepted when that
+    is so. Read before the swap, while the original runs."""
+    match = ((original.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    name = state.printable(str(trust.meta_of(original).get("name") or ""))
+    if not match:
+        return trust.NOTHING_ADMITTED, f"deployment/{name} has no matchLabels to find its pods"
+    selector = ",".join(f"{k}={v}" for k, v in sorted(match.items()))
+    try:
+        replicasets = await kube.list_replicasets(selector)
+        pods = await kube.list_pods(selector)
+    except ApiError as e:
+        return trust.NOTHING_ADMITTED, f"the pods of deployment/{name} could not be read ({e})"
+    return trust.admitted(original, trust.current_pods(original, replicasets, pods))
+
+
 async def proven_pods(kube: Any, pods: Sequence[P], proxy_uid: str, planned_spec: Obj,
-                      session: str) -> tuple[list[P], dict[str, list[str]]]:
-    """(the pods of `pods` proven to be the proxy's, {name: problems} of the others). Reads
-    each pod's controlling ReplicaSet; a ReplicaSet that cannot be found proves nothing."""
+                      session: str, *, planned_meta: Obj | None = None,
+                      admitted: trust.Admitted = trust.NOTHING_ADMITTED,
+                      proxy: str = "") -> tuple[list[P], dict[str, list[str]], set[str]]:
+    """(the pods of `pods` proven to run the plan, {name: problems} of the others, the names
+    of those others that the proxy's ReplicaSet claims: bridge's own pod, changed, or a
+    neighbour's copy) (`trust.pod_problems`). Reads each pod's controlling ReplicaSet; a
+    ReplicaSet that cannot be found proves nothing."""
     proven: list[P] = []
     refused: dict[str, list[str]] = {}
+    claimed: set[str] = set()
     for pod in pods:
         ref = trust.controller_of(pod)
         rs = None
@@ -31,12 +53,17 @@ async def proven_pods(kube: Any, pods: Sequence[P], proxy_uid: str, planned_spec
             except ApiError as e:
                 if e.status != 404:
                     raise
-        problems = trust.pod_problems(pod, proxy_uid, rs, planned_spec, session)
+        problems = trust.pod_problems(pod, proxy_uid, rs, planned_spec, session,
+                                      planned_meta=planned_meta, admitted=admitted,
+                                      proxy=proxy)
         if problems:
-            refused[str(trust.meta_of(pod).get("name"))] = problems
+            name = str(trust.meta_of(pod).get("name"))
+            refused[name] = problems
+            if not trust.chain_problems(pod, proxy_uid, rs, session):
+                claimed.add(name)
         else:
             proven.append(pod)
-    return proven, refused
+    return proven, refused, claimed
 
 
 async def proxy_doubt(kube: Any, original: str, original_obj: Obj | None, session: str,

@@ -38,6 +38,7 @@ from bridge.model import controllers, lifecycle, plan, resources, state
 from bridge.model.lifecycle import Action, Phase
 from bridge.model.outcome import Outcome, final_message
 from bridge.progress import Progress
+from bridge.swap import proofs
 from bridge.swap.handback import hand_back
 from bridge.swap.handover import HandOver, wait_listening
 from bridge.swap.lease import Lease, NotOurs, clear_the_way, now
@@ -228,6 +229,10 @@ class Session:
                        resources.sidecar_resources(await kube.list_limit_ranges()))
         for skipped in prep.files_skipped:
             p.warn(f"not bringing the pod's files at {skipped}")
+        admitted, not_admitted = await proofs.admitted_by(kube, deployment)  # a mesh's
+        if admitted.summary():
+            p.detail(f"the proxy pod may carry what admission added to deployment/{r.name}'s "
+                     f"own pods: {admitted.summary()}")
         lease = Lease(kube, r.name, prep.lock, p,
                       drift=controllers.DriftWatch(known=fighting))
 
@@ -244,8 +249,10 @@ class Session:
             kube, lambda pod: _port_forwarder(kube, pod),
             LinkSpec(prep.session, r.container, prep.ssh_port, prep.client_key, r.ports,
                      o.keepalive_interval, proxy=prep.lock.proxy,
-                     planned_spec=prep.manifest["spec"]["template"]["spec"]),
-            p, lease.still_ours_unless_unsure, timeout=o.timeout, on_connect=self.hooks.on_link)
+                     planned_spec=prep.manifest["spec"]["template"]["spec"],
+                     planned_meta=prep.manifest["spec"]["template"].get("metadata") or {}),
+            p, lease.still_ours_unless_unsure, timeout=o.timeout, on_connect=self.hooks.on_link,
+            admitted=admitted, admitted_note=not_admitted)
         self.stack.push("closing the tunnel", linker.close)
         return Swap(kube, r, prep, lease, linker)
 

@@ -114,6 +114,18 @@ def endpoint_slices(svc: Obj, subsets: list[Obj]) -> list[Obj]:
     return out
 
 
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+
+
+def deletion_cost(pod: Obj) -> int:
+    """The pod's controller.kubernetes.io/pod-deletion-cost (0 when absent or not a number):
+    among pods otherwise alike, a ReplicaSet scaling down deletes the lower cost first."""
+    try:
+        return int((pod["metadata"].get("annotations") or {}).get(DELETION_COST, "0"))
+    except ValueError:
+        return 0
+
+
 def pod_ready(pod: Obj) -> bool:
     if pod["metadata"].get("deletionTimestamp"):
         return False
@@ -567,9 +579,11 @@ class ControllerManager:
             for _ in range(diff):
                 self._create_pod(rs)
         elif diff < 0:
-            def rank(p: Obj) -> tuple[int, int, str]:
+            def rank(p: Obj) -> tuple[int, int, int, str]:
+                # Kubernetes' order: pending, not ready, lower pod-deletion-cost, newer first
                 phase = p.get("status", {}).get("phase")
                 return (0 if phase == "Pending" else 1, 1 if pod_ready(p) else 0,
+                        deletion_cost(p),
                         "".join(chr(255 - ord(c)) for c in
                                 p["metadata"].get("creationTimestamp", "")))
             for pod in sorted(active, key=rank)[:-diff]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from . import admission
 from .config import ClusterConfig
 from .defaults import apply_defaults, validate
 from .errors import ApiError, already_exists, bad_request, conflict, forbidden, invalid, not_found
@@ -80,6 +81,7 @@ class Registry:
             obj.pop("status", None)
         else:
             obj["status"] = {}
+        obj = admission.mutate(self.store, resource, obj)  # a mesh's injector, if labelled
         obj = apply_defaults(resource, obj)
         validate(resource, obj)
         if self.store.try_get(resource, obj["metadata"].get("namespace"),
