@@ -43,7 +43,9 @@ def bridge_argv() -> tuple[str, ...]:
 def commands() -> list[Command]:
     b = bridge_argv()
     return [
-        Command(BASELINE, ("python3", "-c", "pass")),
+        # the interpreter bridge runs on (`python3` on PATH may be a wrapper, pyenv's shim is a
+        # shell script that costs more than bridge itself)
+        Command(BASELINE, (sys.executable, "-c", "pass")),
         Command("kubectl version --client", (kubectl_path(), "version", "--client")),
         Command("bridge --help", (*b, "--help"), bridge=True),
         Command("bridge --version", (*b, "--version"), bridge=True),
