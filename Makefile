@@ -27,7 +27,9 @@ lock: setup
 LATEST := .venv-latest
 test-latest: setup
 	@[ -x $(LATEST)/bin/python ] || python3 -m venv $(LATEST)
-	$(LATEST)/bin/python -m pip install -q --disable-pip-version-check -U pip
+	@# the build backend too (not a dependency, so not upgraded otherwise): the wheel test
+	@# builds without isolation, with the venv's setuptools
+	$(LATEST)/bin/python -m pip install -q --disable-pip-version-check -U pip 'setuptools>=77'
 	$(LATEST)/bin/python -m pip install -q --disable-pip-version-check -U --upgrade-strategy eager -e '.[dev]'
 	@$(LATEST)/bin/python -m pip list --disable-pip-version-check 2>/dev/null | grep -iE '^(asyncssh|cryptography|kubernetes|aiohttp|anyio|click) '
 	$(LATEST)/bin/python -m pytest -q tests/unit tests/sidecar tests/e2e/test_stderr.py
