@@ -1,14 +1,38 @@
-# Every target sets itself up (scripts/bootstrap: Debian packages when root, .venv from pyproject).
+# Every target sets itself up (scripts/bootstrap: Debian packages when root, .venv from the lock).
 VENV := .venv
 PY := $(VENV)/bin/python
 KUBECONFIG_OUT ?= /tmp/bridge-test-cluster.kubeconfig
 REAL_KUBECONFIG_OUT ?= /tmp/bridge-real-cluster.kubeconfig
 IMAGE ?= ghcr.io/bridge-k8s/sidecar:0.1.0
 
-.PHONY: setup test lint typecheck unit suite e2e-real real-build real-cluster demo cluster bench faults image clean
+.PHONY: setup lock test-latest test lint typecheck unit suite e2e-real real-build real-cluster demo cluster bench faults image clean
 
 setup:
 	@scripts/bootstrap
+
+# The lock: every package of the project, its tests and dev tools, hashed, for every platform
+# (the macOS CI job uses it too); the sidecar image's pins are the lock's asyncssh and its
+# dependencies. LOCK_DATE=2026-12-01T23:59:59Z resolves against the index as it was then
+# (uv's --exclude-newer); without it, against today's (--upgrade: not the old pins).
+LOCK_DATE ?=
+UV_COMPILE = $(VENV)/bin/uv pip compile --upgrade --universal --generate-hashes --quiet \
+	--custom-compile-command "make lock" $(if $(LOCK_DATE),--exclude-newer $(LOCK_DATE))
+lock: setup
+	$(UV_COMPILE) pyproject.toml requirements/build.in --extra dev -o requirements/lock.txt
+	$(UV_COMPILE) requirements/sidecar.in -c requirements/lock.txt -o sidecar/requirements.txt
+	@scripts/bootstrap
+
+# The newest versions pyproject's ranges allow, in a venv of their own (.venv-latest): the unit
+# and sidecar suites and the stderr test. Not part of `make test`; what the next user gets.
+LATEST := .venv-latest
+test-latest: setup
+	@[ -x $(LATEST)/bin/python ] || python3 -m venv $(LATEST)
+	@# the build backend too (not a dependency, so not upgraded otherwise): the wheel test
+	@# builds without isolation, with the venv's setuptools
+	$(LATEST)/bin/python -m pip install -q --disable-pip-version-check -U pip 'setuptools>=77'
+	$(LATEST)/bin/python -m pip install -q --disable-pip-version-check -U --upgrade-strategy eager -e '.[dev]'
+	@$(LATEST)/bin/python -m pip list --disable-pip-version-check 2>/dev/null | grep -iE '^(asyncssh|cryptography|kubernetes|aiohttp|anyio|click) '
+	$(LATEST)/bin/python -m pytest -q tests/unit tests/sidecar tests/e2e/test_stderr.py
 
 lint: setup
 	$(VENV)/bin/ruff check bridge sidecar tests scripts
@@ -66,4 +90,4 @@ image: setup
 	$(PY) scripts/build-image --image $(IMAGE) --base $(IMAGE_BASE) $(IMAGE_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) .mypy_cache .pytest_cache .ruff_cache

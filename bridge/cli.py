@@ -13,17 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import anyio
+# Nothing heavy here: `bridge --help`, `--version` and shell completion import only this module,
+# click and the light modules below; the Kubernetes client, aiohttp, asyncssh and anyio are
+# imported inside the commands (a unit test keeps it so). And main() must install the filter
+# of dependencies' warnings before any of them is imported.
 import click
 
-from bridge import status as status_mod
+from bridge import __version__, quiet
 from bridge.errors import BridgeError
-from bridge.kube.client import Kube
 from bridge.local import envsyntax
 from bridge.model import state
 from bridge.progress import NORMAL, QUIET, VERBOSE, Progress
-from bridge.swap import lease
-from bridge.swap import restore as restore_mod
 from sidecar import protocol
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -89,7 +89,8 @@ def _pop_common(kw: dict[str, Any]) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @common_options
-@click.version_option(protocol.SIDECAR_VERSION, prog_name="bridge")
+@click.version_option(__version__, prog_name="bridge",
+                      message=f"%(prog)s %(version)s\nsidecar image: {protocol.DEFAULT_IMAGE}")
 @click.pass_context
 def cli(ctx: click.Context, **kw: Any) -> None:
     """Swap a Kubernetes Deployment for a process on this machine.
@@ -120,7 +121,20 @@ def _interval() -> float:
     return _env_float("BRIDGE_HEARTBEAT_INTERVAL", state.DEFAULT_HEARTBEAT_INTERVAL)
 
 
-@cli.command(context_settings={"ignore_unknown_options": False})
+class _SwapCommand(click.Command):
+    """Notes whether `--` was given: `swap NAME --` with nothing after it is a mistake (a
+    command left out), not a request for attach mode."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["bridge.dashdash"] = "--" in args
+        return super().parse_args(ctx, args)
+
+
+def _dashdash_given(ctx: click.Context) -> bool:
+    return bool(ctx.meta.get("bridge.dashdash"))
+
+
+@cli.command(cls=_SwapCommand, context_settings={"ignore_unknown_options": False})
 @click.argument("target")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("--container", "-c", metavar="NAME",
@@ -182,6 +196,11 @@ def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -
     environment to a file for your IDE. With it, COMMAND runs with the pod's environment and
     bridge exits with its exit code, after restoring the cluster.
     """
+    if not command and _dashdash_given(ctx):
+        raise click.UsageError("nothing after `--`: give the command to run (or leave out "
+                               "`--` for attach mode); nothing was changed")
+    import anyio
+
     from bridge.swap.session import Session, SwapOptions
 
     common = _common(ctx, **kw)
@@ -220,6 +239,12 @@ def restore(ctx: click.Context, target: str | None, all_: bool, **kw: Any) -> No
     """
     if bool(target) == all_:
         raise click.UsageError("give a TARGET or --all (not both)")
+    import anyio
+
+    from bridge.kube.client import Kube
+    from bridge.swap import lease
+    from bridge.swap import restore as restore_mod
+
     common = _common(ctx, **kw)
     progress = common.progress()
 
@@ -266,6 +291,12 @@ def status(ctx: click.Context, **kw: Any) -> None:
     Whether a session is live is seen by watching its heartbeat change (at most one heartbeat
     interval for a live session, the TTL for a dead one); no clocks are compared.
     """
+    import anyio
+
+    from bridge import status as status_mod
+    from bridge.kube.client import Kube
+    from bridge.swap import lease
+
     common = _common(ctx, **kw)
     progress = common.progress()
 
@@ -303,7 +334,10 @@ def doctor(ctx: click.Context, target: str | None, sidecar_image: str, **kw: Any
     undo a swap of TARGET, whether the sidecar image is on a node. Exit 1 if something
     bridge needs is missing.
     """
+    import anyio
+
     from bridge import doctor as doctor_mod
+    from bridge.kube.client import Kube
 
     common = _common(ctx, **kw)
 
@@ -333,16 +367,18 @@ def ide() -> None:
 @click.option("--workspace", default=".", show_default=True, metavar="DIR",
               type=click.Path(file_okay=False, exists=True),
               help="The VS Code workspace folder (its .vscode/ is written).")
+@common_options
 @click.pass_context
 def ide_vscode(ctx: click.Context, target: str, program: str | None, module: str | None,
-               args: tuple[str, ...], ports: tuple[str, ...], workspace: str) -> None:
+               args: tuple[str, ...], ports: tuple[str, ...], workspace: str, **kw: Any) -> None:
     """Write (or update) a VS Code debug configuration that swaps TARGET while you debug.
 
     \b
     .vscode/tasks.json:  "bridge: swap NAME" (runs bridge swap until the debug session ends)
                          and "bridge: end swap NAME"
     .vscode/launch.json: "bridge: debug NAME" (debugpy, with the pod's environment)
-    Other entries and comments in those files are kept.
+    Other entries and comments in those files are kept. --kubeconfig, --context, -n, -v and
+    --log-file are passed on to that swap; -q quiets this command.
     """
     from pathlib import Path
 
@@ -350,15 +386,24 @@ def ide_vscode(ctx: click.Context, target: str, program: str | None, module: str
 
     if program and module:
         raise click.UsageError("give --program or --module, not both")
-    common = ctx.find_object(Common) or Common()
+    common = _common(ctx, **kw)
+    if common.verbose and common.quiet:
+        raise click.UsageError("-v and -q cannot be used together")
+    # absolute paths: the task runs in the workspace folder, not necessarily here
     swap_args: list[str] = []
-    for flag, value in (("--kubeconfig", common.kubeconfig), ("--context", common.context),
-                        ("--namespace", common.namespace)):
+    for flag, value in (("--kubeconfig", common.kubeconfig and os.path.abspath(common.kubeconfig)),
+                        ("--context", common.context), ("--namespace", common.namespace),
+                        ("--log-file", common.log_file and os.path.abspath(common.log_file))):
         if value:
             swap_args += [flag, value]
+    if common.verbose:
+        swap_args.append("--verbose")
     opts = vscode.Options(target=target, name=vscode.name_of_target(target), program=program,
                           module=module, args=args, ports=ports, swap_args=tuple(swap_args))
-    for path in vscode.write(Path(workspace), opts):
+    written = vscode.write(Path(workspace), opts)
+    if common.quiet:
+        return
+    for path in written:
         click.echo(f"bridge: wrote {path}", err=True)
     click.echo(f'bridge: in VS Code, run "{vscode.launch_name(opts)}" (Run and Debug)', err=True)
 
@@ -368,6 +413,7 @@ def _now() -> dt.datetime:
 
 
 def main(argv: list[str] | None = None) -> None:
+    quiet.dependencies()
     try:
         cli.main(args=argv, prog_name="bridge", standalone_mode=False)
     except click.exceptions.Abort:

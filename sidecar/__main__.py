@@ -6,15 +6,28 @@ import asyncio
 import logging
 import os
 import sys
+import warnings
 
-from sidecar import podenv
-from sidecar import settings as settings_mod
-from sidecar.server import EscapingFormatter, serve
+# The modules below import asyncssh (and cryptography): they are imported in main(), after
+# _quiet_dependencies(), so a warning given at import time does not reach the pod log.
 
 EXIT_BAD_SETTINGS = 2
 
+# A module that is not the sidecar's: warnings attributed to it are ignored (re.match).
+NOT_SIDECAR = r"(?!sidecar(\.|$))"
+
+
+def _quiet_dependencies() -> None:
+    """Only the sidecar writes to its log: ignore dependencies' warnings (asyncssh's
+    CryptographyDeprecationWarning under a newer cryptography), unless -W or PYTHONWARNINGS
+    asks for them. The sidecar's own warnings stay."""
+    if not sys.warnoptions:
+        warnings.filterwarnings("ignore", module=NOT_SIDECAR)
+
 
 def _configure_logging() -> None:
+    from sidecar.server import EscapingFormatter
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(EscapingFormatter("%(asctime)s sidecar: %(message)s"))
     root = logging.getLogger("sidecar")
@@ -30,6 +43,11 @@ def _configure_logging() -> None:
 
 
 def main() -> int:
+    _quiet_dependencies()
+    from sidecar import podenv
+    from sidecar import settings as settings_mod
+    from sidecar.server import serve
+
     try:
         settings = settings_mod.load(os.environ)
     except settings_mod.SettingsError as exc:

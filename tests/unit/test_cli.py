@@ -9,6 +9,7 @@ import datetime as dt
 import socket
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,130 @@ def test_status_table() -> None:
     text = status.table(rows).splitlines()
     assert text[0].split() == list(status.HEADERS)
     assert text[1].split()[:3] == ["hello", "ann@laptop", "8080"]
+
+
+# -- start-up: nothing heavy before a command runs (issue 18) ---------------------------------
+
+HEAVY = ("kubernetes", "aiohttp", "asyncssh", "cryptography", "anyio", "yaml")
+
+
+def imported_after(code: str, env: dict[str, str] | None = None) -> list[str]:
+    """The heavy modules in sys.modules after running `code` in a fresh interpreter."""
+    probe = (f"import sys\ntry:\n{textwrap.indent(code, '    ')}\nexcept SystemExit:\n    pass\n"
+             f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.__stderr__)")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", **(env or {})})
+    return r.stderr.split()
+
+
+def test_importing_the_cli_imports_no_heavy_dependency() -> None:
+    assert imported_after("import bridge.cli") == []
+    assert imported_after("import bridge.swap.session") != []  # the probe does see them
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["swap", "--help"],
+                                  ["ide", "vscode", "--help"]])
+def test_help_and_version_import_no_heavy_dependency(argv: list[str]) -> None:
+    assert imported_after(f"from bridge.cli import main\nmain({argv!r})") == []
+
+
+def test_completion_imports_no_heavy_dependency() -> None:
+    env = {"_BRIDGE_COMPLETE": "bash_complete", "COMP_WORDS": "bridge sw", "COMP_CWORD": "1"}
+    assert imported_after("from bridge.cli import main\nmain([])", env) == []
+    r = subprocess.run([sys.executable, "-m", "bridge.cli"], capture_output=True, text=True,
+                       timeout=60, env={"PATH": "/usr/bin:/bin", **env})
+    assert r.stdout.split() == ["plain,swap"]
+
+
+def test_version_names_bridge_and_its_sidecar_image() -> None:
+    from bridge import __version__
+    from sidecar import protocol
+
+    r = bridge("--version")
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == [f"bridge {__version__}",
+                                     f"sidecar image: {protocol.DEFAULT_IMAGE}"]
+
+
+# -- only bridge speaks on stderr (issue 18) --------------------------------------------------
+
+# Stands for a dependency that warns when imported (asyncssh under cryptography 51 does): on
+# the first import of `kubernetes`, one warning attributed to the kubernetes package and one to
+# a bridge module. Loaded by site at start-up, before bridge's main() runs.
+NOISY_SITECUSTOMIZE = '''
+import sys, warnings
+
+class Noisy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "kubernetes":
+            sys.meta_path.remove(self)
+            for module in ("kubernetes", "bridge.kube.client"):
+                exec("import warnings; warnings.warn('noise from ' + __name__, UserWarning)",
+                     {"__name__": module})
+        return None
+
+sys.meta_path.insert(0, Noisy())
+'''
+
+
+@pytest.fixture
+def noisy(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(NOISY_SITECUSTOMIZE)
+    return {"PYTHONPATH": str(tmp_path / "site")}
+
+
+@pytest.mark.parametrize("args", [["swap", "hello", "--", "true"], ["status"], ["doctor"]])
+def test_a_dependencys_warning_does_not_reach_stderr(args: list[str], kubeconfig: Path,
+                                                     noisy: dict[str, str]) -> None:
+    r = bridge("--kubeconfig", str(kubeconfig), *args, env=noisy)
+    assert r.returncode == 1
+    lines = r.stderr.splitlines()
+    assert "noise from kubernetes" not in r.stderr
+    # bridge's own warning stays; every other line is bridge's
+    assert any("noise from bridge.kube.client" in ln for ln in lines), r.stderr
+    assert all(ln.startswith("bridge:") or "noise from bridge" in ln or ln.startswith("  ")
+               for ln in lines), r.stderr
+
+
+def test_the_users_warnings_option_is_respected(kubeconfig: Path, noisy: dict[str, str]) -> None:
+    r = bridge("--kubeconfig", str(kubeconfig), "status",
+               env={**noisy, "PYTHONWARNINGS": "default"})
+    assert "noise from kubernetes" in r.stderr
+
+
+# -- issue 21: `swap NAME --` and `ide vscode TARGET -n NS` ------------------------------------
+
+def test_nothing_after_dashdash_is_a_usage_error(kubeconfig: Path) -> None:
+    for args in (["swap", "hello", "--"], ["swap", "hello", "-p", "8080", "--"]):
+        r = bridge("--kubeconfig", str(kubeconfig), *args)
+        assert r.returncode == 2, r.stderr
+        assert [ln for ln in r.stderr.splitlines() if ln.startswith("Error")] == [
+            "Error: nothing after `--`: give the command to run (or leave out `--` for attach "
+            "mode); nothing was changed"]
+        assert "cannot reach" not in r.stderr  # refused before connecting
+    # `--` itself as the command's first word is still a command
+    r = bridge("--kubeconfig", str(kubeconfig), "swap", "hello", "--", "--")
+    assert "cannot reach the Kubernetes API" in one_error_line(r)
+
+
+def test_ide_vscode_takes_the_common_options_after_the_target(tmp_path: Path) -> None:
+    import json
+
+    kc = tmp_path / "kc"
+    r = bridge("ide", "vscode", "greeter", "--workspace", str(tmp_path), "-n", "shop",
+               "--context", "dev", "--kubeconfig", str(kc), "-v", "--log-file", "b.log")
+    assert r.returncode == 0, r.stderr
+    tasks = json.loads((tmp_path / ".vscode" / "tasks.json").read_text())
+    args = tasks["tasks"][0]["args"]
+    assert args[args.index("--namespace") + 1] == "shop"
+    assert args[args.index("--context") + 1] == "dev"
+    assert args[args.index("--kubeconfig") + 1] == str(kc)
+    assert args[args.index("--log-file") + 1] == str(Path("b.log").resolve())
+    assert "--verbose" in args
+    # after the subcommand wins over before it, as for every subcommand
+    r = bridge("-n", "default", "ide", "vscode", "greeter", "-n", "shop", "-q",
+               "--workspace", str(tmp_path))
+    assert (r.returncode, r.stderr) == (0, "")
+    args = json.loads((tmp_path / ".vscode" / "tasks.json").read_text())["tasks"][0]["args"]
+    assert args[args.index("--namespace") + 1] == "shop"
