@@ -43,7 +43,8 @@ POLL = 0.25  # the list interval when the server will not watch
 WATCH_SECONDS = 290  # one watch request's server-side bound (the server may end it earlier)
 # the collections `wait_for` follows, by kind (namespaced)
 COLLECTIONS = {"pods": "/api/v1/namespaces/{ns}/pods",
-               "endpointslices": "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"}
+               "endpointslices": "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+               "deployments": "/apis/apps/v1/namespaces/{ns}/deployments"}
 
 
 class ApiError(BridgeError):
@@ -131,7 +132,7 @@ class Api(Protocol):
     async def pod_log(self, name: str, container: str | None = None, *,
                       tail_lines: int | None = None, limit_bytes: int | None = None) -> str: ...
     async def wait_for(self, kind: str, label_selector: str, check: Check[T], *,
-                       tick: float = TICK) -> T: ...
+                       tick: float = TICK, field_selector: str = "") -> T: ...
 
 
 class WatchFailed(Exception):
@@ -523,12 +524,15 @@ class Kube:
     # -- watches ------------------------------------------------------------------------------
 
     async def wait_for(self, kind: str, label_selector: str, check: Check[T], *,
-                       tick: float = TICK, namespace: str | None = None) -> T:
+                       tick: float = TICK, field_selector: str = "",
+                       namespace: str | None = None) -> T:
         """[realbeh] Until `check` returns something for the objects of `kind` (COLLECTIONS)
         matching the selector: list then watch (`follow`), one request open instead of a list
         every POLL. Bound it with the caller's deadline (anyio.fail_after / move_on_after)."""
         path = COLLECTIONS[kind].format(ns=self._ns(namespace))
         query = [("labelSelector", label_selector)] if label_selector else []
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
 
         async def list_once() -> tuple[list[Obj], str]:
             r = await self.request("GET", path, query=query)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import anyio
 
 from bridge.errors import BridgeError
+from bridge.kube import readiness
 from bridge.kube.client import Api, ApiError, Obj
 from bridge.model import target
 from bridge.progress import Progress
-from bridge.swap import restore
 from bridge.swap.handover import proxy_ips
 from bridge.swap.lease import Lease
 from bridge.swap.link import POLL, Linker
@@ -31,7 +31,7 @@ async def hand_back(api: Api, lease: Lease, linker: Linker, manifest: Obj,
     try:
         await lease.scale_original(replicas)
         if replicas > 0:
-            await restore.wait_original_ready(api, name, replicas, bound, progress)
+            await readiness.wait_original_ready(api, name, replicas, bound, progress)
     except TimeoutError:
         progress.warn(f"deployment/{name} is not Ready after {bound:g}s; handing back anyway")
     except BridgeError as e:
@@ -45,7 +45,7 @@ async def wait_proxy_out(api: Api, session: str, manifest: Obj, progress: Progre
                          bound: float) -> None:
     """Until no Service sends traffic to the proxy pods (bounded; informational)."""
     try:
-        services = await restore.services_selecting(api, manifest)
+        services = await readiness.services_selecting(api, manifest)
         ips = await proxy_ips(api, session)
     except ApiError:
         return

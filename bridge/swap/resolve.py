@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bridge.errors import NothingChanged
+from bridge.kube import readiness
 from bridge.kube.client import Api, NamespaceNotFound, NotFound, Obj
 from bridge.model import state, target
-from bridge.swap import restore
 
 
 @dataclass(frozen=True)
@@ -59,5 +59,5 @@ async def resolve_target(api: Api, text: str) -> tuple[Obj, list[Obj]]:
                  if (d.get("metadata", {}).get("labels") or {}).get(state.MANAGED_BY_LABEL)
                  != state.MANAGED_BY]
         deployment = dict(target.resolve_service(svc, users))
-    services = await restore.services_selecting(api, deployment)
+    services = await readiness.services_selecting(api, deployment)
     return deployment, services

@@ -43,12 +43,12 @@ from bridge.swap.handover import HandOver, wait_listening
 from bridge.swap.lease import Lease, NotOurs, clear_the_way, now
 from bridge.swap.link import Link, Linker, LinkSpec
 from bridge.swap.options import Asked, SwapOptions, default_owner, preflight
-from bridge.swap.resolve import Resolved, resolve, resolve_target
+from bridge.swap.resolve import Resolved, resolve
 from bridge.transport import outbound as outbound_mod
 from bridge.transport import tunnel as tunnelmod
 from sidecar import protocol
 
-__all__ = ["NotOurs", "Session", "SwapOptions", "default_owner", "resolve_target"]
+__all__ = ["NotOurs", "Session", "SwapOptions", "default_owner"]
 
 SQUAT_CHECK = 1.0  # attach mode: how often the local ports are checked for another user's listener
 CHILD_GRACE = 5.0  # SIGTERM -> SIGKILL when the cleanup stops the command's tree
