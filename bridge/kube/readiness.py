@@ -108,11 +108,16 @@ def match_labels_selector(dep: Obj) -> str:
 
 # -- queries ----------------------------------------------------------------------------------
 
+def selecting(services: list[Obj], dep: Obj) -> list[Obj]:
+    """Those of `services` whose selector matches the Deployment's pod labels."""
+    labels = template_labels(dep)
+    return [s for s in services if service_selects(s, labels)]
+
+
 async def services_selecting(api: Api, dep: Obj) -> list[Obj]:
     """The Services whose selector matches the Deployment's pod labels ([] when not allowed)."""
-    labels = template_labels(dep)
     try:
-        return [s for s in await api.list_services() if service_selects(s, labels)]
+        return selecting(await api.list_services(), dep)
     except ApiError:
         return []
 

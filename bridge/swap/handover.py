@@ -10,7 +10,7 @@ in use afterwards, and whether the original was scaled to zero.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -75,6 +75,9 @@ class HandOver:
     progress: Progress
     timeout: float
     stop: Callable[[], bool]
+    # what wait_proxy_ready learnt, for wait_drained (one Services list, one pods list)
+    services: list[Obj] | None = field(default=None, init=False)
+    ready_ips: set[str] = field(default_factory=set, init=False)
 
     async def run(self) -> bool:
         """Hand the traffic over; True when the original was scaled to zero."""
@@ -148,7 +151,8 @@ class HandOver:
             api, readiness.pods(f"{state.SESSION_LABEL}={self.linker.spec.session}"), pod_ready)
         if outcome != READY:
             return outcome
-        services = await readiness.services_selecting(api, self.manifest)
+        self.ready_ips = ips
+        self.services = services = await readiness.services_selecting(api, self.manifest)
 
         def served(current: dict[str, set[str]]) -> str | None:
             why = interrupted()
@@ -171,10 +175,12 @@ class HandOver:
     async def wait_drained(self, pod_name: str) -> None:
         """Until the Services send traffic to the proxy only (bounded; informational)."""
         api = self.api
-        services = await readiness.services_selecting(api, self.manifest)
+        services = self.services
+        if services is None:
+            services = await readiness.services_selecting(api, self.manifest)
         if not services:
             return
-        ips = await proxy_ips(api, self.linker.spec.session, pod_name)
+        ips = self.ready_ips or await proxy_ips(api, self.linker.spec.session, pod_name)
         waiter = self.progress.waiting(f"the original pods of deployment/{self.lease.name} to "
                                        "leave the Service endpoints")
 
