@@ -301,6 +301,7 @@ class Kube:
     context: str
     host: str
     retry_policy: RetryPolicy = DEFAULT_RETRY  # [realbeh]
+    requests: int = 0  # requests sent (each attempt, each watch): the swap's profile counts them
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None, context: str | None = None,
@@ -359,6 +360,7 @@ class Kube:
                             query: list[tuple[str, str]] | None, body: Any,
                             content_type: str | None, raw: bool,
                             request_timeout: float) -> Any:
+        self.requests += 1
         headers: dict[str, str] = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
@@ -557,6 +559,7 @@ class Kube:
                 ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(seconds))]
         api = self.api_client
         resp = None
+        self.requests += 1
         try:
             params = await api.param_serialize(
                 method="GET", resource_path=path, query_params=full,
