@@ -4,7 +4,10 @@
 Used when a session ends (whatever ended it), by `bridge restore` after a session died, and by
 a new swap that finds a stale session. The steps run independently — one failing does not skip
 the others — and every failure is reported with the kubectl command that finishes it by hand.
-Idempotent: restoring a restored Deployment changes nothing.
+Idempotent: restoring a restored Deployment changes nothing. `repair` is the body of
+`bridge restore`. What it waits for is bridge.kube.readiness's; its retries are
+bridge.kube.retry's; the processes and files a dead session left on this machine are
+bridge.local.leftovers'.
 """
 
 from __future__ import annotations
