@@ -273,6 +273,7 @@ def swapped_fully(c: cluster.TestCluster, ip: str, port: int) -> None:
 def _bridge(side: Side, view: _Kube, c: cluster.TestCluster, ip: str, port: int,
             shape: Shape, cfg: WanConfig, log: Callable[[str], None]) -> None:
     swap: cluster.Swap | None = None
+    logs: list[tuple[Path, float]] = []  # each swap's log file and start (read once restored)
     try:
         for n in range(max(1, cfg.swap_rounds)):
             log_file = view.kubeconfig.parent / f"swap-{shape.rtt_ms:g}ms-{n}.log"
@@ -281,8 +282,7 @@ def _bridge(side: Side, view: _Kube, c: cluster.TestCluster, ip: str, port: int,
                                        swap.proc.alive)
             side.swap_start.append(served - swap.start)
             log(f"    swap {n + 1}: first request served after {side.swap_start[-1]:.2f}s")
-            side.profiles.append(profile(log_file.read_text(), swap.started_at))
-            log(f"    swap {n + 1}: {profile_line(side.profiles[-1])}")
+            logs.append((log_file, swap.started_at))
             if n < cfg.swap_rounds - 1:
                 side.restore.append(swap.restore(ip, port))
                 log(f"    swap {n + 1}: restored in {side.restore[-1]:.2f}s")
@@ -302,6 +302,10 @@ def _bridge(side: Side, view: _Kube, c: cluster.TestCluster, ip: str, port: int,
                 swap.proc.popen.send_signal(signal.SIGINT)
                 swap.proc.popen.wait(timeout=cluster.RESTORE_TIMEOUT)
             swap.proc.stop()
+        for n, (path, started_at) in enumerate(logs, 1):
+            with contextlib.suppress(OSError):
+                side.profiles.append(profile(path.read_text(), started_at))
+                log(f"    swap {n}: {profile_line(side.profiles[-1])}")
 
 
 # ---------------------------------------------------------------------------- report
