@@ -65,6 +65,11 @@ async def wait_quiet(last_forwarded: Callable[[], float], progress: Progress,
         while True:
             left = settle_left(time.monotonic(), out_at, last_forwarded())
             if left <= 0:
+                late = last_forwarded() - out_at
+                progress.detail(f"the data path was quiet {time.monotonic() - out_at:.2f}s "
+                                "after the proxy left the endpoints" + (
+                                    f" (a connection still came through the tunnel "
+                                    f"{late:.2f}s after)" if late > 0 else ""))
                 return
             await anyio.sleep(left)
     progress.warn(f"connections still reached the proxy pod {bound:g}s after it left the "
