@@ -545,8 +545,19 @@ class Kube:
         def watch_once(rv: str, bound: float) -> AsyncGenerator[Any, None]:
             return self.watch_events(path, query, rv, bound)
 
+        # The first list is checked before any watch is opened: a wait the list already
+        # satisfies is one request, and no watch is cut short (a cut watch closes its
+        # connection, and the next request would pay a new TCP and TLS handshake).
+        listed = [await list_once()]
+        found = await check([o for o in listed[0][0] if isinstance(o, dict)])
+        if found is not None:
+            return found
+
+        async def list_first() -> tuple[list[Obj], str]:
+            return listed.pop() if listed else await list_once()
+
         async def feed(publish: Callable[[list[Obj]], None]) -> None:
-            await follow(list_once, watch_once, publish)
+            await follow(list_first, watch_once, publish)
         return await wait_with(feed, check, tick=tick)
 
     async def watch_events(self, path: str, query: list[tuple[str, str]], rv: str,

@@ -215,3 +215,45 @@ def test_kube_wait_for_sends_the_field_selector_and_watches_deployments() -> Non
     assert [r.get("watch") for r in requests] == [None, "1"]
     assert all(r["fieldSelector"] == "metadata.name=hello" for r in requests)
     assert requests[1]["resourceVersion"] == "5"
+
+
+def test_a_wait_the_list_already_satisfies_opens_no_watch() -> None:
+    """One request, no watch cut short (which would close the connection and make the next
+    request pay a new TCP and TLS handshake over the link)."""
+    requests: list[dict[str, str]] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        requests.append(dict(request.query))
+        if request.query.get("watch") == "1":
+            await anyio.sleep(5)
+        return web.json_response({"metadata": {"resourceVersion": "5"}, "items": [
+            pod("a", "10.0.0.1")]})
+
+    started: list[int] = []
+
+    async def main() -> set[str]:
+        app = web.Application()
+        app.router.add_get("/api/v1/namespaces/{ns}/pods", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        k = Kube(ApiClient(Configuration(host=f"http://127.0.0.1:{port}")), "ns", "ctx",
+                 f"http://127.0.0.1:{port}")
+
+        async def serving(pods: list[dict[str, Any]]) -> set[str] | None:
+            return readiness.original_ips(pods) or None
+        try:
+            with anyio.fail_after(10):
+                found = await readiness.until(k, readiness.pods("app=hello"), serving)
+                await anyio.sleep(0.3)  # a watch started beside the check would show by now
+                started.append(k.requests)
+                return found
+        finally:
+            await k.close()
+            await runner.cleanup()
+
+    assert anyio.run(main) == {"10.0.0.1"}
+    assert [r.get("watch") for r in requests] == [None]
+    assert started == [1]  # not even started (on a slow link it would be sent, then cut)
