@@ -251,28 +251,13 @@ def restore(ctx: click.Context, target: str | None, all_: bool, **kw: Any) -> No
     async def run() -> bool:
         async with await Kube.connect(common.kubeconfig, common.context,
                                       common.namespace) as kube:
-            if all_:
-                out = await restore_mod.restore_all(kube, progress, wait=not kw["no_wait"],
-                                                    wait_timeout=kw["timeout"])
-            else:
-                from bridge.model.target import name_of
-                from bridge.swap.session import resolve_target
-
-                dep, _ = await resolve_target(kube, str(target))
-                lock = state.decode(dep.get("metadata", {}).get("annotations"))
-                if lock is not None and state.needs_watching(lock):
-                    # restored anyway: watched only long enough to see a live session beat
-                    # (a heartbeat interval and a half), to warn before breaking it
-                    seen = await lease.watch_sessions(
-                        kube, {name_of(dep): (dep, lock)}, ttl=_ttl(), progress=progress,
-                        limit=1.5 * _interval())
-                    if isinstance(seen[name_of(dep)], state.Alive):
-                        progress.warn(f"the session of {lock.owner} on deployment/"
-                                      f"{name_of(dep)} is still alive (its heartbeat "
-                                      "changed); restoring anyway")
-                out = await restore_mod.restore(kube, name_of(dep), progress,
-                                                wait=not kw["no_wait"],
-                                                wait_timeout=kw["timeout"])
+            # a live session is watched a heartbeat interval and a half (to warn before
+            # breaking it): long enough to see it beat
+            out = await restore_mod.repair(
+                kube, None if all_ else str(target), progress, wait=not kw["no_wait"],
+                wait_timeout=kw["timeout"],
+                watch=lambda k, locked, p: lease.watch_sessions(
+                    k, locked, ttl=_ttl(), progress=p, limit=1.5 * _interval()))
             return out.ok
 
     try:

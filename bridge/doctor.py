@@ -218,7 +218,7 @@ def credentials_note(configuration: Any) -> str:
 
 async def _examine_target(kube: Any, report: Report, target: str) -> None:
     from bridge.kube.client import ApiError
-    from bridge.swap.session import resolve_target
+    from bridge.swap.resolve import resolve_target
 
     try:
         deployment, _services = await resolve_target(kube, target)

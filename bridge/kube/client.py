@@ -44,7 +44,8 @@ POLL = 0.25  # the list interval when the server will not watch
 WATCH_SECONDS = 290  # one watch request's server-side bound (the server may end it earlier)
 # the collections `wait_for` follows, by kind (namespaced)
 COLLECTIONS = {"pods": "/api/v1/namespaces/{ns}/pods",
-               "endpointslices": "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"}
+               "endpointslices": "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices",
+               "deployments": "/apis/apps/v1/namespaces/{ns}/deployments"}
 
 
 class ApiError(BridgeError):
@@ -132,7 +133,7 @@ class Api(Protocol):
     async def pod_log(self, name: str, container: str | None = None, *,
                       tail_lines: int | None = None, limit_bytes: int | None = None) -> str: ...
     async def wait_for(self, kind: str, label_selector: str, check: Check[T], *,
-                       tick: float = TICK) -> T: ...
+                       tick: float = TICK, field_selector: str = "") -> T: ...
 
 
 class WatchFailed(Exception):
@@ -304,6 +305,7 @@ class Kube:
     # whether the server ever answered: until then a refused connection or a name that does
     # not resolve is the kubeconfig's server being unreachable, said at once (not retried)
     answered: bool = field(default=False, init=False)
+    requests: int = 0  # requests sent (each attempt, each watch): the swap's profile counts them
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None, context: str | None = None,
@@ -362,6 +364,7 @@ class Kube:
                             query: list[tuple[str, str]] | None, body: Any,
                             content_type: str | None, raw: bool,
                             request_timeout: float) -> Any:
+        self.requests += 1
         headers: dict[str, str] = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
@@ -532,12 +535,15 @@ class Kube:
     # -- watches ------------------------------------------------------------------------------
 
     async def wait_for(self, kind: str, label_selector: str, check: Check[T], *,
-                       tick: float = TICK, namespace: str | None = None) -> T:
+                       tick: float = TICK, field_selector: str = "",
+                       namespace: str | None = None) -> T:
         """[realbeh] Until `check` returns something for the objects of `kind` (COLLECTIONS)
         matching the selector: list then watch (`follow`), one request open instead of a list
         every POLL. Bound it with the caller's deadline (anyio.fail_after / move_on_after)."""
         path = COLLECTIONS[kind].format(ns=self._ns(namespace))
         query = [("labelSelector", label_selector)] if label_selector else []
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
 
         async def list_once() -> tuple[list[Obj], str]:
             r = await self.request("GET", path, query=query)
@@ -548,8 +554,19 @@ class Kube:
         def watch_once(rv: str, bound: float) -> AsyncGenerator[Any, None]:
             return self.watch_events(path, query, rv, bound)
 
+        # The first list is checked before any watch is opened: a wait the list already
+        # satisfies is one request, and no watch is cut short (a cut watch closes its
+        # connection, and the next request would pay a new TCP and TLS handshake).
+        listed = [await list_once()]
+        found = await check([o for o in listed[0][0] if isinstance(o, dict)])
+        if found is not None:
+            return found
+
+        async def list_first() -> tuple[list[Obj], str]:
+            return listed.pop() if listed else await list_once()
+
         async def feed(publish: Callable[[list[Obj]], None]) -> None:
-            await follow(list_once, watch_once, publish)
+            await follow(list_first, watch_once, publish)
         return await wait_with(feed, check, tick=tick)
 
     async def watch_events(self, path: str, query: list[tuple[str, str]], rv: str,
@@ -562,6 +579,7 @@ class Kube:
                 ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(seconds))]
         api = self.api_client
         resp = None
+        self.requests += 1
         try:
             params = await api.param_serialize(
                 method="GET", resource_path=path, query_params=full,

@@ -39,6 +39,7 @@ class RetryPolicy:
     cap: float = 4.0  # ...up to this
     max_retry_after: float = 30.0  # a longer Retry-After is shortened to this
     jitter: float = 0.2  # +- this fraction, so many clients do not retry in step
+    within: float | None = None  # no retry that would start later than this after the first call
 
     def delay(self, attempt: int, status: int, retry_after: float | None, *,
               idempotent: bool = True, rand: Callable[[], float] = random.random
@@ -91,6 +92,7 @@ async def call_with_retries(call: Callable[[], Awaitable[T]], *,
     Only exceptions with an integer `status` attribute are considered; others propagate.
     `on_retry(error, delay)` is told before each wait (for a progress line)."""
     attempt = 1
+    give_up = None if policy.within is None else anyio.current_time() + policy.within
     while True:
         try:
             return await call()
@@ -102,7 +104,7 @@ async def call_with_retries(call: Callable[[], Awaitable[T]], *,
             wait = policy.delay(attempt, status,
                                 retry_after if isinstance(retry_after, (int, float)) else None,
                                 idempotent=idempotent)
-            if wait is None:
+            if wait is None or (give_up is not None and anyio.current_time() + wait > give_up):
                 raise
             if on_retry is not None:
                 on_retry(e, wait)

@@ -1,12 +1,16 @@
-"""Local processes a dead session left behind: the command (or part of its tree) of session S
-carries K8S_BRIDGE_SESSION=S in its environment (see envout.py). `bridge restore` reports them, with
-the ports they still hold, since the next swap's command could not listen there."""
+"""What dead sessions left on this machine. Processes: the command (or part of its tree) of
+session S carries K8S_BRIDGE_SESSION=S in its environment (see envout.py); `bridge restore`
+reports them, with the ports they still hold, since the next swap's command could not listen
+there. Files: the pod's files a killed bridge copied or mounted (`remove_files`, the janitor
+every repair runs)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import anyio
 import psutil
 
 from bridge.local.envout import SESSION_VAR
@@ -40,3 +44,11 @@ def find(session: str) -> list[Leftover]:
         except (psutil.Error, OSError):
             continue
     return found
+
+
+async def remove_files(say: Callable[[str], None]) -> None:
+    """Files (issue 15): unmount and remove the pod's files killed bridges left on this
+    machine (sessions still running are left alone), off the event loop."""
+    from bridge.local import mounts  # only when a repair runs (the CLI starts faster)
+
+    await anyio.to_thread.run_sync(mounts.cleanup_leftovers, say)

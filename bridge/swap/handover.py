@@ -10,20 +10,17 @@ in use afterwards, and whether the original was scaled to zero.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
 
 import anyio
 
 from bridge.errors import BridgeError
+from bridge.kube import readiness
 from bridge.kube.client import Api, ApiError, Obj
 from bridge.model import endpoints, state, target
 from bridge.progress import Progress
-from bridge.swap import restore
 from bridge.swap.lease import Lease
-from bridge.swap.link import FORWARD_PATIENCE, POLL, Link, Linker
-
-R = TypeVar("R")
+from bridge.swap.link import FORWARD_PATIENCE, Link, Linker
 
 HAND_OVER_ATTEMPTS = 3  # how many times the tunnel may drop before the hand-over gives up
 READY, STOPPED, TUNNEL_CLOSED = "ready", "stopped", "tunnel closed"
@@ -69,28 +66,6 @@ async def proxy_ips(api: Api, session: str, pod: str | None = None) -> set[str]:
     return ips
 
 
-async def wait_service_ips(api: Api, services: Sequence[Obj],
-                           decide: Callable[[dict[str, set[str]]], R | None]) -> R:
-    """[realbeh] Until `decide` returns something for the Services' ready addresses (asked on
-    every change and every tick): their EndpointSlices watched (one request open, not a list
-    per Service every POLL); v1 Endpoints polled on a server without EndpointSlices (404).
-    ApiError (e.g. 403) propagates."""
-    names = sorted({target.name_of(svc) for svc in services})
-
-    async def check(slices: list[Obj]) -> R | None:
-        return decide(endpoints.ready_ips_by_service(slices, names))
-    try:
-        return await api.wait_for("endpointslices", endpoints.services_selector(names), check)
-    except ApiError as e:
-        if e.status != 404:
-            raise
-    while True:
-        found = decide({n: await api.service_ready_ips(n) for n in names})
-        if found is not None:
-            return found
-        await anyio.sleep(POLL)
-
-
 @dataclass
 class HandOver:
     api: Api
@@ -100,6 +75,9 @@ class HandOver:
     progress: Progress
     timeout: float
     stop: Callable[[], bool]
+    # what wait_proxy_ready learnt, for wait_drained (one Services list, one pods list)
+    services: list[Obj] | None = field(default=None, init=False)
+    ready_ips: set[str] = field(default_factory=set, init=False)
 
     async def run(self) -> bool:
         """Hand the traffic over; True when the original was scaled to zero."""
@@ -163,17 +141,18 @@ class HandOver:
             mine = [q for q in pods if target.name_of(q) == pod_name]
             if mine:
                 await self.linker.check_pod(mine[0])
-                if restore.pod_ready(mine[0]):
+                if readiness.pod_ready(mine[0]):
                     return READY, endpoints.pod_ips(mine[0])
             waiter.tick()
             return None
 
         # the pod's watch, then its Services' EndpointSlices' (decisions on what was seen)
-        outcome, ips = await api.wait_for(
-            "pods", f"{state.SESSION_LABEL}={self.linker.spec.session}", pod_ready)
+        outcome, ips = await readiness.until(
+            api, readiness.pods(f"{state.SESSION_LABEL}={self.linker.spec.session}"), pod_ready)
         if outcome != READY:
             return outcome
-        services = await restore.services_selecting(api, self.manifest)
+        self.ready_ips = ips
+        self.services = services = await readiness.services_selecting(api, self.manifest)
 
         def served(current: dict[str, set[str]]) -> str | None:
             why = interrupted()
@@ -185,7 +164,7 @@ class HandOver:
             return None
         if services:
             try:
-                outcome = await wait_service_ips(api, services, served)
+                outcome = await readiness.service_ips(api, services, served)
             except ApiError:  # cannot see the endpoints (RBAC): the pod's readiness is all
                 outcome = READY
             if outcome != READY:
@@ -196,10 +175,12 @@ class HandOver:
     async def wait_drained(self, pod_name: str) -> None:
         """Until the Services send traffic to the proxy only (bounded; informational)."""
         api = self.api
-        services = await restore.services_selecting(api, self.manifest)
+        services = self.services
+        if services is None:
+            services = await readiness.services_selecting(api, self.manifest)
         if not services:
             return
-        ips = await proxy_ips(api, self.linker.spec.session, pod_name)
+        ips = self.ready_ips or await proxy_ips(api, self.linker.spec.session, pod_name)
         waiter = self.progress.waiting(f"the original pods of deployment/{self.lease.name} to "
                                        "leave the Service endpoints")
 
@@ -213,7 +194,7 @@ class HandOver:
             return None
         with anyio.move_on_after(self.timeout):
             try:
-                await wait_service_ips(api, services, drained)
+                await readiness.service_ips(api, services, drained)
             except ApiError:
                 pass  # not allowed to read Endpoints: nothing more to learn
             return

@@ -3,13 +3,18 @@ container to swap and the ports to bring over. Nothing is written."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
 
 from bridge.errors import NothingChanged
-from bridge.kube.client import Api, NamespaceNotFound, NotFound, Obj
+from bridge.kube import readiness
+from bridge.kube.client import Api, ApiError, NamespaceNotFound, NotFound, Obj
 from bridge.model import state, target
-from bridge.swap import restore
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,34 +35,75 @@ async def resolve(api: Api, text: str, container: str | None,
 
 
 async def resolve_target(api: Api, text: str) -> tuple[Obj, list[Obj]]:
-    """The Deployment TARGET names and the Services selecting its pods."""
+    """The Deployment TARGET names and the Services selecting its pods. The reads that do not
+    depend on each other go out at once: the Services list beside the Deployment's read, and
+    (for a Service name) the Service beside the Deployments list; one round trip each way."""
     ref = target.parse_target(text)
+    listed: list[list[Obj] | None] = []
+
+    async def all_services() -> None:
+        try:
+            listed.append(await api.list_services())
+        except ApiError:
+            listed.append(None)  # not allowed to list Services: none known
+
+    deployment = await _beside(lambda: _the_deployment(api, ref), all_services)
+    services = listed[0] if listed else None
+    return deployment, readiness.selecting(services or [], deployment)
+
+
+async def _beside(main: Callable[[], Awaitable[T]],
+                  side: Callable[[], Coroutine[Any, Any, None]]) -> T:
+    """`main()` with `side()` running at the same time (side keeps its own errors); main's
+    error is raised as it was, side cancelled."""
+    result: list[T] = []
+    error: list[Exception] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(side)
+        try:
+            result.append(await main())
+        except Exception as e:  # noqa: BLE001 - raised again below, outside the task group
+            error.append(e)
+            tg.cancel_scope.cancel()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+async def _the_deployment(api: Api, ref: target.TargetRef) -> Obj:
     ns = api.namespace
-    deployment: Obj | None = None
     if ref.kind in ("deployment", None):
         try:
-            deployment = await api.get_deployment(ref.name)
+            return await api.get_deployment(ref.name)
         except NamespaceNotFound:
             raise
         except NotFound as e:
             if ref.kind == "deployment":
                 raise NothingChanged(f'deployment "{ref.name}" not found in namespace "{ns}"; '
                                      "nothing was changed") from e
-    if deployment is None:
+    found: list[list[Obj]] = []
+    failed: list[ApiError] = []
+
+    async def all_deployments() -> None:
         try:
-            svc = await api.get_service(ref.name)
-        except NamespaceNotFound:
-            raise
-        except NotFound as e:
-            what = "service" if ref.kind == "service" else "deployment or service"
-            raise NothingChanged(f'no {what} named "{ref.name}" in namespace "{ns}"; '
-                                 "nothing was changed") from e
-        # A swapped Deployment's proxy has the same pod labels: the Service selects it too,
-        # but it is never what TARGET means (else `bridge restore svc/NAME` would be refused
-        # as ambiguous exactly when it is needed).
-        users = [d for d in await api.list_deployments()
-                 if (d.get("metadata", {}).get("labels") or {}).get(state.MANAGED_BY_LABEL)
-                 != state.MANAGED_BY]
-        deployment = dict(target.resolve_service(svc, users))
-    services = await restore.services_selecting(api, deployment)
-    return deployment, services
+            found.append(await api.list_deployments())
+        except ApiError as e:
+            failed.append(e)  # raised once the Service is known to exist
+
+    try:
+        svc = await _beside(lambda: api.get_service(ref.name), all_deployments)
+    except NamespaceNotFound:
+        raise
+    except NotFound as e:
+        what = "service" if ref.kind == "service" else "deployment or service"
+        raise NothingChanged(f'no {what} named "{ref.name}" in namespace "{ns}"; '
+                             "nothing was changed") from e
+    if failed:
+        raise failed[0]
+    # A swapped Deployment's proxy has the same pod labels: the Service selects it too, but
+    # it is never what TARGET means (else `bridge restore svc/NAME` would be refused as
+    # ambiguous exactly when it is needed).
+    users = [d for d in found[0]
+             if (d.get("metadata", {}).get("labels") or {}).get(state.MANAGED_BY_LABEL)
+             != state.MANAGED_BY]
+    return dict(target.resolve_service(svc, users))

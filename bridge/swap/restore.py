@@ -4,7 +4,10 @@
 Used when a session ends (whatever ended it), by `bridge restore` after a session died, and by
 a new swap that finds a stale session. The steps run independently — one failing does not skip
 the others — and every failure is reported with the kubectl command that finishes it by hand.
-Idempotent: restoring a restored Deployment changes nothing.
+Idempotent: restoring a restored Deployment changes nothing. `repair` is the body of
+`bridge restore`. What it waits for is bridge.kube.readiness's; its retries are
+bridge.kube.retry's; the processes and files a dead session left on this machine are
+bridge.local.leftovers'.
 """
 
 from __future__ import annotations
@@ -18,22 +21,30 @@ from typing import TypeVar
 import anyio
 
 from bridge.errors import BridgeError
-from bridge.kube import conditional
-from bridge.kube.client import Api, ApiError, NotFound, Obj, ServerTrouble, Unreachable
+from bridge.kube import conditional, readiness
+from bridge.kube.client import Api, NotFound, Obj
+from bridge.kube.retry import RetryPolicy, call_with_retries
 from bridge.local import leftovers
 from bridge.local import records as localstate
-from bridge.model import endpoints, plan, state, trust
-from bridge.model.target import name_of, service_selects, template_labels
-from bridge.progress import Progress, Waiter
+from bridge.model import plan, state, trust
+from bridge.model.target import name_of
+from bridge.progress import Progress
 from bridge.swap import proofs
+from bridge.swap.resolve import resolve_target
 
 T = TypeVar("T")
 
-POLL = 0.25
 DEFAULT_TIMEOUT = 120.0
-RETRY_FOR = 20.0  # how long one restore step keeps retrying while the API server falters
-RETRY_DELAY = 1.0
 OBSERVED_WITHIN = 30.0  # how long the restore waits for the controller to see the lock gone
+# One restore step keeps retrying (every second, for 20 s) while the API server does not
+# answer, throttles or answers 5xx: a restore is worth waiting for, and every step it retries
+# is safe to repeat (a read, a delete, a merge patch of replicas or of bridge's annotations).
+RETRY = RetryPolicy(attempts=1000, base=1.0, cap=1.0, jitter=0.0, within=20.0)
+
+# `watch(kube, {name: (deployment, lock)}, progress)`: whether the sessions are alive
+# (lease.watch_sessions, bounded by the caller)
+WatchSessions = Callable[[Api, dict[str, tuple[Obj, state.Lock]], Progress],
+                         Awaitable[dict[str, state.Liveness]]]
 
 
 @dataclass
@@ -54,114 +65,11 @@ def kubectl(kube: Api, *args: str) -> str:
     return " ".join(shlex.quote(a) for a in base + list(args))
 
 
-def _is_ready(deployment: Obj, replicas: int) -> bool:
-    meta = deployment.get("metadata", {})
-    st = deployment.get("status") or {}
-    return (int(st.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
-            and int(st.get("readyReplicas") or 0) >= replicas
-            and int(st.get("updatedReplicas") or 0) >= replicas)
-
-
-def pod_ready(pod: Obj) -> bool:
-    if pod.get("metadata", {}).get("deletionTimestamp"):
-        return False
-    for c in (pod.get("status") or {}).get("conditions") or []:
-        if c.get("type") == "Ready":
-            return c.get("status") == "True"
-    return False
-
-
-def _transient(e: BridgeError) -> bool:
-    """An answer worth retrying: no answer at all, throttling, or a server-side error."""
-    return isinstance(e, Unreachable | ServerTrouble)
-
-
 async def _retrying(what: str, call: Callable[[], Awaitable[T]], progress: Progress) -> T:
-    """`call()`, retried while the API server does not answer or answers 5xx (bounded); the
-    last error is raised when the time is up. Other refusals (403, 404...) are raised at once."""
-    deadline = anyio.current_time() + RETRY_FOR
-    while True:
-        try:
-            return await call()
-        except BridgeError as e:
-            if not _transient(e) or anyio.current_time() + RETRY_DELAY > deadline:
-                raise
-            progress.warn(f"{what}: {e}; retrying")
-        await anyio.sleep(RETRY_DELAY)
-
-
-async def services_selecting(kube: Api, deployment: Obj) -> list[Obj]:
-    labels = template_labels(deployment)
-    try:
-        return [s for s in await kube.list_services() if service_selects(s, labels)]
-    except ApiError:
-        return []
-
-
-async def endpoints_serve(kube: Api, services: list[Obj], ips: set[str]) -> bool:
-    """True when every Service's Endpoints list at least one of these pod IPs as ready."""
-    for svc in services:
-        try:
-            ready = await kube.service_ready_ips(name_of(svc))  # [realbeh] EndpointSlices
-        except ApiError:
-            return True  # cannot see Endpoints (RBAC): readiness of the pods is all we know
-        if not ready & ips:
-            return False
-    return True
-
-
-async def wait_original_ready(kube: Api, name: str, replicas: int, wait_timeout: float,
-                              progress: Progress) -> None:
-    """Until the Deployment has its replicas Ready and its Services send traffic to them."""
-    waiter = progress.waiting(f"deployment/{name} to have {replicas} ready "
-                              f"replica{'s' if replicas != 1 else ''}")
-    with anyio.fail_after(wait_timeout):
-        while True:
-            try:
-                dep = await kube.get_deployment(name)
-                if _is_ready(dep, replicas):
-                    break
-            except BridgeError as e:
-                if not _transient(e):
-                    raise
-            waiter.tick()
-            await anyio.sleep(POLL)
-        services = await services_selecting(kube, dep)
-        selector = dep.get("spec", {}).get("selector", {}).get("matchLabels") or {}
-        sel = ",".join(f"{k}={v}" for k, v in selector.items())
-        while services:
-            pods = await kube.list_pods(sel or None)
-            ips: set[str] = set()
-            for p in pods:  # [realbeh] every address of the pod (podIPs)
-                if (state.SESSION_LABEL not in (p.get("metadata", {}).get("labels") or {})
-                        and pod_ready(p)):
-                    ips |= endpoints.pod_ips(p)
-            if ips and await endpoints_serve(kube, services, ips):
-                break
-            waiter.tick()
-            await anyio.sleep(POLL)
-    waiter.done()
-
-
-async def wait_pods_gone(kube: Api, selector: str, wait_timeout: float, progress: Progress,
-                         what: str) -> bool:
-    """Until no pod matches `selector` (bounded, with progress); False when time ran out."""
-    waiter: Waiter | None = None
-    with anyio.move_on_after(wait_timeout):
-        while True:
-            try:
-                if not await kube.list_pods(selector):
-                    if waiter is not None:
-                        waiter.done()
-                    return True
-            except BridgeError as e:
-                if not _transient(e):
-                    raise
-            if waiter is None:
-                waiter = progress.waiting(what)
-            waiter.tick()
-            await anyio.sleep(POLL)
-    return False
+    """`call()`, retried as RETRY says (bridge.kube.retry); each retry said as a warning."""
+    return await call_with_retries(
+        call, policy=RETRY, idempotent=True,
+        on_retry=lambda e, _delay: progress.warn(f"{what}: {e}; retrying"))
 
 
 def report_leftovers(session: str, progress: Progress) -> None:
@@ -176,8 +84,11 @@ async def restore(kube: Api, name: str, progress: Progress, *, lock: state.Lock 
                   local_check: bool = True) -> Outcome:
     """Restore deployment `name`. With `lock` (the session's own), only that session's state
     is touched; without, whatever lock the Deployment carries is repaired. With `local_check`,
-    local processes the session left behind are reported."""
-    await remove_leftover_files(progress)  # files (issue 15)
+    processes (reported) and files (removed) dead sessions left on this machine are seen to:
+    the repair of a dead session, not the end of a live one (whose own files its cleanup stack
+    removes)."""
+    if local_check:
+        await leftovers.remove_files(progress.info)  # files (issue 15)
     out = Outcome()
     original: Obj | None = None
     try:
@@ -261,7 +172,7 @@ async def _delete_proxy(kube: Api, lock: state.Lock, progress: Progress, wait: b
                            lambda: kube.delete_deployment(proxy), progress):
             out.restored = True
             progress.info(f"deleted proxy deployment/{proxy}")
-        if wait and not await wait_pods_gone(
+        if wait and not await readiness.wait_pods_gone(
                 kube, f"{state.SESSION_LABEL}={lock.session}", wait_timeout, progress,
                 f"the pods of deployment/{proxy} to terminate"):
             progress.warn(f"pods of deployment/{proxy} are still terminating")
@@ -310,18 +221,17 @@ async def clean_replicasets(kube: Api, original: Obj, progress: Progress, out: O
     sel = ",".join(f"{k}={v}" for k, v in selector.items())
     seen: bool | None = False
     if not settled:
+        async def observed(deps: list[Obj]) -> tuple[bool | None] | None:
+            mine = [d for d in deps if name_of(d) == name]
+            verdict = unlocked_and_observed(mine[0]) if mine else None  # gone: nothing to do
+            return None if verdict is False else (verdict,)
         with anyio.move_on_after(OBSERVED_WITHIN):
-            while True:
-                try:
-                    seen = unlocked_and_observed(await kube.get_deployment(name))
-                except BridgeError as e:
-                    if not _transient(e):
-                        seen = None
-                        progress.warn(f"could not read deployment/{name} ({e}); the copies "
-                                      "of bridge's annotations on its ReplicaSets are left")
-                if seen is not False:
-                    break
-                await anyio.sleep(POLL)
+            try:
+                (seen,) = await readiness.until(kube, readiness.deployment(name), observed)
+            except BridgeError as e:
+                seen = None
+                progress.warn(f"could not read deployment/{name} ({e}); the copies "
+                              "of bridge's annotations on its ReplicaSets are left")
         if seen is None:
             return
         if seen is False:
@@ -395,7 +305,8 @@ async def _scale_back(kube: Api, name: str, original: Obj, lock: state.Lock,
             return False
     if wait and lock.replicas > 0 and current != lock.replicas:
         try:
-            await wait_original_ready(kube, name, lock.replicas, wait_timeout, progress)
+            await readiness.wait_original_ready(kube, name, lock.replicas, wait_timeout,
+                                                progress)
         except TimeoutError:
             progress.warn(f"deployment/{name} is not Ready after {wait_timeout:g}s; check "
                           f"{kubectl(kube, 'rollout', 'status', 'deployment/' + name)}")
@@ -407,7 +318,7 @@ async def _scale_back(kube: Api, name: str, original: Obj, lock: state.Lock,
 async def restore_all(kube: Api, progress: Progress, *, wait: bool = True,
                       wait_timeout: float = DEFAULT_TIMEOUT) -> Outcome:
     """Every swapped Deployment of the namespace, and proxies no session holds any more."""
-    await remove_leftover_files(progress)  # files (issue 15)
+    await leftovers.remove_files(progress.info)  # files (issue 15)
     total = Outcome()
     deployments = await kube.list_deployments()
     live_sessions = set()
@@ -449,9 +360,21 @@ async def restore_all(kube: Api, progress: Progress, *, wait: bool = True,
     return total
 
 
-async def remove_leftover_files(progress: Progress) -> None:
-    """Files (issue 15): unmount and remove the pod's files a killed bridge left on this
-    machine (sessions still running are left alone)."""
-    from bridge.local import mounts
-
-    await anyio.to_thread.run_sync(mounts.cleanup_leftovers, progress.info)
+async def repair(kube: Api, target: str | None, progress: Progress, *, wait: bool,
+                 wait_timeout: float, watch: WatchSessions) -> Outcome:
+    """`bridge restore TARGET` (or every swapped Deployment when `target` is None): restored
+    whatever session holds it; a session still alive (`watch` saw its heartbeat change) is
+    warned about first, then restored anyway."""
+    if target is None:
+        return await restore_all(kube, progress, wait=wait, wait_timeout=wait_timeout)
+    dep, _ = await resolve_target(kube, target)
+    name = name_of(dep)
+    lock = state.decode(dep.get("metadata", {}).get("annotations"))
+    if lock is not None and state.needs_watching(lock):
+        # restored anyway: watched only long enough to see a live session beat, to warn
+        # before breaking it
+        seen = await watch(kube, {name: (dep, lock)}, progress)
+        if isinstance(seen[name], state.Alive):
+            progress.warn(f"the session of {lock.owner} on deployment/{name} is still alive "
+                          "(its heartbeat changed); restoring anyway")
+    return await restore(kube, name, progress, wait=wait, wait_timeout=wait_timeout)

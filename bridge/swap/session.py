@@ -44,12 +44,12 @@ from bridge.swap.handover import HandOver, wait_listening
 from bridge.swap.lease import Lease, NotOurs, clear_the_way, now
 from bridge.swap.link import Link, Linker, LinkSpec
 from bridge.swap.options import Asked, SwapOptions, default_owner, preflight
-from bridge.swap.resolve import Resolved, resolve, resolve_target
+from bridge.swap.resolve import Resolved, resolve
 from bridge.transport import outbound as outbound_mod
 from bridge.transport import tunnel as tunnelmod
 from sidecar import protocol
 
-__all__ = ["NotOurs", "Session", "SwapOptions", "default_owner", "resolve_target"]
+__all__ = ["NotOurs", "Session", "SwapOptions", "default_owner"]
 
 SQUAT_CHECK = 1.0  # attach mode: how often the local ports are checked for another user's listener
 CHILD_GRACE = 5.0  # SIGTERM -> SIGKILL when the cleanup stops the command's tree
@@ -188,15 +188,24 @@ class Session:
 
     async def _body(self) -> int:
         """The phases in order; each one's output is a field of `Swap`."""
-        swap = await self._lease(await self._api())
+        kube = await self._api()
+        self._profile("connect", kube)
+        swap = await self._lease(kube)
+        self._profile("resolve+lease", kube)
         async with anyio.create_task_group() as tg:
             tg.start_soon(swap.lease.heartbeat, self.opts.heartbeat_interval)
             await self._link(swap)
+            self._profile("link", kube)
             await self._hand_over(swap)
+            self._profile("hand-over", kube)
             tg.start_soon(swap.linker.watch)
             code = await self._hold(swap)
             tg.cancel_scope.cancel()
         return code
+
+    def _profile(self, phase: str, kube: Kube) -> None:
+        """A timing hook (the log file stamps it): `make bench` profiles a swap from these."""
+        self.progress.detail(f"profile: {phase} done; {kube.requests} API requests so far")
 
     async def _api(self) -> Kube:
         o = self.opts

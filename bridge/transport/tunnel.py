@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,6 +103,9 @@ class Tunnel:
         self._window = forward_window
         self._max_pktsize = forward_max_pktsize
         self._listeners: dict[int, asyncssh.SSHListener] = {}
+        # time.monotonic() of the last connection a remote forward brought (0: none yet): the
+        # hand-back's proof from the data path that no node still routes to the proxy
+        self.last_forwarded = 0.0
 
     @classmethod
     async def connect(
@@ -195,6 +199,7 @@ class Tunnel:
         conn = self._conn
 
         def session_factory(_orig_host: str, _orig_port: int) -> Any:
+            self.last_forwarded = time.monotonic()
             return conn.forward_connection(local_host, local_port)
 
         try:

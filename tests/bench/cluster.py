@@ -147,13 +147,15 @@ def wait_body(host: str, port: int, body: bytes, timeout: float,
 class Swap:
     """One ``bridge swap`` session with the workload server as its child."""
 
-    def __init__(self, cluster: TestCluster, port: int) -> None:
+    def __init__(self, cluster: TestCluster, port: int, log_file: Path | None = None) -> None:
         child = [sys.executable, str(REPO / "tests" / "bench" / "server.py"),
                  "--port", str(port), "--body", CHILD_BODY.decode()]
+        logging = ["--log-file", str(log_file)] if log_file else []  # stamped: the profile
         self.start = time.monotonic()
+        self.started_at = time.time()  # the log file's clock
         self.proc = procs.Proc(
             "bridge swap",
-            [*bridge_argv(), "--kubeconfig", str(cluster.kubeconfig), "swap", NAME,
+            [*bridge_argv(), "--kubeconfig", str(cluster.kubeconfig), *logging, "swap", NAME,
              "--port", str(port), "--", *child],
             cwd=str(REPO), env=procs.python_env({"CI": "true"}),
         )

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime as dt
+import re
 import signal
 import socket
 import statistics
@@ -142,6 +144,8 @@ class Side:
     swap_start: list[float] = field(default_factory=list)
     restore: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # per swap round: (phase, seconds, API requests) from bridge's stamped log (`profile`)
+    profiles: list[list[tuple[str, float, int]]] = field(default_factory=list)
 
 
 def measure(side: Side, host: str, port: int, shape: Shape, cfg: WanConfig,
@@ -269,13 +273,16 @@ def swapped_fully(c: cluster.TestCluster, ip: str, port: int) -> None:
 def _bridge(side: Side, view: _Kube, c: cluster.TestCluster, ip: str, port: int,
             shape: Shape, cfg: WanConfig, log: Callable[[str], None]) -> None:
     swap: cluster.Swap | None = None
+    logs: list[tuple[Path, float]] = []  # each swap's log file and start (read once restored)
     try:
         for n in range(max(1, cfg.swap_rounds)):
-            swap = cluster.Swap(view, port)  # type: ignore[arg-type]
+            log_file = view.kubeconfig.parent / f"swap-{shape.rtt_ms:g}ms-{n}.log"
+            swap = cluster.Swap(view, port, log_file)  # type: ignore[arg-type]
             served = cluster.wait_body(ip, port, cluster.CHILD_BODY, cluster.SWAP_TIMEOUT * 3,
                                        swap.proc.alive)
             side.swap_start.append(served - swap.start)
             log(f"    swap {n + 1}: first request served after {side.swap_start[-1]:.2f}s")
+            logs.append((log_file, swap.started_at))
             if n < cfg.swap_rounds - 1:
                 side.restore.append(swap.restore(ip, port))
                 log(f"    swap {n + 1}: restored in {side.restore[-1]:.2f}s")
@@ -295,9 +302,40 @@ def _bridge(side: Side, view: _Kube, c: cluster.TestCluster, ip: str, port: int,
                 swap.proc.popen.send_signal(signal.SIGINT)
                 swap.proc.popen.wait(timeout=cluster.RESTORE_TIMEOUT)
             swap.proc.stop()
+        for n, (path, started_at) in enumerate(logs, 1):
+            with contextlib.suppress(OSError):
+                side.profiles.append(profile(path.read_text(), started_at))
+                log(f"    swap {n}: {profile_line(side.profiles[-1])}")
 
 
 # ---------------------------------------------------------------------------- report
+
+
+PROFILE_LINE = re.compile(r"^(\S+) profile: (\S+) done; (\d+) API requests so far$")
+
+
+def profile(log_text: str, started_at: float) -> list[tuple[str, float, int]]:
+    """One swap's set-up phase by phase, from bridge's log file (`--log-file` stamps every
+    line; the session writes `profile: PHASE done; N API requests so far` after each phase):
+    (phase, seconds, API requests) each. The first phase counts from the process's start
+    (time.time() `started_at`), so it holds the CLI's own start-up."""
+    rows: list[tuple[str, float, int]] = []
+    at, sent = started_at, 0
+    for line in log_text.splitlines():
+        m = PROFILE_LINE.match(line.strip())
+        if not m:
+            continue
+        when = dt.datetime.strptime(m[1], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+            tzinfo=dt.UTC).timestamp()
+        rows.append((m[2], when - at, int(m[3]) - sent))
+        at, sent = when, int(m[3])
+    return rows
+
+
+def profile_line(rows: list[tuple[str, float, int]]) -> str:
+    if not rows:
+        return "no profile (bridge wrote no `profile:` lines)"
+    return "profile: " + ", ".join(f"{phase} {secs:.2f}s/{n} req" for phase, secs, n in rows)
 
 
 def _rtts(xs: list[float], p: float, shape: Shape) -> float | None:
@@ -363,10 +401,12 @@ def text(results: list[ShapeResult]) -> str:
         for who, side in (("bridge", r.bridge), ("reference", r.reference)):
             for e in side.errors:
                 lines.append(f"  {who} error: {e}")
-        if len(r.bridge.swap_start) > 1 or len(r.bridge.swap.restore) > 1:
+        if len(r.bridge.swap_start) > 1 or len(r.bridge.restore) > 1:
             lines.append("  swap rounds (s): start " + ", ".join(f"{x:.2f}" for x in
                          r.bridge.swap_start) + "; restore " + ", ".join(
-                         f"{x:.2f}" for x in r.bridge.swap.restore))
+                         f"{x:.2f}" for x in r.bridge.restore))
+        for n, rows in enumerate(r.bridge.profiles, 1):
+            lines.append(f"  swap {n} {profile_line(rows)}")
     slope = serial_rtts(results)
     if slope is not None:
         lines.append("")

@@ -34,18 +34,34 @@ class Client:
         self.ip = ip
         self.answers: list[str] = []
         self.failures: list[str] = []
+        self.times: list[float] = []  # when each request was sent (time.monotonic())
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
         deadline = time.monotonic() + 900  # bounded, whatever happens
         while not self.stop.is_set() and time.monotonic() < deadline:
+            started = time.monotonic()
             try:
                 self.answers.append(http_get(self.ip, 80, timeout=5).split()[0])
             except OSError as e:
-                self.failures.append(f"after answer {len(self.answers)}: {e}")
+                # when, against the last answer from the laptop: a request sent after the
+                # laptop stopped answering that still reached the proxy says the node kept
+                # routing to it (the hand-back's cause to look for)
+                laptop = self.last("laptop")
+                since = f"{started - laptop:.3f}s after" if laptop else "with no"
+                self.failures.append(f"after answer {len(self.answers)}, sent {since} the last "
+                                     f"answer from the laptop: {e}")
                 self.answers.append("failed")
+            self.times.append(started)
             time.sleep(EVERY)
+
+    def last(self, who: str) -> float:
+        """When the last request `who` answered was sent (0.0: none)."""
+        for answer, at in zip(reversed(self.answers), reversed(self.times), strict=True):
+            if answer == who:
+                return at
+        return 0.0
 
     def __enter__(self) -> Client:
         self.thread.start()

@@ -28,7 +28,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kubernetes.aio.client import ApiClient, Configuration
 
-from bridge.kube.client import TICK, ApiError, WatchFailed, error_type, follow, wait_with
+from bridge.kube.client import (
+    TICK,
+    ApiError,
+    NotFound,
+    WatchFailed,
+    error_type,
+    follow,
+    wait_with,
+)
 from bridge.model.endpoints import SERVICE_NAME_LABEL
 from bridge.transport.portforward import SUBPROTOCOL, PortForwarder
 from bridge.transport.tunnel import Tunnel, new_client_key, parse_host_key, public_key_line
@@ -395,6 +403,7 @@ class FakeKube:
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.created: list[dict[str, Any]] = []
         self.replicasets: dict[str, dict[str, Any]] = {}
+        self.watched: list[tuple[str, str, str]] = []  # wait_for's (kind, labels, fields)
 
     def add(self, name: str, replicas: int, annotations: dict[str, str] | None = None,
             **meta: Any) -> None:
@@ -527,11 +536,20 @@ class FakeKube:
                 for name, ep in self.endpoints.items()]
 
     async def wait_for(self, kind: str, label_selector: str, check: Any, *,
-                       tick: float = TICK) -> Any:
-        """bridge.kube.client's wait, fed by polling this fake's lists (it serves no watch)."""
+                       tick: float = TICK, field_selector: str = "") -> Any:
+        """bridge.kube.client's wait, fed by polling this fake's lists (it serves no watch).
+        Deployments are read by the name in `metadata.name=NAME` (through get_deployment)."""
+        self.watched.append((kind, label_selector, field_selector))
+
         async def list_once() -> tuple[list[dict[str, Any]], str]:
             if kind == "pods":
                 return await self.list_pods(label_selector), ""
+            if kind == "deployments":
+                name = field_selector.removeprefix("metadata.name=")
+                try:
+                    return [await self.get_deployment(name)], ""
+                except NotFound:
+                    return [], ""
             return self.slices(), ""
 
         async def no_watch(rv: str, bound: float) -> AsyncGenerator[Any, None]:

@@ -4,6 +4,7 @@ never clears or refreshes a lock another session holds, and says how to finish b
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import io
 from typing import Any
@@ -28,8 +29,8 @@ def lock(session: str = "s1", owner: str = "ann@laptop") -> state.Lock:
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(restore, "RETRY_DELAY", 0.01)
-    monkeypatch.setattr(restore, "RETRY_FOR", 1.0)
+    monkeypatch.setattr(restore, "RETRY", dataclasses.replace(restore.RETRY, base=0.01,
+                                                              cap=0.01, within=1.0))
 
 
 def swapped(kube: FakeKube, lk: state.Lock) -> None:
@@ -88,6 +89,24 @@ def test_api_server_gone_leaves_the_lock_and_says_how_to_finish() -> None:
     # nothing was touched: the lock and the proxy stay for `bridge restore` to finish
     assert lk.proxy in kube.deployments
     assert state.decode(kube.deployments["hello"]["metadata"]["annotations"]) == lk
+
+
+def test_a_step_retries_for_its_bound_then_says_how_to_finish(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """restore's retries are bridge.kube.retry's policy with a time bound: an API server that
+    stays away ends the step after RETRY.within seconds, not after a number of calls."""
+    monkeypatch.setattr(restore, "RETRY", dataclasses.replace(restore.RETRY, base=0.05,
+                                                              cap=0.05, within=0.3))
+    kube = FakeKube()
+    lk = lock()
+    swapped(kube, lk)
+    kube.fail["delete_deployment"] = [Unreachable("connection reset")] * 1000
+    outcome, text = run_restore(kube, lock=lk)
+    assert 3 <= kube.calls.count("delete_deployment") <= 8, kube.calls  # 0.3 s, 0.05 apart
+    assert text.count("deleting deployment/hello-bridge-s1: connection reset; retrying") >= 3
+    assert outcome.failures == [
+        "could not delete proxy deployment/hello-bridge-s1: connection reset; run: kubectl "
+        "--context ctx -n ns delete deployment/hello-bridge-s1"]
 
 
 def test_a_refusal_is_not_retried() -> None:

@@ -177,6 +177,7 @@ class FakeTunnel:
     def __init__(self, closed: bool = False) -> None:
         self.closed = closed
         self.withdrawn = False
+        self.last_forwarded = 0.0  # no connection came through the tunnel
 
     def is_closed(self) -> bool:
         return self.closed
