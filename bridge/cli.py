@@ -182,13 +182,14 @@ def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -
     environment to a file for your IDE. With it, COMMAND runs with the pod's environment and
     bridge exits with its exit code, after restoring the cluster.
     """
+    from bridge.swap.request import build
     from bridge.swap.session import Session, SwapOptions
 
     common = _common(ctx, **kw)
     _pop_common(kw)
     progress = common.progress()
     opts = SwapOptions(
-        target=target, command=list(command), kubeconfig=common.kubeconfig,
+        target=target, command=tuple(command), kubeconfig=common.kubeconfig,
         context=common.context, namespace=common.namespace, container=kw["container"],
         ports=tuple(kw["ports"]), env_file=kw["env_file"], env_json=kw["env_json"],
         env_syntax=kw["env_syntax"],
@@ -199,7 +200,7 @@ def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -
         outbound=kw["outbound"], forwards=tuple(kw["forwards"]),
         mount_dir=kw["mount_dir"], mount_mode=kw["mount_mode"], mount_rw=kw["mount_rw"])
     try:
-        code = anyio.run(Session(opts, progress).run)
+        code = anyio.run(Session(build(opts), progress).run)
     finally:
         progress.close()
     sys.exit(code)
