@@ -1,17 +1,27 @@
 """The hand-over phase (bridge/swap/handover.py) against fakes of the API and the link: the
 wait for Ready stops when the command or the tunnel goes, a dropped tunnel is reconnected, a
-command gone during the hand-over keeps the original serving."""
+command gone during the hand-over keeps the original serving; the hand-over waits for the
+command's own listener (not a stray one on the port) and forwards to its address family."""
 
 from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import sys
+import time
 
 import anyio
 import pytest
 
 from bridge.errors import BridgeError
+from bridge.progress import Progress
+from bridge.swap.handover import wait_listening
 from tests.unit.support import (
     FakeKube,
     FakeLinker,
     FakeTunnel,
+    free_port,
     hand_over,
     ready_pod,
 )
@@ -88,3 +98,62 @@ def test_a_command_gone_during_the_hand_over_keeps_the_original_serving() -> Non
     h = hand_over(kube, FakeLinker([Link("proxy-pod", None, FakeTunnel())]), stop=lambda: True)
     assert anyio.run(h.run) is False
     assert kube.deployments["hello"]["spec"]["replicas"] == 2
+
+
+LISTEN_ON = ("import socket, sys, time; s = socket.socket(socket.AF_INET6); "
+             "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1); "
+             "s.bind(('::1', int(sys.argv[1]))); s.listen(); print('up', flush=True); "
+             "time.sleep(60)")
+
+
+def test_the_hand_over_waits_for_the_commands_own_listener_not_a_strays() -> None:
+    """Issues 21.2 and 19.6: a stray listener on 127.0.0.1:P (here this test process) made the
+    old check ("something accepts on 127.0.0.1:P") hand over at once, to the stray. Now only a
+    listener of the command's tree counts, and the forward goes to the address it listens on
+    (::1 here)."""
+    port = free_port()
+    stray = socket.socket()
+    stray.bind(("127.0.0.1", port))
+    stray.listen()
+    command = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    started: list[subprocess.Popen[str]] = []
+    progress = Progress(stream=io.StringIO())
+
+    async def main() -> dict[int, str] | None:
+        async with anyio.create_task_group() as tg:
+            async def bind_later() -> None:
+                await anyio.sleep(0.5)
+                started.append(await anyio.to_thread.run_sync(lambda: subprocess.Popen(
+                    [sys.executable, "-c", LISTEN_ON, str(port)], stdout=subprocess.PIPE,
+                    text=True)))
+
+            tg.start_soon(bind_later)
+            t0 = time.monotonic()
+            hosts = await wait_listening(
+                [port], 10.0, progress, lambda: False,
+                lambda: {command.pid, *(p.pid for p in started)})
+            assert time.monotonic() - t0 >= 0.5  # not the stray's at once
+            return hosts
+
+    try:
+        assert anyio.run(main) == {port: "::1"}
+    finally:
+        stray.close()
+        for p in [command, *started]:
+            p.kill()
+            p.wait(timeout=10)
+
+
+def test_a_command_that_never_listens_while_a_stray_does_is_refused() -> None:
+    port = free_port()
+    stray = socket.socket()
+    stray.bind(("127.0.0.1", port))
+    stray.listen()
+    try:
+        with pytest.raises(BridgeError) as e:
+            anyio.run(lambda: wait_listening([port], 0.5, Progress(stream=io.StringIO()),
+                                             lambda: False, lambda: {1}))
+        assert f"127.0.0.1:{port}" in str(e.value) and "traffic stays with the cluster" in \
+            str(e.value)
+    finally:
+        stray.close()
