@@ -20,19 +20,21 @@ def stop_process(proc: subprocess.Popen[Any], grace: float) -> None:
 
 def http_server(body: str, *, host: str = "127.0.0.1", ports: str = "sys.argv[1:]",
                 prelude: str = "", after: str = "", ready: str = "", then: str = "",
-                http11: bool = False) -> str:
+                http11: bool = False, host_expr: str = "", methods: str = "") -> str:
     """The source of a small threaded HTTP server, for `python -c` (on the laptop, or as a
     pod's command): the one copy of what the tests' servers share.
 
     body     statements of do_GET that set `body` (bytes); `self` and `port` (the port this
              server listens on) are in scope; a `return` answers on its own terms
     host     the address to listen on ("" every IPv4 address; an IPv6 one listens IPv6 only)
+    host_expr  an expression for the address instead (e.g. read from the environment)
     ports    an expression giving the ports (strings or ints) to listen on, one server each
     prelude  statements before the server (imports, globals, signal handlers)
     after    statements of do_GET after the answer was sent (e.g. exit on /exit/N)
     ready    statements once every server listens (e.g. print a line the test waits for)
     then     statements to run with the servers in the background; without them the first
              server serves in the foreground
+    methods  more methods of the handler class (e.g. do_POST)
     """
     def indent(code: str, n: int) -> str:
         return "\n".join(" " * n + line if line.strip() else line
@@ -47,7 +49,7 @@ def http_server(body: str, *, host: str = "127.0.0.1", ports: str = "sys.argv[1:
     return f"""\
 import http.server, json, os, signal, socket, sys, threading, time
 {prelude.strip(chr(10))}
-HOST = {host!r}
+HOST = {host_expr or repr(host)}
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = {"HTTP/1.1" if http11 else "HTTP/1.0"!r}
     def do_GET(self):
@@ -59,6 +61,7 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.wfile.flush()
 {indent(after, 8) if after.strip() else ""}
+{indent(methods, 4) if methods.strip() else ""}
     def log_message(self, *a):
         pass
 class S(http.server.ThreadingHTTPServer):
