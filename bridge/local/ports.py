@@ -10,9 +10,9 @@ forgotten server while the command failed to bind. So:
   command will be started (it is not the command), and said in attach mode (it may be the
   service the developer started for this session);
 - in command mode the traffic is handed over only once the listener on each port belongs to
-  the command's process tree (`tree_hosts`), and goes to the address it listens on (127.0.0.1,
-  or ::1 when it listens on IPv6 only), so a listener of the other address family gets
-  nothing.
+  the command (its process tree, or a process of the user's started since the command:
+  `command_pids`, `tree_hosts`), and goes to the address it listens on (127.0.0.1, or ::1
+  when it listens on IPv6 only), so a listener of the other address family gets nothing.
 
 The decisions are pure functions of a snapshot of the machine's listening sockets;
 `listeners` takes the snapshot (Linux, psutil). A socket whose process cannot be inspected
@@ -179,6 +179,21 @@ def tree_of(pid: int) -> set[int]:
         except OSError:
             continue
     return tree
+
+
+def command_pids(root: int, since: float) -> set[int]:
+    """The processes whose listener counts as the command's: its tree (`tree_of`), and every
+    process of this user created since the command started (`since`, wall clock): a daemon the
+    command started the classic way (double fork, a session of its own) is in neither its tree
+    nor its session. Another user's process never counts; the user's own from before the
+    command was refused before the swap."""
+    pids = tree_of(root)
+    uid = os.getuid()
+    for proc in psutil.process_iter(["uids", "create_time"]):
+        uids, created = proc.info.get("uids"), proc.info.get("create_time")
+        if uids is not None and uids.real == uid and created is not None and created >= since:
+            pids.add(proc.pid)
+    return pids
 
 
 def problem(ports: Sequence[int]) -> str:

@@ -188,7 +188,8 @@ class CommandEnd:
     async def listening(self, swap: Swapped, stop: Callable[[], bool]) -> dict[int, str] | None:
         child = self._child()
         return await wait_listening(swap.local_ports, self.request.options.timeout,
-                                    self.progress, stop, lambda: localports.tree_of(child.pid))
+                                    self.progress, stop,
+                                    lambda: localports.command_pids(child.pid, child.created))
 
     def gone(self) -> bool:
         return self.child is not None and self.child.returncode is not None

@@ -44,10 +44,10 @@ async def wait_listening(ports: Sequence[int], bound: float, progress: Progress,
                          tree: Callable[[], set[int]] | None = None) -> dict[int, str] | None:
     """Until the command listens on every local port: the address to forward each port to
     (bridge.local.ports.tree_hosts), or None when `stop()` turned true meanwhile. With `tree`
-    (the command's process tree, where listeners can be told: Linux) only a listener of the
-    tree counts, so a stray server on the port is not taken for the command; without it,
-    anything that accepts on 127.0.0.1. After `bound` bridge hands over anyway (to 127.0.0.1),
-    unless someone else listens there: then BridgeError."""
+    (the command's processes, ports.command_pids, where listeners can be told: Linux) only a
+    listener of theirs counts, so a stray server on the port is not taken for the command;
+    without it, anything that accepts on 127.0.0.1. After `bound` bridge hands over anyway (to
+    127.0.0.1), unless someone else listens there: then BridgeError."""
     hosts: dict[int, str] = {}
     waiting = list(ports)
     waiter = progress.waiting("the command to listen on " + ", ".join(
@@ -60,7 +60,8 @@ async def wait_listening(ports: Sequence[int], bound: float, progress: Progress,
             if telling:
                 assert tree is not None
                 found = await anyio.to_thread.run_sync(localports.listeners)
-                hosts.update(localports.tree_hosts(waiting, tree(), found))
+                pids = await anyio.to_thread.run_sync(tree)
+                hosts.update(localports.tree_hosts(waiting, pids, found))
             else:
                 hosts.update({n: "127.0.0.1" for n in waiting if await accepts(n)})
             waiting = [n for n in ports if n not in hosts]
@@ -72,7 +73,7 @@ async def wait_listening(ports: Sequence[int], bound: float, progress: Progress,
     if telling:
         assert tree is not None
         found = await anyio.to_thread.run_sync(localports.listeners)
-        taken = localports.strangers(waiting, tree(), found)
+        taken = localports.strangers(waiting, await anyio.to_thread.run_sync(tree), found)
         if taken:
             shown = ", ".join(f"{localports.where(item)} (pid {item.pid or '?'}"
                               f"{', ' + item.name if item.name else ''})"

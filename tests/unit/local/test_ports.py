@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from bridge.local import ports as localports
@@ -120,3 +121,21 @@ def test_the_tree_of_a_command_holds_its_children_and_its_session() -> None:
     finally:
         os.killpg(cmd.pid, 9)
         cmd.wait(timeout=10)
+
+
+def test_a_daemon_the_command_started_counts_as_the_commands() -> None:
+    """A process of this user created since the command started counts (a daemon made the
+    classic way is outside the command's tree and session); one from before does not."""
+    import time
+
+    before = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    time.sleep(1.5)  # create_time counts from a boot time in whole seconds
+    after = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        since = psutil.Process(after.pid).create_time()  # on the same scale
+        pids = localports.command_pids(999999999, since)
+        assert after.pid in pids and before.pid not in pids
+    finally:
+        for p in (before, after):
+            p.kill()
+            p.wait(timeout=10)
