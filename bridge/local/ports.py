@@ -137,6 +137,38 @@ def strangers(ports: Sequence[int], pids: Collection[int],
     return out
 
 
+def reaching(host: str) -> set[str]:
+    """The listening addresses that take connections made to `host`."""
+    if host == "127.0.0.1":
+        return IPV4_REACHING_LOOPBACK | {"::"}  # `::` takes IPv4 too unless IPV6_V6ONLY
+    if host == "::1":
+        return IPV6_REACHING_LOOPBACK
+    return {host, "0.0.0.0", "", "::"}
+
+
+def foreign_on(hosts: dict[int, str], uid: int,
+               found: Iterable[Listener]) -> dict[int, Listener]:
+    """The ports whose forward address (`hosts`: port -> the address connections go to) is
+    now also listened on by a process that is not `uid`'s (it could take connections meant for
+    the command, e.g. after the command closed its socket)."""
+    out: dict[int, Listener] = {}
+    for item in found:
+        host = hosts.get(item.port)
+        if host is not None and item.address in reaching(host) and item.uid != uid:
+            out.setdefault(item.port, item)
+    return out
+
+
+def watch_problem(hosts: dict[int, str]) -> str:
+    """One line when another user listens where the command's traffic goes ("" when none, and
+    off Linux)."""
+    if not hosts or not inspectable():
+        return ""
+    taken = foreign_on(hosts, os.getuid(), listeners())
+    return (_foreign_line(taken).replace("would go to them", "may go to them") +
+            "; ending the session") if taken else ""
+
+
 def inspectable() -> bool:
     """Whether listeners and their owners can be told here (Linux)."""
     return os.uname().sysname == "Linux"

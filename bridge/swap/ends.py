@@ -38,7 +38,7 @@ from bridge.swap.handover import wait_listening
 from bridge.swap.request import SwapRequest
 from bridge.transport import outbound as outbound_mod
 
-SQUAT_CHECK = 1.0  # attach mode: how often the local ports are checked for another user's listener
+SQUAT_CHECK = 1.0  # how often the local ports are checked for another user's listener
 CHILD_GRACE = 5.0  # SIGTERM -> SIGKILL when the cleanup stops the command's tree
 END_GRACE = CHILD_GRACE  # after the command was signalled, how long it may take to end
 
@@ -157,6 +157,7 @@ class CommandEnd:
         self.request, self.control, self.progress = request, control, progress
         self.stack, self.on_command = stack, on_command
         self.child: Child | None = None
+        self.hosts: dict[int, str] = {}  # port -> the address the command listens on
 
     def check_ports(self, ports: Sequence[int]) -> None:
         check_before_swap(ports, self.progress, command=True)
@@ -187,9 +188,11 @@ class CommandEnd:
 
     async def listening(self, swap: Swapped, stop: Callable[[], bool]) -> dict[int, str] | None:
         child = self._child()
-        return await wait_listening(swap.local_ports, self.request.options.timeout,
-                                    self.progress, stop,
-                                    lambda: localports.command_pids(child.pid, child.created))
+        hosts = await wait_listening(swap.local_ports, self.request.options.timeout,
+                                     self.progress, stop,
+                                     lambda: localports.command_pids(child.pid, child.created))
+        self.hosts = dict(hosts or {})
+        return hosts
 
     def gone(self) -> bool:
         return self.child is not None and self.child.returncode is not None
@@ -197,7 +200,15 @@ class CommandEnd:
     async def hold(self, swap: Swapped) -> None:
         self.progress.info(f"swapped: {' '.join(self.request.command)} gets the traffic; "
                            "Ctrl-C ends the swap")
-        await first_of(self.control.end.wait, self._child().wait)
+
+        async def watch_squatters() -> None:  # another user where the command listened
+            while True:
+                await anyio.sleep(SQUAT_CHECK)
+                why = await anyio.to_thread.run_sync(localports.watch_problem, self.hosts)
+                if why:
+                    raise BridgeError(why)
+
+        await first_of(self.control.end.wait, self._child().wait, watch_squatters)
 
     def exit_code(self) -> int:
         code = self._child().returncode

@@ -79,14 +79,14 @@ def _build(o: SwapOptions) -> SwapRequest:
                           + ", ".join(MOUNT_MODES))
     if not o.timeout > 0:
         raise BridgeError(f"--timeout {o.timeout:g}: must be more than 0 seconds")
-    command = tuple(o.command)
+    mode, hint = outbound_mod.choose_mode(o.outbound, outbound_mod.find_torsocks())
+    forwards = tuple(outbound_mod.parse_forward(f) for f in o.forwards)
+    files_mode, files_note = files_asked(o)
+    command = tuple(o.command)  # last: what it runs under (torsocks) is said first
     if command:
         problem = command_problem(command, os.environ.get("PATH", os.defpath))
         if problem:
             raise BridgeError(problem)
-    mode, hint = outbound_mod.choose_mode(o.outbound, outbound_mod.find_torsocks())
-    forwards = tuple(outbound_mod.parse_forward(f) for f in o.forwards)
-    files_mode, files_note = files_asked(o)
     return SwapRequest(o, command, mode, forwards, files_mode, files_note,
                        (hint,) if hint else ())
 

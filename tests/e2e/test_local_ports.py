@@ -140,3 +140,41 @@ def test_a_command_that_does_not_exist_changes_nothing(make_workload: Any) -> No
     assert said == ["bridge: error: the command 'pyhton' was not found on PATH; nothing was "
                     "changed"], b.stderr
     assert untouched(w) == before
+
+
+# argv: PORT: serves on [::1]:PORT until GET /close, then closes its socket and stays alive.
+CLOSES_ON_REQUEST = http_server('body = b"laptop v6\\n"', host="::1", after="""
+if self.path == "/close":
+    threading.Thread(target=lambda: (time.sleep(0.2), self.server.server_close()),
+                     daemon=True).start()
+""", then="""
+time.sleep(3600)
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to listen as another user")
+def test_another_user_taking_the_commands_address_ends_the_session(make_workload: Any) -> None:
+    """Watched while the session lasts (issue 19.6): the command closed its socket and another
+    user listens where the traffic went: bridge ends the session (and restores) instead of
+    sending them the cluster's requests."""
+    w = make_workload()
+    port = free_port()
+    b = w.bridge("swap", "hello", "--port", f"http:{port}", "--outbound", "none", "--",
+                 sys.executable, "-c", CLOSES_ON_REQUEST, str(port))
+    b.wait_for("swapped: ")
+    ip = w.service_ip()
+    until_laptop_answers(ip, 80, "laptop v6\n")
+    http_get(ip, 80, "/close")
+    squat = http_server('body = b"squatter\\n"', host="::1", ready='print("up", flush=True)')
+
+    def squatting() -> bool:  # once the command's socket is closed
+        squatter = subprocess.Popen(["/usr/bin/python3", "-c", squat, str(port)], user=65534,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        w.children.append(squatter)
+        assert squatter.stdout is not None
+        return squatter.stdout.readline().strip() == "up"
+
+    wait_until("another user to listen on [::1]:PORT", squatting)
+    assert b.wait() != 0
+    assert f"another user listens on [::1]:{port}" in b.stderr, b.stderr
+    assert "ending the session" in b.stderr

@@ -139,3 +139,18 @@ def test_a_daemon_the_command_started_counts_as_the_commands() -> None:
         for p in (before, after):
             p.kill()
             p.wait(timeout=10)
+
+
+def test_while_the_session_lasts_only_a_foreign_listener_where_the_traffic_goes_counts() -> None:
+    """The command listens on [::1]:8080: another user on 127.0.0.1:8080 gets nothing (not a
+    reason to end); another user on [::1]:8080 or `::` (after the command closed its socket)
+    is."""
+    mine = Listener("::1", 8080, 10, 1000)
+    v4_squatter = Listener("127.0.0.1", 8080, None, None)
+    assert localports.foreign_on({8080: "::1"}, 1000, [mine, v4_squatter]) == {}
+    for address in ("::1", "::"):
+        squatter = Listener(address, 8080, None, None)
+        assert localports.foreign_on({8080: "::1"}, 1000, [squatter]) == {8080: squatter}
+    assert localports.foreign_on({8080: "127.0.0.1"}, 1000, [v4_squatter]) == \
+        {8080: v4_squatter}
+    assert localports.foreign_on({9090: "127.0.0.1"}, 1000, [v4_squatter]) == {}
