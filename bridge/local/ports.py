@@ -87,9 +87,9 @@ def _own_shown(taken: dict[int, Listener]) -> str:
 
 def before_swap(ports: Sequence[int], uid: int, found: Iterable[Listener], *,
                 command: bool) -> tuple[str, str]:
-    """(refusal, warning) for the forwarded `ports` before anything changes: a refusal ("" when
+    """(refusal, note) for the forwarded `ports` before anything changes: a refusal ("" when
     none) for another user's listener, or (with a `command` to start) for any listener at
-    all; a warning ("" when none) for the user's own listener in attach mode."""
+    all; a note to say ("" when none) for the user's own listener in attach mode."""
     snapshot = list(found)
     foreign = squatters(ports, uid, snapshot)
     if foreign:

@@ -75,11 +75,11 @@ class End(Protocol):
 
 
 def check_before_swap(ports: Sequence[int], progress: Progress, *, command: bool) -> None:
-    refusal, warning = localports.check_before_swap(ports, command=command)
+    refusal, note = localports.check_before_swap(ports, command=command)
     if refusal:
         raise NothingChanged(f"{refusal}; nothing was changed")
-    if warning:
-        progress.warn(warning)
+    if note:  # attach mode: most often the service the developer started for this session
+        progress.info(note)
 
 
 def refuse_squatters(ports: Sequence[int]) -> None:

@@ -59,12 +59,12 @@ def test_before_the_swap_a_listener_on_the_port_is_refused_or_said() -> None:
     command failed to bind. Another user's listener: refused in both modes; the user's own:
     refused when a command will be started, said in attach mode; its pid and name given."""
     stray = Listener("0.0.0.0", 8080, 4242, 1000, "python3")
-    refusal, warning = localports.before_swap([8080], 1000, [stray], command=True)
+    refusal, note = localports.before_swap([8080], 1000, [stray], command=True)
     assert refusal == ("already in use on this machine: 0.0.0.0:8080 (pid 4242, python3); the "
                        "cluster's requests would go to it, not to your command; stop it or pick "
-                       "another local port with --port REMOTE:LOCAL") and warning == ""
-    refusal, warning = localports.before_swap([8080], 1000, [stray], command=False)
-    assert refusal == "" and "pid 4242, python3" in warning and "go to it" in warning
+                       "another local port with --port REMOTE:LOCAL") and note == ""
+    refusal, note = localports.before_swap([8080], 1000, [stray], command=False)
+    assert refusal == "" and "pid 4242, python3" in note and "go to it" in note
     theirs = Listener("127.0.0.1", 8080, None, None)
     for command in (True, False):
         refusal, _ = localports.before_swap([8080], 1000, [theirs, stray], command=command)
@@ -97,8 +97,8 @@ def test_a_stray_server_of_our_own_is_named_by_pid_and_name() -> None:
         assert own.stdout is not None and own.stdout.readline().strip() == "up"
         refusal, _ = localports.check_before_swap([port], command=True)
         assert f"127.0.0.1:{port} (pid {own.pid}, python" in refusal, refusal
-        _, warning = localports.check_before_swap([port], command=False)
-        assert f"pid {own.pid}" in warning
+        _, note = localports.check_before_swap([port], command=False)
+        assert f"pid {own.pid}" in note
     finally:
         own.kill()
         own.wait(timeout=10)
