@@ -201,13 +201,14 @@ def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -
                                "`--` for attach mode); nothing was changed")
     import anyio
 
+    from bridge.swap.request import build
     from bridge.swap.session import Session, SwapOptions
 
     common = _common(ctx, **kw)
     _pop_common(kw)
     progress = common.progress()
     opts = SwapOptions(
-        target=target, command=list(command), kubeconfig=common.kubeconfig,
+        target=target, command=tuple(command), kubeconfig=common.kubeconfig,
         context=common.context, namespace=common.namespace, container=kw["container"],
         ports=tuple(kw["ports"]), env_file=kw["env_file"], env_json=kw["env_json"],
         env_syntax=kw["env_syntax"],
@@ -218,7 +219,7 @@ def swap(ctx: click.Context, target: str, command: tuple[str, ...], **kw: Any) -
         outbound=kw["outbound"], forwards=tuple(kw["forwards"]),
         mount_dir=kw["mount_dir"], mount_mode=kw["mount_mode"], mount_rw=kw["mount_rw"])
     try:
-        code = anyio.run(Session(opts, progress).run)
+        code = anyio.run(Session(build(opts), progress).run)
     finally:
         progress.close()
     sys.exit(code)

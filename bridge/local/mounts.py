@@ -253,12 +253,14 @@ def _remove_root(root: str, created: bool) -> None:
 
 
 class Files:
-    """The pod's files under `root` for one session (use `provide`)."""
+    """The pod's files under `root` for one session: `CopiedFiles` or `LiveFiles` (chosen
+    once, by `open_files`; or use `provide`)."""
 
-    def __init__(self, conn: asyncssh.SSHClientConnection, mode: str, root: str | None, *,
+    mode = ""  # "copy" | "live": what the record says
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, root: str | None, *,
                  writable: bool, progress: Progress, session: str, copy_limit: int) -> None:
         self._conn = conn
-        self.mode = mode
         self._asked_root = root
         self._writable = writable
         self._progress = progress
@@ -268,32 +270,19 @@ class Files:
         self._created = False
         self._record: Path | None = None
         self._fsname = f"{FSNAME_PREFIX}{session}:/"
-        self._sshfs: asyncio.subprocess.Process | None = None
-        self._helpers: list[psutil.Process] = []  # sshfs's auto_unmount helper (fusermount3)
-        self._pumps: list[asyncio.Task[None]] = []
-        self._channel: asyncssh.SSHWriter[bytes] | None = None
-        # bridge's end of sshfs's stdin/stdout, owned by its asyncio transport: closed only
-        # through it (a socket closed under a transport leaves the event loop a stale
-        # registration of its descriptor number; the next socket given that number is then
-        # never read, and the re-made sshfs would wait forever for its SFTP start)
-        self._stream: asyncio.StreamWriter | None = None
-        self.live_lost = False  # a re-mount failed: the directory no longer shows the pod
 
     async def start(self) -> str:
+        """Make the directory, record it (for a later `bridge restore`), bring the files."""
         self._make_root()
         me = psutil.Process()
         self._record = _write_record(Record(
             pid=me.pid, started=me.create_time(), root=self.root, created_root=self._created,
             mode=self.mode, fsname=self._fsname), self._session)
-        if self.mode == "live":
-            try:
-                await self._mount()
-            except _NoMount as exc:
-                raise BridgeError(f"sshfs could not mount the pod's files at {self.root}: "
-                                  f"{exc}; try --mount-mode copy") from None
-        else:
-            await self._copy()
+        await self._bring()
         return self.root
+
+    async def _bring(self) -> None:
+        raise NotImplementedError
 
     def _make_root(self) -> None:
         if self._asked_root is None:
@@ -310,7 +299,35 @@ class Files:
         self.root = os.path.realpath(self.root)  # as /proc/mounts will name it
         os.chmod(self.root, 0o700)  # secrets: this user only
 
-    # -- copy
+    async def reattach(self, conn: asyncssh.SSHClientConnection) -> None:
+        """After the SSH connection was made anew (a copy has nothing more to do)."""
+        self._conn = conn
+
+    async def close(self) -> None:
+        """Remove the directory and the record. Bounded."""
+        await self._release()
+        if self.root:
+            if _is_mount_point(self.root):
+                self._progress.warn(f"the pod's files are still mounted at {self.root}; run "
+                                    "`bridge restore` or `fusermount3 -u` on it")
+                return
+            _remove_root(self.root, self._created)
+        if self._record is not None:
+            self._record.unlink(missing_ok=True)
+
+    async def _release(self) -> None:
+        """What must end before the directory goes (live: the mount)."""
+
+
+class CopiedFiles(Files):
+    """A snapshot of the pod's files, copied over SFTP at the start (bounded in size, entries
+    and depth)."""
+
+    mode = "copy"
+
+    async def _bring(self) -> None:
+        await self._copy()
+
     async def _copy(self) -> None:
         budget = {"bytes": 0, "entries": 0}
         try:
@@ -361,7 +378,35 @@ class Files:
                 await sftp.get(child, target)
                 os.chmod(target, (entry.attrs.permissions or 0o600) & 0o777 | 0o600)
 
-    # -- live
+
+class LiveFiles(Files):
+    """The pod's files mounted live: sshfs in passive mode over an SFTP channel of the SSH
+    connection, made again on every new connection."""
+
+    mode = "live"
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, root: str | None, *,
+                 writable: bool, progress: Progress, session: str, copy_limit: int) -> None:
+        super().__init__(conn, root, writable=writable, progress=progress, session=session,
+                         copy_limit=copy_limit)
+        self._sshfs: asyncio.subprocess.Process | None = None
+        self._helpers: list[psutil.Process] = []  # sshfs's auto_unmount helper (fusermount3)
+        self._pumps: list[asyncio.Task[None]] = []
+        self._channel: asyncssh.SSHWriter[bytes] | None = None
+        # bridge's end of sshfs's stdin/stdout, owned by its asyncio transport: closed only
+        # through it (a socket closed under a transport leaves the event loop a stale
+        # registration of its descriptor number; the next socket given that number is then
+        # never read, and the re-made sshfs would wait forever for its SFTP start)
+        self._stream: asyncio.StreamWriter | None = None
+        self.live_lost = False  # a re-mount failed: the directory no longer shows the pod
+
+    async def _bring(self) -> None:
+        try:
+            await self._mount()
+        except _NoMount as exc:
+            raise BridgeError(f"sshfs could not mount the pod's files at {self.root}: "
+                              f"{exc}; try --mount-mode copy") from None
+
     async def _mount(self) -> None:
         """Mount on the current connection; bounded by MOUNT_TIMEOUT. On failure nothing is
         left running or mounted, and _NoMount says why."""
@@ -435,14 +480,13 @@ class Files:
         lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
         return lines[-1] if lines else f"exit status {proc.returncode}"
 
-    # -- the end
     async def reattach(self, conn: asyncssh.SSHClientConnection) -> None:
         """After the SSH connection was made anew: a live mount rides the new one (the old
         one's sshfs ended with its channel). Bounded, and never raises: when the mount cannot
         be made again, the directory is left unmounted and the session goes on, told once
         that the files are no longer live."""
         self._conn = conn
-        if self.mode != "live" or not self.root or self.live_lost:
+        if not self.root or self.live_lost:
             return
         await self._unmount_live()
         try:
@@ -453,18 +497,9 @@ class Files:
                                 f"them again after the reconnect failed: {exc}); the "
                                 "directory stays empty until the session ends")
 
-    async def close(self) -> None:
-        """Unmount (live), stop sshfs, remove the directory and the record. Bounded."""
-        if self.mode == "live" and self.root:
-            await self._unmount_live()
+    async def _release(self) -> None:
         if self.root:
-            if _is_mount_point(self.root):
-                self._progress.warn(f"the pod's files are still mounted at {self.root}; run "
-                                    "`bridge restore` or `fusermount3 -u` on it")
-                return
-            _remove_root(self.root, self._created)
-        if self._record is not None:
-            self._record.unlink(missing_ok=True)
+            await self._unmount_live()
 
     async def _unmount_live(self) -> None:
         """Unmount, and end sshfs, its auto_unmount helper, the pumps and the channel. The
@@ -521,6 +556,17 @@ class Files:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._stream.wait_closed(), UNMOUNT_TIMEOUT)
             self._stream = None
+
+
+
+def open_files(conn: asyncssh.SSHClientConnection, mode: str, root: str | None, *,
+               writable: bool, progress: Progress, session: str, copy_limit: int) -> Files:
+    """The files of `mode` ("live" or "copy", see `choose_mode`), not started yet."""
+    kind = {"live": LiveFiles, "copy": CopiedFiles}.get(mode)
+    if kind is None:
+        raise ValueError(f"no files mode {mode!r}")
+    return kind(conn, root, writable=writable, progress=progress, session=session,
+                copy_limit=copy_limit)
 
 
 class _NoMount(Exception):
@@ -617,8 +663,8 @@ async def provide(conn: asyncssh.SSHClientConnection, mode: str, root: str | Non
 
     `mode` is "live" or "copy" (see `choose_mode`); `root` None means a fresh temporary
     directory. Everything is undone on the way out, whatever ends the body."""
-    files = Files(conn, mode, root, writable=writable, progress=progress, session=session,
-                  copy_limit=copy_limit)
+    files = open_files(conn, mode, root, writable=writable, progress=progress, session=session,
+                       copy_limit=copy_limit)
     try:
         yield await files.start()
     finally:

@@ -1,22 +1,36 @@
-"""Who listens on the laptop's forwarded ports (issue 13, item 7: local port squatting).
+"""Who listens on the laptop's forwarded ports (issue 13 item 7, issue 19 item 6, issue 21
+item 2: the cluster's requests must reach the developer's service, nobody else's).
 
-In attach mode bridge forwards the cluster's requests to 127.0.0.1:PORT and the developer
-starts the service there later. Another user of the same machine could listen there first and
-receive those requests (with their credentials). `squatters` decides, from a snapshot of the
-machine's listening sockets, which forwarded ports another user holds; `listeners` takes the
-snapshot (Linux, psutil). A socket whose process cannot be inspected belongs to another user:
-an unprivileged user can always inspect their own processes.
+The cluster's requests for a port come out of the tunnel at a local address. Whoever listens
+there gets them: another user of the machine (with their credentials), or the developer's own
+forgotten server while the command failed to bind. So:
+
+- before the swap (nothing changed yet), `before_swap` names every listener already on a
+  forwarded port: another user's is refused in both modes; the user's own is refused when a
+  command will be started (it is not the command), and said in attach mode (it may be the
+  service the developer started for this session);
+- in command mode the traffic is handed over only once the listener on each port belongs to
+  the command (its process tree, or a process of the user's started since the command:
+  `command_pids`, `tree_hosts`), and goes to the address it listens on (127.0.0.1, or ::1
+  when it listens on IPv6 only), so a listener of the other address family gets nothing.
+
+The decisions are pure functions of a snapshot of the machine's listening sockets;
+`listeners` takes the snapshot (Linux, psutil). A socket whose process cannot be inspected
+belongs to another user: an unprivileged user can always inspect their own processes.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import psutil
 
 LOOPBACK_OR_ANY = {"127.0.0.1", "0.0.0.0", "::", "::1", "::ffff:127.0.0.1", ""}
+IPV4_REACHING_LOOPBACK = {"127.0.0.1", "0.0.0.0", "::ffff:127.0.0.1", ""}
+IPV6_REACHING_LOOPBACK = {"::1", "::"}
+ADVICE = "stop it or pick another local port with --port REMOTE:LOCAL"
 
 
 @dataclass(frozen=True)
@@ -25,10 +39,16 @@ class Listener:
     port: int
     pid: int | None  # None: not inspectable (another user's process)
     uid: int | None  # the process's real uid, when known
+    name: str = ""  # the process's name, when known
+
+
+def where(item: Listener) -> str:
+    host = item.address or "0.0.0.0"
+    return f"[{host}]:{item.port}" if ":" in host else f"{host}:{item.port}"
 
 
 def squatters(ports: Sequence[int], uid: int, found: Iterable[Listener]) -> dict[int, Listener]:
-    """The ports of `ports` on which a listener reachable at 127.0.0.1 belongs to someone
+    """The ports of `ports` on which a listener reachable at loopback belongs to someone
     other than `uid` (root's listeners count as foreign too, unless we are root)."""
     wanted = set(ports)
     out: dict[int, Listener] = {}
@@ -36,6 +56,122 @@ def squatters(ports: Sequence[int], uid: int, found: Iterable[Listener]) -> dict
         if item.port in wanted and item.address in LOOPBACK_OR_ANY and item.uid != uid:
             out.setdefault(item.port, item)
     return out
+
+
+def own_listeners(ports: Sequence[int], uid: int, found: Iterable[Listener],
+                  exclude: Collection[int] = ()) -> dict[int, Listener]:
+    """The ports of `ports` on which a process of `uid` (not one of the pids `exclude`)
+    listens at an address reachable at loopback."""
+    wanted = set(ports)
+    out: dict[int, Listener] = {}
+    for item in found:
+        if (item.port in wanted and item.address in LOOPBACK_OR_ANY and item.uid == uid
+                and item.pid not in exclude):
+            out.setdefault(item.port, item)
+    return out
+
+
+def _foreign_line(taken: dict[int, Listener]) -> str:
+    shown = ", ".join(
+        f"{where(item)} ({'pid ' + str(item.pid) if item.pid else 'a process'} of "
+        f"{'uid ' + str(item.uid) if item.uid is not None else 'another user'})"
+        for _, item in sorted(taken.items()))
+    return (f"another user listens on {shown}: the cluster's requests would go to them; "
+            "stop that listener or pick another local port with --port REMOTE:LOCAL")
+
+
+def _own_shown(taken: dict[int, Listener]) -> str:
+    return ", ".join(f"{where(item)} (pid {item.pid}{', ' + item.name if item.name else ''})"
+                     for _, item in sorted(taken.items()))
+
+
+def before_swap(ports: Sequence[int], uid: int, found: Iterable[Listener], *,
+                command: bool) -> tuple[str, str]:
+    """(refusal, note) for the forwarded `ports` before anything changes: a refusal ("" when
+    none) for another user's listener, or (with a `command` to start) for any listener at
+    all; a note to say ("" when none) for the user's own listener in attach mode."""
+    snapshot = list(found)
+    foreign = squatters(ports, uid, snapshot)
+    if foreign:
+        return _foreign_line(foreign), ""
+    own = own_listeners(ports, uid, snapshot)
+    if not own:
+        return "", ""
+    if command:
+        return (f"already in use on this machine: {_own_shown(own)}; the cluster's requests "
+                f"would go to it, not to your command; {ADVICE}"), ""
+    return "", (f"already listening on this machine: {_own_shown(own)}; the cluster's "
+                "requests go to it")
+
+
+def tree_hosts(ports: Sequence[int], pids: Collection[int],
+               found: Iterable[Listener]) -> dict[int, str]:
+    """For each port of `ports` on which a process of `pids` (the command's tree) listens,
+    the address to send the cluster's requests to: 127.0.0.1 when the listener takes IPv4
+    loopback connections, ::1 when it takes only IPv6 ones, else the one address it listens
+    on."""
+    by_port: dict[int, list[str]] = {}
+    for item in found:
+        if item.port in ports and item.pid is not None and item.pid in pids:
+            by_port.setdefault(item.port, []).append(item.address)
+    out: dict[int, str] = {}
+    for port, addresses in by_port.items():
+        if any(a in IPV4_REACHING_LOOPBACK for a in addresses):
+            out[port] = "127.0.0.1"
+        elif any(a in IPV6_REACHING_LOOPBACK for a in addresses):
+            out[port] = "::1"
+        else:
+            out[port] = sorted(addresses)[0]
+    return out
+
+
+def strangers(ports: Sequence[int], pids: Collection[int],
+              found: Iterable[Listener]) -> dict[int, Listener]:
+    """The ports on which something not of `pids` listens at an address reachable at
+    loopback (with the command's listener there too, the forward chooses the command's)."""
+    wanted = set(ports)
+    out: dict[int, Listener] = {}
+    for item in found:
+        if item.port in wanted and item.address in LOOPBACK_OR_ANY and item.pid not in pids:
+            out.setdefault(item.port, item)
+    return out
+
+
+def reaching(host: str) -> set[str]:
+    """The listening addresses that take connections made to `host`."""
+    if host == "127.0.0.1":
+        return IPV4_REACHING_LOOPBACK | {"::"}  # `::` takes IPv4 too unless IPV6_V6ONLY
+    if host == "::1":
+        return IPV6_REACHING_LOOPBACK
+    return {host, "0.0.0.0", "", "::"}
+
+
+def foreign_on(hosts: dict[int, str], uid: int,
+               found: Iterable[Listener]) -> dict[int, Listener]:
+    """The ports whose forward address (`hosts`: port -> the address connections go to) is
+    now also listened on by a process that is not `uid`'s (it could take connections meant for
+    the command, e.g. after the command closed its socket)."""
+    out: dict[int, Listener] = {}
+    for item in found:
+        host = hosts.get(item.port)
+        if host is not None and item.address in reaching(host) and item.uid != uid:
+            out.setdefault(item.port, item)
+    return out
+
+
+def watch_problem(hosts: dict[int, str]) -> str:
+    """One line when another user listens where the command's traffic goes ("" when none, and
+    off Linux)."""
+    if not hosts or not inspectable():
+        return ""
+    taken = foreign_on(hosts, os.getuid(), listeners())
+    return (_foreign_line(taken).replace("would go to them", "may go to them") +
+            "; ending the session") if taken else ""
+
+
+def inspectable() -> bool:
+    """Whether listeners and their owners can be told here (Linux)."""
+    return os.uname().sysname == "Linux"
 
 
 def listeners() -> list[Listener]:
@@ -48,27 +184,61 @@ def listeners() -> list[Listener]:
     for c in conns:
         if c.status != psutil.CONN_LISTEN or not c.laddr:
             continue
-        uid = None
+        uid, name = None, ""
         if c.pid is not None:
             try:
-                uid = psutil.Process(c.pid).uids().real
+                proc = psutil.Process(c.pid)
+                uid = proc.uids().real
+                name = proc.name()
             except psutil.Error:
                 uid = None
-        found.append(Listener(str(c.laddr.ip), int(c.laddr.port), c.pid, uid))
+        found.append(Listener(str(c.laddr.ip), int(c.laddr.port), c.pid, uid, name))
     return found
+
+
+def tree_of(pid: int) -> set[int]:
+    """`pid`, its descendants, and the processes still in the session it leads (the command
+    runs in a session of its own: a daemonized server re-parented away stays in it)."""
+    tree = {pid}
+    try:
+        tree |= {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    except psutil.Error:
+        pass
+    for other in psutil.pids():
+        try:
+            if os.getsid(other) == pid:
+                tree.add(other)
+        except OSError:
+            continue
+    return tree
+
+
+def command_pids(root: int, since: float) -> set[int]:
+    """The processes whose listener counts as the command's: its tree (`tree_of`), and every
+    process of this user created since the command started (`since`, wall clock): a daemon the
+    command started the classic way (double fork, a session of its own) is in neither its tree
+    nor its session. Another user's process never counts; the user's own from before the
+    command was refused before the swap."""
+    pids = tree_of(root)
+    uid = os.getuid()
+    for proc in psutil.process_iter(["uids", "create_time"]):
+        uids, created = proc.info.get("uids"), proc.info.get("create_time")
+        if uids is not None and uids.real == uid and created is not None and created >= since:
+            pids.add(proc.pid)
+    return pids
 
 
 def problem(ports: Sequence[int]) -> str:
     """One line naming the forwarded ports another user listens on ("" when none; always ""
     off Linux, where the owner cannot be told)."""
-    if not ports or not os.uname().sysname == "Linux":
+    if not ports or not inspectable():
         return ""
     taken = squatters(ports, os.getuid(), listeners())
-    if not taken:
-        return ""
-    shown = ", ".join(
-        f"127.0.0.1:{port} ({'pid ' + str(item.pid) if item.pid else 'a process'} of "
-        f"{'uid ' + str(item.uid) if item.uid is not None else 'another user'})"
-        for port, item in sorted(taken.items()))
-    return (f"another user listens on {shown}: the cluster's requests would go to them; "
-            "stop that listener or pick another local port with --port REMOTE:LOCAL")
+    return _foreign_line(taken) if taken else ""
+
+
+def check_before_swap(ports: Sequence[int], *, command: bool) -> tuple[str, str]:
+    """`before_swap` on this machine's listeners now (("", "") off Linux)."""
+    if not ports or not inspectable():
+        return "", ""
+    return before_swap(ports, os.getuid(), listeners(), command=command)

@@ -95,6 +95,12 @@ class Child:
         self._created = started - _CLOCK_MARGIN
         self._reaper = start_reaper(self.pid, self._created)
 
+    @property
+    def created(self) -> float:
+        """A wall-clock bound before the child was created (processes created at or after it
+        may be the child's)."""
+        return self._created
+
     @classmethod
     async def start(cls, argv: Sequence[str], env: Mapping[str, str]) -> Child:
         """Start `argv` with exactly `env`, stdio inherited, in a new session."""

@@ -29,6 +29,10 @@ class Control:
     stopped_now: bool = False  # a second Ctrl-C killed the command
     sigints: int = 0
 
+    def enter(self, phase: Phase) -> None:
+        """Move to `phase`, checked against the lifecycle's NEXT table (the one place)."""
+        self.phase = lifecycle.enter(self.phase, phase)
+
     def child_running(self) -> bool:
         return self.child is not None and self.child.returncode is None
 

@@ -8,7 +8,8 @@
     RESTORE    the cleanup stack runs (proxy deleted, lock cleared)
 
 No I/O here: `action(phase, event)` is looked up by the session's signal watcher and by the
-session body when the command exits, and tested as the table it is.
+session body when the command exits, and tested as the table it is. `NEXT` says which phase may
+follow which; `enter` is the one place a phase change is checked (signals.Control.enter).
 """
 
 from __future__ import annotations
@@ -64,6 +65,31 @@ TABLE: dict[Phase, dict[Event, Action]] = {
     Phase.STOPPING: _row(A.STOP_NOW, A.STOP_NOW, A.PASS, A.PASS, A.NOTHING),
     Phase.RESTORE: _row(A.WAIT, A.WAIT, A.WAIT, A.WAIT, A.NOTHING),
 }
+
+
+# Which phase may follow which: the setup may fail (RESTORE) or hand over; a session ending
+# during the hand-over hands back without holding; a command gone during the hand-over or the
+# hold goes straight to the restore (after a withdraw); the attach end has no STOPPING.
+NEXT: dict[Phase, frozenset[Phase]] = {
+    Phase.SETUP: frozenset({Phase.HAND_OVER, Phase.RESTORE}),
+    Phase.HAND_OVER: frozenset({Phase.HOLD, Phase.HAND_BACK, Phase.RESTORE}),
+    Phase.HOLD: frozenset({Phase.HAND_BACK, Phase.RESTORE}),
+    Phase.HAND_BACK: frozenset({Phase.STOPPING, Phase.RESTORE}),
+    Phase.STOPPING: frozenset({Phase.RESTORE}),
+    Phase.RESTORE: frozenset(),
+}
+assert set(NEXT) == set(TABLE) == set(Phase)
+
+
+class PhaseError(AssertionError):
+    """A phase change the table does not allow: a bug in the session, not a user error."""
+
+
+def enter(current: Phase, new: Phase) -> Phase:
+    """`new`, when NEXT allows it after `current`; else PhaseError."""
+    if new not in NEXT[current]:
+        raise PhaseError(f"phase {new.value} cannot follow {current.value}")
+    return new
 
 
 def action(phase: Phase, event: Event) -> Action:

@@ -17,6 +17,7 @@ import anyio
 from bridge.errors import BridgeError
 from bridge.kube import readiness
 from bridge.kube.client import Api, ApiError, Obj
+from bridge.local import ports as localports
 from bridge.model import endpoints, state, target
 from bridge.progress import Progress
 from bridge.swap.lease import Lease
@@ -36,25 +37,50 @@ async def accepts(port: int) -> bool:
 
 
 async def wait_listening(ports: Sequence[int], bound: float, progress: Progress,
-                         stop: Callable[[], bool]) -> bool:
-    """Until something accepts connections on every local port (bounded by `bound`; then
-    bridge hands over anyway). False when `stop()` turned true meanwhile."""
+                         stop: Callable[[], bool],
+                         tree: Callable[[], set[int]] | None = None) -> dict[int, str] | None:
+    """Until the command listens on every local port: the address to forward each port to
+    (bridge.local.ports.tree_hosts), or None when `stop()` turned true meanwhile. With `tree`
+    (the command's processes, ports.command_pids, where listeners can be told: Linux) only a
+    listener of theirs counts, so a stray server on the port is not taken for the command;
+    without it, anything that accepts on 127.0.0.1. After `bound` bridge hands over anyway (to
+    127.0.0.1), unless someone else listens there: then BridgeError."""
+    hosts: dict[int, str] = {}
     waiting = list(ports)
     waiter = progress.waiting("the command to listen on " + ", ".join(
         f"127.0.0.1:{n}" for n in waiting))
+    telling = tree is not None and localports.inspectable()
     with anyio.move_on_after(bound):
         while waiting:
             if stop():
-                return False
-            waiting = [n for n in waiting if not await accepts(n)]
+                return None
+            if telling:
+                assert tree is not None
+                found = await anyio.to_thread.run_sync(localports.listeners)
+                pids = await anyio.to_thread.run_sync(tree)
+                hosts.update(localports.tree_hosts(waiting, pids, found))
+            else:
+                hosts.update({n: "127.0.0.1" for n in waiting if await accepts(n)})
+            waiting = [n for n in ports if n not in hosts]
             if waiting:
                 waiter.tick()
                 await anyio.sleep(0.1)
         waiter.done()
-        return True
+        return hosts
+    if telling:
+        assert tree is not None
+        found = await anyio.to_thread.run_sync(localports.listeners)
+        taken = localports.strangers(waiting, await anyio.to_thread.run_sync(tree), found)
+        if taken:
+            shown = ", ".join(f"{localports.where(item)} (pid {item.pid or '?'}"
+                              f"{', ' + item.name if item.name else ''})"
+                              for _, item in sorted(taken.items()))
+            raise BridgeError(f"the command does not listen on {', '.join(map(str, waiting))} "
+                              f"after {bound:g}s and another process does: {shown}; the "
+                              "traffic stays with the cluster")
     progress.warn(f"the command does not listen on {', '.join(map(str, waiting))} after "
                   f"{bound:g}s; handing the traffic over anyway")
-    return True
+    return {**{n: "127.0.0.1" for n in waiting}, **hosts}
 
 
 async def proxy_ips(api: Api, session: str, pod: str | None = None) -> set[str]:

@@ -88,6 +88,9 @@ class Linker:
     # trusted are those whose ReplicaSet it controls.
     proxy_uid: str = ""
     refused: set[str] = field(default_factory=set)  # pods said once to be not bridge's
+    # local port -> the address the command listens on (default 127.0.0.1; ::1 for a
+    # command listening on IPv6 only), set by the session once the command listens
+    local_hosts: dict[int, str] = field(default_factory=dict)
     said_waiting: str = ""  # the last scheduling / readiness-gate line said
     # What admission (a mesh) added to the original's own pods, read before the swap: the
     # proxy pod may carry the same (trust.admitted); and why nothing is, when that is so.
@@ -212,7 +215,7 @@ class Linker:
             deadline = time.monotonic() + patience
             while True:
                 try:
-                    await link.tunnel.forward(pm.remote, "127.0.0.1", pm.local)
+                    await link.tunnel.forward(pm.remote, self.local_host(pm.local), pm.local)
                     break
                 except tunnelmod.ForwardRefused:
                     if time.monotonic() >= deadline:
@@ -226,7 +229,10 @@ class Linker:
             if waiter is not None:
                 waiter.done()
             self.progress.detail(f"remote forward {link.pod}:{pm.remote} -> "
-                                 f"127.0.0.1:{pm.local}")
+                                 f"{self.local_host(pm.local)} port {pm.local}")
+
+    def local_host(self, port: int) -> str:
+        return self.local_hosts.get(port, "127.0.0.1")
 
     async def wait_pod(self, first: bool) -> tuple[str, str]:
         """The running proxy pod and its host key; fails fast when the pod cannot start."""

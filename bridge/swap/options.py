@@ -1,4 +1,5 @@
-"""What `bridge swap` was asked to do: the options of one session."""
+"""The options of one `bridge swap` as the CLI gives them (checked and frozen into a
+`SwapRequest` by bridge.swap.request before the session starts)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from bridge.errors import BridgeError, NothingChanged
 from bridge.model import state
-from bridge.transport import outbound as outbound_mod
 from sidecar import protocol
 
 
@@ -23,10 +22,10 @@ def default_owner() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SwapOptions:
     target: str
-    command: list[str] = field(default_factory=list)
+    command: tuple[str, ...] = ()
     kubeconfig: str | None = None
     context: str | None = None
     namespace: str | None = None
@@ -50,48 +49,3 @@ class SwapOptions:
     mount_mode: str | None = None  # --mount-mode auto|copy|live
     mount_rw: bool = False  # --mount-rw
 
-
-@dataclass(frozen=True)
-class Asked:
-    """What the options ask for beyond the swap itself, checked before anything changes (a
-    user error here is `NothingChanged`): the outbound mode and --forward listeners, and
-    whether (and how) the pod's files come to this machine."""
-
-    outbound: outbound_mod.Mode
-    forwards: tuple[outbound_mod.Forward, ...]
-    files_mode: str | None  # "live" | "copy"; None: no files asked for
-    files_note: str  # what to say when the files are provided
-    hints: tuple[str, ...]  # warnings to show (e.g. no torsocks: proxy variables only)
-
-    @property
-    def direct_tcpip(self) -> bool:
-        """Whether the sidecar must open connections from the pod: for the outbound modes, and
-        for --forward listeners even with --outbound none."""
-        return self.outbound is not outbound_mod.Mode.NONE or bool(self.forwards)
-
-
-def preflight(o: SwapOptions) -> Asked:
-    """The options' checks that need no cluster (torsocks, --forward, --mount, sshfs)."""
-    try:
-        mode, hint = outbound_mod.choose_mode(o.outbound, outbound_mod.find_torsocks())
-        forwards = tuple(outbound_mod.parse_forward(f) for f in o.forwards)
-        files_mode, files_note = files_asked(o)
-    except NothingChanged:
-        raise
-    except BridgeError as e:  # its message says nothing was changed
-        raise NothingChanged(str(e)) from None
-    return Asked(mode, forwards, files_mode, files_note, (hint,) if hint else ())
-
-
-def files_asked(o: SwapOptions) -> tuple[str | None, str]:
-    """(mode, what to say) when the pod's files were asked for (--mount, --mount-mode,
-    --mount-rw), else (None, ""). BridgeError for a bad --mount DIR or an impossible live
-    mode."""
-    from bridge.local import mounts
-
-    if not (o.mount_dir or o.mount_mode or o.mount_rw):
-        return None, ""
-    problem = o.mount_dir and mounts.root_problem(o.mount_dir)
-    if problem:
-        raise NothingChanged(f"{problem}; nothing was changed")
-    return mounts.choose_mode(o.mount_mode or "auto", mounts.live_problem())

@@ -1,8 +1,11 @@
 """One swap session: the orchestrator of the phases (see lifecycle.py for the table).
 
-    resolve (read only)      resolve.resolve        -> Resolved
+    (request)                request.build          -> SwapRequest (checked before Session)
+    api                      Kube.connect           -> Kube
+    resolve (read only)      resolve.resolve        -> Resolved; controllers, local ports said
+    clear the way            lease.clear_the_way    -> the Deployment (a stale session restored)
     plan (pure)              plan.plan_proxy        -> the proxy manifest; Prepared (lock, key)
-    lease                    lease.clear_the_way, Lease.take / heartbeat / release
+    lease                    Lease.take / heartbeat / release
     link                     link.Linker.connect    -> Link (port-forward + SSH)
     environment              tunnel.env()           -> dict; envout.child_environment / write_files
     hand-over                handover.HandOver.run  (command listens, proxy Ready, original 0)
@@ -10,15 +13,16 @@
     hand-back                handback.hand_back     (original Ready, proxy out), then the command
     restore                  the cleanup stack      (command's tree, restore, tunnel, API)
 
+The laptop's end is a `CommandEnd` or an `AttachEnd` (ends.py), chosen once from the request.
 This module owns the task groups, the cancel scope of the setup (handed to the signal watcher,
-its only other user) and the cleanup stack; what happened to the cluster is an `Outcome`
-record, from which the final message is built. Hook points for features: `Session.hooks`.
+its only other user) and the cleanup stack; phase changes go through `Control.enter` (checked
+against lifecycle.NEXT); what happened to the cluster is an `Outcome` record, from which the
+final message is built. Hook points for features: `Session.hooks`.
 """
 
 from __future__ import annotations
 
 import secrets
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,33 +31,28 @@ import anyio
 import anyio.abc
 
 from bridge.cleanup import CleanupStack
-from bridge.errors import BridgeError, NothingChanged
-from bridge.kube.client import Kube
+from bridge.errors import BridgeError
+from bridge.kube.client import Kube, Obj
 from bridge.local import envout
-from bridge.local import ports as localports
-from bridge.local.ide import envfile as ide_envfile
-from bridge.local.runner import Child
 from bridge.local.signals import Control, watch_signals
-from bridge.model import controllers, lifecycle, plan, resources, state
+from bridge.model import controllers, lifecycle, plan, resources, state, trust
 from bridge.model.lifecycle import Action, Phase
 from bridge.model.outcome import Outcome, final_message
 from bridge.progress import Progress
-from bridge.swap import proofs
+from bridge.swap import ends, proofs
+from bridge.swap.ends import End, first_of
 from bridge.swap.handback import hand_back
-from bridge.swap.handover import HandOver, wait_listening
+from bridge.swap.handover import HandOver
 from bridge.swap.lease import Lease, NotOurs, clear_the_way, now
 from bridge.swap.link import Link, Linker, LinkSpec
-from bridge.swap.options import Asked, SwapOptions, default_owner, preflight
+from bridge.swap.options import SwapOptions, default_owner
+from bridge.swap.request import SwapRequest
 from bridge.swap.resolve import Resolved, resolve
 from bridge.transport import outbound as outbound_mod
 from bridge.transport import tunnel as tunnelmod
 from sidecar import protocol
 
-__all__ = ["NotOurs", "Session", "SwapOptions", "default_owner"]
-
-SQUAT_CHECK = 1.0  # attach mode: how often the local ports are checked for another user's listener
-CHILD_GRACE = 5.0  # SIGTERM -> SIGKILL when the cleanup stops the command's tree
-END_GRACE = CHILD_GRACE  # after the command was signalled, how long it may take to end
+__all__ = ["NotOurs", "Session", "SwapOptions", "SwapRequest", "default_owner", "first_of"]
 
 
 @dataclass(frozen=True)
@@ -68,9 +67,10 @@ class Prepared:
     files_skipped: tuple[str, ...] = ()  # the container's mounts not brought (--mount)
 
 
-def prepare(r: Resolved, deployment: dict[str, Any], o: SwapOptions, asked: Asked,
-            namespace: str, session: str, client_key: Any, started: Any,
+def prepare(r: Resolved, deployment: dict[str, Any], req: SwapRequest, namespace: str,
+            session: str, client_key: Any, started: Any,
             sidecar_resources: dict[str, Any] | None = None) -> Prepared:
+    o = req.options
     lock = state.Lock(
         session=session, owner=o.owner,
         replicas=int(deployment.get("spec", {}).get("replicas", 1)),
@@ -80,13 +80,13 @@ def prepare(r: Resolved, deployment: dict[str, Any], o: SwapOptions, asked: Aske
         container=r.container, ports=r.ports, session=session, owner=o.owner,
         authorized_key=tunnelmod.public_key_line(client_key), image=o.sidecar_image,
         allow_host_access=o.allow_host_access,
-        direct_tcpip=asked.direct_tcpip,
+        direct_tcpip=req.direct_tcpip,
         resources=sidecar_resources,
-        files=asked.files_mode is not None, files_writable=o.mount_rw)
+        files=req.files_mode is not None, files_writable=o.mount_rw)
     manifest = plan.plan_proxy(deployment, opts)
     manifest["metadata"]["namespace"] = namespace
     skipped: tuple[str, ...] = ()
-    if asked.files_mode is not None:
+    if req.files_mode is not None:
         pod_spec = deployment["spec"]["template"]["spec"]
         container = next(c for c in pod_spec["containers"] if c.get("name") == r.container)
         skipped = tuple(plan.files_plan(pod_spec, container, opts).skipped)
@@ -99,10 +99,10 @@ class Swap:
     """The phases' outputs as the session goes; each later phase takes its inputs from here.
 
     kube       the API connection (kube.Api)           from _api
-    resolved   Deployment, Services, container, ports  from resolve (read only)
-    prepared   session id, client key, lock, manifest  from the plan (pure)
-    lease      the lock, heartbeat, scaling            from the lease
-    linker     the link (linker.current: a Link)       from the link phase
+    resolved   Deployment, Services, container, ports  from _resolve (read only)
+    prepared   session id, client key, lock, manifest  from _plan (pure)
+    lease      the lock, heartbeat, scaling            from _lease
+    linker     the link (linker.current: a Link)       from _link
     pod_env    the pod's environment (dict)            read over the first link
     env_file   where the dotenv file was written       (attach mode at least)
     """
@@ -115,6 +115,14 @@ class Swap:
     pod_env: dict[str, str] = field(default_factory=dict)
     own_env: dict[str, str] = field(default_factory=dict)  # bridge's own (BRIDGE_ROOT...)
     env_file: str | None = None
+
+    @property
+    def session_id(self) -> str:
+        return self.prepared.session
+
+    @property
+    def local_ports(self) -> list[int]:
+        return [pm.local for pm in self.resolved.ports]
 
 
 @dataclass
@@ -133,26 +141,17 @@ class Hooks:
         default_factory=list)
 
 
-async def first_of(*waits: Callable[[], Awaitable[Any]]) -> None:
-    """Return as soon as one of `waits` returns."""
-    async with anyio.create_task_group() as tg:
-        async def one(w: Callable[[], Awaitable[Any]]) -> None:
-            await w()
-            tg.cancel_scope.cancel()
-
-        for w in waits:
-            tg.start_soon(one, w)
-
-
 class Session:
-    def __init__(self, opts: SwapOptions, progress: Progress) -> None:
-        self.opts = opts
+    def __init__(self, request: SwapRequest, progress: Progress) -> None:
+        self.request = request
+        self.opts = request.options
         self.progress = progress
         self.stack = CleanupStack(progress)
         self.outcome = Outcome()
         self.control = Control()
         self.hooks = Hooks()
-        self.asked: Asked | None = None
+        self.end: End = ends.choose(request, self.control, progress, self.stack,
+                                    self.hooks.on_command)
 
     async def run(self) -> int:
         """Run the session; the exit code bridge should end with. Raises BridgeError on failure
@@ -174,7 +173,7 @@ class Session:
                 if error is None:
                     raise
             finally:
-                self.control.phase = Phase.RESTORE
+                self.control.enter(Phase.RESTORE)
                 with anyio.CancelScope(shield=True):
                     await self.stack.unwind()
                 outer.cancel_scope.cancel()
@@ -187,14 +186,18 @@ class Session:
         return code
 
     async def _body(self) -> int:
-        """The phases in order; each one's output is a field of `Swap`."""
+        """The phases in order (the module's table); each one's output is a field of `Swap`."""
         kube = await self._api()
         self._profile("connect", kube)
-        swap = await self._lease(kube)
+        r, fighting = await self._resolve(kube)
+        deployment = await self._clear_the_way(kube, r)
+        prep = self._plan(kube, r, deployment, await self._limits(kube))
+        admitted = await self._admitted(kube, r, deployment)
+        lease = await self._lease(kube, r, prep, deployment, fighting)
         self._profile("resolve+lease", kube)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(swap.lease.heartbeat, self.opts.heartbeat_interval)
-            await self._link(swap)
+            tg.start_soon(lease.heartbeat, self.opts.heartbeat_interval)
+            swap = await self._link(kube, r, prep, lease, admitted)
             self._profile("link", kube)
             await self._hand_over(swap)
             self._profile("hand-over", kube)
@@ -208,13 +211,9 @@ class Session:
         self.progress.detail(f"profile: {phase} done; {kube.requests} API requests so far")
 
     async def _api(self) -> Kube:
+        """The API connection (the request was checked before the session started)."""
         o = self.opts
-        for option, path in (("--env-file", o.env_file), ("--env-json", o.env_json)):
-            problem = path and envout.output_path_problem(option, path)
-            if problem:
-                raise NothingChanged(f"{problem}; nothing was changed")
-        self.asked = asked = preflight(o)  # outbound, --forward, --mount: before any change
-        for hint in asked.hints:
+        for hint in self.request.hints:
             self.progress.warn(hint)
         kube = await Kube.connect(o.kubeconfig, o.context, o.namespace)
         self.stack.push("closing the API connection", kube.close)
@@ -222,26 +221,51 @@ class Session:
                              f"API {kube.host}")
         return kube
 
-    async def _lease(self, kube: Kube) -> Swap:
-        """Resolve (read only), clear the way (a stale session is restored), plan, take the
-        lock (its undo pushed first)."""
-        o, p, asked = self.opts, self.progress, self._asked()
+    async def _resolve(self, kube: Kube) -> tuple[Resolved, list[controllers.Finding]]:
+        """Read only: the Deployment, its Services, the container and ports; the controllers
+        that would undo the swap and the local ports' listeners are said (or refused) here,
+        before any change."""
+        o = self.opts
         r = await resolve(kube, o.target, o.container, o.ports)
-        # controllers that would undo the swap (KEDA, HPA, GitOps): said before any change
+        self.end.check_ports([pm.local for pm in r.ports])
         fighting = controllers.findings(r.deployment, await kube.list_scaled_objects())
         for finding in fighting:
-            p.warn(finding.line())
-        deployment = await clear_the_way(kube, r.deployment, ttl=o.heartbeat_ttl,
-                                         bound=o.timeout, progress=p, outcome=self.outcome)
-        prep = prepare(r, deployment, o, asked, kube.namespace, secrets.token_hex(4),
-                       tunnelmod.new_client_key(), now(),
-                       resources.sidecar_resources(await kube.list_limit_ranges()))
+            self.progress.warn(finding.line())
+        return r, fighting
+
+    async def _clear_the_way(self, kube: Kube, r: Resolved) -> Obj:
+        """A stale session on the Deployment is restored (a live one refuses the swap)."""
+        o = self.opts
+        return await clear_the_way(kube, r.deployment, ttl=o.heartbeat_ttl, bound=o.timeout,
+                                   progress=self.progress, outcome=self.outcome)
+
+    async def _limits(self, kube: Kube) -> dict[str, Any] | None:
+        return resources.sidecar_resources(await kube.list_limit_ranges())
+
+    def _plan(self, kube: Kube, r: Resolved, deployment: Obj,
+              sidecar_resources: dict[str, Any] | None) -> Prepared:
+        """Pure: the session id, the client key, the lock and the proxy manifest."""
+        prep = prepare(r, dict(deployment), self.request, kube.namespace, secrets.token_hex(4),
+                       tunnelmod.new_client_key(), now(), sidecar_resources)
         for skipped in prep.files_skipped:
-            p.warn(f"not bringing the pod's files at {skipped}")
-        admitted, not_admitted = await proofs.admitted_by(kube, deployment)  # a mesh's
+            self.progress.warn(f"not bringing the pod's files at {skipped}")
+        return prep
+
+    async def _admitted(self, kube: Kube, r: Resolved,
+                        deployment: Obj) -> tuple[trust.Admitted, str]:
+        """Read only: what admission (a mesh's injector) added to the original's own pods,
+        which the proxy pod may then carry too (proofs.admitted_by); and why nothing is, when
+        that is so."""
+        admitted, not_admitted = await proofs.admitted_by(kube, deployment)
         if admitted.summary():
-            p.detail(f"the proxy pod may carry what admission added to deployment/{r.name}'s "
-                     f"own pods: {admitted.summary()}")
+            self.progress.detail(f"the proxy pod may carry what admission added to "
+                                 f"deployment/{r.name}'s own pods: {admitted.summary()}")
+        return admitted, not_admitted
+
+    async def _lease(self, kube: Kube, r: Resolved, prep: Prepared, deployment: Obj,
+                     fighting: list[controllers.Finding]) -> Lease:
+        """Take the lock (its undo, the restore, pushed first)."""
+        o, p = self.opts, self.progress
         lease = Lease(kube, r.name, prep.lock, p,
                       drift=controllers.DriftWatch(known=fighting))
 
@@ -254,6 +278,17 @@ class Session:
                          restore_step=restore_step)
         p.info(f"swapping deployment/{r.name} (container {r.container}, ports "
                f"{prep.lock.ports}) in namespace {kube.namespace}, session {prep.session}")
+        return lease
+
+    async def _link(self, kube: Kube, r: Resolved, prep: Prepared, lease: Lease,
+                    admitted: tuple[trust.Admitted, str]) -> Swap:
+        """The proxy Deployment, the first link (no forwards yet), the pod's environment (and
+        the pod's files, the outbound proxy), written where asked."""
+        o, p = self.opts, self.progress
+        created = await kube.create_deployment(prep.manifest)
+        # the pods trusted are those of the Deployment created here (its UID)
+        proxy_uid = str((created.get("metadata") or {}).get("uid") or "")
+        lease.proxy_uid = proxy_uid  # from now on the heartbeat goes there
         linker = Linker(
             kube, lambda pod: _port_forwarder(kube, pod),
             LinkSpec(prep.session, r.container, prep.ssh_port, prep.client_key, r.ports,
@@ -261,58 +296,41 @@ class Session:
                      planned_spec=prep.manifest["spec"]["template"]["spec"],
                      planned_meta=prep.manifest["spec"]["template"].get("metadata") or {}),
             p, lease.still_ours_unless_unsure, timeout=o.timeout, on_connect=self.hooks.on_link,
-            admitted=admitted, admitted_note=not_admitted)
+            proxy_uid=proxy_uid, admitted=admitted[0], admitted_note=admitted[1])
         self.stack.push("closing the tunnel", linker.close)
-        return Swap(kube, r, prep, lease, linker)
-
-    def _asked(self) -> Asked:
-        assert self.asked is not None
-        return self.asked
-
-    async def _link(self, swap: Swap) -> None:
-        """The proxy Deployment, the first link (no forwards yet), the pod's environment (and
-        the pod's files, the outbound proxy), written where asked."""
-        o, p = self.opts, self.progress
-        created = await swap.kube.create_deployment(swap.prepared.manifest)
-        # the pods trusted are those of the Deployment created here (its UID)
-        swap.linker.proxy_uid = str((created.get("metadata") or {}).get("uid") or "")
-        swap.lease.proxy_uid = swap.linker.proxy_uid  # from now on the heartbeat goes there
-        proxy = swap.prepared.lock.proxy
-        p.info(f"created proxy deployment/{proxy}")
+        swap = Swap(kube, r, prep, lease, linker)
+        p.info(f"created proxy deployment/{prep.lock.proxy}")
         try:
             with anyio.fail_after(o.timeout):
-                link = await swap.linker.connect(first=True, forward=False)
+                link = await linker.connect(first=True, forward=False)
         except TimeoutError:
             raise BridgeError(f"timed out after {o.timeout:g}s waiting for the proxy pod of "
-                              f"deployment/{proxy} to start") from None
+                              f"deployment/{prep.lock.proxy} to start") from None
         swap.pod_env = await link.tunnel.env()
         for on_env in self.hooks.on_env:
             await on_env(swap.pod_env)
-        if self._asked().files_mode is not None:  # bridge's own variable, never filtered
+        if self.request.files_mode is not None:  # bridge's own variable, never filtered
             swap.own_env[protocol.ENV_ROOT] = await self._provide_files(swap, link)
         ob = await self._start_outbound(swap)
-        file_env = dict(swap.own_env)
-        if not o.command:  # outbound's own variables join after the pod's are filtered
-            file_env.update({**ob.forward_env(swap.pod_env), **ob.attach_env()})
         swap.env_file = envout.write_files(
-            swap.pod_env, own=file_env, allow=o.env_allow, syntax=o.env_syntax,
-            env_file=o.env_file, env_json=o.env_json, attach=not o.command,
-            stem=swap.resolved.name, stack=self.stack, progress=p)
-        if not o.command and swap.env_file and ob.attach_hint(swap.env_file, o.env_syntax):
-            p.info(ob.attach_hint(swap.env_file, o.env_syntax))
+            swap.pod_env, own={**swap.own_env, **self.end.file_env(ob, swap.pod_env)},
+            allow=o.env_allow, syntax=o.env_syntax, env_file=o.env_file, env_json=o.env_json,
+            attach=self.end.attach, stem=r.name, stack=self.stack, progress=p)
+        self.end.env_written(ob, swap.env_file)
+        return swap
 
     async def _provide_files(self, swap: Swap, link: Link) -> str:
         """The pod's files under a directory (copied or mounted live), removed at the end; a
         live mount is made again on every new link. The directory is returned."""
         from bridge.local import mounts
 
-        o, asked = self.opts, self._asked()
-        assert asked.files_mode is not None
-        self.progress.info(asked.files_note)
-        if o.mount_rw and asked.files_mode == "copy":
+        o, req = self.opts, self.request
+        assert req.files_mode is not None
+        self.progress.info(req.files_note)
+        if o.mount_rw and req.files_mode == "copy":
             self.progress.warn("--mount-rw: in copy mode, writes stay in the local copy")
-        files = mounts.Files(
-            link.tunnel.connection, asked.files_mode, o.mount_dir, writable=o.mount_rw,
+        files = mounts.open_files(
+            link.tunnel.connection, req.files_mode, o.mount_dir, writable=o.mount_rw,
             progress=self.progress, session=swap.prepared.session,
             copy_limit=mounts.COPY_LIMIT)
         self.stack.push("removing the pod's files", files.close)
@@ -327,10 +345,10 @@ class Session:
     async def _start_outbound(self, swap: Swap) -> outbound_mod.Outbound:
         """The command's connections go out from the pod (over the current link's SSH
         connection); the command runs under it (on_command)."""
-        asked, linker = self._asked(), swap.linker
+        req, linker = self.request, swap.linker
         ob = await outbound_mod.start(
             lambda: linker.current.tunnel.connection if linker.current else None,
-            asked.outbound, asked.forwards)
+            req.outbound, req.forwards)
         self.stack.push("stopping the outbound proxy", ob.close)
         if ob.describe():
             self.progress.info(ob.describe())
@@ -342,102 +360,37 @@ class Session:
         return ob
 
     async def _hand_over(self, swap: Swap) -> None:
-        """The command (if any) starts and listens; then the hand-over proper."""
-        o, c = self.opts, self.control
-        c.phase = Phase.HAND_OVER
-        if o.command:
-            await self._start_child(envout.child_environment(
-                swap.pod_env, swap.prepared.session, allow=o.env_allow, own=swap.own_env))
-        else:
-            refuse_squatters(swap.resolved.ports)  # before any request comes this way
+        """The command (if any) starts and listens; then the hand-over proper, forwarding to
+        the address the command listens on."""
+        c, end = self.control, self.end
+        c.enter(Phase.HAND_OVER)
+        await end.start(swap)
         handover = HandOver(swap.kube, swap.linker, swap.lease, swap.prepared.manifest,
-                            self.progress, o.timeout,
-                            stop=lambda: c.end.is_set() or _exited(c.child))
-        if c.child is None or await wait_listening(
-                [pm.local for pm in swap.resolved.ports], o.timeout, self.progress,
-                handover.stop):
+                            self.progress, self.opts.timeout,
+                            stop=lambda: c.end.is_set() or end.gone())
+        hosts = await end.listening(swap, handover.stop)
+        if hosts is not None:
+            swap.linker.local_hosts.update(hosts)
             await handover.run()
-
-    async def _start_child(self, env: dict[str, str]) -> None:
-        argv = list(self.opts.command)
-        for on_command in self.hooks.on_command:
-            argv, env = await on_command(argv, env)
-        self.control.child = child = await Child.start(argv, env)
-
-        async def stop() -> None:
-            if child.returncode is None:
-                self.progress.info(f"stopping the command (pid {child.pid}): SIGTERM, then "
-                                   f"SIGKILL after {CHILD_GRACE:g}s")
-            await child.terminate_tree(CHILD_GRACE)
-
-        self.stack.push("stopping the command", stop)
-        self.progress.info(f"started {' '.join(argv)} (pid {child.pid})")
 
     async def _hold(self, swap: Swap) -> int:
         """Hold until the command exits or a signal asks to end; then hand back."""
-        c, p, o = self.control, self.progress, self.opts
-        child = c.child
-        if not c.end.is_set() and not _exited(child):
-            c.phase = Phase.HOLD
-            if child is None:
-                p.info(ide_envfile.attached_message(  # the line IDE tasks wait for
-                    [f"127.0.0.1:{pm.local}" for pm in swap.resolved.ports], swap.env_file))
-
-                async def watch_squatters() -> None:
-                    while True:
-                        await anyio.sleep(SQUAT_CHECK)
-                        refuse_squatters(swap.resolved.ports)
-
-                await first_of(c.end.wait, watch_squatters)
-            else:
-                p.info(f"swapped: {' '.join(o.command)} gets the traffic; Ctrl-C ends the swap")
-                await first_of(c.end.wait, child.wait)
-        if child is not None and child.returncode is not None and not c.end.is_set():
+        c, p, end = self.control, self.progress, self.end
+        if not c.end.is_set() and not end.gone():
+            c.enter(Phase.HOLD)
+            await end.hold(swap)
+        if end.gone() and not c.end.is_set():
             if lifecycle.action(c.phase, lifecycle.Event.CHILD_EXIT) in (
                     Action.WITHDRAW, Action.KEEP_ORIGINAL):
                 await swap.linker.withdraw()  # no endpoint that accepts and drops
-            p.info(f"command exited with code {child.returncode}")
-            return child.returncode
-        c.phase = Phase.HAND_BACK
+            p.info(f"command exited with code {end.exit_code()}")
+            return end.exit_code()
+        c.enter(Phase.HAND_BACK)
         p.info(lifecycle.HAND_BACK_LINE if c.child_running()
                else "handing traffic back to the cluster")
-        await hand_back(swap.kube, swap.lease, swap.linker, swap.prepared.manifest, p, o.timeout)
-        if child is None:
-            return 0
-        return await self._stop_command(child)
-
-    async def _stop_command(self, child: Child) -> int:
-        c, p = self.control, self.progress
-        c.phase = Phase.STOPPING
-        sig = c.ended_by or signal.SIGTERM
-        name = signal.Signals(sig).name
-        if child.returncode is None and not c.stopped_now:
-            p.info(f"{name}: passing it to the command")
-            child.send_signal(sig)
-            with anyio.move_on_after(END_GRACE):
-                await child.wait()
-            if child.returncode is None:
-                why = " (the terminal is gone)" if sig == signal.SIGHUP else ""
-                p.warn(f"the command still runs {END_GRACE:g}s after {name}{why}; stopping "
-                       "it and restoring the cluster")
-                return 128 + sig  # the cleanup stack stops its tree
-        code = await child.wait()
-        if c.stopped_now:
-            return 128 + sig
-        p.info(f"command exited with code {code}")
-        return code
-
-
-def refuse_squatters(ports: list[Any]) -> None:
-    """Attach mode: no other user of this machine may listen on a local port the cluster's
-    requests go to (bridge.local.ports); BridgeError ends the session."""
-    why = localports.problem([pm.local for pm in ports])
-    if why:
-        raise BridgeError(why)
-
-
-def _exited(child: Child | None) -> bool:
-    return child is not None and child.returncode is not None
+        await hand_back(swap.kube, swap.lease, swap.linker, swap.prepared.manifest, p,
+                        self.opts.timeout)
+        return await end.finish()
 
 
 def _port_forwarder(kube: Kube, pod: str) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import textwrap
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -15,24 +14,15 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.stream import portforward
 
+from tests.helpers import http_server
+
 WAIT = 30.0  # bound on any single wait through the API
 
 # Answers GET with its pod name (HOSTNAME); BIND (default 0.0.0.0) and PORT (default 8080)
 # from the environment. Installs no SIGTERM handler: a script may put its own in front.
-HOSTNAME_SERVER = textwrap.dedent("""
-    import http.server, os
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = os.environ["HOSTNAME"].encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        def log_message(self, *args):
-            pass
-    addr = (os.environ.get("BIND", "0.0.0.0"), int(os.environ.get("PORT", "8080")))
-    http.server.ThreadingHTTPServer(addr, H).serve_forever()
-""")
+HOSTNAME_SERVER = http_server(
+    'body = os.environ["HOSTNAME"].encode()', host_expr='os.environ.get("BIND", "0.0.0.0")',
+    ports='[os.environ.get("PORT", "8080")]')
 
 
 def wait_for(what: str, check: Callable[[], Any], within: float = WAIT) -> Any:

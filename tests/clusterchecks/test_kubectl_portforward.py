@@ -20,35 +20,27 @@ import pytest
 
 from tests.clusterchecks.support import localhost_web_pod, port_forward
 from tests.conftest import KUBECTL, Kubectl
+from tests.helpers import http_server
 
 pytestmark = pytest.mark.cluster
 
 FORWARD_TIMEOUT = 30.0  # bound on waiting for kubectl's "Forwarding from" lines / its exit
 
-SERVER = """
-import hashlib, http.server, os, sys, threading
-class H(http.server.BaseHTTPRequestHandler):
-    def reply(self, body):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def do_GET(self):
-        if self.path.startswith("/bytes/"):
-            n = int(self.path.split("/")[2])
-            self.reply((b"0123456789abcdef" * (n // 16 + 1))[:n])
-            return
-        port = self.server.server_address[1]
-        self.reply(f"port={port} pod={os.environ['POD_NAME']} path={self.path}".encode())
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.reply(f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode())
-    def log_message(self, *a):
-        pass
-servers = [http.server.ThreadingHTTPServer(("127.0.0.1", p), H) for p in (8080, 8081)]
-threading.Thread(target=servers[1].serve_forever, daemon=True).start()
-servers[0].serve_forever()
-"""
+SERVER = http_server("""
+if self.path.startswith("/bytes/"):
+    n = int(self.path.split("/")[2])
+    body = (b"0123456789abcdef" * (n // 16 + 1))[:n]
+else:
+    body = f"port={port} pod={os.environ['POD_NAME']} path={self.path}".encode()
+""", ports="(8080, 8081)", prelude="import hashlib", methods="""
+def do_POST(self):
+    data = self.rfile.read(int(self.headers["Content-Length"]))
+    body = f"{len(data)} {hashlib.sha256(data).hexdigest()}".encode()
+    self.send_response(200)
+    self.send_header("Content-Length", str(len(body)))
+    self.end_headers()
+    self.wfile.write(body)
+""")
 
 
 @pytest.fixture

@@ -10,22 +10,12 @@ import pytest
 from kubernetes.stream import portforward
 
 from tests.clusterchecks.support import localhost_web_pod, port_forward, wait_for
+from tests.helpers import http_server
 
 pytestmark = pytest.mark.cluster
 
-SERVER = """
-import http.server, os
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = ("pod=" + os.environ["POD_NAME"] + " path=" + self.path).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", 8080), H).serve_forever()
-"""
+SERVER = http_server(
+    'body = ("pod=" + os.environ["POD_NAME"] + " path=" + self.path).encode()', ports="[8080]")
 
 
 @pytest.fixture

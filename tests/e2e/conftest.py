@@ -25,6 +25,7 @@ import pytest
 
 from bridge.model import state
 from tests.conftest import Kubectl, official_client, start_cluster
+from tests.helpers import http_server
 from tests.realcluster import fixture as real_cluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,57 +41,24 @@ ROUTED_IN_A_ROW = 10
 # kube-proxy stops routing to it later still; a server that died at once would fail the
 # requests in flight meanwhile (Kubernetes' own termination race, which a preStop sleep or a
 # graceful shutdown covers) whoever scaled it down.
-CLUSTER_SERVER = r"""
-import http.server, os, signal, socketserver, threading, time
+CLUSTER_SERVER = http_server(
+    'body = f"cluster {os.environ[\'HOSTNAME\']} {port}\\n".encode()',
+    host="", ports='os.environ["PORTS"].split(",")', prelude="""
 def _term(*_):
     threading.Thread(target=lambda: (time.sleep(5.0), os._exit(0)), daemon=True).start()
 signal.signal(signal.SIGTERM, _term)
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        port = self.server.server_address[1]
-        body = f"cluster {os.environ['HOSTNAME']} {port}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-class S(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-servers = [S(("", int(p)), H) for p in os.environ["PORTS"].split(",")]
-for s in servers[1:]:
-    threading.Thread(target=s.serve_forever, daemon=True).start()
-servers[0].serve_forever()
-"""
+""")
 
 # argv: PORT... ; GET /exit/N answers then exits with code N; GET /env answers the environment.
-LOCAL_SERVER = r"""
-import http.server, json, os, sys, threading
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        port = self.server.server_address[1]
-        if self.path == "/env":
-            body = json.dumps(dict(os.environ)).encode()
-        else:
-            body = f"laptop {port}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        self.wfile.flush()
-        if self.path.startswith("/exit/"):
-            os._exit(int(self.path.rsplit("/", 1)[1]))
-    def log_message(self, *a):
-        pass
-class S(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-servers = [S(("127.0.0.1", int(p)), H) for p in sys.argv[1:]]
-for s in servers[1:]:
-    threading.Thread(target=s.serve_forever, daemon=True).start()
-print("local server up", flush=True)
-servers[0].serve_forever()
-"""
+LOCAL_SERVER = http_server("""
+if self.path == "/env":
+    body = json.dumps(dict(os.environ)).encode()
+else:
+    body = f"laptop {port}\\n".encode()
+""", after="""
+if self.path.startswith("/exit/"):
+    os._exit(int(self.path.rsplit("/", 1)[1]))
+""", ready='print("local server up", flush=True)')
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,7 @@ from tests.e2e.conftest import (
     http_get,
     wait_until,
 )
+from tests.helpers import http_server
 from tests.realcluster import fixture as real_cluster
 
 REAL = os.environ.get("BRIDGE_TEST_CLUSTER") == "real"
@@ -235,8 +236,19 @@ def accepts(port: int) -> bool:
 # ------------------------------------------------------------------ real Kubernetes: the files
 
 # The swapped app: answers GET /files with what it reads under $BRIDGE_ROOT, /exit/N exits.
-FILES_APP = r"""
-import http.server, json, os, sys
+FILES_APP = http_server("""
+if self.path == "/files":
+    body = json.dumps({"root": ROOT, **{rel: read(rel) for rel in (
+        "etc/config/app.yaml", "etc/tls/tls.key", "work/prepared.txt",
+        "var/run/secrets/kubernetes.io/serviceaccount/token",
+        "var/run/secrets/kubernetes.io/serviceaccount/namespace",
+        "var/run/secrets/kubernetes.io/serviceaccount/ca.crt")}}).encode()
+else:
+    body = b"laptop\\n"
+""", after="""
+if self.path.startswith("/exit/"):
+    os._exit(int(self.path.rsplit("/", 1)[1]))
+""", prelude="""
 ROOT = os.environ["BRIDGE_ROOT"]
 def read(rel):
     try:
@@ -244,41 +256,9 @@ def read(rel):
             return f.read()
     except OSError as e:
         return f"ERROR {e}"
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        if self.path == "/files":
-            body = json.dumps({"root": ROOT, **{rel: read(rel) for rel in (
-                "etc/config/app.yaml", "etc/tls/tls.key", "work/prepared.txt",
-                "var/run/secrets/kubernetes.io/serviceaccount/token",
-                "var/run/secrets/kubernetes.io/serviceaccount/namespace",
-                "var/run/secrets/kubernetes.io/serviceaccount/ca.crt")}}).encode()
-        else:
-            body = b"laptop\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        self.wfile.flush()
-        if self.path.startswith("/exit/"):
-            os._exit(int(self.path.rsplit("/", 1)[1]))
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"""
+""")
 
-APP_SERVER = r"""
-import http.server, os
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = b"cluster\n"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(("", 8080), H).serve_forever()
-"""
+APP_SERVER = http_server('body = b"cluster\\n"', host="", ports="[8080]")
 TLS_KEY = "-----BEGIN FAKE KEY-----\nfor the e2e test\n-----END FAKE KEY-----\n"
 
 

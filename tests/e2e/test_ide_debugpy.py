@@ -27,6 +27,7 @@ from dotenv import dotenv_values
 
 from bridge.local.ide import vscode
 from tests.dap import DapClient
+from tests.helpers import http_server
 
 from .conftest import REPO, free_port, wait_until
 
@@ -55,22 +56,10 @@ items:
       -----END CERT-----
 """
 
-APP = '''\
-import http.server, os, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        level = os.environ["FROM_CM"]
-        body = ("laptop says hello; log level " + level + "\\n").encode() * 1000  # BREAK
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-class S(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-'''
+APP = http_server("""
+level = os.environ["FROM_CM"]
+body = ("laptop says hello; log level " + level + "\\n").encode() * 1000  # BREAK
+""")
 
 CLIENT = ("import sys, urllib.request\n"
           "body = urllib.request.urlopen(sys.argv[1], timeout=3600).read().decode()\n"

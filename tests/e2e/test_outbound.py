@@ -21,6 +21,7 @@ import pytest
 
 from bridge.local import env as envmod
 from tests.e2e.conftest import Workload, free_port
+from tests.helpers import http_server
 from tests.realcluster import fixture as real_cluster
 
 pytestmark = [pytest.mark.timeout(300),
@@ -31,27 +32,19 @@ BLOCK = bytes(range(256)) * 4096  # 1 MiB
 BIG_SHA256 = hashlib.sha256(BLOCK * BIG_MB).hexdigest()
 
 # The other Service's pods: HTTP on the first port (/big: 50 MiB), a line echo on the second.
-ORDERS_SERVER = r"""
-import http.server, os, socketserver, threading
+ORDERS_SERVER = http_server("""
+if self.path == "/big":
+    self.send_response(200)
+    self.send_header("Content-Length", str(BIG * len(BLOCK)))
+    self.end_headers()
+    for _ in range(BIG):
+        self.wfile.write(BLOCK)
+    return
+body = f"cluster {os.environ['HOSTNAME']} {http_port}\\n".encode()
+""", host="", ports="[http_port]", http11=True, prelude="""
+import socketserver
 http_port, echo_port = (int(p) for p in os.environ["PORTS"].split(","))
 BLOCK = bytes(range(256)) * 4096
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        if self.path == "/big":
-            self.send_response(200)
-            self.send_header("Content-Length", str(BIG * len(BLOCK)))
-            self.end_headers()
-            for _ in range(BIG):
-                self.wfile.write(BLOCK)
-            return
-        body = f"cluster {os.environ['HOSTNAME']} {http_port}\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
 class Echo(socketserver.StreamRequestHandler):
     def handle(self):
         for line in self.rfile:
@@ -60,23 +53,14 @@ class T(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 threading.Thread(target=T(("", echo_port), Echo).serve_forever, daemon=True).start()
-class S(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-S(("", http_port), H).serve_forever()
-""".replace("BIG", str(BIG_MB))
+""").replace("BIG", str(BIG_MB))
 
 # The laptop app: listens on the swapped port, then makes every call and writes the outcomes.
-APP = r"""
-import hashlib, http.server, json, os, socket, subprocess, sys, threading, urllib.request
+APP = http_server(
+    r'body = b"laptop\n"', ports="[listen_port]", prelude="""
+import hashlib, subprocess, urllib.request
 kind, out, listen_port, cluster_ip, pod_ip, pod_port, ns = sys.argv[1:8]
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200); self.send_header("Content-Length", "7"); self.end_headers()
-        self.wfile.write(b"laptop\n")
-    def log_message(self, *a):
-        pass
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(listen_port)), H)
-threading.Thread(target=srv.serve_forever, daemon=True).start()
+""", then=r"""
 results = {}
 def check(name, fn):
     try:
@@ -123,7 +107,7 @@ if kind == "inject":
     check("loopback", lambda: get(f"http://127.0.0.1:{listen_port}/"))
 with open(out, "w") as f:
     json.dump(results, f)
-"""
+""")
 
 
 def make_orders(make_workload: Any) -> tuple[Workload, str, str, int, int]:

@@ -318,3 +318,48 @@ async def exchange(host: str, port: int, payload: bytes) -> bytes:
         data = await reader.read()
         writer.close()
         return data
+
+
+APP_YAML = "greeting: hello from the configmap\n"
+
+
+TLS_KEY = "-----BEGIN FAKE KEY-----\nsecret\n-----END FAKE KEY-----\n"
+
+
+def atomic_writer_volume(root: Path, files: dict[str, str]) -> None:
+    """A volume as the kubelet's atomic writer leaves it."""
+    stamp = "..2024_01_02_03_04_05.123456789"
+    (root / stamp).mkdir(parents=True)
+    for name, text in files.items():
+        (root / stamp / name).write_text(text)
+        (root / name).symlink_to(f"..data/{name}")
+    (root / "..data").symlink_to(stamp)
+
+
+@dataclass
+class Pod:
+    root: Path  # where the "volumes" live on this host
+    mounts: list[dict[str, object]]
+
+
+def make_pod(tmp_path: Path, *, writable_data: bool) -> Pod:
+    root = tmp_path / "node"
+    config = root / "configmap"
+    secret = root / "secret"
+    data = root / "emptydir"
+    atomic_writer_volume(config, {"app.yaml": APP_YAML})
+    atomic_writer_volume(secret, {"tls.key": TLS_KEY})
+    data.mkdir(parents=True)
+    (data / "prepared.txt").write_text("written by an init container\n")
+    # escapes planted inside the volumes
+    (config / "etc-link").symlink_to("/etc")
+    (config / "passwd-link").symlink_to("../../../../../../../../etc/passwd")
+    (data / "to-secret").symlink_to(secret)  # another mount: still outside this one
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not in any mount\n")
+    mounts: list[dict[str, object]] = [
+        {"path": "/etc/config", "source": str(config), "writable": False},
+        {"path": "/var/run/secrets/app", "source": str(secret), "writable": False},
+        {"path": "/data", "source": str(data), "writable": writable_data},
+    ]
+    return Pod(root, mounts)

@@ -7,7 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime
+import datetime as dt
+import io
 import os
 import signal
 import socket
@@ -21,6 +24,7 @@ from typing import Any
 import aiohttp
 import anyio
 import asyncssh
+import pytest
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,16 +32,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kubernetes.aio.client import ApiClient, Configuration
 
-from bridge.kube.client import (
-    TICK,
-    ApiError,
-    NotFound,
-    WatchFailed,
-    error_type,
-    follow,
-    wait_with,
-)
+from bridge.kube.client import TICK, ApiError, NotFound, WatchFailed, error_type, follow, wait_with
+from bridge.model import plan, state
 from bridge.model.endpoints import SERVICE_NAME_LABEL
+from bridge.model.target import PortMap
+from bridge.progress import Progress
+from bridge.swap import restore
+from bridge.swap.lease import Lease
+from bridge.swap.session import first_bridge_error
 from bridge.transport.portforward import SUBPROTOCOL, PortForwarder
 from bridge.transport.tunnel import Tunnel, new_client_key, parse_host_key, public_key_line
 from sidecar import protocol
@@ -572,3 +574,252 @@ async def serve_get(handle: Callable[[web.Request], Any]) -> tuple[web.AppRunner
     sock.bind(("127.0.0.1", 0))
     await web.SockSite(runner, sock).start()
     return runner, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+# ------------------------------------------------------------------ locks, restores (swap)
+
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def lock(session: str = "s1", owner: str = "ann@laptop") -> state.Lock:
+    return state.Lock(session=session, owner=owner, replicas=2, proxy=f"hello-bridge-{session}",
+                      ports="8080", started_at=T0)
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(restore, "RETRY", dataclasses.replace(restore.RETRY, base=0.01,
+                                                              cap=0.01, within=1.0))
+
+
+def add_proxy(kube: FakeKube, lk: state.Lock, original: str = "hello") -> None:
+    """The proxy Deployment as bridge creates it: its labels, marker and owner reference."""
+    kube.add(lk.proxy, 1, {state.PROXY_FOR_LABEL: original},
+             labels={state.MANAGED_BY_LABEL: state.MANAGED_BY, state.SESSION_LABEL: lk.session,
+                     state.PROXY_FOR_LABEL: original},
+             ownerReferences=[{"kind": "Deployment", "name": original,
+                               "uid": f"uid-{original}"}])
+
+
+def run_restore(kube: FakeKube, **kw: Any) -> tuple[restore.Outcome, str]:
+    out = io.StringIO()
+
+    async def main() -> restore.Outcome:
+        return await restore.restore(kube, "hello", Progress(stream=out),  # type: ignore[arg-type]
+                                     **kw)
+
+    return anyio.run(main), out.getvalue()
+
+
+def lease_on(kube: FakeKube, lk: state.Lock) -> Lease:
+    lease = Lease(kube, "hello", lk, Progress(stream=io.StringIO()))
+    lease.proxy_uid = f"uid-{lk.proxy}"  # the proxy Deployment this session created
+    return lease
+
+
+FORGED_AT = state.format_time(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=10))
+
+
+def forged(**fields: str) -> dict[str, str]:
+    base = {state.SESSION: "x", state.OWNER: "mallory", state.REPLICAS: "1",
+            state.PROXY: "hello-bridge-x", state.PORTS: "8080", state.STARTED_AT: FORGED_AT,
+            state.HEARTBEAT: FORGED_AT}
+    out = {**base, **{getattr(state, k.upper()): v for k, v in fields.items()}}
+    return {k: v for k, v in out.items() if v != "<absent>"}
+
+
+def snapshot(kube: FakeKube) -> dict[str, Any]:
+    import copy
+    return copy.deepcopy(kube.deployments)
+
+
+ORIGINAL: dict[str, Any] = {
+    "metadata": {"name": "hello", "namespace": "shop", "resourceVersion": "7",
+                 "annotations": {"deployment.kubernetes.io/revision": "3"}},
+    "spec": {
+        "replicas": 3,
+        "selector": {"matchLabels": {"app": "hello"}},
+        "template": {
+            "metadata": {"labels": {"app": "hello", "tier": "web"}},
+            "spec": {
+                "initContainers": [{"name": "migrate", "image": "mig:1"}],
+                "volumes": [{"name": "cfg", "configMap": {"name": "hello-cfg"}}],
+                "containers": [
+                    {"name": "app", "image": "hello:1", "command": ["/app"], "args": ["--x"],
+                     "env": [{"name": "A", "value": "1"},
+                             {"name": "S",
+                              "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+                     "envFrom": [{"configMapRef": {"name": "hello-env"}}],
+                     "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}],
+                     "ports": [{"name": "http", "containerPort": 8080}],
+                     "workingDir": "/srv/app",
+                     "livenessProbe": {"httpGet": {"path": "/l", "port": 8080}},
+                     "readinessProbe": {"httpGet": {"path": "/r", "port": 8080}},
+                     "startupProbe": {"exec": {"command": ["true"]}},
+                     "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}}},
+                    {"name": "logger", "image": "log:1",
+                     "livenessProbe": {"tcpSocket": {"port": 9100}}},
+                ],
+            },
+        },
+    },
+}
+
+
+def options(*ports: PortMap) -> plan.Options:
+    return plan.Options(container="app", ports=ports or (PortMap(8080, 8080, "http"),),
+                        session="s1", owner="ann@laptop", authorized_key="ssh-ed25519 AAAA bridge",
+                        image="sidecar:test")
+
+
+# ------------------------------------------------------------------ the phases' fakes (swap)
+
+
+def sidecar_status(state: dict, last: dict | None = None) -> dict:  # type: ignore[type-arg]
+    cs = {"name": "web", "state": state, "restartCount": 1 if last else 0}
+    if last:
+        cs["lastState"] = last
+    return {"status": {"phase": "Running", "containerStatuses": [cs]}}
+
+
+def make_linker(kube: FakeKube, ports: list, progress: Progress | None = None):  # type: ignore[no-untyped-def,type-arg]
+    from bridge.swap.link import Linker, LinkSpec
+
+    async def ours() -> None:
+        pass
+
+    return Linker(kube, lambda pod: None, LinkSpec("abcd", "web", 8022, None, ports),
+                  progress or Progress(stream=io.StringIO()), ours)
+
+
+class FakeTunnel:
+    def __init__(self, closed: bool = False) -> None:
+        self.closed = closed
+        self.withdrawn = False
+        self.last_forwarded = 0.0  # no connection came through the tunnel
+
+    def is_closed(self) -> bool:
+        return self.closed
+
+    async def withdraw(self) -> None:
+        self.withdrawn = True
+
+
+class FakeLinker:
+    """Stands in for link.Linker in the hand-over and hand-back: records what was asked."""
+
+    def __init__(self, links: list, log: list[str] | None = None) -> None:  # type: ignore[type-arg]
+        from bridge.swap.link import LinkSpec
+
+        self.links = links
+        self.current = links[0]
+        self.spec = LinkSpec("abcd", "web", 8022, None, [])
+        self.forwards: list[tuple[object, float]] = []
+        self.reconnects = 0
+        self.close_after_forward: set[int] = set()
+        self.log = log if log is not None else []
+
+    async def reconnect(self, old, *, forward: bool, within: float | None):  # type: ignore[no-untyped-def]
+        assert old is self.current and not forward
+        self.reconnects += 1
+        self.current = self.links[min(self.reconnects, len(self.links) - 1)]
+        return self.current
+
+    async def forward(self, link, patience: float = 0.0) -> None:  # type: ignore[no-untyped-def]
+        self.forwards.append((link, patience))
+        if id(link) in self.close_after_forward:
+            link.tunnel.closed = True
+
+    async def check_pod(self, pod) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    async def withdraw(self) -> bool:
+        self.log.append("withdraw")
+        await self.current.tunnel.withdraw()
+        return True
+
+
+def ready_pod(name: str = "proxy-pod", ready: bool = True, ip: str = "10.0.0.9") -> dict:  # type: ignore[type-arg]
+    return {"metadata": {"name": name, "labels": {"bridge-k8s.io/session": "abcd"}},
+            "status": {"phase": "Running", "podIP": ip, "conditions": [
+                {"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def locked(kube: FakeKube, session: str = "abcd", replicas: int = 2):  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    from bridge.model import state
+
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    lk = state.Lock(session=session, owner="me@here", replicas=replicas, proxy="hello-bridge",
+                    ports="80", started_at=t)
+    kube.add("hello", replicas, state.encode(lk))
+    return lk
+
+
+def hand_over(kube: FakeKube, linker: FakeLinker, stop=lambda: False):  # type: ignore[no-untyped-def]
+    from bridge.swap.handover import HandOver
+    from bridge.swap.lease import Lease
+
+    lk = locked(kube)
+    progress = Progress(stream=io.StringIO())
+    return HandOver(kube, linker, Lease(kube, "hello", lk, progress), {},  # type: ignore[arg-type]
+                    progress, 10.0, stop)
+
+
+def watched_lock(kube: FakeKube, *, proxy: bool):  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    from bridge.model import state
+
+    # the holder's clock is an hour ahead: it must not matter
+    t = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    lk = state.Lock(session="s1", owner="ann@laptop", replicas=2, proxy="hello-bridge-s1",
+                    ports="80", started_at=t)
+    kube.add("hello", 0, state.encode(lk))
+    if proxy:
+        add_proxy(kube, lk)
+        kube.deployments[lk.proxy]["metadata"]["annotations"].update(
+            state.beat_annotations(7, t))
+    return lk
+
+
+def clear_way(kube: FakeKube, ttl: float, during=None):  # type: ignore[no-untyped-def]
+    from bridge.model.outcome import Outcome
+    from bridge.swap.lease import clear_the_way
+
+    out = io.StringIO()
+
+    async def main():  # type: ignore[no-untyped-def]
+        async with anyio.create_task_group() as tg:
+            if during is not None:
+                tg.start_soon(during)
+            try:
+                return await clear_the_way(kube, await kube.get_deployment("hello"), ttl=ttl,
+                                           bound=5, progress=Progress(stream=out),
+                                           outcome=Outcome())
+            finally:
+                tg.cancel_scope.cancel()
+
+    try:
+        return anyio.run(main), out.getvalue()
+    except BaseExceptionGroup as eg:
+        e = first_bridge_error(eg)
+        if e is None:
+            raise
+        e.add_note(out.getvalue())
+        raise e from None
+
+
+class SlowKube(FakeKube):
+    """An API server a link away: read number i (from 0) takes delays[i] seconds, then none."""
+
+    def __init__(self, delays: list[float]) -> None:
+        super().__init__()
+        self.delays = delays
+
+    async def get_deployment(self, name: str) -> dict[str, Any]:
+        if self.delays:
+            await anyio.sleep(self.delays.pop(0))
+        return await super().get_deployment(name)

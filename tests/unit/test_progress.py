@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
+
 from bridge.progress import QUIET, Progress
 
 
@@ -29,3 +31,17 @@ def test_a_failing_log_file_does_not_raise(tmp_path: Path) -> None:
     p.log = Full()
     p.info("restoring deployment/hello")
     assert "restoring deployment/hello" in err.getvalue()
+
+
+@pytest.mark.parametrize("verbosity,shown", [(0, ["warning"]), (1, ["info", "warning"]),
+                                             (2, ["info", "detail", "warning"])])
+def test_progress_levels(verbosity: int, shown: list[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    out = io.StringIO()
+    log = tmp_path / "log"
+    p = Progress(verbosity, str(log), stream=out)
+    p.info("info")
+    p.detail("detail")
+    p.warn("warning")
+    p.close()
+    assert [ln.split(": ")[-1] for ln in out.getvalue().splitlines()] == shown
+    assert len(log.read_text().splitlines()) == 3  # the log file gets everything

@@ -10,21 +10,12 @@ import threading
 from pathlib import Path
 
 from tests.dap import DapClient
+from tests.helpers import http_server
 
-APP = '''\
-import http.server, os, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        secret = os.environ["SECRET_VALUE"]
-        body = f"answer {secret}\\n".encode()  # BREAK
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-'''
+APP = http_server("""
+secret = os.environ["SECRET_VALUE"]
+body = f"answer {secret}\\n".encode()  # BREAK
+""")
 
 
 def free_port() -> int:

@@ -26,8 +26,17 @@ from bridge.local import mounts
 from bridge.progress import QUIET, Progress
 from sidecar import protocol
 from tests.helpers import stop_process
-from tests.sidecar.harness import REPO, ClientKey, Sidecar, make_key, running_sidecar
-from tests.sidecar.test_files import APP_YAML, TLS_KEY, Pod, make_pod
+from tests.sidecar.harness import (
+    APP_YAML,
+    REPO,
+    TLS_KEY,
+    ClientKey,
+    Pod,
+    Sidecar,
+    make_key,
+    make_pod,
+    running_sidecar,
+)
 
 LIVE = mounts.live_problem()
 needs_live = pytest.mark.skipif(LIVE is not None, reason=f"live mode cannot work here: {LIVE}")
@@ -370,7 +379,7 @@ def test_a_live_mount_rides_a_new_connection_after_a_reconnect(
         sidecar: Sidecar, key: ClientKey, state_home: Path) -> None:
     async def scenario() -> None:
         first = await sidecar.connect(key)
-        files = mounts.Files(first, "live", None, writable=False, progress=Progress(QUIET),
+        files = mounts.LiveFiles(first, None, writable=False, progress=Progress(QUIET),
                              session="t5", copy_limit=mounts.COPY_LIMIT)
         try:
             root = Path(await files.start())
@@ -405,7 +414,7 @@ def test_a_remount_works_while_the_old_sshfs_socket_is_still_held_open(
 
     async def scenario() -> None:
         first = await sidecar.connect(key, keepalive_interval=0.2, keepalive_count_max=2)
-        files = mounts.Files(first, "live", None, writable=False, progress=Progress(QUIET),
+        files = mounts.LiveFiles(first, None, writable=False, progress=Progress(QUIET),
                              session="t6", copy_limit=mounts.COPY_LIMIT)
         try:
             root = seen["root"] = Path(await files.start())
@@ -475,7 +484,7 @@ def test_a_remount_that_does_not_come_up_is_detached_and_the_session_goes_on(
                 "ssh-ed25519")])
         port = server.sockets[0].getsockname()[1]
         first = await sidecar.connect(key)
-        files = mounts.Files(first, "live", None, writable=False,
+        files = mounts.LiveFiles(first, None, writable=False,
                              progress=Progress(QUIET, stream=said), session="t7",
                              copy_limit=mounts.COPY_LIMIT)
         try:

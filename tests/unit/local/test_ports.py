@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from bridge.local import ports as localports
@@ -51,3 +52,105 @@ def test_a_listener_of_another_user_is_named_and_ours_is_not() -> None:
     finally:
         own.kill()
         own.wait(timeout=10)
+
+
+def test_before_the_swap_a_listener_on_the_port_is_refused_or_said() -> None:
+    """Issue 21.2: the user's own stray server on the port got the cluster's traffic while the
+    command failed to bind. Another user's listener: refused in both modes; the user's own:
+    refused when a command will be started, said in attach mode; its pid and name given."""
+    stray = Listener("0.0.0.0", 8080, 4242, 1000, "python3")
+    refusal, note = localports.before_swap([8080], 1000, [stray], command=True)
+    assert refusal == ("already in use on this machine: 0.0.0.0:8080 (pid 4242, python3); the "
+                       "cluster's requests would go to it, not to your command; stop it or pick "
+                       "another local port with --port REMOTE:LOCAL") and note == ""
+    refusal, note = localports.before_swap([8080], 1000, [stray], command=False)
+    assert refusal == "" and "pid 4242, python3" in note and "go to it" in note
+    theirs = Listener("127.0.0.1", 8080, None, None)
+    for command in (True, False):
+        refusal, _ = localports.before_swap([8080], 1000, [theirs, stray], command=command)
+        assert refusal.startswith("another user listens on 127.0.0.1:8080")
+    elsewhere = Listener("10.0.0.5", 8080, 4242, 1000, "python3")  # not reachable at loopback
+    assert localports.before_swap([8080], 1000, [elsewhere], command=True) == ("", "")
+    assert localports.before_swap([9090], 1000, [stray], command=True) == ("", "")
+
+
+def test_the_forward_goes_to_the_address_family_the_command_listens_on() -> None:
+    """Issue 19.6: another user on 127.0.0.1:P got every request while the command listened on
+    [::1]:P. Only the command's tree's listeners count; IPv6-only goes to ::1."""
+    squatter = Listener("127.0.0.1", 8080, None, None)
+    v6 = Listener("::1", 8080, 10, 1000)
+    assert localports.tree_hosts([8080], {10}, [squatter, v6]) == {8080: "::1"}
+    assert localports.tree_hosts([8080], {10}, [Listener("::", 8080, 10, 1000)]) == {8080: "::1"}
+    assert localports.tree_hosts([8080], {10}, [Listener("0.0.0.0", 8080, 10, 1000), v6]) == \
+        {8080: "127.0.0.1"}
+    assert localports.tree_hosts([8080], {10}, [Listener("10.1.2.3", 8080, 10, 1000)]) == \
+        {8080: "10.1.2.3"}
+    assert localports.tree_hosts([8080], {11}, [squatter, v6]) == {}  # not the command's
+    assert localports.strangers([8080], {10}, [squatter, v6]) == {8080: squatter}
+
+
+def test_a_stray_server_of_our_own_is_named_by_pid_and_name() -> None:
+    port = free_port()
+    own = subprocess.Popen([sys.executable, "-c", LISTEN, str(port)], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert own.stdout is not None and own.stdout.readline().strip() == "up"
+        refusal, _ = localports.check_before_swap([port], command=True)
+        assert f"127.0.0.1:{port} (pid {own.pid}, python" in refusal, refusal
+        _, note = localports.check_before_swap([port], command=False)
+        assert f"pid {own.pid}" in note
+    finally:
+        own.kill()
+        own.wait(timeout=10)
+    assert localports.check_before_swap([port], command=True) == ("", "")
+
+
+def test_the_tree_of_a_command_holds_its_children_and_its_session() -> None:
+    """A server the command started (a child, or one daemonized away but still in the
+    command's session) is the command's; this test process is not."""
+    script = ("import subprocess, sys, time\n"
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+              "print(p.pid, flush=True); time.sleep(60)\n")
+    cmd = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        assert cmd.stdout is not None
+        grandchild = int(cmd.stdout.readline())
+        tree = localports.tree_of(cmd.pid)
+        assert {cmd.pid, grandchild} <= tree and os.getpid() not in tree
+    finally:
+        os.killpg(cmd.pid, 9)
+        cmd.wait(timeout=10)
+
+
+def test_a_daemon_the_command_started_counts_as_the_commands() -> None:
+    """A process of this user created since the command started counts (a daemon made the
+    classic way is outside the command's tree and session); one from before does not."""
+    import time
+
+    before = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    time.sleep(1.5)  # create_time counts from a boot time in whole seconds
+    after = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        since = psutil.Process(after.pid).create_time()  # on the same scale
+        pids = localports.command_pids(999999999, since)
+        assert after.pid in pids and before.pid not in pids
+    finally:
+        for p in (before, after):
+            p.kill()
+            p.wait(timeout=10)
+
+
+def test_while_the_session_lasts_only_a_foreign_listener_where_the_traffic_goes_counts() -> None:
+    """The command listens on [::1]:8080: another user on 127.0.0.1:8080 gets nothing (not a
+    reason to end); another user on [::1]:8080 or `::` (after the command closed its socket)
+    is."""
+    mine = Listener("::1", 8080, 10, 1000)
+    v4_squatter = Listener("127.0.0.1", 8080, None, None)
+    assert localports.foreign_on({8080: "::1"}, 1000, [mine, v4_squatter]) == {}
+    for address in ("::1", "::"):
+        squatter = Listener(address, 8080, None, None)
+        assert localports.foreign_on({8080: "::1"}, 1000, [squatter]) == {8080: squatter}
+    assert localports.foreign_on({8080: "127.0.0.1"}, 1000, [v4_squatter]) == \
+        {8080: v4_squatter}
+    assert localports.foreign_on({9090: "127.0.0.1"}, 1000, [v4_squatter]) == {}

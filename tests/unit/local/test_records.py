@@ -22,9 +22,9 @@ from bridge.local import records as localstate
 from bridge.model import state
 from bridge.model.outcome import Outcome
 from bridge.progress import Progress
-from tests.unit.support import FakeKube
-from tests.unit.swap.test_restore import lease_on, lock, run_restore
-from tests.unit.swap.test_session import _clear, _watched_lock
+from tests.unit.support import FakeKube, lease_on, lock, run_restore
+from tests.unit.support import clear_way as _clear
+from tests.unit.support import watched_lock as _watched_lock
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -65,3 +65,38 @@ def test_signals_become_events() -> None:
     assert event_of(signal.SIGHUP, 0) is E.HUP
     with pytest.raises(ValueError):
         event_of(signal.SIGUSR1, 0)
+
+
+def test_phase_changes_follow_the_next_table() -> None:
+    """The session's paths: a failed setup, a whole command session, an attach session, a
+    command gone during the hand-over or the hold, a session ended during the hand-over."""
+    from bridge.model.lifecycle import NEXT, PhaseError, enter
+
+    paths = [
+        [P.SETUP, P.RESTORE],
+        [P.SETUP, P.HAND_OVER, P.HOLD, P.HAND_BACK, P.STOPPING, P.RESTORE],
+        [P.SETUP, P.HAND_OVER, P.HOLD, P.HAND_BACK, P.RESTORE],
+        [P.SETUP, P.HAND_OVER, P.RESTORE],
+        [P.SETUP, P.HAND_OVER, P.HOLD, P.RESTORE],
+        [P.SETUP, P.HAND_OVER, P.HAND_BACK, P.STOPPING, P.RESTORE],
+    ]
+    for path in paths:
+        for current, new in zip(path, path[1:], strict=False):
+            assert enter(current, new) is new
+    for current, new in [(P.HOLD, P.HAND_OVER), (P.SETUP, P.HOLD), (P.RESTORE, P.SETUP),
+                         (P.RESTORE, P.RESTORE), (P.STOPPING, P.HOLD), (P.SETUP, P.STOPPING)]:
+        with pytest.raises(PhaseError):
+            enter(current, new)
+    assert set(NEXT) == set(TABLE) == set(P)
+
+
+def test_the_control_enters_phases_through_the_table() -> None:
+    from bridge.local.signals import Control
+    from bridge.model.lifecycle import PhaseError
+
+    c = Control()
+    c.enter(P.HAND_OVER)
+    c.enter(P.HOLD)
+    with pytest.raises(PhaseError):
+        c.enter(P.HAND_OVER)
+    assert c.phase is P.HOLD

@@ -8,44 +8,7 @@ from typing import Any
 from bridge.model import plan, state
 from bridge.model.target import PortMap
 from sidecar import protocol
-
-ORIGINAL: dict[str, Any] = {
-    "metadata": {"name": "hello", "namespace": "shop", "resourceVersion": "7",
-                 "annotations": {"deployment.kubernetes.io/revision": "3"}},
-    "spec": {
-        "replicas": 3,
-        "selector": {"matchLabels": {"app": "hello"}},
-        "template": {
-            "metadata": {"labels": {"app": "hello", "tier": "web"}},
-            "spec": {
-                "initContainers": [{"name": "migrate", "image": "mig:1"}],
-                "volumes": [{"name": "cfg", "configMap": {"name": "hello-cfg"}}],
-                "containers": [
-                    {"name": "app", "image": "hello:1", "command": ["/app"], "args": ["--x"],
-                     "env": [{"name": "A", "value": "1"},
-                             {"name": "S",
-                              "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
-                     "envFrom": [{"configMapRef": {"name": "hello-env"}}],
-                     "volumeMounts": [{"name": "cfg", "mountPath": "/cfg"}],
-                     "ports": [{"name": "http", "containerPort": 8080}],
-                     "workingDir": "/srv/app",
-                     "livenessProbe": {"httpGet": {"path": "/l", "port": 8080}},
-                     "readinessProbe": {"httpGet": {"path": "/r", "port": 8080}},
-                     "startupProbe": {"exec": {"command": ["true"]}},
-                     "lifecycle": {"preStop": {"exec": {"command": ["sleep", "5"]}}}},
-                    {"name": "logger", "image": "log:1",
-                     "livenessProbe": {"tcpSocket": {"port": 9100}}},
-                ],
-            },
-        },
-    },
-}
-
-
-def options(*ports: PortMap) -> plan.Options:
-    return plan.Options(container="app", ports=ports or (PortMap(8080, 8080, "http"),),
-                        session="s1", owner="ann@laptop", authorized_key="ssh-ed25519 AAAA bridge",
-                        image="sidecar:test")
+from tests.unit.support import ORIGINAL, options
 
 
 def test_original_is_not_modified() -> None:

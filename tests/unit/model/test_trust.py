@@ -12,7 +12,7 @@ import pytest
 from bridge.model import plan, trust
 from bridge.model.target import PortMap
 from sidecar import protocol
-from tests.unit.model.test_plan import ORIGINAL, options
+from tests.unit.support import ORIGINAL, options
 
 PLANNED = plan.plan_proxy(ORIGINAL, options())
 SPEC = PLANNED["spec"]["template"]["spec"]

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime as dt
-import io
 from typing import Any
 
 import anyio
@@ -14,47 +12,24 @@ import pytest
 
 from bridge.kube.client import Unreachable
 from bridge.model import state
-from bridge.progress import Progress
 from bridge.swap import restore
-from bridge.swap.lease import Lease, NotOurs
-from tests.unit.support import FakeKube, api_error
+from bridge.swap.lease import NotOurs
+from tests.unit.support import (
+    FakeKube,
+    add_proxy,
+    api_error,
+    fast_retries,
+    lease_on,
+    lock,
+    run_restore,
+)
 
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-
-
-def lock(session: str = "s1", owner: str = "ann@laptop") -> state.Lock:
-    return state.Lock(session=session, owner=owner, replicas=2, proxy=f"hello-bridge-{session}",
-                      ports="8080", started_at=T0)
-
-
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(restore, "RETRY", dataclasses.replace(restore.RETRY, base=0.01,
-                                                              cap=0.01, within=1.0))
+__all__ = ["fast_retries"]  # the autouse fixture, for this module
 
 
 def swapped(kube: FakeKube, lk: state.Lock) -> None:
     kube.add("hello", 0, state.encode(lk))
     add_proxy(kube, lk)
-
-
-def add_proxy(kube: FakeKube, lk: state.Lock, original: str = "hello") -> None:
-    """The proxy Deployment as bridge creates it: its labels, marker and owner reference."""
-    kube.add(lk.proxy, 1, {state.PROXY_FOR_LABEL: original},
-             labels={state.MANAGED_BY_LABEL: state.MANAGED_BY, state.SESSION_LABEL: lk.session,
-                     state.PROXY_FOR_LABEL: original},
-             ownerReferences=[{"kind": "Deployment", "name": original,
-                               "uid": f"uid-{original}"}])
-
-
-def run_restore(kube: FakeKube, **kw: Any) -> tuple[restore.Outcome, str]:
-    out = io.StringIO()
-
-    async def main() -> restore.Outcome:
-        return await restore.restore(kube, "hello", Progress(stream=out),  # type: ignore[arg-type]
-                                     **kw)
-
-    return anyio.run(main), out.getvalue()
 
 
 def test_restore_rides_out_an_api_server_that_falters() -> None:
@@ -160,12 +135,6 @@ def test_clearing_retries_after_a_conflict() -> None:
     assert kube.calls.count("patch_deployment") == 3  # scale, clear (409), clear again
     assert not any(k.startswith(state.PREFIX)
                    for k in kube.deployments["hello"]["metadata"]["annotations"])
-
-
-def lease_on(kube: FakeKube, lk: state.Lock) -> Lease:
-    lease = Lease(kube, "hello", lk, Progress(stream=io.StringIO()))
-    lease.proxy_uid = f"uid-{lk.proxy}"  # the proxy Deployment this session created
-    return lease
 
 
 def patched(kube: FakeKube) -> list[str]:

@@ -20,8 +20,15 @@ from bridge import status
 from bridge.model import state
 from bridge.progress import Progress
 from bridge.swap import restore
-from tests.unit.support import FakeKube
-from tests.unit.swap.test_restore import add_proxy, fast_retries, lock, run_restore
+from tests.unit.support import (
+    FakeKube,
+    add_proxy,
+    fast_retries,
+    forged,
+    lock,
+    run_restore,
+    snapshot,
+)
 
 __all__ = ["fast_retries"]  # the autouse fixture, for this module too
 
@@ -29,21 +36,8 @@ NOW = dt.datetime.now(dt.UTC)
 T = state.format_time(NOW - dt.timedelta(minutes=10))
 
 
-def forged(**fields: str) -> dict[str, str]:
-    base = {state.SESSION: "x", state.OWNER: "mallory", state.REPLICAS: "1",
-            state.PROXY: "hello-bridge-x", state.PORTS: "8080", state.STARTED_AT: T,
-            state.HEARTBEAT: T}
-    out = {**base, **{getattr(state, k.upper()): v for k, v in fields.items()}}
-    return {k: v for k, v in out.items() if v != "<absent>"}
-
-
 def untouched(kube: FakeKube, before: dict[str, Any]) -> bool:
     return kube.deployments == before
-
-
-def snapshot(kube: FakeKube) -> dict[str, Any]:
-    import copy
-    return copy.deepcopy(kube.deployments)
 
 
 def test_proxy_naming_another_deployment_deletes_nothing() -> None:

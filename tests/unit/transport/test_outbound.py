@@ -215,10 +215,11 @@ def test_sidecar_resolve_command_parsing() -> None:
 def test_a_forward_keeps_the_pods_connections_on_even_with_outbound_none() -> None:
     """--forward connections leave from the pod (direct-tcpip): with --outbound none the
     sidecar must still open them, or every forwarded connection is closed unanswered."""
-    from bridge.swap.options import SwapOptions, preflight
+    from bridge.swap.options import SwapOptions
+    from bridge.swap.request import build
 
     def asked(outbound: str, forwards: tuple[str, ...] = ()) -> bool:
-        return preflight(SwapOptions("hello", outbound=outbound, forwards=forwards)).direct_tcpip
+        return build(SwapOptions("hello", outbound=outbound, forwards=forwards)).direct_tcpip
 
     assert asked("none", ("orders:80:18080",)) is True
     assert asked("none") is False

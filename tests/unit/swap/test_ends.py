@@ -1,0 +1,109 @@
+"""The laptop's end (bridge/swap/ends.py), chosen once: the command end starts the command,
+waits for its own listener and ends with its exit code; the attach end writes the outbound
+variables to the env file and never has a command to wait for."""
+
+from __future__ import annotations
+
+import io
+import signal
+import sys
+from dataclasses import dataclass, field
+
+import anyio
+import pytest
+
+from bridge.cleanup import CleanupStack
+from bridge.errors import NothingChanged
+from bridge.local.signals import Control
+from bridge.model.lifecycle import Phase
+from bridge.progress import Progress
+from bridge.swap import ends
+from bridge.swap.options import SwapOptions
+from bridge.swap.request import build
+from tests.unit.support import free_port
+
+SERVE_V6 = ("import socket, sys, time; s = socket.socket(socket.AF_INET6); "
+            "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1); "
+            "s.bind(('::1', int(sys.argv[1]))); s.listen(); time.sleep(60)")
+
+
+@dataclass
+class Swapped:
+    local_ports: list[int]
+    session_id: str = "abcd"
+    pod_env: dict[str, str] = field(default_factory=dict)
+    own_env: dict[str, str] = field(default_factory=dict)
+    env_file: str | None = None
+
+
+def test_the_end_is_chosen_once_from_the_request() -> None:
+    progress, control = Progress(stream=io.StringIO()), Control()
+    stack = CleanupStack(progress)
+    attach = ends.choose(build(SwapOptions("hello", outbound="none")), control, progress,
+                         stack, [])
+    command = ends.choose(build(SwapOptions("hello", command=(sys.executable,),
+                                            outbound="none")), control, progress, stack, [])
+    assert isinstance(attach, ends.AttachEnd) and attach.attach and not attach.gone()
+    assert isinstance(command, ends.CommandEnd) and not command.attach
+
+
+def test_the_command_end_starts_waits_for_its_listener_and_passes_the_signal() -> None:
+    port = free_port()
+    out = io.StringIO()
+    progress, control = Progress(stream=out), Control()
+    stack = CleanupStack(progress)
+    seen: list[list[str]] = []
+
+    async def hook(argv: list[str], env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+        seen.append(argv)
+        return argv, env
+
+    req = build(SwapOptions("hello", command=(sys.executable, "-c", SERVE_V6, str(port)),
+                            outbound="none", timeout=20))
+    end = ends.choose(req, control, progress, stack, [hook])
+    swap = Swapped([port])
+
+    async def main() -> tuple[dict[int, str] | None, int]:
+        try:
+            control.enter(Phase.HAND_OVER)
+            await end.start(swap)
+            assert control.child is not None and seen == [list(req.command)]
+            hosts = await end.listening(swap, lambda: False)
+            control.enter(Phase.HOLD)
+            control.enter(Phase.HAND_BACK)
+            control.ended_by = signal.SIGTERM
+            return hosts, await end.finish()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stack.unwind()
+
+    hosts, code = anyio.run(main)
+    assert hosts == {port: "::1"}
+    assert code == 128 + signal.SIGTERM and control.phase is Phase.STOPPING
+    assert "SIGTERM: passing it to the command" in out.getvalue()
+
+
+def test_the_attach_end_refuses_no_own_listener_and_has_no_command(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bridge.local import ports as localports
+
+    monkeypatch.setattr(localports, "listeners", lambda: [
+        localports.Listener("127.0.0.1", 8080, 77, 0, "python3"),
+        localports.Listener("127.0.0.1", 9090, None, None)])
+    monkeypatch.setattr(localports.os, "getuid", lambda: 0)
+    out = io.StringIO()
+    progress, control = Progress(stream=out), Control()
+    end = ends.choose(build(SwapOptions("hello", outbound="none")), control, progress,
+                      CleanupStack(progress), [])
+    end.check_ports([8080])  # the developer's own service: said, not refused
+    assert "pid 77, python3" in out.getvalue()
+    with pytest.raises(NothingChanged, match="another user listens on 127.0.0.1:9090"):
+        end.check_ports([9090])
+    command = ends.choose(build(SwapOptions("hello", command=(sys.executable,),
+                                            outbound="none")), control, progress,
+                          CleanupStack(progress), [])
+    with pytest.raises(NothingChanged, match=r"already in use .* \(pid 77, python3\).*nothing "
+                                             "was changed"):
+        command.check_ports([8080])
+    assert anyio.run(end.listening, Swapped([8080]), lambda: False) == {}
+    assert anyio.run(end.finish) == 0
