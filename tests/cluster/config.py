@@ -16,6 +16,10 @@ from sidecar.protocol import DEFAULT_IMAGE
 
 STATE_ROOT = Path(os.environ.get("BRIDGE_TEST_CLUSTER_STATE", "/run/bridge-test-cluster"))
 NAME_PREFIX = "btc"  # every netns / link name starts with btc<N>
+# A sidecar image of another bridge release, as this bridge would meet it: the node runs the
+# checkout's sidecar answering `version` with a protocol version no bridge speaks (99).
+OTHER_PROTOCOL_SIDECAR_IMAGE = "bridge.local/sidecar-other-protocol:99"
+OTHER_PROTOCOL_VERSION = 99
 
 
 @dataclass(frozen=True)

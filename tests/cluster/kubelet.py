@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import dns, podenv, probes
-from .config import ClusterConfig
+from .config import OTHER_PROTOCOL_SIDECAR_IMAGE, OTHER_PROTOCOL_VERSION, ClusterConfig
 from .errors import ApiError
 from .logstore import ContainerLog
 from .network import Network, Sandbox, kill_netns_processes, run_in_netns, write_sysctl
@@ -305,6 +305,13 @@ class PodWorker:
             # `-m` puts the working directory first on sys.path, so the checkout's sidecar runs
             # without a PYTHONPATH that would leak into the pod's environment (and the laptop's).
             argv = [sys.executable, "-m", "sidecar"]
+            cwd = str(REPO_ROOT)
+        elif image == OTHER_PROTOCOL_SIDECAR_IMAGE:
+            # `-c` puts the working directory (the checkout) first on sys.path, as `-m` does
+            argv = [sys.executable, "-c",
+                    "import runpy, sidecar.protocol as p; "
+                    f"p.PROTOCOL_VERSION = {OTHER_PROTOCOL_VERSION}; "
+                    "runpy.run_module('sidecar', run_name='__main__', alter_sys=True)"]
             cwd = str(REPO_ROOT)
         else:
             command = list(c.spec.get("command") or [])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 
 from bridge.model import state
 from sidecar import protocol
+from tests.cluster.config import OTHER_PROTOCOL_SIDECAR_IMAGE
 from tests.realcluster import fixture as real_cluster
 
 from .conftest import (
@@ -162,45 +162,19 @@ def test_tunnel_lost_before_the_hand_over_comes_back(make_workload: Any,
     assert b.wait() == 3, b.stderr
 
 
-# Imported at interpreter start through PYTHONPATH, in every python process of the pod: it
-# makes the checkout's sidecar answer `version` with a protocol no bridge speaks.
-OTHER_PROTOCOL = """
-    import os, sys
-    try:
-        sys.path.insert(0, os.getcwd())
-        import sidecar.protocol
-        sidecar.protocol.PROTOCOL_VERSION = 99
-    except ImportError:
-        pass
-    finally:
-        del sys.path[0]
-"""
-
-
-def test_sidecar_speaking_another_protocol_is_refused(make_workload: Any,
-                                                      tmp_path: Path) -> None:
+def test_sidecar_speaking_another_protocol_is_refused(make_workload: Any) -> None:
+    """A proxy pod whose sidecar speaks another protocol version (another bridge release's
+    image) is refused with one line, and the cluster is left as it was. On the local test
+    cluster only, on purpose: the check is the agent's, the same whichever cluster runs the
+    pod, and a second sidecar image is test equipment there (a real cluster would need another
+    image built). The pod's own PYTHONPATH can no longer do it: the sidecar's process is
+    shielded from the app's interpreter variables (bridge/model/plan.py)."""
     if real_cluster.selected() == "real":
-        # A real pod sees no host path: the file comes in a ConfigMap volume of the pod, which
-        # the sidecar mounts when the pod's files are asked for (else it mounts nothing).
-        site = "/other-protocol"
-        config_map = {"apiVersion": "v1", "kind": "ConfigMap",
-                      "metadata": {"name": "other-protocol"},
-                      "data": {"sitecustomize.py": textwrap.dedent(OTHER_PROTOCOL)}}
-        w = make_workload(
-            replicas=1, extra_env=[{"name": "PYTHONPATH", "value": site}],
-            prelude=json.dumps(config_map),
-            container_extra={"volumeMounts": [{"name": "site", "mountPath": site}]},
-            pod_extra={"volumes": [{"name": "site",
-                                    "configMap": {"name": "other-protocol"}}]})
-        files = ["--mount-mode", "copy"]
-    else:
-        local = tmp_path / "other-protocol"
-        local.mkdir()
-        (local / "sitecustomize.py").write_text(textwrap.dedent(OTHER_PROTOCOL))
-        w = make_workload(replicas=1, extra_env=[{"name": "PYTHONPATH", "value": str(local)}])
-        files = []
+        pytest.skip("the protocol check is the agent's: checked on the local test cluster only")
+    w = make_workload(replicas=1)
     before = w.get("deployment", "hello")
-    code, b = w.run_bridge("swap", "hello", "--timeout", "30", *files, "--", "true")
+    code, b = w.run_bridge("swap", "hello", "--timeout", "30",
+                           "--sidecar-image", OTHER_PROTOCOL_SIDECAR_IMAGE, "--", "true")
     assert code == 1, b.stderr
     errors = [ln for ln in b.stderr.splitlines() if "error" in ln]
     assert len(errors) == 1, b.stderr
