@@ -19,6 +19,7 @@ The session calls the same methods in the same order on either:
 
 from __future__ import annotations
 
+import shlex
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ from bridge.local import ports as localports
 from bridge.local.ide import envfile as ide_envfile
 from bridge.local.runner import Child
 from bridge.local.signals import Control
+from bridge.model import state
 from bridge.model.lifecycle import Phase
 from bridge.progress import Progress
 from bridge.swap.handover import wait_listening
@@ -100,6 +102,13 @@ async def first_of(*waits: Callable[[], Awaitable[Any]]) -> None:
         for w in waits:
             tg.start_soon(one, w)
 
+
+
+def shown_command(argv: Sequence[str]) -> str:
+    """A command as one line of bridge's output: quoted as a shell would take it back, with
+    newlines and other control characters escaped (a multi-line `python -c` must not print
+    lines that are not bridge's)."""
+    return state.printable(shlex.join(argv), limit=2000)
 
 class AttachEnd:
     """No command: the developer starts the service on 127.0.0.1:PORT with the env file."""
@@ -185,7 +194,7 @@ class CommandEnd:
             await child.terminate_tree(CHILD_GRACE)
 
         self.stack.push("stopping the command", stop)
-        self.progress.info(f"started {' '.join(argv)} (pid {child.pid})")
+        self.progress.info(f"started {shown_command(argv)} (pid {child.pid})")
 
     async def listening(self, swap: Swapped, stop: Callable[[], bool]) -> dict[int, str] | None:
         child = self._child()
@@ -199,7 +208,7 @@ class CommandEnd:
         return self.child is not None and self.child.returncode is not None
 
     async def hold(self, swap: Swapped) -> None:
-        self.progress.info(f"swapped: {' '.join(self.request.command)} gets the traffic; "
+        self.progress.info(f"swapped: {shown_command(self.request.command)} gets the traffic; "
                            "Ctrl-C ends the swap")
 
         async def watch_squatters() -> None:  # another user where the command listened

@@ -107,3 +107,11 @@ def test_the_attach_end_refuses_no_own_listener_and_has_no_command(
         command.check_ports([8080])
     assert anyio.run(end.listening, Swapped([8080]), lambda: False) == {}
     assert anyio.run(end.finish) == 0
+
+
+def test_the_command_is_shown_on_one_line_quoted_as_a_shell_takes_it() -> None:
+    """A multi-line `python -c` printed raw gave stderr lines that were not bridge's."""
+    shown = ends.shown_command(["python3", "-c", "import os\nprint(os.getpid())", "a b"])
+    assert "\n" not in shown
+    assert shown == "python3 -c 'import os\\nprint(os.getpid())' 'a b'"
+    assert ends.shown_command(["echo", "\x1b]52;c;aGk=\x07"]) == "echo '\\x1b]52;c;aGk=\\x07'"
