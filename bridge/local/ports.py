@@ -199,18 +199,7 @@ def listeners() -> list[Listener]:
 def tree_of(pid: int) -> set[int]:
     """`pid`, its descendants, and the processes still in the session it leads (the command
     runs in a session of its own: a daemonized server re-parented away stays in it)."""
-    tree = {pid}
-    try:
-        tree |= {child.pid for child in psutil.Process(pid).children(recursive=True)}
-    except psutil.Error:
-        pass
-    for other in psutil.pids():
-        try:
-            if os.getsid(other) == pid:
-                tree.add(other)
-        except OSError:
-            continue
-    return tree
+    return _processes_of(pid, None)
 
 
 def command_pids(root: int, since: float) -> set[int]:
@@ -219,13 +208,31 @@ def command_pids(root: int, since: float) -> set[int]:
     command started the classic way (double fork, a session of its own) is in neither its tree
     nor its session. Another user's process never counts; the user's own from before the
     command was refused before the swap."""
-    pids = tree_of(root)
+    return _processes_of(root, since)
+
+
+def _processes_of(root: int, since: float | None) -> set[int]:
+    """`tree_of(root)`, and with `since` this user's processes created since then, in one walk
+    of the process table (the hand-over asks this every tenth of a second)."""
+    found = {root}
+    try:
+        found |= {child.pid for child in psutil.Process(root).children(recursive=True)}
+    except psutil.Error:
+        pass
     uid = os.getuid()
-    for proc in psutil.process_iter(["uids", "create_time"]):
-        uids, created = proc.info.get("uids"), proc.info.get("create_time")
-        if uids is not None and uids.real == uid and created is not None and created >= since:
-            pids.add(proc.pid)
-    return pids
+    for proc in psutil.process_iter(["uids", "create_time"] if since is not None else None):
+        if since is not None:
+            uids, created = proc.info.get("uids"), proc.info.get("create_time")
+            if uids is not None and uids.real == uid and created is not None \
+                    and created >= since:
+                found.add(proc.pid)
+                continue
+        try:
+            if os.getsid(proc.pid) == root:
+                found.add(proc.pid)
+        except OSError:
+            continue
+    return found
 
 
 def problem(ports: Sequence[int]) -> str:
