@@ -15,9 +15,9 @@ original Ready and served (hand-back, restore), a session's pods gone (restore).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -101,8 +101,9 @@ def original_ips(pods: list[Obj]) -> set[str]:
     return ips
 
 
-def match_labels_selector(dep: Obj) -> str:
-    selector = dep.get("spec", {}).get("selector", {}).get("matchLabels") or {}
+def match_labels_selector(dep: Mapping[str, Any]) -> str:
+    """The Deployment's matchLabels as a label selector ("" when it has none)."""
+    selector = ((dep.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
     return ",".join(f"{k}={v}" for k, v in selector.items())
 
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from bridge.errors import BridgeError
+from bridge.kube import readiness
 from bridge.kube.client import ApiError
 from bridge.model import state, trust
 
@@ -20,11 +21,10 @@ async def admitted_by(kube: Any, original: Obj) -> tuple[trust.Admitted, str]:
     """What admission (a mesh) added to the original Deployment's own pods, read from the live
     pods of its current ReplicaSet (`trust.admitted`), and why nothing is accepted when that
     is so. Read before the swap, while the original runs."""
-    match = ((original.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    selector = readiness.match_labels_selector(original)
     name = state.printable(str(trust.meta_of(original).get("name") or ""))
-    if not match:
+    if not selector:
         return trust.NOTHING_ADMITTED, f"deployment/{name} has no matchLabels to find its pods"
-    selector = ",".join(f"{k}={v}" for k, v in sorted(match.items()))
     try:
         replicasets = await kube.list_replicasets(selector)
         pods = await kube.list_pods(selector)

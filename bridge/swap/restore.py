@@ -217,8 +217,7 @@ async def clean_replicasets(kube: Api, original: Obj, progress: Progress, out: O
     name, uid = str(meta.get("name")), str(meta.get("uid") or "")
     if not uid:
         return
-    selector = ((original.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
-    sel = ",".join(f"{k}={v}" for k, v in selector.items())
+    sel = readiness.match_labels_selector(original)
     seen: bool | None = False
     if not settled:
         async def observed(deps: list[Obj]) -> tuple[bool | None] | None:
