@@ -22,8 +22,12 @@ def _ran(cmd: Sequence[str], pod: Mapping[str, str], marker: Path, cwd: Path,
          allow: Sequence[str] = ()) -> bool:
     marker.unlink(missing_ok=True)
     child = env.overlay(os.environ, pod, allow)
-    subprocess.run(list(cmd), env=child, cwd=cwd, capture_output=True, timeout=240)
+    done = subprocess.run(list(cmd), env=child, cwd=cwd, capture_output=True, timeout=240)
+    _last_output[:] = [done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")]
     return marker.exists()
+
+
+_last_output: list[str] = []  # what the last `_ran` printed, for a failing check's message
 
 
 def _needs(tool: str) -> str:
@@ -36,7 +40,8 @@ def _needs(tool: str) -> str:
 def _check(cmd: Sequence[str], pod: Mapping[str, str], marker: Path, cwd: Path) -> None:
     assert not _ran(cmd, pod, marker, cwd), f"{cmd[0]} ran the pod's code"
     # The control: allowed by name, the same variables do run it (the test can fail).
-    assert _ran(cmd, pod, marker, cwd, allow=list(pod)), "the injection itself did not work"
+    assert _ran(cmd, pod, marker, cwd, allow=list(pod)), \
+        f"the injection itself did not work: {_last_output}"
 
 
 def _script(tmp_path: Path, marker: Path) -> Path:
@@ -46,11 +51,19 @@ def _script(tmp_path: Path, marker: Path) -> Path:
     return script
 
 
-def test_make_runs_no_makeflags_eval(tmp_path: Path) -> None:
-    _needs("make")
+def test_make_runs_no_shell_from_makeflags(tmp_path: Path) -> None:
+    make = _needs("make")
     marker = tmp_path / "pwned"
     (tmp_path / "Makefile").write_text("all:\n\t@true\n")
-    _check(["make"], {"MAKEFLAGS": f"--eval=$(shell touch {marker})"}, marker, tmp_path)
+    # A word with "=" in MAKEFLAGS is a command-line variable: SHELL runs every recipe line.
+    # (No spaces in the value: makes split MAKEFLAGS on them differently across versions.)
+    pod = {"MAKEFLAGS": f"SHELL={_script(tmp_path, marker)}"}
+    bare = {"PATH": os.environ["PATH"], **pod}
+    subprocess.run([make], env=bare, cwd=tmp_path, capture_output=True, timeout=60)
+    if not marker.exists():
+        version = subprocess.run([make, "--version"], capture_output=True, text=True).stdout
+        pytest.skip(f"this make takes no SHELL from MAKEFLAGS: {version.splitlines()[:1]}")
+    _check([make], pod, marker, tmp_path)
 
 
 def test_make_and_gcc_use_the_laptops_compiler_not_the_pods_cc(tmp_path: Path) -> None:
