@@ -373,7 +373,12 @@ async def repair(kube: Api, target: str | None, progress: Progress, *, wait: boo
         # restored anyway: watched only long enough to see a live session beat, to warn
         # before breaking it
         seen = await watch(kube, {name: (dep, lock)}, progress)
-        if isinstance(seen[name], state.Alive):
+        verdict = seen[name]
+        if isinstance(verdict, state.Running):  # known from this machine's record: not watched
+            progress.warn(f"deployment/{name} is held by your own bridge on this machine "
+                          f"({verdict.where()}); restoring anyway (Ctrl-C in that bridge "
+                          "would have restored it too)")
+        elif isinstance(verdict, state.Alive):
             progress.warn(f"the session of {lock.owner} on deployment/{name} is still alive "
                           "(its heartbeat changed); restoring anyway")
     return await restore(kube, name, progress, wait=wait, wait_timeout=wait_timeout)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime as dt
+import io
 from typing import Any
 
 import anyio
@@ -12,6 +14,7 @@ import pytest
 
 from bridge.kube.client import Unreachable
 from bridge.model import state
+from bridge.progress import Progress
 from bridge.swap import restore
 from bridge.swap.lease import NotOurs
 from tests.unit.support import (
@@ -351,3 +354,35 @@ def test_no_right_to_list_replicasets_is_one_warning_and_the_restore_succeeds() 
     warnings = [ln for ln in text.splitlines() if "warning" in ln]
     assert len(warnings) == 1, text
     assert "annotate replicaset -l app=hello bridge-k8s.io/session-" in warnings[0]
+
+
+def _repair_seeing(verdict: state.Liveness) -> str:
+    kube = FakeKube()
+    lk = lock()
+    swapped(kube, lk)
+    out = io.StringIO()
+
+    async def watch(_k: object, locked: dict[str, object], _p: object) -> dict[str, object]:
+        return {name: verdict for name in locked}
+
+    async def main() -> restore.Outcome:
+        return await restore.repair(kube, "hello", Progress(stream=out),  # type: ignore[arg-type]
+                                    wait=False, wait_timeout=5, watch=watch)  # type: ignore[arg-type]
+
+    assert anyio.run(main).ok
+    assert lk.proxy not in kube.deployments
+    return out.getvalue()
+
+
+def test_repair_names_the_users_own_live_bridge_instead_of_a_heartbeat() -> None:
+    """`bridge restore hello` while the user's own bridge holds it: named as theirs (pid,
+    terminal) from this machine's record, not as someone's session whose heartbeat changed."""
+    own = state.Running(0.0, 4242, "/dev/pts/3",
+                        dt.datetime(2026, 12, 8, 14, 5, tzinfo=dt.UTC))
+    text = _repair_seeing(own)
+    assert "your own bridge on this machine (pid 4242, terminal /dev/pts/3, started 14:05)" \
+        in text, text
+    assert "heartbeat changed" not in text
+    # someone else's live session keeps the heartbeat wording
+    other = _repair_seeing(state.Alive(1.0))
+    assert "is still alive (its heartbeat changed)" in other and "your own" not in other
