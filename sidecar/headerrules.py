@@ -14,6 +14,10 @@ hand them over. The design is docs/design/cluster-keeps-serving.md, section 11:
   cluster's path can never make the router spin. Python's `re` backtracks and is not used to
   match.
 
+Lives in `sidecar/` so the router and the agent import one copy (the sidecar imports nothing
+of bridge). Used by the router and the lease phases (`sidecar.protocol`'s lease set,
+`bridge.model.leases`), not wired yet: no `--header` option reads it today.
+
 Rule text and patterns are printable ASCII; a request's values are read as Latin-1 (one
 character per byte), with the spaces and tabs around them stripped as HTTP does.
 """

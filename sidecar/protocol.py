@@ -3,6 +3,9 @@
 The agent (``bridge/``) may import this module; the sidecar depends on nothing
 of ``bridge/``. Any change to the shapes below that an older peer could not
 understand bumps ``PROTOCOL_VERSION``.
+
+The routed additions at the end (issue 20: the lease set, the routed commands and their
+replies) are used by the router and the lease phases, not wired yet.
 """
 
 from __future__ import annotations
