@@ -14,6 +14,10 @@ hand them over. The design is docs/design/cluster-keeps-serving.md, section 11:
   cluster's path can never make the router spin. Python's `re` backtracks and is not used to
   match.
 
+Lives in `sidecar/` so the router and the agent import one copy (the sidecar imports nothing
+of bridge). Used by the router and the lease phases (`sidecar.protocol`'s lease set,
+`bridge.model.leases`), not wired yet: no `--header` option reads it today.
+
 Rule text and patterns are printable ASCII; a request's values are read as Latin-1 (one
 character per byte), with the spaces and tabs around them stripped as HTTP does.
 """
@@ -23,8 +27,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-
-from bridge.errors import BridgeError
 
 MAX_NAME = 64  # bytes of a header name in a rule
 MAX_VALUE = 256  # characters of a rule's value or pattern
@@ -39,8 +41,12 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _OWS = " \t"
 
 
-class HeaderRuleError(BridgeError, ValueError):
-    """A rule that cannot be used; the message names it and what is wrong (nothing changed)."""
+class HeaderRuleError(ValueError):
+    """A rule that cannot be used; the message names it and what is wrong (nothing changed).
+
+    A ValueError, not bridge's BridgeError: the sidecar imports nothing of bridge. bridge's
+    option parsing turns it into its one-line user error (NothingChanged) where it reads
+    `--header`; the router refuses a lease whose rules raise it."""
 
 
 # --- the regular-expression subset -------------------------------------------------------
