@@ -24,8 +24,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from bridge.errors import BridgeError
-
 MAX_NAME = 64  # bytes of a header name in a rule
 MAX_VALUE = 256  # characters of a rule's value or pattern
 MAX_REPEAT = 100  # the largest bound of {m,n}
@@ -39,8 +37,12 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _OWS = " \t"
 
 
-class HeaderRuleError(BridgeError, ValueError):
-    """A rule that cannot be used; the message names it and what is wrong (nothing changed)."""
+class HeaderRuleError(ValueError):
+    """A rule that cannot be used; the message names it and what is wrong (nothing changed).
+
+    A ValueError, not bridge's BridgeError: the sidecar imports nothing of bridge. bridge's
+    option parsing turns it into its one-line user error (NothingChanged) where it reads
+    `--header`; the router refuses a lease whose rules raise it."""
 
 
 # --- the regular-expression subset -------------------------------------------------------
