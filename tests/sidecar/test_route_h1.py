@@ -341,6 +341,28 @@ def test_websocket_routed_by_its_upgrade_request(rig: Rig, dev: str | None,
         ws.close()
 
 
+def test_websocket_bytes_sent_with_the_upgrade_request_go_first(rig: Rig) -> None:
+    """A client that sends its first frame in the same packet as the upgrade request: h11
+    holds the frame past the request (trailing data), and the router must send it upstream
+    before relaying anything else."""
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    head = (f"GET /ws HTTP/1.1\r\nHost: x\r\nx-dev: alice\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n").encode()
+    frame = websocket.ABNF.create_frame("early", websocket.ABNF.OPCODE_TEXT).format()
+    with socket.create_connection(("127.0.0.1", rig.ports["router"]), timeout=10) as s:
+        s.sendall(head + frame)
+        got = b""
+        while b"laptop: early" not in got:
+            data = s.recv(65536)
+            assert data, got
+            got += data
+    assert got.startswith(b"HTTP/1.1 101 ")
+    # the echo is one unmasked text frame after the 101's head
+    answer = got.split(b"\r\n\r\n", 1)[1]
+    assert answer == b"\x81" + bytes([len("laptop: early")]) + b"laptop: early"
+
+
 def test_h2c_upgrade_is_declined_and_the_request_routed(rig: Rig) -> None:
     # curl --http2 on http:// offers Upgrade: h2c; the router declines (RFC 9113 deprecated
     # it), curl goes on in HTTP/1.1, and the requests are routed one by one
