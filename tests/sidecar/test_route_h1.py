@@ -386,6 +386,20 @@ def test_unreachable_upstream_is_a_502_and_the_connection_goes_on(rig: Rig) -> N
     assert answers[1][0].startswith("origin GET /b") and answers[1][1] == "200|0"
 
 
+def test_a_502_reaches_a_client_whose_body_was_not_read(rig: Rig, tmp_path: Any) -> None:
+    """The upstream cannot be reached while the client sends a body: the 502 reaches the
+    client and the connection closes. (The router also reads and drops the rest of the body
+    for a moment before closing, RFC 9112 9.6; on loopback Linux delivers the answer even
+    without that, so this test does not show that part.)"""
+    src = tmp_path / "payload"
+    src.write_bytes(os.urandom(600_000))
+    for _ in range(3):
+        got = _curl(*_write_out("http_code"), f"{rig.url}/up", "-H", "x-target: refused",
+                    "-H", "Expect:", "--data-binary", f"@{src}")  # the body right away
+        assert _answers(got.stdout) == [("502 bridge router: refused cannot be reached\n",
+                                         "502")], (got.stdout[:200], got.stderr)
+
+
 def test_upstream_closing_before_its_answer_is_a_502(rig: Rig) -> None:
     got = _curl(*_write_out("http_code"), f"{rig.url}/a", "-H", "x-target: silent")
     assert _answers(got.stdout) == [("502 bridge router: silent failed\n", "502")]
