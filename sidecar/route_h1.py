@@ -194,8 +194,8 @@ class _Upstream:
         with contextlib.suppress(Exception):
             self.writer.close()
 
-    async def send(self, event: h11.Event) -> None:
-        data = self.conn.send(event)
+    async def send(self, *events: h11.Event) -> None:
+        data = b"".join(self.conn.send(event) or b"" for event in events)
         try:
             if data:
                 self.writer.write(data)
@@ -203,7 +203,8 @@ class _Upstream:
         except (OSError, EOFError) as exc:
             raise _UpstreamFailed(f"writing: {exc}") from exc
 
-    async def next_event(self) -> h11.Event:
+    async def next_event(self, before_read: Callable[[], Awaitable[None]]) -> h11.Event:
+        """The next event from the upstream; `before_read` runs before it waits for more."""
         while True:
             try:
                 event = self.conn.next_event()
@@ -211,6 +212,7 @@ class _Upstream:
                 raise _UpstreamFailed(f"not HTTP/1.1: {exc}") from exc
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
+            await before_read()
             try:
                 data = await self.reader.read(READ_SIZE)
             except (OSError, EOFError) as exc:
@@ -230,6 +232,7 @@ class _Relay(Generic[T]):
         self.client = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.idle: dict[T, _Upstream] = {}  # upstream connections kept for the next
         self.head_sent = False  # a response head of the current exchange went to the client
+        self.held: list[bytes] = []  # bytes for the client not written yet (see _hold)
 
     # -- the client side
 
@@ -246,13 +249,27 @@ class _Relay(Generic[T]):
             self.client.receive_data(data)
 
     async def _to_client(self, *events: h11.Event) -> None:
+        for event in events:
+            self._hold(event)
+        await self._flush()
+
+    def _hold(self, event: h11.Event) -> None:
+        """`event` for the client, held until the next flush: a response whose pieces came
+        in one read goes out in one write (bounded: the relay flushes before each read)."""
         try:
-            for event in events:
-                data = self.client.send(event)
-                if data:
-                    self.writer.write(data)
+            data = self.client.send(event)
+        except h11.LocalProtocolError as exc:
+            raise _ClientGone(f"cannot relay: {exc}") from exc
+        if data:
+            self.held.append(data)
+
+    async def _flush(self) -> None:
+        data, self.held = b"".join(self.held), []
+        try:
+            if data:
+                self.writer.write(data)
             await self.writer.drain()
-        except (OSError, EOFError, h11.LocalProtocolError) as exc:
+        except (OSError, EOFError) as exc:
             raise _ClientGone(f"writing: {exc}") from exc
 
     async def _refuse(self, status: int, text: str, *, close: bool) -> None:
@@ -335,6 +352,8 @@ class _Relay(Generic[T]):
         except _UpstreamFailed as exc:
             up.close()
             if self.head_sent:
+                with contextlib.suppress(_ClientGone):
+                    await self._flush()  # what came before the failure
                 log.info("route_h1: %s failed mid-response (%s); closed the client", target,
                          exc)
             else:
@@ -371,8 +390,15 @@ class _Relay(Generic[T]):
 
     async def _relay(self, up: _Upstream, request: h11.Request) -> str:
         """The request to `up` and its response back; "done" or "switched"."""
-        await up.send(upstream_request(request))
-        body = asyncio.ensure_future(self._request_body(up))
+        head = upstream_request(request)
+        first = self.client.next_event()  # what h11 holds already: no read
+        if isinstance(first, h11.EndOfMessage):  # no body (most requests): no second task
+            await up.send(head, _end(first))
+            complete: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            complete.set_result(None)
+            return await self._response(up, complete)
+        await up.send(head)
+        body = asyncio.ensure_future(self._request_body(up, first))
         response = asyncio.ensure_future(self._response(up, body))
         try:
             pending: set[asyncio.Future[Any]] = {body, response}
@@ -388,16 +414,17 @@ class _Relay(Generic[T]):
                     task.cancel()
             await asyncio.gather(body, response, return_exceptions=True)
 
-    async def _request_body(self, up: _Upstream) -> None:
-        """The client's body to `up` as it comes, until its end. An upstream that stops
-        reading (it answered early and closed) ends this quietly: the response decides."""
+    async def _request_body(self, up: _Upstream, first: object) -> None:
+        """The client's body to `up` as it comes, until its end (`first`: the event already
+        taken from h11, or NEED_DATA). An upstream that stops reading (it answered early and
+        closed) ends this quietly: the response decides."""
         while True:
-            event = await self._client_event()
+            event = first if first is not h11.NEED_DATA else await self._client_event()
+            first = h11.NEED_DATA
             if isinstance(event, h11.Data):
                 out: h11.Event = h11.Data(data=event.data)
             elif isinstance(event, h11.EndOfMessage):
-                # trailers come only with a chunked body, which goes upstream chunked too
-                out = h11.EndOfMessage(headers=event.headers.raw_items())
+                out = _end(event)
             else:  # ConnectionClosed mid-request (h11 raises for a short body)
                 raise _ClientGone(f"unexpected {type(event).__name__}")
             try:
@@ -409,28 +436,29 @@ class _Relay(Generic[T]):
 
     async def _response(self, up: _Upstream, body: asyncio.Future[None]) -> str:
         while True:
-            event = await up.next_event()
+            event = await up.next_event(self._flush)
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:
                     await body  # the request is complete: h11 switches only then
+                    self.head_sent = True
                     await self._to_client(h11.InformationalResponse(
                         status_code=101, headers=event.headers.raw_items(),
                         reason=event.reason))
-                    self.head_sent = True
                     return "switched"
-                await self._to_client(h11.InformationalResponse(
+                self._hold(h11.InformationalResponse(
                     status_code=event.status_code, reason=event.reason,
                     headers=downstream_headers(event.status_code, event.headers.raw_items())))
             elif isinstance(event, h11.Response):
-                await self._to_client(h11.Response(
+                self.head_sent = True
+                self._hold(h11.Response(
                     status_code=event.status_code, reason=event.reason,
                     headers=downstream_headers(event.status_code, event.headers.raw_items())))
-                self.head_sent = True
                 if up.conn.their_state is h11.SWITCHED_PROTOCOL:  # a 2xx to CONNECT
                     await body
+                    await self._flush()
                     return "switched"
             elif isinstance(event, h11.Data):
-                await self._to_client(h11.Data(data=event.data))
+                self._hold(h11.Data(data=event.data))
             elif isinstance(event, h11.EndOfMessage):
                 http10 = self.client.their_http_version == b"1.0"
                 trailers = [] if http10 else event.headers.raw_items()
@@ -453,6 +481,12 @@ class _Relay(Generic[T]):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             up.close()
+
+
+def _end(event: h11.EndOfMessage) -> h11.EndOfMessage:
+    """A request's end as it goes upstream: trailers come only with a chunked body, which
+    goes upstream chunked too."""
+    return h11.EndOfMessage(headers=event.headers.raw_items())
 
 
 async def _pipe(first: bytes, closed: bool, src: Reader, dst: Writer) -> None:
