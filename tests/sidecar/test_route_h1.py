@@ -85,6 +85,15 @@ async def _cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     writer.close()
 
 
+async def _garbled(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers a chunked head, one good chunk and a broken chunk header, in one write."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"a\r\n0123456789\r\nZZZ\r\n")
+    await writer.drain()
+    await asyncio.sleep(3600)
+
+
 async def _stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Accepts and never reads (a laptop stopped at a breakpoint)."""
     await asyncio.sleep(3600)
@@ -124,7 +133,8 @@ class Rig:
             await site.start()
             self.ports[name] = runner.addresses[0][1]
             self._cleanup.append(runner)
-        for name, handler in (("silent", _silent), ("cut", _cut), ("stall", _stall)):
+        for name, handler in (("silent", _silent), ("cut", _cut), ("garbled", _garbled),
+                              ("stall", _stall)):
             server = await asyncio.start_server(handler, "127.0.0.1", 0)
             self.ports[name] = server.sockets[0].getsockname()[1]
             self._cleanup.append(server)
@@ -408,6 +418,13 @@ def test_upstream_closing_before_its_answer_is_a_502(rig: Rig) -> None:
 def test_upstream_closing_mid_answer_closes_the_client(rig: Rig) -> None:
     got = _curl(f"{rig.url}/a", "-H", "x-target: cut")
     assert got.returncode == 18, (got.returncode, got.stderr)  # partial file
+    assert got.stdout == "0123456789"
+
+
+def test_upstream_breaking_http_mid_answer_closes_the_client_after_what_came(
+        rig: Rig) -> None:
+    got = _curl(f"{rig.url}/a", "-H", "x-target: garbled")
+    assert got.returncode in (18, 56), (got.returncode, got.stderr)  # partial / recv failure
     assert got.stdout == "0123456789"
 
 
