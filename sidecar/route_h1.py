@@ -287,9 +287,12 @@ class _Relay(Generic[T]):
             try:
                 event = await self._client_event()
             except h11.RemoteProtocolError as exc:
+                # the answer names no byte of the request (h11's message quotes them): the
+                # log has it, escaped by the sidecar's formatter
                 status = exc.error_status_hint
-                await self._refuse(status, f"{status} bridge router: a request it cannot "
-                                   f"read ({exc})", close=True)
+                log.info("route_h1: a request it cannot read: %s; answered %d", exc, status)
+                await self._refuse(status, f"{status} bridge router: a request it cannot read",
+                                   close=True)
                 return
             if not isinstance(event, h11.Request):
                 return  # ConnectionClosed: the client is done

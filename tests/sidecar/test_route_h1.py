@@ -433,6 +433,7 @@ def test_unreadable_request_is_refused_and_never_routed(rig: Rig) -> None:
     answers = _raw(rig.ports["router"], b"GET / HTTP/1.1\r\nHost x-dev: alice\r\n\r\n",
                    responses=1)
     assert answers[0][0].status_code == 400
+    assert answers[0][1] == b"400 bridge router: a request it cannot read\n"  # none of its bytes
     # h11 takes a head of any size that arrives whole; the limit is on what it holds
     # incomplete, and the router reads 64 KiB at a time
     big = b"GET / HTTP/1.1\r\nHost: x\r\nx-pad: " + b"a" * 200_000 + b"\r\n\r\n"
