@@ -188,14 +188,19 @@ def test_probe_responses() -> None:
 # ---------------------------------------------------------------- dependencies
 
 
-def test_sidecar_imports_only_stdlib_asyncssh_and_itself() -> None:
-    """The image installs asyncssh alone; nothing of bridge/ (or anything else) may creep in."""
+def test_sidecar_imports_only_stdlib_its_image_dependencies_and_itself() -> None:
+    """The image installs what requirements/sidecar.in names (asyncssh, h11) and nothing
+    else; nothing of bridge/ (or anything else) may creep in."""
     import ast
     import sys
     from pathlib import Path
 
-    allowed = set(sys.stdlib_module_names) | {"asyncssh", "sidecar", "__future__"}
     package = Path(protocol.__file__).parent
+    declared = {line.strip() for line in
+                (package.parent / "requirements" / "sidecar.in").read_text().splitlines()
+                if line.strip() and not line.startswith("#")}
+    assert declared == {"asyncssh", "h11"}
+    allowed = set(sys.stdlib_module_names) | declared | {"sidecar", "__future__"}
     found: dict[str, set[str]] = {}
     for path in sorted(package.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
