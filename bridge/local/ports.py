@@ -12,16 +12,25 @@ forgotten server while the command failed to bind. So:
 - in command mode the traffic is handed over only once the listener on each port belongs to
   the command (its process tree, or a process of the user's started since the command:
   `command_pids`, `tree_hosts`), and goes to the address it listens on (127.0.0.1, or ::1
-  when it listens on IPv6 only), so a listener of the other address family gets nothing.
+  when it listens on IPv6 only), so a listener of the other address family gets nothing;
+- while the session lasts, in both modes, every forwarded connection is proven before a byte
+  of the cluster's goes into it (`peer_verdict`): the socket that accepted it, found in the
+  kernel's table by its addresses, must belong to the user. A poll of the listeners (once a
+  second) left a window in which another user could bind the port and get requests.
 
 The decisions are pure functions of a snapshot of the machine's listening sockets;
 `listeners` takes the snapshot (Linux, psutil). A socket whose process cannot be inspected
 belongs to another user: an unprivileged user can always inspect their own processes.
+`accepting_socket` reads the kernel's TCP table (/proc/net/tcp, tcp6: the uid column is the
+socket owner's, no process scan needed). Off Linux none of this can be told: the ports are
+not checked (`inspectable`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import struct
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +40,8 @@ LOOPBACK_OR_ANY = {"127.0.0.1", "0.0.0.0", "::", "::1", "::ffff:127.0.0.1", ""}
 IPV4_REACHING_LOOPBACK = {"127.0.0.1", "0.0.0.0", "::ffff:127.0.0.1", ""}
 IPV6_REACHING_LOOPBACK = {"::1", "::"}
 ADVICE = "stop it or pick another local port with --port REMOTE:LOCAL"
+TCP_TIME_WAIT = 6  # /proc/net/tcp's `st` column (include/net/tcp_states.h)
+TCP_LISTEN = 10
 
 
 @dataclass(frozen=True)
@@ -167,6 +178,113 @@ def watch_problem(hosts: dict[int, str]) -> str:
     taken = foreign_on(hosts, os.getuid(), listeners())
     return (_foreign_line(taken).replace("would go to them", "may go to them") +
             "; ending the session") if taken else ""
+
+
+@dataclass(frozen=True)
+class TcpRow:
+    """One socket of the kernel's TCP table (a row of /proc/net/tcp or tcp6)."""
+
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    state: int
+    uid: int  # the socket owner's (for a connection not yet accepted: the listener's)
+
+
+@dataclass(frozen=True)
+class PeerVerdict:
+    """Whether a forwarded connection may carry the cluster's bytes: `ok`, or why not
+    (`line`), and whether that is another user's listener (`foreign`: the session ends)."""
+
+    ok: bool
+    foreign: bool = False
+    line: str = ""
+
+
+def _address(host: str) -> str:
+    """`host` as the table names it: IPv4-mapped IPv6 as IPv4, IPv6 compressed."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def _endpoint(address: tuple[str, int]) -> str:
+    host = _address(address[0])
+    return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+
+
+def peer_verdict(rows: Iterable[TcpRow], ours: tuple[str, int], peer: tuple[str, int],
+                 uid: int) -> PeerVerdict:
+    """Whether the connection from `ours` to `peer` (both as our socket names them) reached
+    a socket of `uid`: the socket at the other end is the row whose local address is `peer`
+    and whose remote address is `ours` (TIME_WAIT rows belong to nobody, so they do not
+    count). Another user's socket there is `foreign`; none found is not proven either (the
+    connection was already closed by the other end): neither gets a byte."""
+    me, them = (_address(ours[0]), ours[1]), (_address(peer[0]), peer[1])
+    owners = {row.uid for row in rows
+              if row.state not in (TCP_TIME_WAIT, TCP_LISTEN)
+              and (_address(row.local[0]), row.local[1]) == them
+              and (_address(row.remote[0]), row.remote[1]) == me}
+    where_to = _endpoint(peer)
+    if not owners:
+        return PeerVerdict(False, False, f"the connection to {where_to} was closed by the other "
+                           "end before its owner could be told; closed it, nothing was sent")
+    others = sorted(owners - {uid})
+    if others:
+        return PeerVerdict(False, True, (
+            f"another user (uid {others[0]}) took a connection to {where_to} meant for your "
+            "service (it listens there now): closed it before any of the cluster's bytes were "
+            "sent; ending the session"))
+    return PeerVerdict(True)
+
+
+def parse_tcp_table(text: str, remote_port: int | None = None) -> list[TcpRow]:
+    """The rows of /proc/net/tcp or /proc/net/tcp6 (`text`); with `remote_port`, only those
+    whose remote port is that (the cheap filter one lookup needs). Addresses are printed as
+    32-bit words in the host's byte order."""
+    rows: list[TcpRow] = []
+    wanted = None if remote_port is None else f":{remote_port:04X}"
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 8 or (wanted is not None and not fields[2].endswith(wanted)):
+            continue
+        try:
+            local, remote = _proc_endpoint(fields[1]), _proc_endpoint(fields[2])
+            rows.append(TcpRow(local, remote, int(fields[3], 16), int(fields[7])))
+        except ValueError:
+            continue
+    return rows
+
+
+def _proc_endpoint(field: str) -> tuple[str, int]:
+    host, _, port = field.partition(":")
+    if len(host) not in (8, 32):
+        raise ValueError(field)
+    raw = b"".join(struct.pack("=I", int(host[i:i + 8], 16)) for i in range(0, len(host), 8))
+    return _address(str(ipaddress.ip_address(raw))), int(port, 16)
+
+
+def accepting_socket(ours: tuple[str, int], peer: tuple[str, int]) -> PeerVerdict:
+    """`peer_verdict` for our connected socket (`ours` -> `peer`) on this machine's TCP table
+    now (Linux). A connection to an IPv4 address may have been accepted by a dual-stack IPv6
+    listener: tcp6 is read too when tcp does not have it."""
+    uid = os.getuid()
+    tables = ["/proc/net/tcp", "/proc/net/tcp6"] if "." in _address(peer[0]) \
+        else ["/proc/net/tcp6"]
+    rows: list[TcpRow] = []
+    for table in tables:
+        try:
+            with open(table) as f:
+                rows += parse_tcp_table(f.read(), remote_port=ours[1])
+        except OSError:
+            continue
+        verdict = peer_verdict(rows, ours, peer, uid)
+        if verdict.ok or verdict.foreign:
+            return verdict
+    return peer_verdict(rows, ours, peer, uid)
 
 
 def inspectable() -> bool:
