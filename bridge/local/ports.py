@@ -21,15 +21,18 @@ forgotten server while the command failed to bind. So:
 The decisions are pure functions of a snapshot of the machine's listening sockets;
 `listeners` takes the snapshot (Linux, psutil). A socket whose process cannot be inspected
 belongs to another user: an unprivileged user can always inspect their own processes.
-`accepting_socket` reads the kernel's TCP table (/proc/net/tcp, tcp6: the uid column is the
-socket owner's, no process scan needed). Off Linux none of this can be told: the ports are
+`accepting_socket` asks the kernel for the one socket at the other end of a connection
+(sock_diag), or reads its TCP table (/proc/net/tcp, tcp6: the uid column is the socket
+owner's, no process scan needed). Off Linux none of this can be told: the ports are
 not checked (`inspectable`).
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import socket
 import struct
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -267,13 +270,69 @@ def _proc_endpoint(field: str) -> tuple[str, int]:
     return _address(str(ipaddress.ip_address(raw))), int(port, 16)
 
 
-def accepting_socket(ours: tuple[str, int], peer: tuple[str, int]) -> PeerVerdict:
-    """`peer_verdict` for our connected socket (`ours` -> `peer`) on this machine's TCP table
-    now (Linux). A connection to an IPv4 address may have been accepted by a dual-stack IPv6
-    listener: tcp6 is read too when tcp does not have it."""
-    uid = os.getuid()
-    tables = ["/proc/net/tcp", "/proc/net/tcp6"] if "." in _address(peer[0]) \
-        else ["/proc/net/tcp6"]
+SOCK_DIAG_BY_FAMILY = 20  # linux/sock_diag.h
+NETLINK_SOCK_DIAG = 4
+NLM_F_REQUEST = 1
+NLMSG_ERROR = 2
+INET_DIAG_NOCOOKIE = 0xFFFFFFFF
+TCP_SYN_RECV = 3
+_NLMSGHDR = struct.Struct("=IHHII")
+
+
+def diag_request(ours: tuple[str, int], peer: tuple[str, int], seq: int = 1) -> bytes:
+    """A sock_diag request (linux/inet_diag.h) for the one TCP socket whose local address is
+    `peer` and whose remote address is `ours`: the kernel looks it up by its addresses, as it
+    does for a packet (a dual-stack listener's socket is found by its IPv4 addresses too)."""
+    me, them = ipaddress.ip_address(_address(ours[0])), ipaddress.ip_address(_address(peer[0]))
+    family = socket.AF_INET6 if them.version == 6 else socket.AF_INET
+    sockid = (struct.pack("!HH", peer[1], ours[1]) + them.packed.ljust(16, b"\0")
+              + me.packed.ljust(16, b"\0")
+              + struct.pack("=III", 0, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE))
+    body = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq,
+                          0) + body
+
+
+def parse_diag_reply(data: bytes) -> list[TcpRow]:
+    """The socket of a sock_diag reply (none: the kernel has no such socket). ValueError for a
+    reply that is neither (another error, or cut short)."""
+    if len(data) < _NLMSGHDR.size + 4:
+        raise ValueError("short sock_diag reply")
+    _, kind, _, _, _ = _NLMSGHDR.unpack_from(data)
+    if kind == NLMSG_ERROR:
+        (error,) = struct.unpack_from("=i", data, _NLMSGHDR.size)
+        if error == -errno.ENOENT:
+            return []
+        raise ValueError(f"sock_diag error {error}")
+    if kind != SOCK_DIAG_BY_FAMILY or len(data) < _NLMSGHDR.size + 72:
+        raise ValueError(f"unexpected sock_diag reply type {kind}")
+    at = _NLMSGHDR.size
+    family, state = data[at], data[at + 1]
+    sport, dport = struct.unpack_from("!HH", data, at + 4)
+    size = 4 if family == socket.AF_INET else 16
+    src = str(ipaddress.ip_address(data[at + 8:at + 8 + size]))
+    dst = str(ipaddress.ip_address(data[at + 24:at + 24 + size]))
+    (uid,) = struct.unpack_from("=I", data, at + 64)
+    return [TcpRow((_address(src), sport), (_address(dst), dport), state, uid)]
+
+
+def diag_rows(ours: tuple[str, int], peer: tuple[str, int]) -> list[TcpRow]:
+    """The socket at the other end of our connection (`ours` -> `peer`), as sock_diag tells
+    it: one lookup by its addresses, whatever the size of the table. OSError when sock_diag
+    cannot be asked, ValueError for a reply that cannot be read."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                       NETLINK_SOCK_DIAG) as nl:
+        nl.settimeout(1.0)
+        nl.send(diag_request(ours, peer))
+        return parse_diag_reply(nl.recv(8192))
+
+
+def table_rows(ours: tuple[str, int], peer: tuple[str, int]) -> list[TcpRow]:
+    """The rows of /proc/net/tcp and tcp6 whose remote port is ours (a dual-stack listener's
+    sockets, IPv4 connections included, are in tcp6). Read whole: a cost in the size of the
+    table (milliseconds for a thousand sockets), hence only when sock_diag cannot tell."""
+    tables = ["/proc/net/tcp6"] if ":" in _address(peer[0]) \
+        else ["/proc/net/tcp", "/proc/net/tcp6"]
     rows: list[TcpRow] = []
     for table in tables:
         try:
@@ -281,10 +340,24 @@ def accepting_socket(ours: tuple[str, int], peer: tuple[str, int]) -> PeerVerdic
                 rows += parse_tcp_table(f.read(), remote_port=ours[1])
         except OSError:
             continue
-        verdict = peer_verdict(rows, ours, peer, uid)
-        if verdict.ok or verdict.foreign:
-            return verdict
-    return peer_verdict(rows, ours, peer, uid)
+    return rows
+
+
+def accepting_socket(ours: tuple[str, int], peer: tuple[str, int]) -> PeerVerdict:
+    """`peer_verdict` for our connected socket (`ours` -> `peer`) on this machine now (Linux).
+
+    sock_diag (`diag_rows`) gives no owner for a connection the kernel has not made a socket of
+    yet (SYN_RECV: a listener with TCP_DEFER_ACCEPT, or for an instant after connect: it says
+    uid 0), and may be unavailable: then the TCP table (`table_rows`) is read, which names the
+    listener's owner for such a connection."""
+    uid = os.getuid()
+    try:
+        found = diag_rows(ours, peer)
+        if not any(row.state == TCP_SYN_RECV for row in found):
+            return peer_verdict(found, ours, peer, uid)
+    except (OSError, ValueError):
+        pass
+    return peer_verdict(table_rows(ours, peer), ours, peer, uid)
 
 
 def inspectable() -> bool:

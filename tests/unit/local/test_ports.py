@@ -3,8 +3,10 @@ found, one of our own is not."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import struct
 import subprocess
 import sys
 
@@ -216,6 +218,43 @@ def test_a_connection_is_proven_by_the_owner_of_the_socket_at_its_other_end() ->
     assert not gone.ok and not gone.foreign and "nothing was sent" in gone.line
 
 
+def test_the_sock_diag_request_names_the_socket_at_the_other_end() -> None:
+    request = localports.diag_request(("127.0.0.1", 40876), ("127.0.0.1", 8080), seq=7)
+    length, kind, flags, seq, _ = struct.unpack_from("=IHHII", request)
+    assert (length, kind, flags, seq) == (len(request), 20, 1, 7) and len(request) == 72
+    assert request[16:18] == bytes([socket.AF_INET, socket.IPPROTO_TCP])
+    assert struct.unpack_from("!HH", request, 24) == (8080, 40876)  # its sport: the peer
+    assert request[28:32] == bytes([127, 0, 0, 1]) and request[44:48] == bytes([127, 0, 0, 1])
+    v6 = localports.diag_request(("::1", 40876), ("::1", 8080))
+    assert v6[16] == socket.AF_INET6 and v6[28:44] == socket.inet_pton(socket.AF_INET6, "::1")
+
+
+def diag_reply(family: int, state: int, src: str, sport: int, dst: str, dport: int,
+               uid: int) -> bytes:
+    def pack(address: str) -> bytes:
+        return socket.inet_pton(family, address).ljust(16, b"\0")
+
+    msg = (bytes([family, state, 0, 0]) + struct.pack("!HH", sport, dport) + pack(src)
+           + pack(dst) + struct.pack("=III", 0, 0, 0) + struct.pack("=IIIII", 0, 0, 0, uid, 9))
+    return struct.pack("=IHHII", 16 + len(msg), 20, 2, 1, 0) + msg
+
+
+def test_a_sock_diag_reply_is_read_as_one_row_or_none() -> None:
+    row = localports.parse_diag_reply(
+        diag_reply(socket.AF_INET6, 1, "::ffff:127.0.0.1", 8080, "::ffff:127.0.0.1", 40876,
+                   65534))
+    assert row == [localports.TcpRow(("127.0.0.1", 8080), ("127.0.0.1", 40876), 1, 65534)]
+    assert localports.parse_diag_reply(
+        diag_reply(socket.AF_INET, 1, "127.0.0.1", 8080, "127.0.0.1", 1, 5))[0].uid == 5
+    no_such = struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -errno.ENOENT) + \
+        bytes(16)
+    assert localports.parse_diag_reply(no_such) == []
+    for bad in (b"", struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -1) + bytes(16),
+                struct.pack("=IHHII", 20, 3, 0, 1, 0) + bytes(4)):
+        with pytest.raises(ValueError):
+            localports.parse_diag_reply(bad)
+
+
 @pytest.mark.parametrize("family,listen,connect", [
     (socket.AF_INET, "127.0.0.1", "127.0.0.1"),
     (socket.AF_INET6, "::", "127.0.0.1"),  # dual stack: the peer is in tcp6
@@ -224,13 +263,21 @@ def test_a_connection_is_proven_by_the_owner_of_the_socket_at_its_other_end() ->
 @pytest.mark.skipif(not localports.inspectable(), reason="Linux only")
 def test_our_own_listener_is_proven_on_this_machine(family: int, listen: str,
                                                     connect: str) -> None:
+    """Both sources (sock_diag, the TCP table) find the socket that accepted the connection,
+    before and after it is accepted; it is ours."""
+    uid = os.getuid()
     with socket.socket(family) as server:
         server.bind((listen, 0))
         server.listen()
         port = server.getsockname()[1]
         with socket.create_connection((connect, port)) as client:
             ours, peer = client.getsockname()[:2], client.getpeername()[:2]
-            assert localports.accepting_socket(ours, peer).ok  # not accepted yet
-            accepted, _ = server.accept()
-            with accepted:
+            for accept in (False, True):
+                accepted = server.accept()[0] if accept else None
                 assert localports.accepting_socket(ours, peer).ok
+                for rows in (localports.diag_rows(ours, peer),
+                             localports.table_rows(ours, peer)):
+                    assert localports.peer_verdict(rows, ours, peer, uid).ok, rows
+                    assert not localports.peer_verdict(rows, ours, peer, uid + 1).ok
+                if accepted is not None:
+                    accepted.close()
