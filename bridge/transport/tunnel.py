@@ -306,7 +306,7 @@ async def open_local(host: str, port: int, *, prove: bool,
         sock.setblocking(False)
         await loop.sock_connect(sock, address)
         if prove:
-            verdict = localports.accepting_socket(sock.getsockname(), sock.getpeername())
+            verdict = localports.accepting_socket(sock.getsockname()[:2], sock.getpeername()[:2])
             if not verdict.ok:
                 raise _Refused(verdict)
         _, forwarder = await loop.create_connection(SSHForwarder, sock=sock)
