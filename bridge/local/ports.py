@@ -30,6 +30,7 @@ not checked (`inspectable`).
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -203,6 +204,7 @@ class PeerVerdict:
     line: str = ""
 
 
+@functools.lru_cache(maxsize=256)  # the same few loopback addresses, once per connection
 def _address(host: str) -> str:
     """`host` as the table names it: IPv4-mapped IPv6 as IPv4, IPv6 compressed."""
     try:
@@ -283,10 +285,11 @@ def diag_request(ours: tuple[str, int], peer: tuple[str, int], seq: int = 1) -> 
     """A sock_diag request (linux/inet_diag.h) for the one TCP socket whose local address is
     `peer` and whose remote address is `ours`: the kernel looks it up by its addresses, as it
     does for a packet (a dual-stack listener's socket is found by its IPv4 addresses too)."""
-    me, them = ipaddress.ip_address(_address(ours[0])), ipaddress.ip_address(_address(peer[0]))
-    family = socket.AF_INET6 if them.version == 6 else socket.AF_INET
-    sockid = (struct.pack("!HH", peer[1], ours[1]) + them.packed.ljust(16, b"\0")
-              + me.packed.ljust(16, b"\0")
+    me, them = _address(ours[0]), _address(peer[0])
+    family = socket.AF_INET6 if ":" in them else socket.AF_INET
+    sockid = (struct.pack("!HH", peer[1], ours[1])
+              + socket.inet_pton(family, them).ljust(16, b"\0")
+              + socket.inet_pton(family, me).ljust(16, b"\0")
               + struct.pack("=III", 0, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE))
     body = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, 0xFFFFFFFF) + sockid
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq,
@@ -309,9 +312,11 @@ def parse_diag_reply(data: bytes) -> list[TcpRow]:
     at = _NLMSGHDR.size
     family, state = data[at], data[at + 1]
     sport, dport = struct.unpack_from("!HH", data, at + 4)
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        raise ValueError(f"sock_diag reply of address family {family}")
     size = 4 if family == socket.AF_INET else 16
-    src = str(ipaddress.ip_address(data[at + 8:at + 8 + size]))
-    dst = str(ipaddress.ip_address(data[at + 24:at + 24 + size]))
+    src = socket.inet_ntop(family, data[at + 8:at + 8 + size])
+    dst = socket.inet_ntop(family, data[at + 24:at + 24 + size])
     (uid,) = struct.unpack_from("=I", data, at + 64)
     return [TcpRow((_address(src), sport), (_address(dst), dport), state, uid)]
 
