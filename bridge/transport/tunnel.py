@@ -25,8 +25,10 @@ Each forwarded connection is proven before the cluster's bytes go into it (issue
 once connected to the local port, the socket that accepted the connection must belong to this
 user (`bridge.local.ports.accepting_socket`); another user's listener, bound there since the
 last check of the ports, gets a connection that is closed before a byte was sent, and
-`on_foreign` is told (the session ends). Off Linux the owner cannot be told: connections are
-forwarded as they come, and only the checks of the ports before the swap hold (none there).
+`on_foreign` is told (the session ends). Cost: one sock_diag lookup, ~50 us a connection
+(measured next to ~250 us for the connect itself). Off Linux (macOS) the owner of a socket is
+not told this way: connections are forwarded unproven, as before, and the checks of the
+ports (before the swap, then once a second) are Linux-only as well (`ports.inspectable`).
 """
 
 from __future__ import annotations
