@@ -33,6 +33,7 @@ import errno
 import functools
 import ipaddress
 import os
+import re
 import socket
 import struct
 from collections.abc import Collection, Iterable, Sequence
@@ -177,7 +178,7 @@ def foreign_on(hosts: dict[int, str], uid: int,
 def watch_problem(hosts: dict[int, str]) -> str:
     """One line when another user listens where the command's traffic goes ("" when none, and
     off Linux)."""
-    if not hosts or not inspectable():
+    if not hosts or not inspectable() or not listening_now(hosts, not_uid=os.getuid()):
         return ""
     taken = foreign_on(hosts, os.getuid(), listeners())
     return (_foreign_line(taken).replace("would go to them", "may go to them") +
@@ -365,6 +366,89 @@ def accepting_socket(ours: tuple[str, int], peer: tuple[str, int]) -> PeerVerdic
     return peer_verdict(table_rows(ours, peer), ours, peer, uid)
 
 
+def listening(rows: Iterable[TcpRow], ports: Collection[int], *,
+              not_uid: int | None = None) -> list[TcpRow]:
+    """The listening sockets of `rows` on one of `ports` (with `not_uid`: whose owner is not
+    that uid)."""
+    return [row for row in rows if row.state == TCP_LISTEN and row.local[1] in ports
+            and (not_uid is None or row.uid != not_uid)]
+
+
+def parse_listening(text: str, ports: Collection[int]) -> list[TcpRow]:
+    """The rows of /proc/net/tcp or tcp6 (`text`) that listen on one of `ports`, found by one
+    search of the text (a machine has thousands of connections and a few listeners: parsing
+    every row costs milliseconds)."""
+    if not ports:
+        return []
+    wanted = "|".join(f"{port:04X}" for port in sorted(set(ports)))
+    found = re.finditer(rf"^.*:(?:{wanted}) (?:0{{8}}|0{{32}}):0000 {TCP_LISTEN:02X} .*$", text,
+                        re.MULTILINE)
+    return parse_tcp_table("\n".join(["header", *(m.group(0) for m in found)]))
+
+
+NLM_F_DUMP = 0x300
+NLMSG_DONE = 3
+
+
+def diag_dump_request(family: int, states: int, seq: int = 1) -> bytes:
+    """A sock_diag request for every TCP socket of `family` in one of `states` (a bit mask of
+    TCP states): the kernel walks only those (for listeners, its small listening table)."""
+    body = struct.pack("=BBBBI", family, socket.IPPROTO_TCP, 0, 0, states) + bytes(48)
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY,
+                          NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+def parse_diag_dump(data: bytes) -> tuple[list[TcpRow], bool]:
+    """The sockets of one read of a sock_diag dump's answer, and whether it was the last
+    (NLMSG_DONE). ValueError for an error or a message cut short."""
+    rows: list[TcpRow] = []
+    at = 0
+    while at + _NLMSGHDR.size <= len(data):
+        length, kind, _, _, _ = _NLMSGHDR.unpack_from(data, at)
+        if length < _NLMSGHDR.size or at + length > len(data):
+            raise ValueError("sock_diag message cut short")
+        if kind == NLMSG_DONE:
+            return rows, True
+        rows += parse_diag_reply(data[at:at + length])
+        at += (length + 3) & ~3
+    return rows, False
+
+
+def diag_listening() -> list[TcpRow]:
+    """Every listening TCP socket of this network namespace, from sock_diag. OSError when it
+    cannot be asked, ValueError for an answer that cannot be read."""
+    rows: list[TcpRow] = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                           NETLINK_SOCK_DIAG) as nl:
+            nl.settimeout(1.0)
+            nl.send(diag_dump_request(family, 1 << TCP_LISTEN))
+            done = False
+            while not done:
+                found, done = parse_diag_dump(nl.recv(65536))
+                rows += found
+    return rows
+
+
+def listening_now(ports: Collection[int], *, not_uid: int | None = None) -> bool:
+    """Whether anything listens on one of `ports` now (of another owner than `not_uid`), as
+    the kernel tells it (sock_diag; its TCP tables where that cannot be asked): the cheap look
+    before `listeners`, whose walk of every process's file descriptors costs tens of
+    milliseconds. True when neither can be read (then the caller looks properly)."""
+    try:
+        return bool(listening(diag_listening(), ports, not_uid=not_uid))
+    except (OSError, ValueError):
+        pass
+    rows: list[TcpRow] = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows += parse_listening(f.read(), ports)
+        except OSError:
+            return True
+    return bool(listening(rows, ports, not_uid=not_uid))
+
+
 def inspectable() -> bool:
     """Whether listeners and their owners can be told here (Linux)."""
     return os.uname().sysname == "Linux"
@@ -434,7 +518,7 @@ def _processes_of(root: int, since: float | None) -> set[int]:
 def problem(ports: Sequence[int]) -> str:
     """One line naming the forwarded ports another user listens on ("" when none; always ""
     off Linux, where the owner cannot be told)."""
-    if not ports or not inspectable():
+    if not ports or not inspectable() or not listening_now(ports, not_uid=os.getuid()):
         return ""
     taken = squatters(ports, os.getuid(), listeners())
     return _foreign_line(taken) if taken else ""

@@ -281,3 +281,54 @@ def test_our_own_listener_is_proven_on_this_machine(family: int, listen: str,
                     assert not localports.peer_verdict(rows, ours, peer, uid + 1).ok
                 if accepted is not None:
                     accepted.close()
+
+
+def test_listeners_are_told_from_the_kernels_listening_table() -> None:
+    """`listening_now` (the cheap look before a walk of the process table) sees a listener
+    of ours on IPv4 and IPv6, not a closed port, and tells owners apart; the pure parts read
+    a sock_diag dump and the TCP table's listening rows only."""
+    v4, v6 = socket.socket(), socket.socket(socket.AF_INET6)
+    v4.bind(("127.0.0.1", 0))
+    v6.bind(("::1", 0))
+    for s in (v4, v6):
+        s.listen()
+    p4, p6 = v4.getsockname()[1], v6.getsockname()[1]
+    closed = free_port()
+    try:
+        assert localports.listening_now([p4]) and localports.listening_now([p6])
+        assert not localports.listening_now([closed])
+        assert not localports.listening_now([p4, p6], not_uid=os.getuid())  # ours only
+        rows = localports.diag_listening()
+        assert {(r.local, r.uid) for r in rows if r.local[1] in (p4, p6)} == {
+            (("127.0.0.1", p4), os.getuid()), (("::1", p6), os.getuid())}
+        # the same answer from /proc/net/tcp{,6}, the fallback
+        text = open("/proc/net/tcp").read() + open("/proc/net/tcp6").read().split("\n", 1)[1]
+        assert [r.local for r in localports.parse_listening(text, [p4, p6, closed])] in (
+            [("127.0.0.1", p4), ("::1", p6)], [("::1", p6), ("127.0.0.1", p4)])
+    finally:
+        v4.close()
+        v6.close()
+
+
+def test_a_sock_diag_dump_is_read_to_its_end() -> None:
+    hdr = struct.Struct("=IHHII")
+    body = bytearray(72)
+    body[0], body[1] = socket.AF_INET, localports.TCP_LISTEN
+    struct.pack_into("!HH", body, 4, 8080, 0)
+    body[8:12] = socket.inet_aton("127.0.0.1")
+    struct.pack_into("=I", body, 64, 65534)
+    msg = hdr.pack(hdr.size + len(body), localports.SOCK_DIAG_BY_FAMILY, 2, 1, 0) + bytes(body)
+    done = hdr.pack(hdr.size + 4, localports.NLMSG_DONE, 2, 1, 0) + bytes(4)
+    assert localports.parse_diag_dump(msg + msg) == (
+        [localports.TcpRow(("127.0.0.1", 8080), ("0.0.0.0", 0), localports.TCP_LISTEN,
+                           65534)] * 2, False)
+    rows, last = localports.parse_diag_dump(msg + done)
+    assert len(rows) == 1 and last
+    with pytest.raises(ValueError):
+        localports.parse_diag_dump(msg[:-8])  # cut short
+    request = localports.diag_dump_request(socket.AF_INET6, 1 << localports.TCP_LISTEN)
+    length, kind, flags, _, _ = hdr.unpack_from(request)
+    assert (length, kind, flags) == (len(request), localports.SOCK_DIAG_BY_FAMILY,
+                                     localports.NLM_F_REQUEST | localports.NLM_F_DUMP)
+    assert request[hdr.size] == socket.AF_INET6
+    assert struct.unpack_from("=I", request, hdr.size + 4)[0] == 1 << localports.TCP_LISTEN
