@@ -25,8 +25,8 @@ import pytest
 
 from bridge.model import state
 from tests.conftest import Kubectl, official_client, start_cluster
+from tests.equipment.realcluster import fixture as real_cluster
 from tests.helpers import http_server
-from tests.realcluster import fixture as real_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 60.0  # bound on any single wait in these tests
@@ -64,7 +64,8 @@ if self.path.startswith("/exit/"):
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The one cluster this suite runs on, chosen by BRIDGE_TEST_CLUSTER: `local` (default, the
-    test cluster in tests/cluster) or `real` (scripts/real-cluster: upstream Kubernetes)."""
+    test cluster in tests/equipment/localcluster) or `real` (scripts/real-cluster: upstream
+    Kubernetes)."""
     kubeconfig = tmp_path_factory.mktemp("cluster") / "kubeconfig"
     if real_cluster.selected() == "real":
         real = real_cluster.acquire(kubeconfig)

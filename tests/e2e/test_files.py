@@ -40,8 +40,8 @@ from tests.e2e.conftest import (
     http_get,
     wait_until,
 )
+from tests.equipment.realcluster import fixture as real_cluster
 from tests.helpers import http_server
-from tests.realcluster import fixture as real_cluster
 
 REAL = os.environ.get("BRIDGE_TEST_CLUSTER") == "real"
 LIVE_PROBLEM = mounts.live_problem()

@@ -26,7 +26,7 @@ import pytest
 from dotenv import dotenv_values
 
 from bridge.local.ide import vscode
-from tests.dap import DapClient
+from tests.equipment.dap import DapClient
 from tests.helpers import http_server
 
 from .conftest import REPO, free_port, wait_until

@@ -17,8 +17,8 @@ import pytest
 
 from bridge.model import state
 from sidecar import protocol
-from tests.cluster.config import OTHER_PROTOCOL_SIDECAR_IMAGE
-from tests.realcluster import fixture as real_cluster
+from tests.equipment.localcluster.config import OTHER_PROTOCOL_SIDECAR_IMAGE
+from tests.equipment.realcluster import fixture as real_cluster
 
 from .conftest import (
     LOCAL_SERVER,
