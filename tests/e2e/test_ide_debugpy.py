@@ -29,7 +29,7 @@ from bridge.local.ide import vscode
 from tests.equipment.dap import DapClient
 from tests.helpers import http_server
 
-from .conftest import REPO, free_port, wait_until
+from .support import REPO, free_port, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

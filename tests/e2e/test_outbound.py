@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from bridge.local import env as envmod
-from tests.e2e.conftest import Workload, free_port
+from tests.e2e.support import Workload, free_port
 from tests.equipment.realcluster import fixture as real_cluster
 from tests.helpers import http_server
 

@@ -26,7 +26,7 @@ from bridge.model import state, trust
 from tests.equipment.localcluster import admission
 from tests.equipment.realcluster import fixture as real_cluster
 
-from .conftest import Workload, http_get, wait_until
+from .support import Workload, http_get, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 # The e2e suite's workload fixtures (a sample Deployment + Service per test, restored check).
-from tests.e2e.conftest import make_workload, namespace  # noqa: F401
+from tests.e2e.support import make_workload, namespace  # noqa: F401
 from tests.equipment.realcluster import fixture as real_cluster
 
 

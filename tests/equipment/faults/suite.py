@@ -40,9 +40,9 @@ import psutil
 import yaml
 
 from bridge.model import state
-from tests.e2e.conftest import workload_manifest
 from tests.equipment.bench import cluster as bench_cluster
 from tests.equipment.bench import procs, toxiproxy, wan
+from tests.equipment.workload import workload_manifest
 
 from . import probe
 from .counts import Run
