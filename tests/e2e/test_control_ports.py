@@ -10,7 +10,7 @@ import pytest
 
 from sidecar import protocol
 
-from .conftest import LOCAL_SERVER, free_port, http_get, until_laptop_answers
+from .support import LOCAL_SERVER, free_port, http_get, until_laptop_answers
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import free_port
+from .support import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from bridge.local import mounts
-from tests.e2e.conftest import (
+from tests.e2e.support import (
     LOCAL_SERVER,
     REPO,
     WAIT,
@@ -40,8 +40,8 @@ from tests.e2e.conftest import (
     http_get,
     wait_until,
 )
+from tests.equipment.realcluster import fixture as real_cluster
 from tests.helpers import http_server
-from tests.realcluster import fixture as real_cluster
 
 REAL = os.environ.get("BRIDGE_TEST_CLUSTER") == "real"
 LIVE_PROBLEM = mounts.live_problem()
@@ -153,7 +153,7 @@ def test_a_live_mount_comes_back_after_the_ssh_connection_drops(
         make_workload: Any, state_home: Path, tmp_path: Path) -> None:
     """The sidecar is frozen until the agent's keepalives give up, then thawed: sshfs ended
     with the old connection; bridge mounts again on the new one."""
-    from tests.e2e.test_resilience import drop_ssh, proxy_pod
+    from tests.e2e.support import drop_ssh, proxy_pod
 
     w = make_workload()
     port = free_port()

@@ -19,7 +19,7 @@ import pytest
 
 from bridge.model.lifecycle import HAND_BACK_LINE
 
-from .conftest import LOCAL_SERVER, free_port, http_get, wait_until
+from .support import LOCAL_SERVER, free_port, http_get, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

@@ -26,10 +26,10 @@ import pytest
 from dotenv import dotenv_values
 
 from bridge.local.ide import vscode
-from tests.dap import DapClient
+from tests.equipment.dap import DapClient
 from tests.helpers import http_server
 
-from .conftest import REPO, free_port, wait_until
+from .support import REPO, free_port, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

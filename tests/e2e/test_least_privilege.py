@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.kubeconfig import CONTEXT_LEAST
+from tests.equipment.localcluster.kubeconfig import CONTEXT_LEAST
 
-from .conftest import free_port, http_get, until_laptop_answers
+from .support import free_port, http_get, until_laptop_answers
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

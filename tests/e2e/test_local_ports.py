@@ -22,7 +22,7 @@ import pytest
 
 from tests.helpers import http_server
 
-from .conftest import free_port, http_get, until_laptop_answers, wait_until
+from .support import free_port, http_get, until_laptop_answers, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from bridge.local import env as envmod
-from tests.e2e.conftest import Workload, free_port
+from tests.e2e.support import Workload, free_port
+from tests.equipment.realcluster import fixture as real_cluster
 from tests.helpers import http_server
-from tests.realcluster import fixture as real_cluster
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(shutil.which("torsocks") is None, reason="needs torsocks")]

@@ -7,66 +7,31 @@ replicas (Ready), and that no proxy and no annotation of bridge's remains.
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from bridge.model import state
 from sidecar import protocol
-from tests.cluster.config import OTHER_PROTOCOL_SIDECAR_IMAGE
-from tests.realcluster import fixture as real_cluster
+from tests.equipment.localcluster.config import OTHER_PROTOCOL_SIDECAR_IMAGE
+from tests.equipment.realcluster import fixture as real_cluster
 
-from .conftest import (
+from .support import (
     LOCAL_SERVER,
     ROUTED,
     Workload,
+    drop_ssh,
     free_port,
     http_get,
+    proxy_pod,
+    sidecar_process,
     until_laptop_answers,
     wait_until,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
-
-
-def proxy_pod(w: Workload) -> dict[str, Any]:
-    pods: list[dict[str, Any]] = json.loads(
-        w.k("get", "pods", "-l", state.SESSION_LABEL, "-o", "json"))["items"]
-    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
-    return pods[0]
-
-
-def drop_ssh(b: Any, pod_name: str) -> psutil.Process:
-    """Drop bridge's SSH connection while the pod stays up: freeze the sidecar until bridge
-    says the connection is lost, thaw it, wait for the reconnect; the sidecar process."""
-    sidecar = sidecar_process(pod_name)
-    sidecar.suspend()
-    try:
-        b.wait_for("connection to the proxy pod lost")
-    finally:
-        sidecar.resume()
-    b.wait_for("reconnected")
-    return sidecar
-
-
-def sidecar_process(pod_name: str) -> psutil.Process:
-    """The `python -m sidecar` process running in pod `pod_name` (its HOSTNAME)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
-        if cmdline[1:3] != ["-m", "sidecar"]:
-            continue
-        try:
-            if proc.environ().get("HOSTNAME") == pod_name and proc.status() != "zombie":
-                found.append(proc)
-        except psutil.Error:
-            continue
-    assert len(found) == 1, f"sidecar processes of {pod_name}: {found}"
-    return found[0]
 
 
 def restart_count(w: Workload, pod_name: str) -> int:

@@ -21,7 +21,7 @@ import pytest
 
 from bridge.model import state
 
-from .conftest import Workload, http_get, wait_until
+from .support import Workload, http_get, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -112,10 +112,10 @@ def test_a_forged_host_key_line_cannot_break_the_reconnect(make_workload: Any,
     reconnect and never got back in (the original stayed at zero). Now the sidecar escapes it
     and bridge reads only the first announcement: the reconnect succeeds."""
     from bridge.model import plan
-    from tests.clusterchecks.test_kubectl_portforward import kubectl_port_forward
-    from tests.sidecar.test_security import FORGED_KEY, disconnect_packet
+    from tests.equipment.clients import kubectl_port_forward
+    from tests.helpers import FORGED_KEY, disconnect_packet
 
-    from .test_resilience import drop_ssh, proxy_pod
+    from .support import drop_ssh, proxy_pod
 
     w = make_workload()
     ip = w.service_ip()
@@ -143,7 +143,7 @@ def test_a_forged_host_key_line_cannot_break_the_reconnect(make_workload: Any,
 def test_attach_mode_refuses_a_port_another_user_listens_on(make_workload: Any) -> None:
     """Another user of the laptop listens on the forwarded port first: the cluster's requests
     would go to them. bridge refuses, restores, and no request reaches the squatter."""
-    from .conftest import free_port
+    from .support import free_port
 
     w = make_workload()
     port = free_port()

@@ -19,7 +19,7 @@ import pytest
 from bridge.model import state
 from sidecar import protocol
 
-from .conftest import LOCAL_SERVER, free_port, http_get, until_laptop_answers
+from .support import LOCAL_SERVER, free_port, http_get, until_laptop_answers
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

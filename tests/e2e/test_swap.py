@@ -18,8 +18,14 @@ from dotenv import dotenv_values
 from bridge.model import state
 from sidecar import protocol
 
-from .conftest import LOCAL_SERVER, free_port, http_get, until_laptop_answers, wait_until
-from .test_heartbeat import until_the_heartbeat_settles
+from .support import (
+    LOCAL_SERVER,
+    free_port,
+    http_get,
+    until_laptop_answers,
+    until_the_heartbeat_settles,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

@@ -18,7 +18,7 @@ import pytest
 
 from bridge.model import controllers, plan, state
 
-from .conftest import Workload
+from .support import Workload
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
