@@ -43,14 +43,14 @@ from tests.e2e.support import (
 from tests.equipment.realcluster import fixture as real_cluster
 from tests.helpers import http_server
 
-REAL = os.environ.get("BRIDGE_TEST_CLUSTER") == "real"
 LIVE_PROBLEM = mounts.live_problem()
 MODES = ["copy", pytest.param("live", marks=pytest.mark.skipif(
     LIVE_PROBLEM is not None, reason=f"live mode cannot work here: {LIVE_PROBLEM}"))]
-on_local = pytest.mark.skipif(REAL, reason="the wiring tests use the local test cluster")
-on_real = pytest.mark.skipif(
-    not REAL, reason="the local test cluster has no volumes (no ConfigMap/Secret/emptyDir "
-                     "mounts, no service-account token); set BRIDGE_TEST_CLUSTER=real")
+on_local = pytest.mark.only_on("local", why="the wiring ($BRIDGE_ROOT, the env file, mounts "
+                               "and copies made and gone, their records) is the laptop's")
+on_real = pytest.mark.only_on("real", why="the files themselves: the local test cluster has no "
+                              "volumes (no ConfigMap/Secret/emptyDir mounts, no service-account "
+                              "token)")
 SA_DIR = "var/run/secrets/kubernetes.io/serviceaccount"
 
 

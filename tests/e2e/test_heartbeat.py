@@ -39,6 +39,8 @@ def our_replicasets(w: Workload) -> dict[str, dict[str, str]]:
     return out
 
 
+@pytest.mark.only_on("real", why="the Deployment controller copies the lock onto the ReplicaSets: "
+                                 "the real controller is the authority")
 def test_the_original_is_not_written_during_a_swap_and_its_replicasets_are_cleaned(
         make_workload: Any) -> None:
     w = make_workload()
@@ -62,6 +64,8 @@ def test_the_original_is_not_written_during_a_swap_and_its_replicasets_are_clean
     assert left == {}, b.stderr
 
 
+@pytest.mark.only_on("local", why="the heartbeat is an annotation either API server stores, "
+                                  "judged on the laptops' clocks")
 def test_a_live_session_is_refused_and_a_killed_one_repaired_whatever_the_clocks(
         make_workload: Any) -> None:
     w = make_workload()

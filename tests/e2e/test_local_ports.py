@@ -24,7 +24,10 @@ from tests.helpers import http_server
 
 from .support import free_port, http_get, until_laptop_answers, wait_until
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e,
+              pytest.mark.only_on("local", why="the laptop's sockets and the request's checks "
+                                               "before any change: nothing there depends on which "
+                                               "cluster serves")]
 
 
 def untouched(w: Any) -> tuple[str, int]:

@@ -39,6 +39,8 @@ def restart_count(w: Workload, pod_name: str) -> int:
     return int(pod["status"]["containerStatuses"][0]["restartCount"])
 
 
+@pytest.mark.only_on("real", why="the kubelet restarts the container and serves the current "
+                                 "container's log: the real one is the authority")
 def test_tunnel_comes_back_when_the_sidecar_restarts_in_the_same_pod(
         make_workload: Any) -> None:
     """The sidecar process dies; the kubelet restarts it in the same pod with a new host key.
@@ -100,6 +102,9 @@ os.execv(sys.executable, [sys.executable, "-c", LOCAL, *sys.argv[2:]])
 """
 
 
+@pytest.mark.only_on("local", why="bridge's reconnect at the hand-over; the container restart is "
+                                  "only the trigger (the kubelet's own restart is checked on the "
+                                  "real cluster, test above)")
 def test_tunnel_lost_before_the_hand_over_comes_back(make_workload: Any,
                                                      tmp_path: Path) -> None:
     """The sidecar restarts while the command is still starting (before any traffic moved):
@@ -127,6 +132,8 @@ def test_tunnel_lost_before_the_hand_over_comes_back(make_workload: Any,
     assert b.wait() == 3, b.stderr
 
 
+@pytest.mark.only_on("local", why="the check is the agent's, and the other-protocol sidecar image "
+                                  "is test equipment of the local test cluster")
 def test_sidecar_speaking_another_protocol_is_refused(make_workload: Any) -> None:
     """A proxy pod whose sidecar speaks another protocol version (another bridge release's
     image) is refused with one line, and the cluster is left as it was. On the local test
@@ -159,6 +166,12 @@ def local_child(*ports: int) -> list[str]:
     return ["--", sys.executable, "-c", LOCAL_SERVER, *map(str, ports)]
 
 
+LAPTOP_SIGNALS = pytest.mark.only_on("local", why="signals are the laptop's; a Ctrl-C during "
+                                                  "set-up runs on both clusters "
+                                                  "(test_swap.test_ctrl_c_during_setup_restores)")
+
+
+@LAPTOP_SIGNALS
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_signal_during_setup_restores(make_workload: Any, sig: int) -> None:
     w = make_workload()
@@ -182,6 +195,7 @@ def slow_to_be_ready(make_workload: Any, delay: int) -> Workload:
     return w
 
 
+@pytest.mark.only_on("local", why="signals the laptop sends while bridge restores")
 def test_signals_during_the_restore_do_not_cut_it_short(make_workload: Any) -> None:
     w = slow_to_be_ready(make_workload, 6)
     b, port = w.attach()
@@ -196,6 +210,8 @@ def test_signals_during_the_restore_do_not_cut_it_short(make_workload: Any) -> N
     assert "deployment/hello restored" in b.stderr
 
 
+@pytest.mark.only_on("local", why="the heartbeat is an annotation either API server stores; the "
+                                  "restore's wait is bridge's")
 def test_the_heartbeat_goes_on_while_restoring(make_workload: Any) -> None:
     """The restore waits for the original longer than the heartbeat TTL; meanwhile the
     heartbeat goes on, so another swap is refused (not 'repairing' a session that is
@@ -232,6 +248,7 @@ def test_the_heartbeat_goes_on_while_restoring(make_workload: Any) -> None:
     assert "deployment/hello restored" in b.stderr
 
 
+@pytest.mark.only_on("local", why="the laptop's signal and command")
 def test_hangup_ends_a_command_that_ignores_it(make_workload: Any) -> None:
     """The terminal is gone (SIGHUP) and the command ignores the signal: nobody can press
     Ctrl-C any more, so bridge stops the command after a grace period and restores."""
@@ -252,6 +269,7 @@ def test_hangup_ends_a_command_that_ignores_it(make_workload: Any) -> None:
     assert http_get(ip, 80).startswith("cluster ")
 
 
+@pytest.mark.only_on("local", why="bridge's watch of its proxy Deployment ends the session")
 def test_proxy_deployment_deleted_by_someone_ends_the_session(make_workload: Any) -> None:
     """No proxy pod will ever come back: bridge must not wait forever with the original at
     zero; it ends the session and scales the original back."""
@@ -270,6 +288,7 @@ def test_proxy_deployment_deleted_by_someone_ends_the_session(make_workload: Any
                lambda: http_get(ip, 80).startswith("cluster "), timeout=ROUTED)
 
 
+@pytest.mark.only_on("local", why="bridge's resolution of a Service's selector")
 def test_a_service_target_resolves_past_the_proxy(make_workload: Any) -> None:
     """While swapped, the Service selects the proxy's pods too: `svc/NAME` still means the
     original, for a second swap (refused naming the holder) and for `bridge restore`."""
@@ -284,6 +303,8 @@ def test_a_service_target_resolves_past_the_proxy(make_workload: Any) -> None:
     assert "scaled deployment/hello back to 2 replicas" in r.stderr
 
 
+@pytest.mark.only_on("local", why="the laptop's signals and command; the hand-back before them "
+                                  "runs on both clusters (test_handback)")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_command_that_ignores_the_end_is_stopped_after_a_grace(make_workload: Any,
                                                                  sig: int) -> None:
@@ -310,6 +331,7 @@ def test_a_command_that_ignores_the_end_is_stopped_after_a_grace(make_workload: 
     assert http_get(ip, 80).startswith("cluster ")
 
 
+@pytest.mark.only_on("local", why="the laptop's signals and command")
 def test_a_second_ctrl_c_stops_the_command_at_once(make_workload: Any) -> None:
     """The first Ctrl-C hands the traffic back (bridge waits for the original to be Ready); a
     second one does not wait for that: the command is stopped now, and the restore still runs."""

@@ -28,7 +28,11 @@ from tests.equipment.realcluster import fixture as real_cluster
 
 from .support import Workload, http_get, wait_until
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e,
+              pytest.mark.only_on("real", why="the attack rides the ReplicaSet controller's "
+                                              "adoption and the mesh a mutating admission "
+                                              "webhook: the real cluster is the authority on both "
+                                              "(the local one imitates them)")]
 
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 
