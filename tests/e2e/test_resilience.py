@@ -216,7 +216,9 @@ def test_the_heartbeat_goes_on_while_restoring(make_workload: Any) -> None:
     """The restore waits for the original longer than the heartbeat TTL; meanwhile the
     heartbeat goes on, so another swap is refused (not 'repairing' a session that is
     restoring)."""
-    w = slow_to_be_ready(make_workload, 8)
+    # 16 s: the second bridge must start and read the lock while the restore still waits
+    # (with 8 s, a loaded machine once let the restore finish first)
+    w = slow_to_be_ready(make_workload, 16)
     port = free_port()
     w.local_server(port)
     fast = {"BRIDGE_HEARTBEAT_INTERVAL": "0.3", "BRIDGE_HEARTBEAT_TTL": "2",
