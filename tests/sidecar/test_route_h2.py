@@ -1,0 +1,376 @@
+"""The HTTP/2 router (sidecar/route_h2.py), driven by real clients on loopback.
+
+Upstreams that say who answered ("laptop" / "origin"): an h2c server built on h2 in this
+file (echoes, slow answers, a stalled reader), and grpcio servers (generic handlers, no
+generated code). The router sits in front with the header rule `x-dev=alice`
+(sidecar.headerrules): a stream carrying it goes to "laptop", every other to "origin".
+Clients: curl --http2-prior-knowledge (one stream per invocation: this curl, 7.88.1, fails
+with "Error in the HTTP2 framing layer" when it reuses a prior-knowledge connection, against
+any server, so several streams on one connection are driven with grpcio) and grpcio.
+Every test asserts which upstream answered, so a wrong route fails it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from aiohttp import web
+
+from sidecar import headerrules, route_h1, route_h2, route_http
+
+RULES = headerrules.parse_rules(["x-dev=alice"])
+CURL = ["curl", "--silent", "--show-error", "--noproxy", "*", "--http2-prior-knowledge"]
+
+
+# ---------------------------------------------------------------- the rig
+
+
+class H2Server:
+    """An h2c server on h2: answers `NAME METHOD PATH dev=... len=N` and, to a POST, the
+    body after it; `/slow` answers after 3 s; `/stall` never acknowledges (nor answers) what
+    it is sent, like a laptop stopped at a breakpoint."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.resets: list[str] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        streams: dict[int, dict[str, Any]] = {}
+        opened = asyncio.Event()
+        tasks: dict[int, asyncio.Task[None]] = {}
+        try:
+            while data := await reader.read(65536):
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        streams[ev.stream_id] = {"h": dict(ev.headers), "body": bytearray()}
+                    elif isinstance(ev, h2.events.DataReceived):
+                        st = streams[ev.stream_id]
+                        st["body"] += ev.data
+                        if st["h"][b":path"] != b"/stall":
+                            conn.acknowledge_received_data(ev.flow_controlled_length,
+                                                           ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        tasks[ev.stream_id] = asyncio.ensure_future(self._respond(
+                            conn, writer, ev.stream_id, streams[ev.stream_id], opened))
+                    elif isinstance(ev, h2.events.StreamReset):
+                        self.resets.append(streams[ev.stream_id]["h"][b":path"].decode())
+                        if ev.stream_id in tasks:
+                            tasks[ev.stream_id].cancel()
+                    elif isinstance(ev, (h2.events.WindowUpdated,
+                                         h2.events.RemoteSettingsChanged)):
+                        opened.set()
+                writer.write(conn.data_to_send())
+        except (ConnectionError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            writer.close()
+
+    async def _respond(self, conn: h2.connection.H2Connection, writer: asyncio.StreamWriter,
+                       sid: int, st: dict[str, Any], opened: asyncio.Event) -> None:
+        h = st["h"]
+        if h[b":path"].startswith(b"/slow"):
+            await asyncio.sleep(3)
+        line = (f"{self.name} {h[b':method'].decode()} {h[b':path'].decode()} "
+                f"dev={h.get(b'x-dev', b'-').decode()} len={len(st['body'])}\n").encode()
+        payload = line + (bytes(st["body"]) if h[b":method"] == b"POST" else b"")
+        conn.send_headers(sid, [(b":status", b"200"), (b"x-served-by", self.name.encode())])
+        while payload:
+            n = min(len(payload), conn.local_flow_control_window(sid),
+                    conn.max_outbound_frame_size)
+            if n <= 0:
+                opened.clear()
+                writer.write(conn.data_to_send())
+                await opened.wait()
+                continue
+            conn.send_data(sid, payload[:n])
+            payload = payload[n:]
+            writer.write(conn.data_to_send())
+            await writer.drain()
+        conn.end_stream(sid)
+        writer.write(conn.data_to_send())
+
+
+class Grpc:
+    """A grpcio server (generic handlers): Unary answers `NAME: request` with trailing
+    metadata `served-by: NAME` (NOT_FOUND, trailers only, for the request b"missing");
+    Stream sends `NAME i` until cancelled, which it records."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.cancelled = threading.Event()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+
+        def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+            if request == b"slow":
+                time.sleep(3)
+            if request == b"missing":
+                context.abort(grpc.StatusCode.NOT_FOUND, f"{name}: no such thing")
+            dev = dict(context.invocation_metadata()).get("x-dev", "-")
+            context.set_trailing_metadata((("served-by", name),))
+            return f"{name}: {request.decode()} dev={dev}".encode()
+
+        def stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+            context.add_callback(self.cancelled.set)
+            i = 0
+            while context.is_active():
+                yield f"{name} {i}".encode()
+                i += 1
+                time.sleep(0.02)
+
+        handler = grpc.method_handlers_generic_handler("echo.Echo", {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        })
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+
+def _h1_app(name: str) -> web.Application:
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=f"{name} h1 {request.path}\n")
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return app
+
+
+class Rig:
+    """Upstreams and routers, on an event loop of their own in a thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.ports: dict[str, int] = {}
+        self.routed: list[str] = []
+        self.accepted = 0
+        self.connects: list[str] = []
+        self.h2 = {name: H2Server(name) for name in ("laptop", "origin")}
+        self.grpc = {name: Grpc(name) for name in ("laptop", "origin")}
+        self.ports.update({"g" + name: g.port for name, g in self.grpc.items()})
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self._cleanup: list[Any] = []
+        self.call(self._start())
+
+    def call(self, coro: Any, timeout: float = 20) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def _route(self, prefix: str, headers: Any) -> str:
+        forced = [v.decode() for n, v in headers if n == b"x-target"]
+        target = forced[0] if forced else prefix + self.by_rules(headers)
+        self.routed.append(target)
+        return target
+
+    async def connect(self, target: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        self.connects.append(target)
+        return await asyncio.open_connection("127.0.0.1", self.ports[target])
+
+    async def _serve(self, kind: str, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        if kind == "http":
+            await route_http.serve(reader, writer, lambda r: self._route("h1", r.headers),
+                                   lambda h: self._route("", h), self.connect)
+        else:
+            await route_h2.serve(reader, writer, lambda h: self._route(kind, h), self.connect)
+
+    async def _start(self) -> None:
+        self.by_rules = route_h2.by_header_rules(RULES, "laptop", "origin")
+        for name, h2server in self.h2.items():
+            server = await asyncio.start_server(h2server.handle, "127.0.0.1", 0)
+            self.ports[name] = server.sockets[0].getsockname()[1]
+            self._cleanup.append(server)
+            runner = web.AppRunner(_h1_app(name), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.ports["h1" + name] = runner.addresses[0][1]
+            self._cleanup.append(runner)
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            self.ports["refused"] = s.getsockname()[1]
+        for kind in ("", "g", "http"):
+            server = await asyncio.start_server(
+                lambda r, w, kind=kind: self._serve(kind, r, w), "127.0.0.1", 0)
+            self.ports["router" + kind] = server.sockets[0].getsockname()[1]
+            self._cleanup.append(server)
+
+    async def _stop(self) -> None:
+        for item in self._cleanup:
+            if isinstance(item, web.AppRunner):
+                await item.cleanup()
+            else:
+                item.close()
+
+    def close(self) -> None:
+        self.call(self._stop())
+        for g in self.grpc.values():
+            g.server.stop(0)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+    def url(self, path: str, router: str = "router") -> str:
+        return f"http://127.0.0.1:{self.ports[router]}{path}"
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    r = Rig()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def _curl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*CURL, *args], capture_output=True, timeout=timeout, check=False)
+
+
+def _channel(rig: Rig, router: str = "routerg") -> grpc.Channel:
+    return grpc.insecure_channel(f"127.0.0.1:{rig.ports[router]}",
+                                 options=[("grpc.enable_http_proxy", 0)])
+
+
+# ---------------------------------------------------------------- curl: streams on one connection
+
+
+def test_curl_streams_are_routed_by_their_header(rig: Rig) -> None:
+    devs = ["alice", None, "alice", "bob", None]
+    for i, dev in enumerate(devs):
+        out = _curl(rig.url(f"/{i}"), "-w", "%{http_version}\n",
+                    *(["-H", f"x-dev: {dev}"] if dev else []))
+        assert out.returncode == 0, out.stderr
+        answer, version = out.stdout.decode().splitlines()
+        who = "laptop" if dev == "alice" else "origin"
+        assert answer == f"{who} GET /{i} dev={dev or '-'} len=0"
+        assert version == "2"
+    assert rig.routed == ["laptop", "origin", "laptop", "origin", "origin"]
+
+
+def test_a_large_post_is_echoed_byte_exact_through_flow_control(rig: Rig, tmp_path: Any) -> None:
+    body = os.urandom(5 * 1024 * 1024 + 123)
+    src = tmp_path / "body"
+    src.write_bytes(body)
+    for dev, who in (("alice", "laptop"), ("bob", "origin")):
+        out = _curl("--max-time", "60", "-H", f"x-dev: {dev}", "--data-binary", f"@{src}",
+                    rig.url("/upload"), timeout=90)
+        assert out.returncode == 0, out.stderr
+        head, echoed = out.stdout.split(b"\n", 1)
+        assert head.decode() == f"{who} POST /upload dev={dev} len={len(body)}"
+        assert echoed == body
+
+
+def test_an_upstream_that_cannot_be_reached_gives_502(rig: Rig) -> None:
+    out = _curl(rig.url("/a"), "-H", "x-target: refused", "-w", "\n%{http_code}\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode() == "502 bridge router: refused failed\n\n502\n"
+    assert rig.connects == ["refused"]
+
+
+def test_the_dispatcher_picks_h2_on_the_preface_and_h1_otherwise(rig: Rig) -> None:
+    h2out = _curl(rig.url("/x", "routerhttp"), "-H", "x-dev: alice")
+    h1out = subprocess.run(["curl", "--silent", "--noproxy", "*", "-H", "x-dev: alice",
+                            rig.url("/y", "routerhttp")], capture_output=True, timeout=20,
+                           check=False)
+    assert h2out.stdout.decode().startswith("laptop GET /x dev=alice"), h2out.stderr
+    assert h1out.stdout.decode() == "laptop h1 /y\n"
+    with socket.create_connection(("127.0.0.1", rig.ports["routerhttp"]), timeout=10) as s:
+        s.sendall(b"GET /z HTTP/1.0\r\n\r\n")  # shorter than the preface: no wait for more
+        got = b""
+        while data := s.recv(65536):
+            got += data
+    assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"origin h1 /z\n")
+    assert rig.routed == ["laptop", "h1laptop", "h1origin"]
+
+
+# ---------------------------------------------------------------- gRPC
+
+
+def test_grpc_unary_is_routed_by_metadata_and_trailers_come_back(rig: Rig) -> None:
+    with _channel(rig) as channel:
+        unary = channel.unary_unary("/echo.Echo/Unary")
+        for dev, who in (("alice", "laptop"), ("bob", "origin"), (None, "origin"),
+                         ("alice", "laptop")):
+            metadata = [("x-dev", dev)] if dev else []
+            answer, call = unary.with_call(b"hi", metadata=metadata, timeout=10)
+            assert answer == f"{who}: hi dev={dev or '-'}".encode()
+            assert call.code() == grpc.StatusCode.OK
+            assert ("served-by", who) in list(call.trailing_metadata())
+    assert rig.accepted == 1
+    assert rig.routed == ["glaptop", "gorigin", "gorigin", "glaptop"]
+
+
+def test_a_slow_upstream_does_not_hold_the_other_targets_streams(rig: Rig) -> None:
+    """Two calls on one connection: the laptop's takes 3 s, the origin's is answered
+    while it is still pending (no head-of-line blocking across targets)."""
+    with _channel(rig) as channel:
+        unary = channel.unary_unary("/echo.Echo/Unary")
+        slow = unary.future(b"slow", metadata=[("x-dev", "alice")], timeout=20)
+        time.sleep(0.3)  # the slow stream is open at the laptop first
+        assert unary(b"fast", timeout=10) == b"origin: fast dev=-"
+        assert not slow.done()
+        assert slow.result() == b"laptop: slow dev=alice"
+    assert rig.accepted == 1
+    assert rig.routed == ["glaptop", "gorigin"]
+
+
+def test_grpc_trailers_only_error_is_relayed(rig: Rig) -> None:
+    with _channel(rig) as channel:
+        unary = channel.unary_unary("/echo.Echo/Unary")
+        for dev, who in (("alice", "laptop"), (None, "origin")):
+            with pytest.raises(grpc.RpcError) as err:
+                unary(b"missing", metadata=[("x-dev", dev)] if dev else [], timeout=10)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+            assert err.value.details() == f"{who}: no such thing"  # type: ignore[attr-defined]
+
+
+def test_grpc_unreachable_upstream_is_unavailable(rig: Rig) -> None:
+    with _channel(rig) as channel:
+        unary = channel.unary_unary("/echo.Echo/Unary")
+        with pytest.raises(grpc.RpcError) as err:
+            unary(b"hi", metadata=[("x-target", "refused")], timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        assert unary(b"again", timeout=10) == b"origin: again dev=-"
+
+
+def test_client_cancel_resets_the_upstream_stream(rig: Rig) -> None:
+    with _channel(rig) as channel:
+        stream = channel.unary_stream("/echo.Echo/Stream")
+        call = stream(b"go", metadata=[("x-dev", "alice")], timeout=30)
+        first = next(call)
+        assert first.startswith(b"laptop ")
+        assert not rig.grpc["laptop"].cancelled.is_set()
+        call.cancel()  # RST_STREAM CANCEL from the client
+        assert rig.grpc["laptop"].cancelled.wait(10)
+        # the connection and the router go on
+        assert channel.unary_unary("/echo.Echo/Unary")(b"x", timeout=10) == b"origin: x dev=-"
+    assert not rig.grpc["origin"].cancelled.is_set()
+
+
+# ---------------------------------------------------------------- the pure helper
+
+
+def test_by_header_rules_ignores_pseudo_headers() -> None:
+    route = route_h2.by_header_rules(RULES, "laptop", "origin")
+    assert route([(b":path", b"/"), (b"x-dev", b"alice")]) == "laptop"
+    assert route([(b":path", b"/"), (b"x-dev", b"malice")]) == "origin"
+    assert route([(b":authority", b"alice")]) == "origin"
+    assert route_h1.Reader is route_http.Reader
