@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import pytest
 from aiohttp import web
@@ -145,6 +146,115 @@ class Grpc:
         self.server.start()
 
 
+async def _goaway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An h2c upstream going away: to a request on `/refuse` it sends GOAWAY with last stream
+    0 (not processed); to any other it answers the head, then GOAWAY naming that stream."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=False, header_encoding=None))
+    conn.initiate_connection()
+    writer.write(conn.data_to_send())
+    while data := await reader.read(65536):
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.RequestReceived):
+                if dict(ev.headers)[b":path"] == b"/refuse":
+                    conn.close_connection(last_stream_id=0)
+                else:
+                    conn.send_headers(ev.stream_id, [(b":status", b"200")])
+                    writer.write(conn.data_to_send())
+                    await writer.drain()
+                    await asyncio.sleep(0.2)
+                    conn.close_connection(last_stream_id=ev.stream_id)
+                writer.write(conn.data_to_send())
+                await asyncio.sleep(0.5)
+                writer.close()
+                return
+        writer.write(conn.data_to_send())
+
+
+class H2Client:
+    """An h2c client on h2 (curl here cannot reuse a prior-knowledge connection): several
+    streams on one connection, bodies sent within the windows, answers collected."""
+
+    def __init__(self) -> None:
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None))
+        self.streams: dict[int, dict[str, Any]] = {}
+        self.opened = asyncio.Event()
+        self.terminated: Any = None
+
+    async def open(self, port: int) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        self.conn.initiate_connection()
+        self.writer.write(self.conn.data_to_send())
+        self.task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        while data := await self.reader.read(65536):
+            for ev in self.conn.receive_data(data):
+                st = self.streams.get(getattr(ev, "stream_id", 0) or 0)
+                if isinstance(ev, h2.events.ResponseReceived) and st is not None:
+                    st["headers"] = dict(ev.headers)
+                elif isinstance(ev, h2.events.DataReceived) and st is not None:
+                    st["data"] += ev.data
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length,
+                                                        ev.stream_id)
+                elif isinstance(ev, h2.events.TrailersReceived) and st is not None:
+                    st["trailers"] = dict(ev.headers)
+                elif isinstance(ev, h2.events.StreamEnded) and st is not None:
+                    st["done"].set()
+                elif isinstance(ev, h2.events.StreamReset) and st is not None:
+                    st["reset"] = ev.error_code
+                    st["done"].set()
+                elif isinstance(ev, (h2.events.WindowUpdated,
+                                     h2.events.RemoteSettingsChanged)):
+                    self.opened.set()
+                elif isinstance(ev, h2.events.ConnectionTerminated):
+                    self.terminated = ev
+            self.writer.write(self.conn.data_to_send())
+
+    def start(self, path: str, headers: list[tuple[bytes, bytes]], *,
+              body: bool = False) -> int:
+        sid = self.conn.get_next_available_stream_id()
+        self.streams[sid] = {"headers": None, "data": b"", "trailers": None, "reset": None,
+                             "done": asyncio.Event(), "sent": 0}
+        self.conn.send_headers(sid, [(b":method", b"POST" if body else b"GET"),
+                                     (b":path", path.encode()), (b":scheme", b"http"),
+                                     (b":authority", b"test"), *headers],
+                               end_stream=not body)
+        self.writer.write(self.conn.data_to_send())
+        return sid
+
+    async def send(self, sid: int, body: bytes) -> None:
+        """The body within the windows, then END_STREAM; waits as long as they stay shut."""
+        while body:
+            n = min(len(body), self.conn.local_flow_control_window(sid),
+                    self.conn.max_outbound_frame_size)
+            if n <= 0:
+                self.opened.clear()
+                await self.opened.wait()
+                continue
+            self.conn.send_data(sid, body[:n])
+            self.streams[sid]["sent"] += n
+            body = body[n:]
+            self.writer.write(self.conn.data_to_send())
+            await self.writer.drain()
+        self.conn.end_stream(sid)
+        self.writer.write(self.conn.data_to_send())
+
+    def reset(self, sid: int) -> None:
+        self.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        self.writer.write(self.conn.data_to_send())
+
+    async def answer(self, sid: int) -> dict[str, Any]:
+        async with asyncio.timeout(10):
+            await self.streams[sid]["done"].wait()
+        return self.streams[sid]
+
+    def close(self) -> None:
+        self.task.cancel()
+        self.writer.close()
+
+
 def _h1_app(name: str) -> web.Application:
     async def answer(request: web.Request) -> web.Response:
         return web.Response(text=f"{name} h1 {request.path}\n")
@@ -204,6 +314,9 @@ class Rig:
             await site.start()
             self.ports["h1" + name] = runner.addresses[0][1]
             self._cleanup.append(runner)
+        server = await asyncio.start_server(_goaway, "127.0.0.1", 0)
+        self.ports["goaway"] = server.sockets[0].getsockname()[1]
+        self._cleanup.append(server)
         with socket.socket() as s:  # a port nothing listens on
             s.bind(("127.0.0.1", 0))
             self.ports["refused"] = s.getsockname()[1]
@@ -299,6 +412,98 @@ def test_the_dispatcher_picks_h2_on_the_preface_and_h1_otherwise(rig: Rig) -> No
             got += data
     assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"origin h1 /z\n")
     assert rig.routed == ["laptop", "h1laptop", "h1origin"]
+
+
+# ---------------------------------------------------------------- an h2 client: many streams
+
+
+def test_h2_streams_on_one_connection_alternate_targets(rig: Rig) -> None:
+    async def run() -> list[bytes]:
+        client = H2Client()
+        await client.open(rig.ports["router"])
+        devs = [b"alice", None, b"alice", b"bob", None, b"alice"]
+        sids = [client.start(f"/{i}", [(b"x-dev", d)] if d else []) for i, d in enumerate(devs)]
+        answers = [(await client.answer(sid))["data"] for sid in sids]
+        client.close()
+        return answers
+
+    answers = rig.call(run())
+    assert [a.decode() for a in answers] == [
+        "laptop GET /0 dev=alice len=0\n", "origin GET /1 dev=- len=0\n",
+        "laptop GET /2 dev=alice len=0\n", "origin GET /3 dev=bob len=0\n",
+        "origin GET /4 dev=- len=0\n", "laptop GET /5 dev=alice len=0\n"]
+    assert rig.accepted == 1
+    assert sorted(rig.connects) == ["laptop", "origin"]  # one upstream connection per target
+
+
+def test_a_stalled_upload_holds_only_its_own_stream(rig: Rig) -> None:
+    """The laptop never reads a 4 MiB upload: that stream stalls once the windows are full
+    (the router holding at most its 1 MiB stream window of it), while streams to the origin
+    on the same client connection are answered, uploads included."""
+    async def run() -> tuple[int, dict[str, Any], dict[str, Any], bool]:
+        client = H2Client()
+        await client.open(rig.ports["router"])
+        stalled = client.start("/stall", [(b"x-dev", b"alice")], body=True)
+        upload = asyncio.ensure_future(client.send(stalled, os.urandom(4 * 1024 * 1024)))
+        await asyncio.sleep(1.0)
+        get = client.start("/fast", [])
+        post = client.start("/post", [], body=True)
+        await client.send(post, b"x" * 300_000)
+        answers = await client.answer(get), await client.answer(post)
+        sent = client.streams[stalled]["sent"]
+        pending = not upload.done()
+        upload.cancel()
+        client.close()
+        return sent, answers[0], answers[1], pending
+
+    sent, get, post, pending = rig.call(run())
+    assert pending
+    assert get["data"] == b"origin GET /fast dev=- len=0\n"
+    assert post["data"].startswith(b"origin POST /post dev=- len=300000\n")
+    # what left the client: the router's 1 MiB stream window plus what the laptop's socket
+    # and its 64 KiB h2 window took, not the 4 MiB
+    assert 1024 * 1024 <= sent < 3 * 1024 * 1024, sent
+
+
+def test_upstream_goaway_refuses_unprocessed_streams_and_cancels_the_rest(rig: Rig) -> None:
+    async def run() -> tuple[Any, Any, dict[str, Any]]:
+        client = H2Client()
+        await client.open(rig.ports["router"])
+        refused = client.start("/refuse", [(b"x-target", b"goaway")])
+        a = await client.answer(refused)
+        begun = client.start("/begun", [(b"x-target", b"goaway")])
+        b = await client.answer(begun)
+        after = client.start("/after", [(b"x-dev", b"alice")])
+        c = await client.answer(after)
+        client.close()
+        return a, b, c
+
+    refused, begun, after = rig.call(run())
+    assert refused["reset"] == h2.errors.ErrorCodes.REFUSED_STREAM
+    assert begun["headers"][b":status"] == b"200" and begun["reset"] == h2.errors.ErrorCodes.CANCEL
+    assert after["data"] == b"laptop GET /after dev=alice len=0\n"  # the connection goes on
+    assert rig.connects == ["goaway", "goaway", "laptop"]  # a new connection after a GOAWAY
+
+
+def test_h2_client_reset_reaches_the_upstream(rig: Rig) -> None:
+    async def run() -> dict[str, Any]:
+        client = H2Client()
+        await client.open(rig.ports["router"])
+        slow = client.start("/slow-cancelled", [(b"x-dev", b"alice")])
+        await asyncio.sleep(0.5)
+        client.reset(slow)
+        for _ in range(100):
+            if rig.h2["laptop"].resets:
+                break
+            await asyncio.sleep(0.05)
+        fine = client.start("/fine", [])
+        answer = await client.answer(fine)
+        client.close()
+        return answer
+
+    assert rig.call(run())["data"] == b"origin GET /fine dev=- len=0\n"
+    assert rig.h2["laptop"].resets == ["/slow-cancelled"]
+    assert rig.h2["origin"].resets == []
 
 
 # ---------------------------------------------------------------- gRPC
