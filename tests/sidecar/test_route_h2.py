@@ -332,6 +332,10 @@ class Rig:
                 await item.cleanup()
             else:
                 item.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def close(self) -> None:
         self.call(self._stop())
