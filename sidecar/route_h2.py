@@ -105,8 +105,10 @@ def _connection(client_side: bool) -> h2.connection.H2Connection:
 
 
 class _Side:
-    """One h2 connection and its socket: writes go out at once; callbacks registered with a
-    write run once the socket drained (that is when the other side's data is acknowledged)."""
+    """One h2 connection and its socket. What h2 queues is written once per turn of the
+    event loop (the frames of one batch of events in one write); callbacks registered with
+    a flush run once that write drained (that is when the other side's data is
+    acknowledged)."""
 
     def __init__(self, conn: h2.connection.H2Connection, writer: Writer,
                  on_failure: Callable[[str], None]) -> None:
@@ -114,13 +116,22 @@ class _Side:
         self.writer = writer
         self.on_failure = on_failure
         self.failed = False
-        self._after: list[Callable[[], None]] = []
+        self._after: list[Callable[[], None]] = []  # for data not written yet
+        self._written: list[Callable[[], None]] = []  # for data written, not drained
+        self._scheduled = False
         self._wake = asyncio.Event()
         self._task = asyncio.ensure_future(self._drainer())
 
     def flush(self, after: Callable[[], None] | None = None) -> None:
         if after is not None:
             self._after.append(after)
+        if not self._scheduled and not self.failed:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.write)
+
+    def write(self) -> None:
+        """What h2 queued, to the socket now."""
+        self._scheduled = False
         if self.failed:
             return
         data = self.conn.data_to_send()
@@ -131,6 +142,8 @@ class _Side:
             self._fail(f"writing: {exc}")
             return
         if self._after:
+            self._written += self._after
+            self._after = []
             self._wake.set()
 
     async def drain(self) -> None:
@@ -143,7 +156,7 @@ class _Side:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            after, self._after = self._after, []
+            after, self._written = self._written, []
             await self.drain()
             if self.failed:
                 return
@@ -239,15 +252,15 @@ class _Relay(Generic[T]):
                 events = self.down.conn.receive_data(data)
             except h2.exceptions.ProtocolError as exc:  # h2 queued a GOAWAY for it
                 log.info("route_h2: the client broke HTTP/2: %s; closed", exc)
-                self.down.flush()
+                self.down.write()
                 await self.down.drain()
                 return
             for event in events:
                 if isinstance(event, h2.events.ConnectionTerminated):
-                    self.down.flush()
+                    self.down.write()
                     return
                 self._client_event(event)
-            self.down.flush()
+            self.down.write()
             await self.down.drain()
             if self.down.failed:
                 return
@@ -389,7 +402,7 @@ class _Relay(Generic[T]):
             try:
                 events = up.side.conn.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
-                up.side.flush()
+                up.side.write()
                 self._upstream_lost(up, f"not HTTP/2: {exc}")
                 return
             for event in events:
@@ -397,8 +410,8 @@ class _Relay(Generic[T]):
                     self._upstream_goaway(up, event)
                     return
                 self._upstream_event(up, event)
-            up.side.flush()
             self._open_waiting(up)
+            up.side.write()
             self.down.flush()
             await up.side.drain()
 

@@ -13,6 +13,7 @@ Every test asserts which upstream answered, so a wrong route fails it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -78,8 +79,8 @@ class H2Server:
                                          h2.events.RemoteSettingsChanged)):
                         opened.set()
                 writer.write(conn.data_to_send())
-        except (ConnectionError, h2.exceptions.ProtocolError):
-            pass
+        except (ConnectionError, h2.exceptions.ProtocolError, asyncio.CancelledError):
+            pass  # (cancelled: the rig stops)
         finally:
             for task in tasks.values():
                 task.cancel()
@@ -153,6 +154,12 @@ async def _goaway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
         client_side=False, header_encoding=None))
     conn.initiate_connection()
     writer.write(conn.data_to_send())
+    with contextlib.suppress(asyncio.CancelledError):  # the rig stops
+        await _goaway_serve(conn, reader, writer)
+
+
+async def _goaway_serve(conn: h2.connection.H2Connection, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
     while data := await reader.read(65536):
         for ev in conn.receive_data(data):
             if isinstance(ev, h2.events.RequestReceived):
@@ -296,6 +303,11 @@ class Rig:
     async def _serve(self, kind: str, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        with contextlib.suppress(asyncio.CancelledError):  # the rig stops
+            await self._serve_one(kind, reader, writer)
+
+    async def _serve_one(self, kind: str, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
         if kind == "http":
             await route_http.serve(reader, writer, lambda r: self._route("h1", r.headers),
                                    lambda h: self._route("", h), self.connect)
