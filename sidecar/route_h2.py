@@ -46,7 +46,9 @@ laptops and idle timeouts.
   open with CANCEL; the next stream to that target opens a new connection. A GOAWAY or a
   protocol error from the client ends the client connection and every upstream one.
 - **MAX_CONCURRENT_STREAMS** of an upstream: streams beyond it wait in a queue per upstream
-  (`QUEUE`, 64), beyond that they are refused (REFUSED_STREAM).
+  (`QUEUE`, 64), beyond that they are refused (REFUSED_STREAM). So that the limit is known,
+  a new upstream connection carries no stream before the upstream's first SETTINGS (servers
+  send it at once: the first stream of a connection waits one round trip more).
 - Bounded otherwise too: the client is read (at most READ_SIZE at a time) only after what
   the router wrote to it drained, and each upstream likewise.
 """
@@ -207,6 +209,7 @@ class _Upstream:
         self.streams: dict[int, _Stream] = {}  # by upstream stream id
         self.waiting: deque[_Stream] = deque()  # not opened yet (connecting, or no room)
         self.lost = False
+        self.settled = False  # its first SETTINGS came (MAX_CONCURRENT_STREAMS is known)
         self.task: asyncio.Future[None] | None = None
 
 
@@ -417,7 +420,7 @@ class _Relay(Generic[T]):
 
     def _open_waiting(self, up: _Upstream) -> None:
         """Open the waiting streams that fit under the upstream's MAX_CONCURRENT_STREAMS."""
-        if up.side is None or up.lost:
+        if up.side is None or up.lost or not up.settled:
             return
         conn = up.side.conn
         room = conn.remote_settings.max_concurrent_streams
@@ -436,6 +439,8 @@ class _Relay(Generic[T]):
 
     def _upstream_event(self, up: _Upstream, event: h2.events.Event) -> None:
         assert up.side is not None
+        if isinstance(event, h2.events.RemoteSettingsChanged):
+            up.settled = True
         if isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
             sid = getattr(event, "stream_id", 0)
             for waiting in ([up.streams[sid]] if sid in up.streams else

@@ -28,6 +28,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 import pytest
 from aiohttp import web
 
@@ -45,14 +46,19 @@ class H2Server:
     body after it; `/slow` answers after 3 s; `/stall` never acknowledges (nor answers) what
     it is sent, like a laptop stopped at a breakpoint."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, max_streams: int | None = None) -> None:
         self.name = name
         self.resets: list[str] = []
+        self.max_streams = max_streams
+        self.answered: list[str] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None))
         conn.initiate_connection()
+        if self.max_streams is not None:
+            conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS:
+                                  self.max_streams})
         writer.write(conn.data_to_send())
         streams: dict[int, dict[str, Any]] = {}
         opened = asyncio.Event()
@@ -109,6 +115,7 @@ class H2Server:
             await writer.drain()
         conn.end_stream(sid)
         writer.write(conn.data_to_send())
+        self.answered.append(h[b":path"].decode())
 
 
 class Grpc:
@@ -280,6 +287,7 @@ class Rig:
         self.accepted = 0
         self.connects: list[str] = []
         self.h2 = {name: H2Server(name) for name in ("laptop", "origin")}
+        self.h2["narrow"] = H2Server("narrow", max_streams=1)
         self.grpc = {name: Grpc(name) for name in ("laptop", "origin")}
         self.ports.update({"g" + name: g.port for name, g in self.grpc.items()})
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -479,6 +487,43 @@ def test_a_stalled_upload_holds_only_its_own_stream(rig: Rig) -> None:
     # what left the client: the router's 1 MiB stream window plus what the laptop's socket
     # and its 64 KiB h2 window took, not the 4 MiB
     assert 1024 * 1024 <= sent < 3 * 1024 * 1024, sent
+
+
+def test_streams_beyond_an_upstreams_limit_wait_and_beyond_the_queue_are_refused(
+        rig: Rig) -> None:
+    """An upstream that takes one stream at a time: the next 64 wait for it, the 66th is
+    refused (REFUSED_STREAM, safe to retry). Also for streams that came before the
+    upstream's SETTINGS said so (on a connection of their own)."""
+    async def early() -> list[dict[str, Any]]:
+        client = H2Client()
+        await client.open(rig.ports["router"])
+        sids = [client.start(path, [(b"x-target", b"narrow")]) for path in ("/slow", "/next")]
+        answers = [await client.answer(sid) for sid in sids]
+        client.close()
+        return answers
+
+    first, second = rig.call(early(), timeout=40)
+    assert first["data"] == b"narrow GET /slow dev=- len=0\n"
+    assert second["data"] == b"narrow GET /next dev=- len=0\n"
+    assert rig.h2["narrow"].answered == ["/slow", "/next"]
+
+    async def run() -> list[dict[str, Any]]:
+        client = H2Client()
+        await client.open(rig.ports["router"])
+        sids = [client.start("/slow", [(b"x-target", b"narrow")])]
+        await asyncio.sleep(0.5)
+        sids += [client.start(f"/q{i}", [(b"x-target", b"narrow")]) for i in range(65)]
+        async with asyncio.timeout(30):
+            answers = [await client.answer(sid) for sid in sids]
+        client.close()
+        return answers
+
+    answers = rig.call(run(), timeout=40)
+    assert [a["reset"] for a in answers] == [None] * 65 + [h2.errors.ErrorCodes.REFUSED_STREAM]
+    assert answers[0]["data"] == b"narrow GET /slow dev=- len=0\n"
+    assert answers[64]["data"] == b"narrow GET /q63 dev=- len=0\n"
+    assert rig.h2["narrow"].answered[2:] == ["/slow"] + [f"/q{i}" for i in range(64)]
+    assert rig.connects == ["narrow", "narrow"]
 
 
 def test_upstream_goaway_refuses_unprocessed_streams_and_cancels_the_rest(rig: Rig) -> None:
