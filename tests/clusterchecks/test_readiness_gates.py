@@ -117,6 +117,10 @@ def test_readiness_gates_decide_ready_and_traffic(api_client: Any, kubectl: Any,
     wait_for("gate A seen by the kubelet", lambda: "readiness gate \"example.com/gate-a\""
              not in (conditions(core, ns, gated)["Ready"].message or ""))
     out_of_service(missing.format(GATE_B))
+    # kubectl get -o wide: the server's table counts the gates whose condition is "True"
+    wide = kubectl("get", "pod", gated, "-n", ns, "-o", "wide")
+    assert wide.split("\n")[0].split()[-2:] == ["READINESS", "GATES"], wide
+    assert wide.split("\n")[1].split()[-1] == "1/2", wide
 
     set_gate(kubectl, ns, gated, GATE_B, "True")
     in_service()

@@ -75,6 +75,8 @@ def test_readiness_gate_decides_ready_and_traffic(kubectl: Any, namespace: str) 
 
     assert pod()["status"]["phase"] == "Running"
     out_of_service(f'corresponding condition of pod readiness gate "{GATE}" does not exist.')
+    wide = k("get", "pod", name, "-o", "wide").split("\n")
+    assert wide[0].split()[-2:] == ["READINESS", "GATES"] and wide[1].split()[-1] == "0/1"
 
     set_gate("True")
     wait_until("the gated pod Ready", lambda: ready()["status"] == "True")
