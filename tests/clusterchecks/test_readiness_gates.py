@@ -139,3 +139,26 @@ def test_readiness_gates_decide_ready_and_traffic(api_client: Any, kubectl: Any,
     out_of_service(missing.format(GATE_B))
     assert GATE_B not in conditions(core, ns, gated)
     assert conditions(core, ns, gated)[GATE_A].status == "True"
+
+
+def test_gate_condition_types_must_be_qualified_names(api_client: Any, ns: str) -> None:
+    """As the real API server's validateReadinessGates: each conditionType is a qualified
+    name (optional DNS subdomain prefix and '/', then a name), in a pod or a template."""
+    core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
+    deployment = web_deployment("bad", ["Example.com/gate"])  # the prefix is not lowercase
+    with pytest.raises(client.ApiException) as refused:
+        apps.create_namespaced_deployment(ns, deployment)
+    assert refused.value.status == 422
+    causes = json.loads(refused.value.body)["details"]["causes"]
+    assert [c["field"] for c in causes] == ["spec.template.spec.readinessGates[0].conditionType"]
+    assert causes[0]["message"].startswith(
+        'Invalid value: "Example.com/gate": prefix part a lowercase RFC 1123 subdomain')
+    pod = {"metadata": {"name": "bad"}, "spec": {**deployment["spec"]["template"]["spec"],
+                                                 "readinessGates": [{"conditionType": "a/b/c"}]}}
+    with pytest.raises(client.ApiException) as refused:
+        core.create_namespaced_pod(ns, pod)
+    causes = json.loads(refused.value.body)["details"]["causes"]
+    assert [c["field"] for c in causes] == ["spec.readinessGates[0].conditionType"]
+    assert "a qualified name must consist of alphanumeric characters" in causes[0]["message"]
+    assert apps.list_namespaced_deployment(ns).items == []
+    assert core.list_namespaced_pod(ns).items == []

@@ -87,3 +87,14 @@ def test_readiness_gate_decides_ready_and_traffic(kubectl: Any, namespace: str) 
 
     set_gate("False")
     out_of_service(f'the status of pod readiness gate "{GATE}" is not "True", but False')
+
+
+def test_gate_condition_type_must_be_a_qualified_name(kubectl: Any, namespace: str) -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bad"}, "spec": {
+        **deployment("bad", [])["spec"]["template"]["spec"],
+        "readinessGates": [{"conditionType": "Example.com/gate"}]}}
+    refused = kubectl.run("-n", namespace, "create", "--validate=false", "-f", "-",
+                          input=json.dumps(pod), check=False)
+    assert refused.returncode == 1
+    assert 'spec.readinessGates[0].conditionType: Invalid value: "Example.com/gate": prefix ' \
+           "part a lowercase RFC 1123 subdomain" in refused.stderr, refused.stderr
