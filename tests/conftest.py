@@ -1,27 +1,24 @@
 """Shared pytest fixtures: the local test cluster as a subprocess, and kubectl against it.
 
 `cluster` (session scope) runs `scripts/test-cluster --kubeconfig <tmp>` in the foreground as
-a child process, waits (bounded) for its `ready` line and stops it with SIGTERM at teardown.
-Tests that need it are marked `@pytest.mark.cluster`.
+a child process, waits (bounded) for its `ready` line and stops it with SIGTERM at teardown
+(tests/equipment/localcluster/fixture.py). Tests that need it are marked
+`@pytest.mark.cluster`. What tests import (`Kubectl`, `KUBECTL`, `start_cluster`) lives in
+tests/equipment/: a conftest is never imported.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from tests.helpers import stop_process
+from tests.equipment.clients import Kubectl, official_client
+from tests.equipment.localcluster.fixture import ClusterProcess, start_cluster
 
 # A suite started as a background job of a non-interactive shell inherits SIGINT ignored, and an
 # ignored signal stays ignored across exec: every bridge, command and helper the tests start would
@@ -29,12 +26,6 @@ from tests.helpers import stop_process
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-REPO = Path(__file__).resolve().parent.parent
-VENV_BIN = REPO / ".venv" / "bin"
-KUBECTL = str(VENV_BIN / "kubectl") if (VENV_BIN / "kubectl").exists() else "kubectl"
-READY_TIMEOUT = 60.0
-READY_LINE = "test cluster ready"  # what scripts/test-cluster prints once it serves
-STOP_TIMEOUT = 30.0
 T = TypeVar("T")
 
 
@@ -50,55 +41,6 @@ def own_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
 
 
-@dataclass
-class ClusterProcess:
-    kubeconfig: str
-    index: int
-    process: subprocess.Popen[str]
-    output: list[str] = field(default_factory=list)  # every line the cluster printed
-
-    def stop(self) -> int:
-        stop_process(self.process, STOP_TIMEOUT)
-        return self.process.returncode
-
-
-def start_cluster(kubeconfig: Path, *extra_args: str) -> ClusterProcess:
-    """Start `scripts/test-cluster` and return once it printed its `ready` line."""
-    if os.geteuid() != 0:
-        pytest.skip("the local test cluster needs root (network namespaces)")
-    cmd = [sys.executable, str(REPO / "scripts" / "test-cluster"),
-           "--kubeconfig", str(kubeconfig), *extra_args]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, bufsize=1,
-    )
-    lines: list[str] = []
-    ready = threading.Event()
-    index_box: list[int] = []
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-            if not ready.is_set() and READY_LINE in line:
-                m = re.search(r"index[= ](\d+)", line)
-                if m:
-                    index_box.append(int(m.group(1)))
-                ready.set()
-        ready.set()  # the process ended: unblock the waiter
-
-    threading.Thread(target=pump, daemon=True, name="test-cluster-output").start()
-    ready.wait(READY_TIMEOUT)
-    served = any(READY_LINE in x for x in lines)
-    if proc.poll() is not None or not kubeconfig.exists() or not served:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        tail = "\n".join(lines[-40:])
-        raise RuntimeError(f"test cluster did not become ready:\n{tail}")
-    return ClusterProcess(str(kubeconfig), index_box[0] if index_box else -1, proc, lines)
-
-
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess]:
     kubeconfig = tmp_path_factory.mktemp("cluster") / "kubeconfig"
@@ -109,49 +51,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterProcess
         running.stop()
 
 
-@dataclass
-class Kubectl:
-    kubeconfig: str
-
-    @property
-    def cache_dir(self) -> str:
-        """kubectl's discovery/HTTP cache, beside the kubeconfig (not in ~/.kube/cache)."""
-        return str(Path(self.kubeconfig).parent / "kubectl-cache")
-
-    def run(self, *args: str, input: str | None = None, check: bool = True,
-            timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        """Run kubectl; with check=True a non-zero exit fails the test showing stderr."""
-        result = subprocess.run(
-            [KUBECTL, "--kubeconfig", self.kubeconfig, "--cache-dir", self.cache_dir, *args],
-            input=input, capture_output=True, text=True, timeout=timeout,
-            stdin=None if input is not None else subprocess.DEVNULL,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
-            )
-        return result
-
-    def __call__(self, *args: str, input: str | None = None, check: bool = True,
-                 timeout: float = 60.0) -> str:
-        return self.run(*args, input=input, check=check, timeout=timeout).stdout
-
-
 @pytest.fixture(scope="session")
 def kubectl(cluster: ClusterProcess) -> Kubectl:
     return Kubectl(cluster.kubeconfig)
-
-
-def official_client(kubeconfig: str) -> Iterator[object]:
-    """The official (sync) client's ApiClient for the kubeconfig's current-context, closed
-    when the generator ends (the body of every `api_client` fixture)."""
-    from kubernetes import config
-
-    client = config.new_client_from_config(config_file=kubeconfig)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 @pytest.fixture(scope="session")

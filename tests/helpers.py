@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import struct
 import subprocess
 from typing import Any
 
@@ -75,3 +76,18 @@ class S(http.server.ThreadingHTTPServer):
 servers = [S((HOST, int(p)), H) for p in {ports}]
 {serve}
 """
+
+
+# An attacker's host key line, and how a peer sends text before any key exchange (the sidecar's
+# and the end-to-end security tests).
+FORGED_KEY = "ssh-ed25519 " + "A" * 68
+
+
+def disconnect_packet(reason: str) -> bytes:
+    """An SSH_MSG_DISCONNECT in the clear (before key exchange), as any peer may send it."""
+    text = reason.encode()
+    payload = bytes([1]) + struct.pack(">I", 2) + struct.pack(">I", len(text)) + text + \
+        struct.pack(">I", 0)
+    padding = 8 - (len(payload) + 5) % 8
+    padding += 8 if padding < 4 else 0
+    return struct.pack(">IB", len(payload) + padding + 1, padding) + payload + bytes(padding)

@@ -9,6 +9,8 @@ The session calls the same methods in the same order on either:
     file_env         bridge's variables the env file gets beyond the pod's (attach: outbound)
     env_written      after the env file was written (attach: how to start with it)
     start            the hand-over begins (command: started; attach: squatters re-checked)
+    foreign          (any time, from the tunnel) a forwarded connection reached another
+                     user's listener and was closed before a byte was sent: hold ends
     listening        until the traffic may go to the laptop: the address for each port, or
                      None when the session is ending
     gone             the command exited (never, in attach mode)
@@ -40,7 +42,11 @@ from bridge.swap.handover import wait_listening
 from bridge.swap.request import SwapRequest
 from bridge.transport import outbound as outbound_mod
 
-SQUAT_CHECK = 1.0  # how often the local ports are checked for another user's listener
+# How often the local ports are checked for another user's listener. What protects the
+# traffic is the check of every forwarded connection (bridge.transport.tunnel.open_local), not
+# this poll: it ends the session sooner, before a request has come. Off Linux neither can tell
+# owners: both do nothing there (bridge.local.ports.inspectable).
+SQUAT_CHECK = 1.0
 CHILD_GRACE = 5.0  # SIGTERM -> SIGKILL when the cleanup stops the command's tree
 END_GRACE = CHILD_GRACE  # after the command was signalled, how long it may take to end
 
@@ -65,6 +71,7 @@ class End(Protocol):
     attach: bool
 
     def check_ports(self, ports: Sequence[int]) -> None: ...
+    def foreign(self, line: str) -> None: ...
     def file_env(self, ob: outbound_mod.Outbound, pod_env: dict[str, str]) -> dict[str, str]: ...
     def env_written(self, ob: outbound_mod.Outbound, env_file: str | None) -> None: ...
     async def start(self, swap: Swapped) -> None: ...
@@ -92,6 +99,25 @@ def refuse_squatters(ports: Sequence[int]) -> None:
         raise BridgeError(why)
 
 
+class Squatted:
+    """What the tunnel found while the session lasts: another user's listener took a forwarded
+    connection (closed before a byte was sent). `found` keeps the first line; `wait` raises it
+    as the BridgeError that ends the session, as the poll's refusal does."""
+
+    def __init__(self) -> None:
+        self.line = ""
+        self._found = anyio.Event()
+
+    def found(self, line: str) -> None:
+        if not self.line:
+            self.line = line
+            self._found.set()
+
+    async def wait(self) -> None:
+        await self._found.wait()
+        raise BridgeError(self.line)
+
+
 async def first_of(*waits: Callable[[], Awaitable[Any]]) -> None:
     """Return as soon as one of `waits` returns."""
     async with anyio.create_task_group() as tg:
@@ -117,9 +143,13 @@ class AttachEnd:
 
     def __init__(self, request: SwapRequest, control: Control, progress: Progress) -> None:
         self.request, self.control, self.progress = request, control, progress
+        self.squatted = Squatted()
 
     def check_ports(self, ports: Sequence[int]) -> None:
         check_before_swap(ports, self.progress, command=False)
+
+    def foreign(self, line: str) -> None:
+        self.squatted.found(line)
 
     def file_env(self, ob: outbound_mod.Outbound, pod_env: dict[str, str]) -> dict[str, str]:
         # outbound's own variables join after the pod's are filtered
@@ -148,7 +178,7 @@ class AttachEnd:
                 await anyio.sleep(SQUAT_CHECK)
                 refuse_squatters(swap.local_ports)
 
-        await first_of(self.control.end.wait, watch_squatters)
+        await first_of(self.control.end.wait, watch_squatters, self.squatted.wait)
 
     def exit_code(self) -> int:
         raise AssertionError("attach mode has no command")
@@ -168,9 +198,13 @@ class CommandEnd:
         self.stack, self.on_command = stack, on_command
         self.child: Child | None = None
         self.hosts: dict[int, str] = {}  # port -> the address the command listens on
+        self.squatted = Squatted()
 
     def check_ports(self, ports: Sequence[int]) -> None:
         check_before_swap(ports, self.progress, command=True)
+
+    def foreign(self, line: str) -> None:
+        self.squatted.found(line)
 
     def file_env(self, ob: outbound_mod.Outbound, pod_env: dict[str, str]) -> dict[str, str]:
         return {}
@@ -218,7 +252,8 @@ class CommandEnd:
                 if why:
                     raise BridgeError(why)
 
-        await first_of(self.control.end.wait, self._child().wait, watch_squatters)
+        await first_of(self.control.end.wait, self._child().wait, watch_squatters,
+                       self.squatted.wait)
 
     def exit_code(self) -> int:
         code = self._child().returncode

@@ -54,7 +54,10 @@ async def wait_listening(ports: Sequence[int], bound: float, progress: Progress,
         while waiting:
             if stop():
                 return None
-            if telling:
+            if telling and not await anyio.to_thread.run_sync(localports.listening_now,
+                                                              waiting):
+                pass  # nothing listens there yet: no walk of the process table this tick
+            elif telling:
                 assert tree is not None
                 found = await anyio.to_thread.run_sync(localports.listeners)
                 pids = await anyio.to_thread.run_sync(tree)

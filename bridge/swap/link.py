@@ -97,6 +97,9 @@ class Linker:
     admitted: trust.Admitted = trust.NOTHING_ADMITTED
     admitted_note: str = ""
     pod_uid: str = ""  # the pod of the link in use: a reconnect keeps to it while it lives
+    # told (one line) when a forwarded connection reached another user's listener (the tunnel
+    # closed it before a byte was sent): the session ends
+    on_foreign: Callable[[str], None] | None = None
     _chosen_uid: str = ""
 
     async def connect(self, *, first: bool, forward: bool = True) -> Link:
@@ -215,7 +218,8 @@ class Linker:
             deadline = time.monotonic() + patience
             while True:
                 try:
-                    await link.tunnel.forward(pm.remote, self.local_host(pm.local), pm.local)
+                    await link.tunnel.forward(pm.remote, self.local_host(pm.local), pm.local,
+                                              on_foreign=self.on_foreign)
                     break
                 except tunnelmod.ForwardRefused:
                     if time.monotonic() >= deadline:

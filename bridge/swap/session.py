@@ -296,7 +296,8 @@ class Session:
                      planned_spec=prep.manifest["spec"]["template"]["spec"],
                      planned_meta=prep.manifest["spec"]["template"].get("metadata") or {}),
             p, lease.still_ours_unless_unsure, timeout=o.timeout, on_connect=self.hooks.on_link,
-            proxy_uid=proxy_uid, admitted=admitted[0], admitted_note=admitted[1])
+            proxy_uid=proxy_uid, admitted=admitted[0], admitted_note=admitted[1],
+            on_foreign=self.end.foreign)
         self.stack.push("closing the tunnel", linker.close)
         swap = Swap(kube, r, prep, lease, linker)
         p.info(f"created proxy deployment/{prep.lock.proxy}")

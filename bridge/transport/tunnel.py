@@ -20,19 +20,33 @@ Tuning (measured with `scripts/tune-tunnel`; figures in the commit that set thes
 - TCP_NODELAY on the local sockets (asyncssh's forwarder sets it): without it a
   small-message round trip took 44 ms instead of 0.3 ms;
 - socket reads: asyncio's 256 KiB per call; 64 KiB measured the same, 1 MiB worse.
+
+Each forwarded connection is proven before the cluster's bytes go into it (issue 19 item 6):
+once connected to the local port, the socket that accepted the connection must belong to this
+user (`bridge.local.ports.accepting_socket`); another user's listener, bound there since the
+last check of the ports, gets a connection that is closed before a byte was sent, and
+`on_foreign` is told (the session ends). Cost: one sock_diag lookup, ~50 us a connection
+(measured next to ~250 us for the connect itself). Off Linux (macOS) the owner of a socket is
+not told this way: connections are forwarded unproven, as before, and the checks of the
+ports (before the swap, then once a second) are Linux-only as well (`ports.inspectable`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import socket
+import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncssh
+from asyncssh.forward import SSHForwarder
 
 from bridge.errors import BridgeError
+from bridge.local import ports as localports
 from sidecar import protocol
 
 ENCRYPTION_ALGS = (
@@ -194,16 +208,19 @@ class Tunnel:
         """Ask the sidecar to report not Ready while keeping every forward (the hand-back)."""
         await self._command(protocol.CMD_WITHDRAW)
 
-    async def forward(self, remote_port: int, local_host: str, local_port: int) -> None:
-        """Remote forward: connections to the pod's `remote_port` reach local_host:local_port."""
-        conn = self._conn
+    async def forward(self, remote_port: int, local_host: str, local_port: int, *,
+                      on_foreign: Callable[[str], None] | None = None) -> None:
+        """Remote forward: connections to the pod's `remote_port` reach local_host:local_port,
+        each only once the socket that accepted it is proven this user's (`open_local`);
+        `on_foreign` is told (one line) when another user's was found there."""
+        prove = localports.inspectable()
 
         def session_factory(_orig_host: str, _orig_port: int) -> Any:
             self.last_forwarded = time.monotonic()
-            return conn.forward_connection(local_host, local_port)
+            return open_local(local_host, local_port, prove=prove, on_foreign=on_foreign)
 
         try:
-            listener = await conn.create_server(
+            listener = await self._conn.create_server(
                 session_factory,
                 "",
                 remote_port,
@@ -263,6 +280,66 @@ class Tunnel:
         if not isinstance(reply, dict):
             raise BridgeError(f"{self.where} answered `{command}` with something not JSON")
         return reply
+
+
+async def open_local(host: str, port: int, *, prove: bool,
+                     on_foreign: Callable[[str], None] | None = None) -> SSHForwarder:
+    """What asyncssh's `forward_connection` does (connect, then pass the channel's bytes
+    both ways), with a proof in between when `prove`: the socket that accepted the
+    connection must be this user's (`bridge.local.ports.accepting_socket`), or the
+    connection is closed before a byte of the cluster's was sent and the channel refused (the
+    client in the cluster sees its connection closed)."""
+    loop = asyncio.get_running_loop()
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        address: tuple[Any, ...] = (host, port)
+    except ValueError:  # a name (bridge forwards to addresses; tune-tunnel may not)
+        try:
+            family, _, _, _, address = (await loop.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP))[0]
+        except (OSError, IndexError) as exc:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
+                                            str(exc) or "no address") from None
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, address)
+        if prove:
+            verdict = localports.accepting_socket(sock.getsockname()[:2], sock.getpeername()[:2])
+            if not verdict.ok:
+                raise _Refused(verdict)
+        _, forwarder = await loop.create_connection(SSHForwarder, sock=sock)
+    except _Refused as refused:
+        _drop(sock)
+        if refused.verdict.foreign and on_foreign is not None:
+            on_foreign(refused.verdict.line)
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED,
+                                        refused.verdict.line) from None
+    except OSError as exc:
+        sock.close()
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
+    except BaseException:
+        sock.close()
+        raise
+    return SSHForwarder(forwarder)
+
+
+class _Refused(Exception):
+    def __init__(self, verdict: localports.PeerVerdict) -> None:
+        super().__init__(verdict.line)
+        self.verdict = verdict
+
+
+def _drop(sock: socket.socket) -> None:
+    """Close with a reset (SO_LINGER 0): whoever accepted it gets no byte and no orderly end."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
 
 
 def _reason(exc: BaseException) -> str:

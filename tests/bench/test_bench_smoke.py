@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.bench import report, runner, wrk
+from tests.equipment.bench import report, runner, wrk
 
 TINY = runner.Config(
     rounds=1, bulk_seconds=0.05, bulk_calibrate_bytes=1024 * 1024, rtt_count=50,

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.bench import toxiproxy, wan
-from tests.bench.cluster import kubectl_path
+from tests.equipment.bench import toxiproxy, wan
+from tests.equipment.bench.cluster import kubectl_path
 
 # ---------------------------------------------------------------- pure
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bench import startup
+from tests.equipment.bench import startup
 
 
 def test_every_command_runs_and_is_timed() -> None:

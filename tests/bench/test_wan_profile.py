@@ -1,11 +1,11 @@
-"""The WAN section's profile of one swap (tests/bench/wan.py): time and API requests per phase,
-read from the stamped `profile:` lines bridge's log file gets."""
+"""The WAN section's profile of one swap (tests/equipment/bench/wan.py): time and API requests
+per phase, read from the stamped `profile:` lines bridge's log file gets."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from tests.bench import wan
+from tests.equipment.bench import wan
 
 LOG = """\
 2026-12-07T23:00:01.10Z profile: connect done; 0 API requests so far

@@ -25,6 +25,26 @@ HOSTNAME_SERVER = http_server(
     ports='[os.environ.get("PORT", "8080")]')
 
 
+def web_deployment(name: str, replicas: int, **container: Any) -> dict:
+    return {
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
+                                  "name": "web", "image": "python:3.12",
+                                  "command": ["python3", "-c", HOSTNAME_SERVER],
+                                  "ports": [{"name": "http", "containerPort": 8080}],
+                                  **container}]}}},
+    }
+
+
+def service(name: str, target_port: int | str) -> dict:
+    return {"metadata": {"name": name},
+            "spec": {"selector": {"app": name},
+                     "ports": [{"name": "web", "port": 80, "targetPort": target_port}]}}
+
+
+
 def wait_for(what: str, check: Callable[[], Any], within: float = WAIT) -> Any:
     """Poll `check` until it returns something truthy, and return that (bounded: a hang guard,
     not a timing assertion)."""

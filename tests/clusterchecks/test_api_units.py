@@ -7,12 +7,12 @@ import asyncio
 
 import pytest
 
-from tests.cluster import store as store_module
-from tests.cluster.controllers import rollout_plan, template_hash
-from tests.cluster.errors import ApiError
-from tests.cluster.patch import json_patch, merge_patch, strategic_merge_patch
-from tests.cluster.selectors import labels_match, parse_label_selector
-from tests.cluster.store import Store
+from tests.equipment.localcluster import store as store_module
+from tests.equipment.localcluster.controllers import rollout_plan, template_hash
+from tests.equipment.localcluster.errors import ApiError
+from tests.equipment.localcluster.patch import json_patch, merge_patch, strategic_merge_patch
+from tests.equipment.localcluster.selectors import labels_match, parse_label_selector
+from tests.equipment.localcluster.store import Store
 
 
 def test_strategic_merge_retain_keys_and_replace() -> None:

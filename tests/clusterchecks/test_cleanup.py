@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ClusterProcess, Kubectl, start_cluster
+from tests.equipment.clients import Kubectl
+from tests.equipment.localcluster.fixture import ClusterProcess, start_cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 

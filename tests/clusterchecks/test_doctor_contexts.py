@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.kubeconfig import CONTEXT_ADMIN, CONTEXT_LEAST, CONTEXT_RESTRICTED
+from tests.equipment.localcluster.kubeconfig import CONTEXT_ADMIN, CONTEXT_LEAST, CONTEXT_RESTRICTED
 
 pytestmark = pytest.mark.cluster
 

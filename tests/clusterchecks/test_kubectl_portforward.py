@@ -4,27 +4,19 @@ subprotocol `SPDY/3.1+portforward.k8s.io`), to a pod serving HTTP on two ports b
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
-import re
-import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from tests.clusterchecks.support import localhost_web_pod, port_forward
-from tests.conftest import KUBECTL, Kubectl
+from tests.equipment.clients import FORWARD_TIMEOUT, Kubectl, kubectl_port_forward
 from tests.helpers import http_server
 
 pytestmark = pytest.mark.cluster
-
-FORWARD_TIMEOUT = 30.0  # bound on waiting for kubectl's "Forwarding from" lines / its exit
 
 SERVER = http_server("""
 if self.path.startswith("/bytes/"):
@@ -46,68 +38,6 @@ def do_POST(self):
 @pytest.fixture
 def web_pod(core_v1: Any, namespace: str) -> str:
     return localhost_web_pod(core_v1, namespace, "kpf", SERVER, (8080, 8081))
-
-
-@dataclass
-class Forward:
-    """A running `kubectl port-forward`: its local ports by remote port, and its output."""
-    process: subprocess.Popen[str]
-    local: dict[int, int] = field(default_factory=dict)
-    stdout: list[str] = field(default_factory=list)
-    stderr: list[str] = field(default_factory=list)
-
-    def wait_exit(self) -> int:
-        return self.process.wait(timeout=FORWARD_TIMEOUT)
-
-
-@contextlib.contextmanager
-def kubectl_port_forward(kubectl: Kubectl, namespace: str, target: str,
-                         *remote_ports: int) -> Iterator[Forward]:
-    """`kubectl port-forward TARGET :P...` (kubectl picks free local ports); returns once it
-    printed a "Forwarding from 127.0.0.1:L -> P" line for every port; stopped afterwards."""
-    proc = subprocess.Popen(
-        [KUBECTL, "--kubeconfig", kubectl.kubeconfig, "--cache-dir", kubectl.cache_dir,
-         "-n", namespace, "port-forward", "--address", "127.0.0.1", target,
-         *[f":{p}" for p in remote_ports]],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    forward = Forward(proc)
-    all_listening = threading.Event()
-
-    def read_stdout() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            forward.stdout.append(line)
-            m = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)", line)
-            if m:
-                forward.local[int(m.group(2))] = int(m.group(1))
-                if set(forward.local) == set(remote_ports):
-                    all_listening.set()
-        all_listening.set()  # kubectl ended: unblock the waiter
-
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            forward.stderr.append(line)
-
-    readers = [threading.Thread(target=f, daemon=True) for f in (read_stdout, read_stderr)]
-    for reader in readers:
-        reader.start()
-    try:
-        all_listening.wait(FORWARD_TIMEOUT)
-        if set(forward.local) != set(remote_ports):
-            raise AssertionError(f"kubectl port-forward did not start: {forward.stdout} "
-                                 f"{forward.stderr}")
-        yield forward
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        for reader in readers:
-            reader.join(timeout=10)
 
 
 def _request(port: int, method: str, path: str, body: bytes | None = None

@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.config import ClusterConfig
-from tests.cluster.errors import ApiError
-from tests.cluster.network import NETNS_DIR, claim_index, release_index
-from tests.cluster.node import Node
-from tests.cluster.store import Store
 from tests.clusterchecks.support import HOSTNAME_SERVER
+from tests.equipment.localcluster.config import ClusterConfig
+from tests.equipment.localcluster.errors import ApiError
+from tests.equipment.localcluster.network import NETNS_DIR, claim_index, release_index
+from tests.equipment.localcluster.node import Node
+from tests.equipment.localcluster.store import Store
 
 pytestmark = [
     pytest.mark.cluster,
@@ -701,10 +701,10 @@ def test_service_proxy_passes_half_close_and_bulk_data() -> None:
 DEAD_INSTANCE = textwrap.dedent("""
     import asyncio, sys, time
     sys.path.insert(0, sys.argv[1])
-    from tests.cluster.config import ClusterConfig
-    from tests.cluster.network import claim_index
-    from tests.cluster.node import Node
-    from tests.cluster.store import Store
+    from tests.equipment.localcluster.config import ClusterConfig
+    from tests.equipment.localcluster.network import claim_index
+    from tests.equipment.localcluster.node import Node
+    from tests.equipment.localcluster.store import Store
 
     async def main():
         index, _fd = claim_index()

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.cluster import kubelet, podenv, probes, serviceproxy
-from tests.cluster.logstore import decode_record, encode_records
+from tests.equipment.localcluster import kubelet, podenv, probes, serviceproxy
+from tests.equipment.localcluster.logstore import decode_record, encode_records
 
 
 def _pod(**spec: object) -> dict:
@@ -222,7 +222,7 @@ def test_log_tail_and_timestamps_with_partial_lines(tmp_path: object) -> None:
     import asyncio
     from pathlib import Path
 
-    from tests.cluster.logstore import ContainerLog
+    from tests.equipment.localcluster.logstore import ContainerLog
 
     async def scenario() -> None:
         log = ContainerLog(Path(str(tmp_path)) / "c" / "0.log")

@@ -21,7 +21,9 @@ from tests.clusterchecks.support import (
     get,
     port_forward,
     scratch_namespace,
+    service,
     wait_for,
+    web_deployment,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
@@ -31,25 +33,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 def ns(api_client: Any) -> Iterator[str]:
     with scratch_namespace(api_client, "svc") as name:
         yield name
-
-
-def web_deployment(name: str, replicas: int, **container: Any) -> dict:
-    return {
-        "metadata": {"name": name},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                 "template": {"metadata": {"labels": {"app": name}},
-                              "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
-                                  "name": "web", "image": "python:3.12",
-                                  "command": ["python3", "-c", HOSTNAME_SERVER],
-                                  "ports": [{"name": "http", "containerPort": 8080}],
-                                  **container}]}}},
-    }
-
-
-def service(name: str, target_port: int | str) -> dict:
-    return {"metadata": {"name": name},
-            "spec": {"selector": {"app": name},
-                     "ports": [{"name": "web", "port": 80, "targetPort": target_port}]}}
 
 
 def ready_ips(core: client.CoreV1Api, ns: str, name: str) -> set[str]:

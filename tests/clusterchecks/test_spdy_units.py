@@ -1,4 +1,4 @@
-"""The SPDY/3.1 codec and session (tests/cluster/spdy.py), without a cluster.
+"""The SPDY/3.1 codec and session (tests/equipment/localcluster/spdy.py), without a cluster.
 
 KUBECTL_CAPTURE is what kubectl 1.37 really sent through the tunneled port-forward for two
 `curl http://127.0.0.1:LOCAL/` runs (captured once from the test cluster): per connection an
@@ -14,7 +14,7 @@ import zlib
 
 import pytest
 
-from tests.cluster import spdy
+from tests.equipment.localcluster import spdy
 
 KUBECTL_CAPTURE = bytes.fromhex(
     "800300010000003e0000000100000000000078f9e3c6a7c202253a48f95b044eea160616060c0c0c9c4590f8"

@@ -24,14 +24,14 @@ import yaml
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from tests.cluster import store as store_module
-from tests.cluster.apiserver import ApiServer
-from tests.cluster.auth import Authenticator
-from tests.cluster.cluster import seed
-from tests.cluster.config import ClusterConfig
-from tests.cluster.pki import CertificateAuthority, write_pem
-from tests.cluster.registry import Registry
-from tests.cluster.store import Store
+from tests.equipment.localcluster import store as store_module
+from tests.equipment.localcluster.apiserver import ApiServer
+from tests.equipment.localcluster.auth import Authenticator
+from tests.equipment.localcluster.cluster import seed
+from tests.equipment.localcluster.config import ClusterConfig
+from tests.equipment.localcluster.pki import CertificateAuthority, write_pem
+from tests.equipment.localcluster.registry import Registry
+from tests.equipment.localcluster.store import Store
 
 NS = "default"
 

@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
-from tests.clusterchecks.support import WAIT, scratch_namespace, wait_for
-from tests.clusterchecks.test_services_e2e import service, web_deployment
-from tests.conftest import KUBECTL
+from tests.clusterchecks.support import WAIT, scratch_namespace, service, wait_for, web_deployment
+from tests.equipment.clients import KUBECTL
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 

@@ -10,9 +10,12 @@ import pytest
 
 from sidecar import protocol
 
-from .conftest import LOCAL_SERVER, free_port, http_get, until_laptop_answers
+from .support import LOCAL_SERVER, free_port, http_get, until_laptop_answers
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e,
+              pytest.mark.only_on("local", why="the sidecar's ports are bridge's plan from the "
+                                               "pod spec; a pod has a network namespace of its "
+                                               "own on both clusters")]
 
 
 def test_app_on_the_sidecars_default_ports(make_workload: Any) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from bridge.local import mounts
-from tests.e2e.conftest import (
+from tests.e2e.support import (
     LOCAL_SERVER,
     REPO,
     WAIT,
@@ -40,17 +40,17 @@ from tests.e2e.conftest import (
     http_get,
     wait_until,
 )
+from tests.equipment.realcluster import fixture as real_cluster
 from tests.helpers import http_server
-from tests.realcluster import fixture as real_cluster
 
-REAL = os.environ.get("BRIDGE_TEST_CLUSTER") == "real"
 LIVE_PROBLEM = mounts.live_problem()
 MODES = ["copy", pytest.param("live", marks=pytest.mark.skipif(
     LIVE_PROBLEM is not None, reason=f"live mode cannot work here: {LIVE_PROBLEM}"))]
-on_local = pytest.mark.skipif(REAL, reason="the wiring tests use the local test cluster")
-on_real = pytest.mark.skipif(
-    not REAL, reason="the local test cluster has no volumes (no ConfigMap/Secret/emptyDir "
-                     "mounts, no service-account token); set BRIDGE_TEST_CLUSTER=real")
+on_local = pytest.mark.only_on("local", why="the wiring ($BRIDGE_ROOT, the env file, mounts "
+                               "and copies made and gone, their records) is the laptop's")
+on_real = pytest.mark.only_on("real", why="the files themselves: the local test cluster has no "
+                              "volumes (no ConfigMap/Secret/emptyDir mounts, no service-account "
+                              "token)")
 SA_DIR = "var/run/secrets/kubernetes.io/serviceaccount"
 
 
@@ -153,7 +153,7 @@ def test_a_live_mount_comes_back_after_the_ssh_connection_drops(
         make_workload: Any, state_home: Path, tmp_path: Path) -> None:
     """The sidecar is frozen until the agent's keepalives give up, then thawed: sshfs ended
     with the old connection; bridge mounts again on the new one."""
-    from tests.e2e.test_resilience import drop_ssh, proxy_pod
+    from tests.e2e.support import drop_ssh, proxy_pod
 
     w = make_workload()
     port = free_port()

@@ -20,27 +20,11 @@ import pytest
 
 from bridge.model import state
 
-from .conftest import Workload, wait_until
+from .support import Workload, beat, until_the_heartbeat_settles, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 FAST = {"BRIDGE_HEARTBEAT_INTERVAL": "0.3"}
-
-
-def beat(w: Workload, proxy: str) -> int:
-    return int(state.beat_of(w.get("deployment", proxy)["metadata"].get("annotations")) or 0)
-
-
-def until_the_heartbeat_settles(w: Workload, proxy: str) -> None:
-    """After a SIGKILL, until a beat the killed bridge had in flight has landed (a change seen
-    later would rightly count as a sign of life): the same value twice, a second apart."""
-    last: list[int] = []
-
-    def same_twice() -> bool:
-        last.append(beat(w, proxy))
-        return len(last) > 1 and last[-1] == last[-2]
-
-    wait_until("the killed session's last heartbeat to land", same_twice, every=1.0)
 
 
 def our_replicasets(w: Workload) -> dict[str, dict[str, str]]:
@@ -55,6 +39,8 @@ def our_replicasets(w: Workload) -> dict[str, dict[str, str]]:
     return out
 
 
+@pytest.mark.only_on("real", why="the Deployment controller copies the lock onto the ReplicaSets: "
+                                 "the real controller is the authority")
 def test_the_original_is_not_written_during_a_swap_and_its_replicasets_are_cleaned(
         make_workload: Any) -> None:
     w = make_workload()
@@ -78,6 +64,8 @@ def test_the_original_is_not_written_during_a_swap_and_its_replicasets_are_clean
     assert left == {}, b.stderr
 
 
+@pytest.mark.only_on("local", why="the heartbeat is an annotation either API server stores, "
+                                  "judged on the laptops' clocks")
 def test_a_live_session_is_refused_and_a_killed_one_repaired_whatever_the_clocks(
         make_workload: Any) -> None:
     w = make_workload()

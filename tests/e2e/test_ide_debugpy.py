@@ -26,12 +26,15 @@ import pytest
 from dotenv import dotenv_values
 
 from bridge.local.ide import vscode
-from tests.dap import DapClient
+from tests.equipment.dap import DapClient
 from tests.helpers import http_server
 
-from .conftest import REPO, free_port, wait_until
+from .support import REPO, free_port, wait_until
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e,
+              pytest.mark.only_on("local", why="the env file, debugpy and DAP are the laptop's; "
+                                               "the request through the Service is the plain swap "
+                                               "both clusters run (test_swap)")]
 
 # Seconds paused at the breakpoint, as a developer reading the frame would. A long pause (10
 # minutes) was run once with BRIDGE_TEST_IDE_PAUSE=600 and --timeout 1200; see the README.

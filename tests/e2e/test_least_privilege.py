@@ -8,11 +8,14 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.kubeconfig import CONTEXT_LEAST
+from tests.equipment.localcluster.kubeconfig import CONTEXT_LEAST
 
-from .conftest import free_port, http_get, until_laptop_answers
+from .support import free_port, http_get, until_laptop_answers
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e,
+              pytest.mark.only_on("real", why="least-privilege RBAC: the real API server's "
+                                              "authorizer is the authority (the local test "
+                                              "cluster imitates the Role)")]
 
 
 def test_swap_with_only_the_readme_role(make_workload: Any) -> None:

@@ -15,15 +15,19 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any
 
 import pytest
 
 from tests.helpers import http_server
 
-from .conftest import free_port, http_get, until_laptop_answers, wait_until
+from .support import free_port, http_get, until_laptop_answers, wait_until
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e,
+              pytest.mark.only_on("local", why="the laptop's sockets and the request's checks "
+                                               "before any change: nothing there depends on which "
+                                               "cluster serves")]
 
 
 def untouched(w: Any) -> tuple[str, int]:
@@ -178,3 +182,87 @@ def test_another_user_taking_the_commands_address_ends_the_session(make_workload
     assert b.wait() != 0
     assert f"another user listens on [::1]:{port}" in b.stderr, b.stderr
     assert "ending the session" in b.stderr
+
+
+# argv: PORT LOG. Another user's listener that takes 127.0.0.1:PORT for 0.3 s at a time (less
+# than the poll's second), every 1.5 s: the window between two checks of the ports. Each
+# connection it accepts: the bytes it got, a line in LOG.
+SQUAT_IN_THE_WINDOW = """
+import socket, sys, time
+PORT, LOG = int(sys.argv[1]), sys.argv[2]
+end = time.monotonic() + 90
+while time.monotonic() < end:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", PORT))
+    except OSError:
+        s.close()
+        time.sleep(0.05)
+        continue
+    s.listen(64)
+    s.settimeout(0.05)
+    until = time.monotonic() + 0.3
+    while time.monotonic() < until:
+        try:
+            c, _ = s.accept()
+        except OSError:
+            continue
+        c.settimeout(0.5)
+        got = 0
+        try:
+            while data := c.recv(65536):
+                got += len(data)
+        except OSError:
+            pass
+        with open(LOG, "a") as f:
+            f.write(f"{got}\\n")
+        c.close()
+    s.close()
+    time.sleep(1.2)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to listen as another user")
+def test_a_squatter_inside_the_polls_window_gets_no_request_in_attach_mode(
+        make_workload: Any) -> None:
+    """Issue 19.6: in attach mode the ports were checked once a second; another user who bound
+    127.0.0.1:P in between got 6 requests. Every forwarded connection is now proven before a
+    byte goes into it: the squatter accepts connections and gets nothing, and the session ends
+    with one line naming the port and the uid (the tunnel's, or the poll's if it looked
+    first), the cluster restored."""
+    w = make_workload()
+    b, port = w.attach()
+    ip = w.service_ip()
+    until_laptop_answers(ip, 80, f"laptop {port}\n")
+    for child in w.children:  # the developer stops their service
+        if isinstance(child, subprocess.Popen) and child.args[-1:] == [str(port)]:
+            child.kill()
+            child.wait(timeout=10)
+    fd, log = tempfile.mkstemp(prefix="bridge-squatter-", dir="/tmp")
+    os.close(fd)
+    os.chmod(log, 0o666)
+    squatter = subprocess.Popen(["/usr/bin/python3", "-c", SQUAT_IN_THE_WINDOW, str(port), log],
+                                user=65534, group=65534, extra_groups=[],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    w.children.append(squatter)
+    try:
+        deadline = time.monotonic() + 60
+        while b.proc.poll() is None and time.monotonic() < deadline:
+            try:  # the cluster's clients go on sending requests
+                http_get(ip, 80, "/secret", timeout=2)
+            except OSError:
+                time.sleep(0.02)
+        assert b.wait() != 0, b.stderr
+        with open(log) as f:
+            got = f.read().split()
+        assert all(n == "0" for n in got), f"the squatter received bytes: {got}"
+        said = [ln for ln in b.stderr.splitlines() if "another user" in ln]
+        assert said and (f"took a connection to 127.0.0.1:{port}" in said[0] or
+                         f"another user listens on 127.0.0.1:{port}" in said[0]), b.stderr
+        assert "uid 65534" in said[0] and "restored" in said[0], said[0]
+        w.assert_restored()
+    finally:
+        squatter.kill()
+        squatter.wait(timeout=10)
+        os.unlink(log)

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from bridge.local import env as envmod
-from tests.e2e.conftest import Workload, free_port
+from tests.e2e.support import Workload, free_port
+from tests.equipment.realcluster import fixture as real_cluster
 from tests.helpers import http_server
-from tests.realcluster import fixture as real_cluster
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(shutil.which("torsocks") is None, reason="needs torsocks")]
@@ -195,6 +195,7 @@ def test_command_mode_reaches_the_cluster_through_torsocks(make_workload: Any,
 
 
 @pytest.mark.skipif(shutil.which("torsocks") is None, reason="needs torsocks")
+@pytest.mark.only_on("local", why="torsocks and the command are the laptop's")
 def test_sh_c_runs_under_torsocks_with_its_exit_code(make_workload: Any) -> None:
     """torsocks reads `sh` as its own `show` subcommand: the command ran nothing and bridge
     exited 0 (issue 21.1). It runs, under torsocks, and its exit code is bridge's."""
@@ -207,6 +208,8 @@ def test_sh_c_runs_under_torsocks_with_its_exit_code(make_workload: Any) -> None
     hello.assert_restored()
 
 
+@pytest.mark.only_on("local", why="the env file and torsocks are the laptop's; what a pod reaches "
+                                  "is checked on both clusters by the command-mode test")
 def test_attach_mode_env_file_loads_torsocks(make_workload: Any, tmp_path: Path) -> None:
     hello = make_workload("hello", replicas=1)
     orders, cluster_ip, pod_ip, http_port, echo_port = make_orders(make_workload)
@@ -240,6 +243,8 @@ def test_attach_mode_env_file_loads_torsocks(make_workload: Any, tmp_path: Path)
     assert b.wait() == 0, b.stderr
 
 
+@pytest.mark.only_on("local", why="the proxy variables are the laptop's; what a pod reaches is "
+                                  "checked on both clusters by the command-mode test")
 def test_proxy_mode_gives_proxy_variables(make_workload: Any, tmp_path: Path) -> None:
     hello = make_workload("hello", replicas=1)
     orders, cluster_ip, pod_ip, http_port, _ = make_orders(make_workload)
@@ -266,6 +271,7 @@ def test_forward_rewrites_service_variables(make_workload: Any, tmp_path: Path) 
     assert f"forwarding 127.0.0.1:{local} -> orders:80" in b.stderr
 
 
+@pytest.mark.only_on("local", why="the CLI's error, before any write")
 def test_inject_without_torsocks_is_a_clear_error(make_workload: Any, tmp_path: Path) -> None:
     hello = make_workload("hello", replicas=1)
     empty = tmp_path / "bin"
@@ -279,6 +285,7 @@ def test_inject_without_torsocks_is_a_clear_error(make_workload: Any, tmp_path: 
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv")
+@pytest.mark.only_on("local", why="the laptop's users and the local proxy's credentials")
 def test_another_user_cannot_use_the_proxy(make_workload: Any, tmp_path: Path) -> None:
     hello = make_workload("hello", replicas=1)
     orders, *_ = make_orders(make_workload)

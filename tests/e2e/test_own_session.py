@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e,
+              pytest.mark.only_on("local", why="this machine's records of its sessions and what "
+                                               "bridge says of them; the cluster only stores the "
+                                               "lock")]
 
 
 def test_a_second_swap_here_names_the_users_own_bridge_and_status_the_repair(

@@ -7,25 +7,26 @@ replicas (Ready), and that no proxy and no annotation of bridge's remains.
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from bridge.model import state
 from sidecar import protocol
-from tests.cluster.config import OTHER_PROTOCOL_SIDECAR_IMAGE
-from tests.realcluster import fixture as real_cluster
+from tests.equipment.localcluster.config import OTHER_PROTOCOL_SIDECAR_IMAGE
+from tests.equipment.realcluster import fixture as real_cluster
 
-from .conftest import (
+from .support import (
     LOCAL_SERVER,
     ROUTED,
     Workload,
+    drop_ssh,
     free_port,
     http_get,
+    proxy_pod,
+    sidecar_process,
     until_laptop_answers,
     wait_until,
 )
@@ -33,47 +34,13 @@ from .conftest import (
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 
-def proxy_pod(w: Workload) -> dict[str, Any]:
-    pods: list[dict[str, Any]] = json.loads(
-        w.k("get", "pods", "-l", state.SESSION_LABEL, "-o", "json"))["items"]
-    assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
-    return pods[0]
-
-
-def drop_ssh(b: Any, pod_name: str) -> psutil.Process:
-    """Drop bridge's SSH connection while the pod stays up: freeze the sidecar until bridge
-    says the connection is lost, thaw it, wait for the reconnect; the sidecar process."""
-    sidecar = sidecar_process(pod_name)
-    sidecar.suspend()
-    try:
-        b.wait_for("connection to the proxy pod lost")
-    finally:
-        sidecar.resume()
-    b.wait_for("reconnected")
-    return sidecar
-
-
-def sidecar_process(pod_name: str) -> psutil.Process:
-    """The `python -m sidecar` process running in pod `pod_name` (its HOSTNAME)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
-        if cmdline[1:3] != ["-m", "sidecar"]:
-            continue
-        try:
-            if proc.environ().get("HOSTNAME") == pod_name and proc.status() != "zombie":
-                found.append(proc)
-        except psutil.Error:
-            continue
-    assert len(found) == 1, f"sidecar processes of {pod_name}: {found}"
-    return found[0]
-
-
 def restart_count(w: Workload, pod_name: str) -> int:
     pod = w.get("pod", pod_name)
     return int(pod["status"]["containerStatuses"][0]["restartCount"])
 
 
+@pytest.mark.only_on("real", why="the kubelet restarts the container and serves the current "
+                                 "container's log: the real one is the authority")
 def test_tunnel_comes_back_when_the_sidecar_restarts_in_the_same_pod(
         make_workload: Any) -> None:
     """The sidecar process dies; the kubelet restarts it in the same pod with a new host key.
@@ -135,6 +102,9 @@ os.execv(sys.executable, [sys.executable, "-c", LOCAL, *sys.argv[2:]])
 """
 
 
+@pytest.mark.only_on("local", why="bridge's reconnect at the hand-over; the container restart is "
+                                  "only the trigger (the kubelet's own restart is checked on the "
+                                  "real cluster, test above)")
 def test_tunnel_lost_before_the_hand_over_comes_back(make_workload: Any,
                                                      tmp_path: Path) -> None:
     """The sidecar restarts while the command is still starting (before any traffic moved):
@@ -162,6 +132,8 @@ def test_tunnel_lost_before_the_hand_over_comes_back(make_workload: Any,
     assert b.wait() == 3, b.stderr
 
 
+@pytest.mark.only_on("local", why="the check is the agent's, and the other-protocol sidecar image "
+                                  "is test equipment of the local test cluster")
 def test_sidecar_speaking_another_protocol_is_refused(make_workload: Any) -> None:
     """A proxy pod whose sidecar speaks another protocol version (another bridge release's
     image) is refused with one line, and the cluster is left as it was. On the local test
@@ -194,6 +166,12 @@ def local_child(*ports: int) -> list[str]:
     return ["--", sys.executable, "-c", LOCAL_SERVER, *map(str, ports)]
 
 
+LAPTOP_SIGNALS = pytest.mark.only_on("local", why="signals are the laptop's; a Ctrl-C during "
+                                                  "set-up runs on both clusters "
+                                                  "(test_swap.test_ctrl_c_during_setup_restores)")
+
+
+@LAPTOP_SIGNALS
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_signal_during_setup_restores(make_workload: Any, sig: int) -> None:
     w = make_workload()
@@ -217,6 +195,7 @@ def slow_to_be_ready(make_workload: Any, delay: int) -> Workload:
     return w
 
 
+@pytest.mark.only_on("local", why="signals the laptop sends while bridge restores")
 def test_signals_during_the_restore_do_not_cut_it_short(make_workload: Any) -> None:
     w = slow_to_be_ready(make_workload, 6)
     b, port = w.attach()
@@ -231,11 +210,15 @@ def test_signals_during_the_restore_do_not_cut_it_short(make_workload: Any) -> N
     assert "deployment/hello restored" in b.stderr
 
 
+@pytest.mark.only_on("local", why="the heartbeat is an annotation either API server stores; the "
+                                  "restore's wait is bridge's")
 def test_the_heartbeat_goes_on_while_restoring(make_workload: Any) -> None:
     """The restore waits for the original longer than the heartbeat TTL; meanwhile the
     heartbeat goes on, so another swap is refused (not 'repairing' a session that is
     restoring)."""
-    w = slow_to_be_ready(make_workload, 8)
+    # 16 s: the second bridge must start and read the lock while the restore still waits
+    # (with 8 s, a loaded machine once let the restore finish first)
+    w = slow_to_be_ready(make_workload, 16)
     port = free_port()
     w.local_server(port)
     fast = {"BRIDGE_HEARTBEAT_INTERVAL": "0.3", "BRIDGE_HEARTBEAT_TTL": "2",
@@ -267,6 +250,7 @@ def test_the_heartbeat_goes_on_while_restoring(make_workload: Any) -> None:
     assert "deployment/hello restored" in b.stderr
 
 
+@pytest.mark.only_on("local", why="the laptop's signal and command")
 def test_hangup_ends_a_command_that_ignores_it(make_workload: Any) -> None:
     """The terminal is gone (SIGHUP) and the command ignores the signal: nobody can press
     Ctrl-C any more, so bridge stops the command after a grace period and restores."""
@@ -287,6 +271,7 @@ def test_hangup_ends_a_command_that_ignores_it(make_workload: Any) -> None:
     assert http_get(ip, 80).startswith("cluster ")
 
 
+@pytest.mark.only_on("local", why="bridge's watch of its proxy Deployment ends the session")
 def test_proxy_deployment_deleted_by_someone_ends_the_session(make_workload: Any) -> None:
     """No proxy pod will ever come back: bridge must not wait forever with the original at
     zero; it ends the session and scales the original back."""
@@ -305,6 +290,7 @@ def test_proxy_deployment_deleted_by_someone_ends_the_session(make_workload: Any
                lambda: http_get(ip, 80).startswith("cluster "), timeout=ROUTED)
 
 
+@pytest.mark.only_on("local", why="bridge's resolution of a Service's selector")
 def test_a_service_target_resolves_past_the_proxy(make_workload: Any) -> None:
     """While swapped, the Service selects the proxy's pods too: `svc/NAME` still means the
     original, for a second swap (refused naming the holder) and for `bridge restore`."""
@@ -319,6 +305,8 @@ def test_a_service_target_resolves_past_the_proxy(make_workload: Any) -> None:
     assert "scaled deployment/hello back to 2 replicas" in r.stderr
 
 
+@pytest.mark.only_on("local", why="the laptop's signals and command; the hand-back before them "
+                                  "runs on both clusters (test_handback)")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_command_that_ignores_the_end_is_stopped_after_a_grace(make_workload: Any,
                                                                  sig: int) -> None:
@@ -345,6 +333,7 @@ def test_a_command_that_ignores_the_end_is_stopped_after_a_grace(make_workload: 
     assert http_get(ip, 80).startswith("cluster ")
 
 
+@pytest.mark.only_on("local", why="the laptop's signals and command")
 def test_a_second_ctrl_c_stops_the_command_at_once(make_workload: Any) -> None:
     """The first Ctrl-C hands the traffic back (bridge waits for the original to be Ready); a
     second one does not wait for that: the command is stopped now, and the restore still runs."""

@@ -21,9 +21,14 @@ import pytest
 
 from bridge.model import state
 
-from .conftest import Workload, http_get, wait_until
+from .support import Workload, http_get, wait_until
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+
+
+BRIDGES_CHECK = pytest.mark.only_on("local", why="the attack meets bridge's own check (a pod's "
+                                                 "proof, a forged lock), whichever API server "
+                                                 "stores the attacker's objects")
 
 
 def impostor_pod(w: Workload, proxy: dict[str, Any], name: str) -> str:
@@ -37,6 +42,7 @@ def impostor_pod(w: Workload, proxy: dict[str, Any], name: str) -> str:
                        "spec": template["spec"]})
 
 
+@BRIDGES_CHECK
 def test_a_bare_labelled_pod_never_gets_the_tunnel(make_workload: Any) -> None:
     """The genuine proxy pod goes away (its Deployment scaled to 0 by the attacker) and the
     impostor is the only labelled, running pod: bridge waits it out and reconnects to the
@@ -77,6 +83,7 @@ def unforge(w: Workload) -> None:
     w.k("annotate", "deployment/hello", *[k + "-" for k in state.KEYS])
 
 
+@BRIDGES_CHECK
 @pytest.mark.parametrize("proxy", ["payments", "hello"])
 def test_a_forged_lock_makes_restore_delete_nothing(make_workload: Any, proxy: str) -> None:
     w = make_workload()
@@ -90,6 +97,7 @@ def test_a_forged_lock_makes_restore_delete_nothing(make_workload: Any, proxy: s
     unforge(w)
 
 
+@BRIDGES_CHECK
 def test_a_forged_lock_is_not_repaired_by_swap(make_workload: Any) -> None:
     """A lock without heartbeat (as bridge writes them now) naming another Deployment as its
     proxy: neither watched nor repaired, whatever the TTL."""
@@ -112,10 +120,10 @@ def test_a_forged_host_key_line_cannot_break_the_reconnect(make_workload: Any,
     reconnect and never got back in (the original stayed at zero). Now the sidecar escapes it
     and bridge reads only the first announcement: the reconnect succeeds."""
     from bridge.model import plan
-    from tests.clusterchecks.test_kubectl_portforward import kubectl_port_forward
-    from tests.sidecar.test_security import FORGED_KEY, disconnect_packet
+    from tests.equipment.clients import kubectl_port_forward
+    from tests.helpers import FORGED_KEY, disconnect_packet
 
-    from .test_resilience import drop_ssh, proxy_pod
+    from .support import drop_ssh, proxy_pod
 
     w = make_workload()
     ip = w.service_ip()
@@ -139,11 +147,12 @@ def test_a_forged_host_key_line_cannot_break_the_reconnect(make_workload: Any,
     assert b.wait() == 0, b.stderr
 
 
+@pytest.mark.only_on("local", why="the laptop's ports and users")
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to listen as another user")
 def test_attach_mode_refuses_a_port_another_user_listens_on(make_workload: Any) -> None:
     """Another user of the laptop listens on the forwarded port first: the cluster's requests
     would go to them. bridge refuses, restores, and no request reaches the squatter."""
-    from .conftest import free_port
+    from .support import free_port
 
     w = make_workload()
     port = free_port()
@@ -174,6 +183,7 @@ while True:
 """
 
 
+@pytest.mark.only_on("local", why="the laptop's env and shell")
 def test_the_pods_bash_env_runs_nothing_on_the_laptop(make_workload: Any, tmp_path: Any) -> None:
     """The review: a pod variable `BASH_ENV='$(command)'` (bash expands it when a script
     starts) ran the command on the laptop. Held back now, named on one line, commented out in
@@ -196,6 +206,10 @@ def test_the_pods_bash_env_runs_nothing_on_the_laptop(make_workload: Any, tmp_pa
     assert marker.exists()
 
 
+@pytest.mark.only_on("local", why="the attack needs a pod that sees the laptop's files (its "
+                                  "PYTHONPATH is a directory here): the local test cluster's pods "
+                                  "are local processes; a real one's containers would not find it "
+                                  "and prove nothing")
 def test_the_sidecar_runs_without_the_pods_pythonpath_yet_serves_it(make_workload: Any,
                                                                       tmp_path: Any) -> None:
     """Issue 19, item 3: the proxy container is a copy of the app's; its PYTHONPATH and

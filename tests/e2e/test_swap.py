@@ -18,8 +18,14 @@ from dotenv import dotenv_values
 from bridge.model import state
 from sidecar import protocol
 
-from .conftest import LOCAL_SERVER, free_port, http_get, until_laptop_answers, wait_until
-from .test_heartbeat import until_the_heartbeat_settles
+from .support import (
+    LOCAL_SERVER,
+    free_port,
+    http_get,
+    until_laptop_answers,
+    until_the_heartbeat_settles,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
@@ -142,6 +148,7 @@ def test_child_environment_comes_from_the_pod(make_workload: Any, tmp_path: Any)
     assert oct(env_file.stat().st_mode & 0o777) == "0o600"
 
 
+@pytest.mark.only_on("local", why="the exit code is the laptop command's")
 @pytest.mark.parametrize("script,expected", [
     ("import sys; sys.exit(7)", 7),
     ("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", 128 + signal.SIGTERM),
@@ -160,8 +167,14 @@ def test_exit_code_propagates(make_workload: Any, script: str, expected: int) ->
     assert "deployment/hello restored" in log.read_text()  # ...but all of it in the log file
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
-                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
+LAPTOP_SIGNAL = pytest.mark.only_on("local", why="which signal ends the session is the laptop's "
+                                                 "business; the restore after SIGINT runs on both "
+                                                 "clusters")
+
+
+@pytest.mark.parametrize("sig", [
+    signal.SIGINT, pytest.param(signal.SIGTERM, marks=LAPTOP_SIGNAL),
+    pytest.param(signal.SIGHUP, marks=LAPTOP_SIGNAL)], ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_signal_restores(make_workload: Any, sig: int) -> None:
     w = make_workload()
     port = free_port()
@@ -253,6 +266,7 @@ def test_kill_9_on_this_laptop_then_next_swap_repairs_at_once(make_workload: Any
     assert code == 0 and "No swapped deployments" in status.stderr, status.stderr
 
 
+@pytest.mark.only_on("local", why="bridge's reading of its lock, and its message")
 def test_second_swap_is_refused_naming_the_holder(make_workload: Any) -> None:
     w = make_workload()
     first, port = w.attach(env={"BRIDGE_OWNER": "alice@alices-laptop"})
@@ -275,6 +289,8 @@ def test_second_swap_is_refused_naming_the_holder(make_workload: Any) -> None:
     assert first.wait() == 0, first.stderr
 
 
+@pytest.mark.only_on("real", why="RBAC's refusal, whose text is quoted: the real authorizer is "
+                                 "the authority")
 def test_restricted_user_gets_forbidden_and_nothing_changes(make_workload: Any) -> None:
     w = make_workload()
     before = w.get("deployment", "hello")
@@ -291,6 +307,7 @@ def test_restricted_user_gets_forbidden_and_nothing_changes(make_workload: Any) 
     assert w.proxies() == []
 
 
+@pytest.mark.only_on("local", why="the CLI's error messages, checked before any write")
 @pytest.mark.parametrize("args,message", [
     (["swap", "nope", "--", "true"], 'no deployment or service named "nope"'),
     (["swap", "deployment/nope", "--", "true"], 'deployment "nope" not found'),
@@ -313,6 +330,8 @@ def test_user_errors_change_nothing(make_workload: Any, args: list[str], message
     assert w.get("deployment", "hello")["metadata"]["resourceVersion"] == rv
 
 
+@pytest.mark.only_on("real", why="an image that cannot be pulled: the real kubelet is the "
+                                 "authority on how a pod fails to start")
 def test_proxy_pod_that_cannot_start_is_reported(make_workload: Any) -> None:
     w = make_workload(replicas=1)
     code, b = w.run_bridge("swap", "hello", "--sidecar-image", "example.invalid/nothing:1",
@@ -390,6 +409,8 @@ def test_tunnel_comes_back_when_the_proxy_pod_is_replaced(make_workload: Any) ->
     assert b.wait() == 0, b.stderr
 
 
+@pytest.mark.only_on("local", why="`--all` is a label query either API server answers; the "
+                                  "restore itself runs on both (test_kill_9_then_bridge_restore)")
 def test_restore_all_after_kill_9(make_workload: Any) -> None:
     w = make_workload()
     b, port = w.attach("deployment/hello")
@@ -427,6 +448,7 @@ os.execv(sys.executable, [sys.executable, "-c", LOCAL, port])
 """
 
 
+@pytest.mark.only_on("local", why="the laptop's process tree")
 def test_child_process_tree_is_gone_after_the_session(make_workload: Any, tmp_path: Any) -> None:
     """A grandchild that ignores SIGTERM is killed once the grace period is over."""
     import os
@@ -459,6 +481,7 @@ def test_child_process_tree_is_gone_after_the_session(make_workload: Any, tmp_pa
             os.kill(grandchild, signal.SIGKILL)
 
 
+@pytest.mark.only_on("local", why="bridge's watch of its own lock")
 def test_session_ends_when_someone_else_restores(make_workload: Any) -> None:
     w = make_workload()
     b, port = w.attach()
@@ -474,6 +497,8 @@ def test_session_ends_when_someone_else_restores(make_workload: Any) -> None:
 NOT_A_PROXY = ["python3", "-c", "import os, sys; sys.exit('-bridge-' in os.environ['HOSTNAME'])"]
 
 
+@pytest.mark.only_on("real", why="probes and preStop hooks are the kubelet's: the real one is the "
+                                 "authority")
 def test_probes_and_hooks_of_the_original_do_not_touch_the_proxy(make_workload: Any) -> None:
     """Liveness/startup probes that would fail in the proxy, and a preStop hook that would
     hold its deletion, are not carried over: the sidecar is never restarted."""
@@ -498,6 +523,7 @@ def test_probes_and_hooks_of_the_original_do_not_touch_the_proxy(make_workload: 
     assert b.wait() == 0, b.stderr
 
 
+@pytest.mark.only_on("local", why="bridge's resolution of a Service's selector")
 def test_service_selecting_several_deployments_is_ambiguous(make_workload: Any) -> None:
     w = make_workload(replicas=1)
     twin = json.loads(w.k("get", "deployment", "hello", "-o", "json"))

@@ -6,7 +6,7 @@ pods carry it (DESIGN.md, trust).
   proxy's ReplicaSet with a controller reference (name and UID copied) and a high
   pod-deletion-cost once the genuine pod goes away, never gets the tunnel: bridge says it
   ignores it and reconnects to the ReplicaSet's next pod;
-- in a namespace whose pods a mesh injects into (tests/cluster/admission.py: an init
+- in a namespace whose pods a mesh injects into (tests/equipment/localcluster/admission.py: an init
   container, a proxy container, a volume, a label, an annotation), the swap serves, and the
   neighbour's copy is still refused there.
 """
@@ -23,12 +23,16 @@ from typing import Any
 import pytest
 
 from bridge.model import state, trust
-from tests.cluster import admission
-from tests.realcluster import fixture as real_cluster
+from tests.equipment.localcluster import admission
+from tests.equipment.realcluster import fixture as real_cluster
 
-from .conftest import Workload, http_get, wait_until
+from .support import Workload, http_get, wait_until
 
-pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e,
+              pytest.mark.only_on("real", why="the attack rides the ReplicaSet controller's "
+                                              "adoption and the mesh a mutating admission "
+                                              "webhook: the real cluster is the authority on both "
+                                              "(the local one imitates them)")]
 
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 
@@ -107,7 +111,7 @@ def meshed(kubectl: Any, namespace: str) -> Iterator[None]:
         kubectl("label", "namespace", namespace, f"{admission.MESH_LABEL}=inject")
         yield
         return
-    from tests.realcluster.mesh_webhook import MeshWebhook
+    from tests.equipment.realcluster.mesh_webhook import MeshWebhook
 
     hook = MeshWebhook(kubectl, namespace)
     try:

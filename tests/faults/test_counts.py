@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.faults import counts, probe
-from tests.faults.probe import CLUSTER, FAIL, LAPTOP, Sample
+from tests.equipment.faults import counts, probe
+from tests.equipment.faults.probe import CLUSTER, FAIL, LAPTOP, Sample
 
 
 def _samples(outcomes: str, step: float = 1.0) -> list[Sample]:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.faults import probe, suite
-from tests.faults.counts import Run
+from tests.equipment.faults import probe, suite
+from tests.equipment.faults.counts import Run
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 # The e2e suite's workload fixtures (a sample Deployment + Service per test, restored check).
-from tests.e2e.conftest import make_workload, namespace  # noqa: F401
-from tests.realcluster import fixture as real_cluster
+from tests.e2e.support import make_workload, namespace  # noqa: F401
+from tests.equipment.realcluster import fixture as real_cluster
 
 
 @pytest.fixture(scope="session")

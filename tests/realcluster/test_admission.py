@@ -27,9 +27,9 @@ import pytest
 import yaml
 
 from bridge.model import state
-from tests.conftest import KUBECTL
-from tests.e2e.conftest import free_port, http_get, until_laptop_answers, wait_until
-from tests.realcluster import kubeconfigs, objects
+from tests.e2e.support import free_port, http_get, until_laptop_answers, wait_until
+from tests.equipment.clients import KUBECTL
+from tests.equipment.realcluster import kubeconfigs, objects
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from sidecar import protocol
-from tests.realcluster import images
+from tests.equipment.realcluster import images
 
 EM_X86_64, EM_AARCH64 = 62, 183
 ELF_MACHINE = {"amd64": EM_X86_64, "arm64": EM_AARCH64}

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.realcluster import cleanup, fixture
-from tests.realcluster.config import Config
+from tests.equipment.realcluster import cleanup, fixture
+from tests.equipment.realcluster.config import Config
 
 pytestmark = [pytest.mark.cluster]
 SCRIPT = fixture.REPO / "scripts" / "real-cluster"

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import CLUSTER_SERVER, http_get, wait_until
+from tests.e2e.support import http_get, wait_until
+from tests.equipment.workload import CLUSTER_SERVER
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

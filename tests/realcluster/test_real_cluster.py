@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from bridge.model import state
-from tests.conftest import KUBECTL
-from tests.e2e.conftest import free_port, http_get, wait_until
-from tests.realcluster.config import Config
-from tests.realcluster.gobuild import K8S_VERSION
+from tests.e2e.support import free_port, http_get, wait_until
+from tests.equipment.clients import KUBECTL
+from tests.equipment.realcluster.config import Config
+from tests.equipment.realcluster.gobuild import K8S_VERSION
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 

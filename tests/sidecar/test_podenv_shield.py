@@ -18,7 +18,7 @@ from bridge.local import env as envmod
 from bridge.model import plan
 from bridge.model.target import PortMap
 from sidecar import protocol
-from tests.cluster.podenv import container_environment
+from tests.equipment.localcluster.podenv import container_environment
 from tests.sidecar.harness import ClientKey, running_sidecar
 
 pytestmark = pytest.mark.timeout(60)

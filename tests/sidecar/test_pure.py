@@ -189,7 +189,7 @@ def test_probe_responses() -> None:
 
 
 def test_sidecar_imports_only_stdlib_its_image_dependencies_and_itself() -> None:
-    """The image installs what requirements/sidecar.in names (asyncssh, h11) and nothing
+    """The image installs what requirements/sidecar.in names (asyncssh, h11, h2) and nothing
     else; nothing of bridge/ (or anything else) may creep in."""
     import ast
     import sys
@@ -199,7 +199,7 @@ def test_sidecar_imports_only_stdlib_its_image_dependencies_and_itself() -> None
     declared = {line.strip() for line in
                 (package.parent / "requirements" / "sidecar.in").read_text().splitlines()
                 if line.strip() and not line.startswith("#")}
-    assert declared == {"asyncssh", "h11"}
+    assert declared == {"asyncssh", "h11", "h2"}
     allowed = set(sys.stdlib_module_names) | declared | {"sidecar", "__future__"}
     found: dict[str, set[str]] = {}
     for path in sorted(package.glob("*.py")):

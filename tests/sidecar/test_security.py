@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 from pathlib import Path
 
 import asyncssh
@@ -16,19 +15,8 @@ from bridge.model import trust
 from sidecar import protocol, settings
 from sidecar.forwards import Tally
 from sidecar.server import escape_text
+from tests.helpers import FORGED_KEY, disconnect_packet
 from tests.sidecar.harness import ClientKey, TagServer, exchange, make_key, running_sidecar
-
-FORGED_KEY = "ssh-ed25519 " + "A" * 68
-
-
-def disconnect_packet(reason: str) -> bytes:
-    """An SSH_MSG_DISCONNECT in the clear (before key exchange), as any peer may send it."""
-    text = reason.encode()
-    payload = bytes([1]) + struct.pack(">I", 2) + struct.pack(">I", len(text)) + text + \
-        struct.pack(">I", 0)
-    padding = 8 - (len(payload) + 5) % 8
-    padding += 8 if padding < 4 else 0
-    return struct.pack(">IB", len(payload) + padding + 1, padding) + payload + bytes(padding)
 
 
 def test_a_disconnect_reason_cannot_forge_the_host_key_line(tmp_path: Path,

@@ -32,7 +32,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kubernetes.aio.client import ApiClient, Configuration
 
-from bridge.kube.client import TICK, ApiError, NotFound, WatchFailed, error_type, follow, wait_with
+from bridge.kube.client import (
+    TICK,
+    ApiError,
+    Kube,
+    NotFound,
+    WatchFailed,
+    error_type,
+    follow,
+    wait_with,
+)
 from bridge.model import plan, state
 from bridge.model.endpoints import SERVICE_NAME_LABEL
 from bridge.model.target import PortMap
@@ -574,6 +583,28 @@ async def serve_get(handle: Callable[[web.Request], Any]) -> tuple[web.AppRunner
     sock.bind(("127.0.0.1", 0))
     await web.SockSite(runner, sock).start()
     return runner, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@contextlib.asynccontextmanager
+async def kube_serving(routes: dict[str, Callable[[web.Request], Any]]) -> AsyncIterator[Kube]:
+    """bridge's real `Kube` (namespace `ns`, context `ctx`) against a plain-HTTP server on
+    127.0.0.1 answering GET on `routes` (aiohttp paths such as
+    "/api/v1/namespaces/{ns}/pods") and 404 elsewhere; both closed on exit."""
+    app = web.Application()
+    for path, handle in routes.items():
+        app.router.add_get(path, handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    kube = Kube(ApiClient(Configuration(host=url)), "ns", "ctx", url)
+    try:
+        yield kube
+    finally:
+        await kube.close()
+        await runner.cleanup()
 
 
 # ------------------------------------------------------------------ locks, restores (swap)

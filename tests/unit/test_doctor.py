@@ -11,7 +11,7 @@ import yaml
 
 from bridge.doctor import NEEDS, Report, applies, image_on_nodes, lines, minor_version, review
 from bridge.model import controllers
-from tests.cluster.auth import LEAST_PRIVILEGE_RULES
+from tests.equipment.localcluster.auth import LEAST_PRIVILEGE_RULES
 
 PORTFORWARD_GET = next(n for n in NEEDS if n.subresource == "portforward" and n.verb == "get")
 PORTFORWARD_CREATE = next(n for n in NEEDS

@@ -10,13 +10,12 @@ from typing import Any
 import anyio
 import pytest
 from aiohttp import web
-from kubernetes.aio.client import ApiClient, Configuration
 
 from bridge.kube import readiness
-from bridge.kube.client import ApiError, Kube, Unreachable
+from bridge.kube.client import ApiError, Unreachable
 from bridge.model import state
 from bridge.progress import Progress
-from tests.unit.support import FakeKube, api_error
+from tests.unit.support import FakeKube, api_error, kube_serving
 
 
 def pod(name: str, ip: str, ready: bool = True, session: str | None = None) -> dict[str, Any]:
@@ -195,21 +194,9 @@ def test_kube_wait_for_sends_the_field_selector_and_watches_deployments() -> Non
         return resp
 
     async def main() -> None:
-        app = web.Application()
-        app.router.add_get("/apis/apps/v1/namespaces/{ns}/deployments", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        k = Kube(ApiClient(Configuration(host=f"http://127.0.0.1:{port}")), "ns", "ctx",
-                 f"http://127.0.0.1:{port}")
-        try:
+        async with kube_serving({"/apis/apps/v1/namespaces/{ns}/deployments": handler}) as k:
             with anyio.fail_after(10):
                 await readiness.wait_original_ready(k, "hello", 1, 10.0, quiet())
-        finally:
-            await k.close()
-            await runner.cleanup()
 
     anyio.run(main)
     assert [r.get("watch") for r in requests] == [None, "1"]
@@ -231,28 +218,16 @@ def test_a_wait_the_list_already_satisfies_opens_no_watch() -> None:
 
     started: list[int] = []
 
-    async def main() -> set[str]:
-        app = web.Application()
-        app.router.add_get("/api/v1/namespaces/{ns}/pods", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        k = Kube(ApiClient(Configuration(host=f"http://127.0.0.1:{port}")), "ns", "ctx",
-                 f"http://127.0.0.1:{port}")
+    async def serving(pods: list[dict[str, Any]]) -> set[str] | None:
+        return readiness.original_ips(pods) or None
 
-        async def serving(pods: list[dict[str, Any]]) -> set[str] | None:
-            return readiness.original_ips(pods) or None
-        try:
+    async def main() -> set[str]:
+        async with kube_serving({"/api/v1/namespaces/{ns}/pods": handler}) as k:
             with anyio.fail_after(10):
                 found = await readiness.until(k, readiness.pods("app=hello"), serving)
                 await anyio.sleep(0.3)  # a watch started beside the check would show by now
                 started.append(k.requests)
                 return found
-        finally:
-            await k.close()
-            await runner.cleanup()
 
     assert anyio.run(main) == {"10.0.0.1"}
     assert [r.get("watch") for r in requests] == [None]

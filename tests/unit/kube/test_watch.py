@@ -10,11 +10,10 @@ from typing import Any
 import anyio
 import pytest
 from aiohttp import web
-from kubernetes.aio.client import ApiClient, Configuration
 
 from bridge.kube import client as kube
-from bridge.kube.client import Gone, Kube, WatchFailed, apply_event, follow, wait_with
-from tests.unit.support import FakeKube, api_error
+from bridge.kube.client import Gone, WatchFailed, apply_event, follow, wait_with
+from tests.unit.support import FakeKube, api_error, kube_serving
 
 
 def pod(name: str, rv: str, ready: bool = False) -> dict[str, Any]:
@@ -217,21 +216,9 @@ class WatchServer:
 
 
 async def wait_on(server: WatchServer, check: Any) -> Any:
-    app = web.Application()
-    app.router.add_get("/api/v1/namespaces/{ns}/pods", server.handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    k = Kube(ApiClient(Configuration(host=f"http://127.0.0.1:{port}")), "ns", "ctx",
-             f"http://127.0.0.1:{port}")
-    try:
+    async with kube_serving({"/api/v1/namespaces/{ns}/pods": server.handler}) as k:
         with anyio.fail_after(10):
             return await k.wait_for("pods", "app=x", check, tick=0.01)
-    finally:
-        await k.close()
-        await runner.cleanup()
 
 
 async def ready_names(objs: list[dict[str, Any]]) -> list[str] | None:

@@ -1,4 +1,4 @@
-"""The test DAP client (tests/dap.py) against the real debugpy: a breakpoint in an HTTP
+"""The test DAP client (tests/equipment/dap.py) against the real debugpy: a breakpoint in an HTTP
 handler stops a request, an expression is evaluated in that frame, continue answers it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tests.dap import DapClient
+from tests.equipment.dap import DapClient
 from tests.helpers import http_server
 
 APP = http_server("""

@@ -20,6 +20,7 @@ from bridge.progress import Progress
 from bridge.swap import ends
 from bridge.swap.options import SwapOptions
 from bridge.swap.request import build
+from bridge.swap.session import first_bridge_error
 from tests.unit.support import free_port
 
 SERVE_V6 = ("import socket, sys, time; s = socket.socket(socket.AF_INET6); "
@@ -115,3 +116,36 @@ def test_the_command_is_shown_on_one_line_quoted_as_a_shell_takes_it() -> None:
     assert "\n" not in shown
     assert shown == "python3 -c 'import os\\nprint(os.getpid())' 'a b'"
     assert ends.shown_command(["echo", "\x1b]52;c;aGk=\x07"]) == "echo '\\x1b]52;c;aGk=\\x07'"
+
+
+@pytest.mark.parametrize("attach", [True, False])
+def test_a_connection_another_user_took_ends_the_hold_with_the_tunnels_line(
+        attach: bool) -> None:
+    """Issue 19.6: the tunnel proves each forwarded connection; when it finds another user's
+    listener (told at any time, also before the hold), the hold ends with that one line, as
+    the poll's refusal does; only the first line counts."""
+    progress, control = Progress(stream=io.StringIO()), Control()
+    stack = CleanupStack(progress)
+    command = () if attach else (sys.executable, "-c", "import time; time.sleep(60)")
+    end = ends.choose(build(SwapOptions("hello", command=command, outbound="none")), control,
+                      progress, stack, [])
+    line = ("another user (uid 65534) took a connection to 127.0.0.1:8080 meant for your "
+            "service (it listens there now): closed it before any of the cluster's bytes "
+            "were sent; ending the session")
+
+    async def main() -> None:
+        try:
+            control.enter(Phase.HAND_OVER)
+            swap = Swapped([free_port()])
+            await end.start(swap)
+            end.foreign(line)
+            end.foreign("a second one")
+            with anyio.fail_after(10), pytest.raises(BaseExceptionGroup) as err:
+                await end.hold(swap)
+            error = first_bridge_error(err.value)  # as the session takes it
+            assert error is not None and str(error) == line
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stack.unwind()
+
+    anyio.run(main)

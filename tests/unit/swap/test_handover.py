@@ -157,3 +157,31 @@ def test_a_command_that_never_listens_while_a_stray_does_is_refused() -> None:
             str(e.value)
     finally:
         stray.close()
+
+
+def test_waiting_for_the_command_walks_the_process_table_only_once_something_listens(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hand-over looks every tenth of a second; the walk of every process's descriptors
+    (`listeners`, tens of milliseconds) runs only when the kernel's listening table shows
+    something on the port, not for the seconds a command takes to start."""
+    from bridge.local import ports as localports
+
+    walks: list[float] = []
+    real = localports.listeners
+    monkeypatch.setattr(localports, "listeners", lambda: walks.append(time.monotonic()) or real())
+    port = free_port()
+    command = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1); " + LISTEN_ON,
+                                str(port)], stdout=subprocess.PIPE, text=True)  # a slow start
+
+    async def main() -> dict[int, str] | None:
+        return await wait_listening([port], 10.0, Progress(stream=io.StringIO()),
+                                    lambda: False, lambda: {command.pid})
+
+    try:
+        t0 = time.monotonic()
+        assert anyio.run(main) == {port: "::1"}
+        assert command.stdout is not None and command.stdout.readline().strip() == "up"
+    finally:
+        command.kill()
+        command.wait(timeout=10)
+    assert walks and len(walks) <= 2, (len(walks), time.monotonic() - t0)

@@ -11,7 +11,7 @@ import pytest
 from bridge.errors import BridgeError
 from bridge.transport.outbound import forwards, httpproxy, inject, socks5
 from sidecar import protocol
-from tests.cluster import dns
+from tests.equipment.localcluster import dns
 
 
 # -- SOCKS5 ---------------------------------------------------------------------------------

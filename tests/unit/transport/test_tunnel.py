@@ -250,3 +250,87 @@ def test_withdraw_makes_the_sidecar_not_ready_while_its_forwards_still_carry_tra
             local.close()
 
     run(main())
+
+
+# argv: PORT. Another user's listener on 127.0.0.1:PORT: prints "up", then for each connection
+# the number of bytes it received before the connection ended.
+SQUATTER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+if sys.argv[2:] == ["defer"]:  # the kernel makes no socket of a connection before data comes
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+print("up", flush=True)
+while True:
+    c, _ = s.accept()
+    got = 0
+    try:
+        while data := c.recv(65536):
+            got += len(data)
+    except OSError:
+        pass
+    print(got, flush=True)
+    c.close()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to listen as another user")
+@pytest.mark.parametrize("defer", [False, True])
+def test_another_users_listener_on_the_local_port_gets_no_byte_of_a_forwarded_connection(
+        defer: bool) -> None:
+    """Issue 19.6: the ports were checked for another user's listener once a second; one that
+    bound the port in between got the cluster's requests (6 in one try). Each connection is
+    now proven: the developer's own listener gets the bytes; once another user listens there
+    instead (inside the window: nothing polls here at all), their connection is closed before
+    any byte was sent, and the session is told in one line. With TCP_DEFER_ACCEPT the
+    connection has no socket yet (sock_diag names no owner for it: uid 0, root's, which this
+    test is): the listener's owner is what counts."""
+    port = free_port()
+    told: list[str] = []
+
+    async def main() -> None:
+        own = await asyncio.start_server(echo, "127.0.0.1", port, reuse_address=True)
+        async with sidecar() as side, side.tunnel() as tunnel:
+            await tunnel.forward(side.forward_port, "127.0.0.1", port, on_foreign=told.append)
+            assert await exchange(side.forward_port, b"GET /mine") == b"GET /mine"
+            own.close()
+            await own.wait_closed()
+            squatter = await asyncio.create_subprocess_exec(
+                "/usr/bin/python3", "-c", SQUATTER, str(port), *(["defer"] if defer else []),
+                user=65534, group=65534,
+                extra_groups=[], stdout=asyncio.subprocess.PIPE)
+            try:
+                assert squatter.stdout is not None
+                assert (await squatter.stdout.readline()).strip() == b"up"
+                reader, writer = await asyncio.open_connection("127.0.0.1", side.forward_port)
+                writer.write(b"GET /secret HTTP/1.1\r\nAuthorization: Bearer x\r\n\r\n")
+                writer.write_eof()
+                try:  # closed (or reset) by the sidecar, no answer
+                    assert await asyncio.wait_for(reader.read(), 30) == b""
+                except ConnectionResetError:
+                    pass
+                writer.close()
+                # a control connection straight to the listener: what it says before that one
+                # is what it got through the tunnel (with TCP_DEFER_ACCEPT it never sees a
+                # connection that brought nothing)
+                _, control = await asyncio.open_connection("127.0.0.1", port)
+                control.write(b"control")
+                control.write_eof()
+                async with asyncio.timeout(30):
+                    said = [(await squatter.stdout.readline()).strip()]
+                    while said[-1] != b"7":
+                        said.append((await squatter.stdout.readline()).strip())
+                control.close()
+                assert said[:-1] in ([], [b"0"]), f"the squatter received {said[:-1]} bytes"
+            finally:
+                squatter.kill()
+                await squatter.wait()
+            assert len(told) == 1, told
+            assert told[0] == (
+                f"another user (uid 65534) took a connection to 127.0.0.1:{port} meant for "
+                "your service (it listens there now): closed it before any of the cluster's "
+                "bytes were sent; ending the session")
+
+    run(main())

@@ -50,7 +50,7 @@ def bridge_argv() -> list[str]:
 def manifest(port: int, name: str = NAME) -> str:
     """The Deployment and Service the benchmark swaps: the workload server answering
     ``original``, readiness by TCP, on ``port`` in the pod and the Service."""
-    server = str(REPO / "tests" / "bench" / "server.py")
+    server = str(REPO / "tests" / "equipment" / "bench" / "server.py")
     return f"""
 apiVersion: apps/v1
 kind: Deployment
@@ -148,7 +148,7 @@ class Swap:
     """One ``bridge swap`` session with the workload server as its child."""
 
     def __init__(self, cluster: TestCluster, port: int, log_file: Path | None = None) -> None:
-        child = [sys.executable, str(REPO / "tests" / "bench" / "server.py"),
+        child = [sys.executable, str(REPO / "tests" / "equipment" / "bench" / "server.py"),
                  "--port", str(port), "--body", CHILD_BODY.decode()]
         logging = ["--log-file", str(log_file)] if log_file else []  # stamped: the profile
         self.start = time.monotonic()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.bench.cluster import kubectl_path
+from tests.equipment.bench.cluster import kubectl_path
 
 TARGET_SECONDS = 0.15  # issue 18: --help, --version and completion on this machine
 BASELINE = "python3 -c pass"

@@ -4,9 +4,10 @@
 - ``openssh``: stock ``ssh -N -R`` to an ``sshd`` this module starts on 127.0.0.1 with its own
   config, host key and authorized key in a temporary directory;
 - ``tunnel``: bridge's agent tunnel (``bridge.transport.tunnel.Tunnel`` in its own process, see
-  ``tests/bench/agent.py``) to a real sidecar subprocess (``python -m sidecar``) over loopback.
+  ``tests/equipment/bench/agent.py``) to a real sidecar subprocess (``python -m sidecar``) over
+  loopback.
 
-The cluster path lives in ``tests/bench/cluster.py``.
+The cluster path lives in ``tests/equipment/bench/cluster.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from . import knobs, procs
 
-REPO = Path(__file__).resolve().parent.parent.parent
+REPO = Path(__file__).resolve().parents[3]
 SSHD = "/usr/sbin/sshd"
 SETUP_TIMEOUT = 30.0
 
@@ -56,7 +57,7 @@ class Endpoint:
 def workload_server(host: str = "127.0.0.1", body: str = "ok\n") -> Iterator[procs.Proc]:
     server = procs.Proc(
         "workload-server",
-        [sys.executable, str(REPO / "tests" / "bench" / "server.py"), "--host", host,
+        [sys.executable, str(REPO / "tests" / "equipment" / "bench" / "server.py"), "--host", host,
          "--port", "0", "--body", body],
         env=procs.python_env(),
     )
@@ -148,14 +149,15 @@ def openssh(server_port: int, workdir: Path, cipher: str | None = OPENSSH_CIPHER
 @contextlib.contextmanager
 def tunnel(server_port: int, workdir: Path, tuning: Mapping[str, object] | None = None
            ) -> Iterator[Endpoint]:
-    """A real sidecar subprocess and bridge's Tunnel (in tests/bench/agent.py) over loopback."""
+    """A real sidecar subprocess and bridge's Tunnel (in tests/equipment/bench/agent.py) over
+    loopback."""
     from . import agent
 
     d = Path(tempfile.mkdtemp(prefix="tunnel-", dir=workdir))
     key_file, pub_line = agent.write_client_key(d)
     ssh_port, health_port, remote_port = (procs.free_port() for _ in range(3))
     # The benchmark proper runs the sidecar untouched; a tuning sweep sets its knobs first.
-    module = "tests.bench.sidecar_tuned" if tuning else "sidecar"
+    module = "tests.equipment.bench.sidecar_tuned" if tuning else "sidecar"
     sidecar = procs.Proc(
         "sidecar", [sys.executable, "-m", module], cwd=str(REPO),
         env=procs.python_env({
@@ -170,7 +172,7 @@ def tunnel(server_port: int, workdir: Path, tuning: Mapping[str, object] | None 
         host_key = host_key.removeprefix("host-key: ").strip()
         procs.wait_port_open("127.0.0.1", ssh_port, SETUP_TIMEOUT, sidecar)
         agent_proc = procs.Proc(
-            "agent", [sys.executable, "-m", "tests.bench.agent", "--port", str(ssh_port),
+            "agent", [sys.executable, "-m", "tests.equipment.bench.agent", "--port", str(ssh_port),
                       "--key-file", str(key_file), "--host-key", host_key,
                       "--forward", f"{remote_port}:127.0.0.1:{server_port}",
                       "--tuning", json.dumps(dict(tuning or {}))],

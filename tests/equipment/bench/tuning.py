@@ -1,5 +1,5 @@
 """The settings ``scripts/bench --tuning`` sweeps over the loopback tunnel, one knob at a time
-from bridge's defaults (knobs in ``tests/bench/knobs.py``)."""
+from bridge's defaults (knobs in ``tests/equipment/bench/knobs.py``)."""
 
 from __future__ import annotations
 

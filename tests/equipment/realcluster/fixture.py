@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.helpers import stop_process
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 READY_LINE = "real cluster ready"
 # Bounds, not expectations: a first start on a machine compiles Kubernetes (`make test` builds
 # before pytest starts, so inside the suite this is the warm start plus slack).

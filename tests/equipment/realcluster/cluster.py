@@ -27,7 +27,7 @@ from . import cleanup, components, gobuild, images, kubeconfigs, objects, pki
 from .config import NODE_NAME, Config
 
 Log = Callable[[str], None]
-KUBECTL_CANDIDATES = (Path(__file__).resolve().parents[2] / ".venv" / "bin" / "kubectl",
+KUBECTL_CANDIDATES = (Path(__file__).resolve().parents[3] / ".venv" / "bin" / "kubectl",
                       Path("/usr/bin/kubectl"), Path("/usr/local/bin/kubectl"))
 STOP_GRACE = 10.0
 LOGS_KEPT = Path("/tmp/bridge-real-cluster-logs")

@@ -40,14 +40,14 @@ import psutil
 import yaml
 
 from bridge.model import state
-from tests.bench import cluster as bench_cluster
-from tests.bench import procs, toxiproxy, wan
-from tests.e2e.conftest import workload_manifest
+from tests.equipment.bench import cluster as bench_cluster
+from tests.equipment.bench import procs, toxiproxy, wan
+from tests.equipment.workload import workload_manifest
 
 from . import probe
 from .counts import Run
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 NAME = "hello"
 REPLICAS = 2
 UP_TIMEOUT = 120.0  # swap start -> the laptop answers
@@ -295,8 +295,8 @@ def run_fault(b: Bench, fault: str) -> Run:
     """One swap (command mode) through one fault; then Ctrl-C and check the namespace."""
     t_run = time.monotonic()
     port = procs.free_port()
-    child = [sys.executable, str(REPO / "tests" / "bench" / "server.py"), "--port", str(port),
-             "--body", "laptop"]
+    child = [sys.executable, str(REPO / "tests" / "equipment" / "bench" / "server.py"),
+             "--port", str(port), "--body", "laptop"]
     p, err = b.bridge("swap", NAME, "--port", f"http:{port}", "--", *child)
     note = ""
     recovered: bool | None = False
@@ -436,7 +436,7 @@ def bench(kubeconfig: Path | None, log: Callable[[str], None],
         b.baseline = b.snapshot()
         b.local_port = procs.free_port()
         server = procs.Proc("laptop server", [
-            sys.executable, str(REPO / "tests" / "bench" / "server.py"), "--port",
+            sys.executable, str(REPO / "tests" / "equipment" / "bench" / "server.py"), "--port",
             str(b.local_port), "--body", "laptop"], env=procs.python_env())
         stack.enter_context(procs.running(server))
         server.wait_line(lambda s: s.startswith("listening "), 30)

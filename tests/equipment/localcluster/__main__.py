@@ -1,5 +1,5 @@
-"""`python -m tests.cluster --kubeconfig PATH [--sidecar-image IMG]`: run a local test cluster
-in the foreground until SIGINT or SIGTERM."""
+"""`python -m tests.equipment.localcluster --kubeconfig PATH [--sidecar-image IMG]`: run a local
+test cluster in the foreground until SIGINT or SIGTERM (see scripts/test-cluster)."""
 
 from __future__ import annotations
 

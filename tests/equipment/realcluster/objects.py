@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.cluster.auth import LEAST_PRIVILEGE_RULES
+from tests.equipment.localcluster.auth import LEAST_PRIVILEGE_RULES
 
 from .config import CLUSTER_DOMAIN, Config
 from .images import COREDNS_IMAGE

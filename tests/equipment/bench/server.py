@@ -1,7 +1,7 @@
 """The benchmark's workload server: one asyncio TCP port, the same program behind every path.
 
 Standalone (standard library only) so it can run as ``bridge swap``'s child, with the pod's
-environment, from any directory: ``python tests/bench/server.py --port P [--body TEXT]``.
+environment, from any directory: ``python tests/equipment/bench/server.py --port P [--body TEXT]``.
 It prints ``listening <port>`` once it accepts connections.
 
 The first byte of a connection picks the workload:

@@ -1,5 +1,5 @@
-"""`python -m tests.realcluster --kubeconfig PATH`: run the real cluster in the foreground until
-SIGINT or SIGTERM (see scripts/real-cluster)."""
+"""`python -m tests.equipment.realcluster --kubeconfig PATH`: run the real cluster in the
+foreground until SIGINT or SIGTERM (see scripts/real-cluster)."""
 
 from __future__ import annotations
 

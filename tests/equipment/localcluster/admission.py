@@ -47,7 +47,7 @@ def mutate(store: Store, resource: str, obj: Obj) -> Obj:
 
 def inject(obj: Obj) -> Obj:
     """What the injector adds to pod `obj` (in place; the real cluster's webhook sends it as
-    a JSONPatch, tests/realcluster/mesh_webhook.py)."""
+    a JSONPatch, tests/equipment/realcluster/mesh_webhook.py)."""
     meta, spec = obj.setdefault("metadata", {}), obj.setdefault("spec", {})
     if any(c.get("name") == PROXY for c in spec.get("containers") or []):
         return obj  # injected once

@@ -34,7 +34,7 @@ from pathlib import Path
 from .gobuild import CACHE
 
 IMAGES = CACHE / "images"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 PAUSE_IMAGE = "bridge.local/pause:1"
 COREDNS_IMAGE = "bridge.local/coredns:v1.15.0"
@@ -90,7 +90,7 @@ def image_config(diff_ids: Iterable[str], env: Iterable[str] = (),
     return json.dumps({
         **platform, "config": config,
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in diff_ids]},
-        "history": [{"created_by": "bridge tests/realcluster/images.py"}],
+        "history": [{"created_by": "bridge tests/equipment/realcluster/images.py"}],
     }, sort_keys=True).encode()
 
 

@@ -2,8 +2,8 @@
 checkout, keyed by version and by everything that decides the binaries (go.mod, go.sum, the
 wrapper's sources, flags, Go version). Only the first start on a machine compiles.
 
-Each product is a small wrapper module under tests/realcluster/go/<name>/ pinning the upstream
-release (Kubernetes with the replace lines for its k8s.io/* staging modules).
+Each product is a small wrapper module under tests/equipment/realcluster/go/<name>/ pinning the
+upstream release (Kubernetes with the replace lines for its k8s.io/* staging modules).
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def ensure_all(log=print) -> dict[str, Path]:
 
 
 def main() -> int:
-    """`python -m tests.realcluster.gobuild`: compile (or find cached) every binary."""
+    """`python -m tests.equipment.realcluster.gobuild`: compile (or find cached) every binary."""
     try:
         for name, path in ensure_all(lambda m: print(f"real-cluster: {m}", flush=True)).items():
             print(f"{name}: {path}")

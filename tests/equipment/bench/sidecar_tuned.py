@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from tests.bench import knobs
+from tests.equipment.bench import knobs
 
 
 def main() -> int:

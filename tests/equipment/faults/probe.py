@@ -43,7 +43,7 @@ def http_get(host: str, port: int, timeout: float) -> str:
 
 
 def download(host: str, port: int, nbytes: int, timeout: float) -> None:
-    """A bulk download from the laptop's workload server (tests/bench/server.py ``D``)."""
+    """A bulk download from the laptop's workload server (tests/equipment/bench/server.py ``D``)."""
     with socket.create_connection((host, port), timeout=timeout) as s:
         s.settimeout(timeout)
         s.sendall(b"D" + struct.pack(">Q", nbytes))

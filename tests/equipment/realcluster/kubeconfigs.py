@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.cluster import kubeconfig as test_kubeconfig
+from tests.equipment.localcluster import kubeconfig as test_kubeconfig
 
 from .config import Config
 from .objects import SA_NAME, SA_NAMESPACE

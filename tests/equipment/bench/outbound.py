@@ -3,7 +3,7 @@ swapped command under torsocks (`bridge swap --outbound inject`) to another Serv
 ClusterIP, side by side with the same workloads run directly from the host to that ClusterIP
 (the test cluster's ClusterIPs are reachable from the host), in one run. Ratios, not times.
 
-    sudo .venv/bin/python -m tests.bench.outbound [--connects N] [--bulk-mb M]
+    sudo .venv/bin/python -m tests.equipment.bench.outbound [--connects N] [--bulk-mb M]
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ def bench_main(args: argparse.Namespace) -> int:
             swap = procs.Proc("bridge swap", [
                 *bridge_argv(), "--kubeconfig", str(cluster.kubeconfig), "swap", CALLER,
                 "--outbound", "inject", "--timeout", "60", "--",
-                sys.executable, "-m", "tests.bench.outbound", "--client", "--host", ip,
+                sys.executable, "-m", "tests.equipment.bench.outbound", "--client", "--host", ip,
                 "--port", str(port), "--out", str(out), "--connects", str(args.connects),
-                "--bulk-mb", str(args.bulk_mb)], cwd=str(Path(__file__).parents[2]),
+                "--bulk-mb", str(args.bulk_mb)], cwd=str(Path(__file__).parents[3]),
                 env=procs.python_env({"CI": "true"}))
             code = swap.popen.wait(timeout=600)
             if code != 0 or not out.exists():
@@ -78,7 +78,7 @@ def bench_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.bench.outbound")
+    p = argparse.ArgumentParser(prog="python -m tests.equipment.bench.outbound")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--host")
     p.add_argument("--port", type=int)

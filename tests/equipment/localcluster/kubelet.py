@@ -36,7 +36,7 @@ from .store import Store, now_rfc3339
 Obj = dict[str, Any]
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 BACKOFF_START = 1.0
 BACKOFF_CAP = 10.0

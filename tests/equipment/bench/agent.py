@@ -1,13 +1,13 @@
 """bridge's agent tunnel in a process of its own, for the loopback tunnel path.
 
-``python -m tests.bench.agent --port SSH_PORT --key-file KEY --host-key LINE
+``python -m tests.equipment.bench.agent --port SSH_PORT --key-file KEY --host-key LINE
 --forward REMOTE:HOST:PORT [--tuning JSON]`` connects
 ``bridge.transport.tunnel.Tunnel`` to a sidecar on
 127.0.0.1, asks for the remote forward, prints ``forwarding`` and holds the tunnel until
 SIGTERM. Its own process, so its CPU and RSS are the agent's alone, as in ``bridge swap``.
 
-``--tuning`` sets knobs (``tests/bench/knobs.py``) before connecting; an unknown knob makes
-it exit 2, so a sweep never measures a silent no-op.
+``--tuning`` sets knobs (``tests/equipment/bench/knobs.py``) before connecting; an unknown knob
+makes it exit 2, so a sweep never measures a silent no-op.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import asyncssh
 
-from tests.bench import knobs
-from tests.bench.server import raise_fd_limit
+from tests.equipment.bench import knobs
+from tests.equipment.bench.server import raise_fd_limit
 
 
 def write_client_key(directory: Path) -> tuple[Path, str]:
@@ -84,7 +84,8 @@ def main() -> int:
     parser.add_argument("--key-file", required=True)
     parser.add_argument("--host-key", required=True)
     parser.add_argument("--forward", required=True, help="REMOTE_PORT:LOCAL_HOST:LOCAL_PORT")
-    parser.add_argument("--tuning", default="{}", help="JSON of knobs (tests/bench/knobs.py)")
+    parser.add_argument("--tuning", default="{}",
+                        help="JSON of knobs (tests/equipment/bench/knobs.py)")
     parser.add_argument("--log-level", default="WARNING", help="asyncssh log level")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="agent: %(name)s: %(message)s")

@@ -1,7 +1,8 @@
 """A mutating admission webhook for the real cluster (test equipment): the mesh-like injector
-of tests/cluster/admission.py served over TLS as AdmissionReview v1 with a JSONPatch, and a
-MutatingWebhookConfiguration that sends it the pods created in ONE namespace (selected by its
-kubernetes.io/metadata.name label, so a shared cluster's other namespaces never see it).
+of tests/equipment/localcluster/admission.py served over TLS as AdmissionReview v1 with a
+JSONPatch, and a MutatingWebhookConfiguration that sends it the pods created in ONE namespace
+(selected by its kubernetes.io/metadata.name label, so a shared cluster's other namespaces never
+see it).
 
 The API server runs on this machine's network: the webhook listens on 127.0.0.1 with a
 certificate for that address, signed by a CA made here and given as the caBundle.
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.cluster import admission
+from tests.equipment.localcluster import admission
 
 
 def _certificates(directory: Path) -> tuple[bytes, Path, Path]:

@@ -1,0 +1,1 @@
+"""bridge's benchmark harness (``make bench``): workloads, paths, report. See scripts/bench."""
