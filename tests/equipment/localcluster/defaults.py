@@ -31,6 +31,12 @@ _DNS1035_MSG = (
     "alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or "
     "'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')"
 )
+_QUALIFIED_NAME_RE = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
+_QUALIFIED_NAME_MSG = (
+    "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
+    "alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for "
+    f"validation is '{_QUALIFIED_NAME_RE}')"
+)
 _LABEL_RE = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS1035_RE = r"[a-z]([-a-z0-9]*[a-z0-9])?"
 
@@ -45,6 +51,29 @@ def is_label(name: str) -> bool:
 
 def is_dns1035(name: str) -> bool:
     return len(name) <= 63 and re.fullmatch(_DNS1035_RE, name) is not None
+
+
+def qualified_name_errors(value: str) -> list[str]:
+    """Why `value` is not a qualified name (an optional DNS subdomain prefix and '/', then a
+    name of at most 63 characters), in apimachinery's IsQualifiedName words; [] if it is."""
+    parts = value.split("/")
+    if len(parts) > 2:
+        return [f"a qualified name {_QUALIFIED_NAME_MSG} with an optional DNS subdomain prefix "
+                "and '/' (e.g. 'example.com/MyName')"]
+    errors = []
+    if len(parts) == 2:
+        if not parts[0]:
+            errors.append("prefix part must be non-empty")
+        elif not is_subdomain(parts[0]):
+            errors.append(f"prefix part {_SUBDOMAIN_MSG}")
+    name = parts[-1]
+    if not name:
+        errors.append("name part must be non-empty")
+    elif len(name) > 63:
+        errors.append("name part must be no more than 63 characters")
+    if re.fullmatch(_QUALIFIED_NAME_RE, name) is None:
+        errors.append(f"name part {_QUALIFIED_NAME_MSG}")
+    return errors
 
 
 # -- defaulting ----------------------------------------------------------------------------
@@ -222,6 +251,11 @@ def _pod_spec_causes(spec: Obj, prefix: str) -> list[Obj]:
                 causes.append({"type": "Invalid" if cp else "Required",
                                "field": f"{field}.ports[{j}].containerPort", "value": cp,
                                "detail": "must be between 1 and 65535, inclusive"})
+    for i, gate in enumerate(spec.get("readinessGates") or []):
+        condition_type = gate.get("conditionType", "") if isinstance(gate, dict) else ""
+        causes += [{"type": "Invalid", "field": f"{prefix}.readinessGates[{i}].conditionType",
+                    "value": condition_type, "detail": detail}
+                   for detail in qualified_name_errors(str(condition_type))]
     policy = spec.get("restartPolicy")
     if policy not in ("Always", "OnFailure", "Never"):
         causes.append({"type": "NotSupported", "field": f"{prefix}.restartPolicy",

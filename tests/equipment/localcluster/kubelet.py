@@ -46,6 +46,10 @@ CONFIG_RETRY = 1.0
 STOP_GRACE = 2.0  # Node.stop: SIGTERM, then SIGKILL after this
 HOOK_TIMEOUT = 3600  # lifecycle hooks have no timeout of their own
 PRE_STOP_EXTENSION = 2.0
+# The pod conditions the kubelet owns (kubetypes.PodConditionsByKubelet): any other condition
+# in a pod's status was written by someone else (a readiness gate's controller) and is kept.
+KUBELET_CONDITIONS = frozenset(
+    {"PodScheduled", "PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady"})
 
 
 class StartError(Exception):
@@ -136,6 +140,35 @@ def pod_phase(init: list[ContainerRuntime], main: list[ContainerRuntime], policy
     return "Running"
 
 
+def readiness_gates(spec: Obj) -> list[str]:
+    """The condition types of the pod's `spec.readinessGates`."""
+    gates = spec.get("readinessGates") or []
+    return [str(g.get("conditionType", "")) for g in gates if isinstance(g, dict)]
+
+
+def unmet_gates(gates: list[str], conditions: list[Obj]) -> list[str]:
+    """Why the readiness gates keep the pod from Ready, one message per gate whose condition
+    is absent or not "True" (kubelet status.GeneratePodReadyCondition, its words)."""
+    by_type = {c.get("type"): c for c in conditions if isinstance(c, dict)}
+    messages = []
+    for gate in gates:
+        condition = by_type.get(gate)
+        if condition is None:
+            messages.append(f'corresponding condition of pod readiness gate "{gate}" does not '
+                            "exist.")
+        elif condition.get("status") != "True":
+            messages.append(f'the status of pod readiness gate "{gate}" is not "True", but '
+                            f"{condition.get('status')}")
+    return messages
+
+
+def foreign_conditions(pod: Obj) -> list[Obj]:
+    """The conditions in the pod's status that the kubelet does not own."""
+    status = pod.get("status") or {}
+    return [c for c in status.get("conditions") or []
+            if isinstance(c, dict) and c.get("type") not in KUBELET_CONDITIONS]
+
+
 def resolve_executable(name: str, env: dict[str, str]) -> str:
     if "/" in name:
         if os.access(name, os.X_OK) and os.path.isfile(name):
@@ -159,6 +192,8 @@ class PodWorker:
         self.uid: str = meta["uid"]
         spec = pod.get("spec", {})
         self.policy: str = spec.get("restartPolicy") or "Always"
+        self.gates = readiness_gates(spec)
+        self._unmet_gates: list[str] | None = None  # as of the last status written
         self.init = [ContainerRuntime(c, True) for c in spec.get("initContainers") or []]
         self.main = [ContainerRuntime(c, False) for c in spec.get("containers") or []]
         if self.init:
@@ -593,13 +628,20 @@ class PodWorker:
     # -- status --------------------------------------------------------------------------
 
     def publish(self) -> None:
-        """Write this pod's status to the store (the pod may be gone: then nothing happens)."""
-        status = self.status()
-        obj = {"metadata": {"namespace": self.namespace, "name": self.name}, "status": status}
+        """Write this pod's status to the store (the pod may be gone: then nothing happens),
+        keeping the conditions others wrote (kubelet status manager, mergePodStatus)."""
         current = self.kubelet.store.try_get("pods", self.namespace, self.name)
         if current is None or current["metadata"]["uid"] != self.uid:
             return
+        status = self.status(foreign_conditions(current))
+        obj = {"metadata": {"namespace": self.namespace, "name": self.name}, "status": status}
         self.kubelet.store.replace("pods", obj, status_only=True)
+
+    def observe(self, pod: Obj) -> None:
+        """A pod update from the store: someone else's write of a readiness gate's condition
+        changes Ready, so the status is written again."""
+        if self.gates and unmet_gates(self.gates, foreign_conditions(pod)) != self._unmet_gates:
+            self.publish()
 
     def _condition(self, kind: str, value: bool, now: str) -> Obj:
         text = "True" if value else "False"
@@ -622,16 +664,25 @@ class PodWorker:
             cond["message"] = f"containers with incomplete status: [{' '.join(pending)}]"
         return cond
 
-    def status(self) -> Obj:
+    def status(self, foreign: list[Obj] | None = None) -> Obj:
+        """The pod's status; `foreign` are the conditions others wrote, kept first and read
+        for the readiness gates: Ready needs ready containers and every gate "True"."""
         now = now_rfc3339()
         phase = pod_phase(self.init, self.main, self.policy)
         containers_ready = bool(self.main) and all(c.ready for c in self.main)
+        foreign = foreign or []
+        self._unmet_gates = unmet_gates(self.gates, foreign)
+        ready = self._condition("Ready", containers_ready and not self._unmet_gates, now)
+        if containers_ready and self._unmet_gates:
+            ready["reason"] = "ReadinessGatesNotReady"
+            ready["message"] = ", ".join(self._unmet_gates)
         status: Obj = {
             "phase": phase,
             "conditions": [
+                *foreign,
                 self._condition("PodReadyToStartContainers", self.sandbox is not None, now),
                 self._condition("Initialized", self.initialized, now),
-                self._condition("Ready", containers_ready, now),
+                ready,
                 self._condition("ContainersReady", containers_ready, now),
                 self._condition("PodScheduled", True, now),
             ],
@@ -718,6 +769,8 @@ class Kubelet:
             worker.start()
         elif pod["metadata"].get("deletionTimestamp"):
             worker.begin_termination(pod)
+        else:
+            worker.observe(pod)
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

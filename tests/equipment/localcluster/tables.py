@@ -80,6 +80,19 @@ def _selector(obj: Obj) -> str:
     return ",".join(f"{k}={v}" for k, v in labels.items() if isinstance(v, str)) or "<none>"
 
 
+def _readiness_gates(pod: Obj) -> str:
+    """`TRUE/ALL` of the pod's readiness gates (kubectl's printPod), `<none>` without any."""
+    gates = [g.get("conditionType") for g in pod.get("spec", {}).get("readinessGates") or []
+             if isinstance(g, dict)]
+    if not gates:
+        return "<none>"
+    status: dict[Any, Any] = {}
+    for c in pod.get("status", {}).get("conditions") or []:
+        if isinstance(c, dict):
+            status.setdefault(c.get("type"), c.get("status"))  # the first of a type counts
+    return f"{sum(1 for g in gates if status.get(g) == 'True')}/{len(gates)}"
+
+
 def _name(obj: Obj) -> str:
     return str(obj.get("metadata", {}).get("name", ""))
 
@@ -102,6 +115,11 @@ COLUMNS: dict[str, list[Column]] = {
          lambda p: p.get("status", {}).get("podIP") or "<none>", 1),
         ("Node", "string", "Name of the Node.",
          lambda p: p.get("spec", {}).get("nodeName") or "<none>", 1),
+        ("Nominated Node", "string", "nominatedNodeName is set only when this pod preempts "
+         "other pods on the node.",
+         lambda p: p.get("status", {}).get("nominatedNodeName") or "<none>", 1),
+        ("Readiness Gates", "string", "If specified, all readiness gates will be evaluated for "
+         "pod readiness.", _readiness_gates, 1),
     ],
     "apps/deployments": [
         _NAME,
