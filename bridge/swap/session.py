@@ -208,7 +208,8 @@ class Session:
 
     def _profile(self, phase: str, kube: Kube) -> None:
         """A timing hook (the log file stamps it): `make bench` profiles a swap from these."""
-        self.progress.detail(f"profile: {phase} done; {kube.requests} API requests so far")
+        self.progress.detail(f"profile: {phase} done; {kube.requests} API requests so far "
+                             f"({kube.serial} serial)")
 
     async def _api(self) -> Kube:
         """The API connection (the request was checked before the session started)."""
