@@ -48,6 +48,7 @@ from bridge.swap.link import Link, Linker, LinkSpec
 from bridge.swap.options import SwapOptions, default_owner
 from bridge.swap.request import SwapRequest
 from bridge.swap.resolve import Resolved, resolve_with
+from bridge.swap.together import at_once
 from bridge.transport import outbound as outbound_mod
 from bridge.transport import tunnel as tunnelmod
 from sidecar import protocol
@@ -193,8 +194,7 @@ class Session:
         deployment = await self._clear_the_way(kube, r)
         prep = self._plan(kube, r, deployment, limits)
         self._profile("resolve", kube)
-        admitted = await self._admitted(kube, r, deployment)
-        lease = await self._lease(kube, r, prep, deployment, fighting)
+        lease, admitted = await self._lease_and_admitted(kube, r, prep, deployment, fighting)
         self._profile("lease", kube)
         async with anyio.create_task_group() as tg:
             tg.start_soon(lease.heartbeat, self.opts.heartbeat_interval)
@@ -251,6 +251,18 @@ class Session:
         for skipped in prep.files_skipped:
             self.progress.warn(f"not bringing the pod's files at {skipped}")
         return prep
+
+    async def _lease_and_admitted(self, kube: Kube, r: Resolved, prep: Prepared,
+                                  deployment: Obj, fighting: list[controllers.Finding],
+                                  ) -> tuple[Lease, tuple[trust.Admitted, str]]:
+        """The lock's write and the reads of what admission added to the original's pods, at
+        once (one round trip): the lock changes no pod (the original runs until the
+        hand-over), and what was admitted is needed only once the proxy pod is there. A
+        refused lock cancels the reads."""
+        lease, [admitted] = await at_once(
+            lambda: self._lease(kube, r, prep, deployment, fighting),
+            lambda: self._admitted(kube, r, deployment))
+        return lease, admitted
 
     async def _admitted(self, kube: Kube, r: Resolved,
                         deployment: Obj) -> tuple[trust.Admitted, str]:
