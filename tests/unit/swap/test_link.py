@@ -289,3 +289,51 @@ def test_the_link_trusts_only_a_pod_proven_to_be_the_proxys() -> None:
     anyio.run(main)
     assert out.getvalue().count("ignoring pod impostor") == 1  # said once, then ignored
     assert kube.log_limits and all(kube.log_limits)  # the log is read bounded
+
+
+def test_the_host_keys_log_is_read_beside_the_proof_of_the_pod() -> None:
+    """One round trip for the pod's proof (its ReplicaSet) and its sidecar's log: each waits
+    (bounded) until the other is in flight too, so a serial pair fails here; the host key is
+    still taken from the proven pod only (test_the_link_trusts_only_a_pod_proven...)."""
+    from bridge.swap.link import Linker, LinkSpec
+
+    spec = {"containers": [{"name": "web", "image": "sidecar:1"}]}
+    entered: list[str] = []
+    both = anyio.Event()
+
+    class AtOnce(ProvingKube):
+        async def _both(self, what: str) -> None:
+            entered.append(what)
+            if len(entered) == 2:
+                both.set()
+            with anyio.fail_after(5):
+                await both.wait()
+
+        async def get_replicaset(self, name: str) -> dict[str, Any]:
+            await self._both("replicaset")
+            return await super().get_replicaset(name)
+
+        async def pod_log(self, name: str, container: str | None = None, *,
+                          tail_lines: int | None = None, limit_bytes: int | None = None) -> str:
+            await self._both("log")
+            return await super().pod_log(name, container, tail_lines=tail_lines,
+                                         limit_bytes=limit_bytes)
+
+    kube = AtOnce()
+    kube.pods = [_pod("proxy-pod", "2026-01-01T00:00:01Z", spec,
+                      {"kind": "ReplicaSet", "name": "proxy-rs", "uid": "rs-uid",
+                       "controller": True})]
+    kube.logs = {"proxy-pod": f"host-key: {HOST_KEY}\n"}
+
+    async def ours_still() -> None:
+        pass
+
+    linker = Linker(kube, lambda pod: None,
+                    LinkSpec("abcd", "web", 8022, None, [], planned_spec=spec, proxy="p"),
+                    Progress(stream=io.StringIO()), ours_still, proxy_uid="dep-uid")
+
+    async def main() -> tuple[str, str]:
+        return await linker.wait_pod(first=True)
+
+    assert anyio.run(main) == ("proxy-pod", HOST_KEY)
+    assert sorted(entered) == ["log", "replicaset"]  # and no second read of the log
