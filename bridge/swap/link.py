@@ -46,6 +46,7 @@ class Link:
     pod: str
     forwarder: Any
     tunnel: Any
+    env: dict[str, str] | None = None  # the pod's environment, when read as the link came up
 
     async def close(self) -> None:
         """Close SSH then the port-forward; each bounded, the second whatever the first did."""
@@ -101,9 +102,11 @@ class Linker:
     pod_uid: str = ""  # the pod of the link in use: a reconnect keeps to it while it lives
     _chosen_uid: str = ""
 
-    async def connect(self, *, first: bool, forward: bool = True) -> Link:
+    async def connect(self, *, first: bool, forward: bool = True,
+                      read_env: bool = False) -> Link:
         """Find the proxy pod, read its host key, port-forward + SSH, remote-forward the
-        ports (with `forward`)."""
+        ports (with `forward`); with `read_env`, the pod's environment is read beside the
+        sidecar's version (Link.env)."""
         pod, host_key = await self.wait_pod(first)
         forwarder = self.open_forwarder(pod)
         try:
@@ -117,7 +120,7 @@ class Linker:
             raise
         link = Link(pod, forwarder, tun)
         try:
-            info = await tun.version()
+            info, link.env = await first_words(tun, read_env)
             self.progress.detail(state.printable(f"sidecar {info.get('sidecar')} protocol "
                                                  f"{info.get('protocol')}"))
             if forward:
@@ -373,6 +376,17 @@ class Linker:
             pass
         raise BridgeError(f"proxy pod {pname} failed to start: "
                           f"{state.printable(reason, 300)}{tail}")
+
+
+async def first_words(tun: Any, read_env: bool) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """The sidecar's version reply (its protocol checked) and, with `read_env`, the pod's
+    environment: both asked at once (two exec requests on the one SSH connection, one round
+    trip). The version's error comes first: an environment is never used from a sidecar of
+    another protocol."""
+    if not read_env:
+        return await tun.version(), None
+    info, [env] = await at_once(tun.version, tun.env)
+    return info, env
 
 
 def pod_problem(pod: Obj, container: str, *, past: bool) -> str:

@@ -315,12 +315,13 @@ class Session:
         p.info(f"created proxy deployment/{prep.lock.proxy}")
         try:
             with anyio.fail_after(o.timeout):
-                link = await linker.connect(first=True, forward=False)
+                link = await linker.connect(first=True, forward=False, read_env=True)
         except TimeoutError:
             raise BridgeError(f"timed out after {o.timeout:g}s waiting for the proxy pod of "
                               f"deployment/{prep.lock.proxy} to start") from None
         self._profile("tunnel", kube)
-        swap.pod_env = await link.tunnel.env()
+        # read beside the sidecar's version as the link came up (one round trip, not two)
+        swap.pod_env = link.env if link.env is not None else await link.tunnel.env()
         for on_env in self.hooks.on_env:
             await on_env(swap.pod_env)
         if self.request.files_mode is not None:  # bridge's own variable, never filtered

@@ -337,3 +337,53 @@ def test_the_host_keys_log_is_read_beside_the_proof_of_the_pod() -> None:
 
     assert anyio.run(main) == ("proxy-pod", HOST_KEY)
     assert sorted(entered) == ["log", "replicaset"]  # and no second read of the log
+
+
+class Sidecar:
+    """A tunnel's `version` and `env` that each wait (bounded) until both are asked: asked one
+    after the other, they fail."""
+
+    def __init__(self, version_error: BridgeError | None = None) -> None:
+        self.asked: list[str] = []
+        self.both = anyio.Event()
+        self.version_error = version_error
+
+    async def _both(self, what: str) -> None:
+        self.asked.append(what)
+        if len(self.asked) == 2:
+            self.both.set()
+        with anyio.fail_after(5):
+            await self.both.wait()
+
+    async def version(self) -> dict[str, Any]:
+        await self._both("version")
+        if self.version_error is not None:
+            raise self.version_error
+        return {"protocol": 1}
+
+    async def env(self) -> dict[str, str]:
+        await self._both("env")
+        return {"HOME": "/root"}
+
+
+def test_the_first_link_asks_the_version_and_the_environment_at_once() -> None:
+    from bridge.swap.link import first_words
+
+    tun = Sidecar()
+    assert anyio.run(first_words, tun, True) == ({"protocol": 1}, {"HOME": "/root"})
+    assert sorted(tun.asked) == ["env", "version"]
+    other = Sidecar(BridgeError("the sidecar speaks protocol 99"))
+    with pytest.raises(BridgeError, match="protocol 99"):  # never its environment
+        anyio.run(first_words, other, True)
+
+
+def test_a_reconnect_asks_the_version_only() -> None:
+    from bridge.swap.link import first_words
+
+    class Alone(Sidecar):
+        async def _both(self, what: str) -> None:
+            self.asked.append(what)
+
+    tun = Alone()
+    assert anyio.run(first_words, tun, False) == ({"protocol": 1}, None)
+    assert tun.asked == ["version"]
