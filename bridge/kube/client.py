@@ -15,8 +15,8 @@ import json
 import math
 import os
 import ssl
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -306,6 +306,10 @@ class Kube:
     # not resolve is the kubeconfig's server being unreachable, said at once (not retried)
     answered: bool = field(default=False, init=False)
     requests: int = 0  # requests sent (each attempt, each watch): the swap's profile counts them
+    # of those, the ones sent while no other was waiting for its answer: a round trip the
+    # caller waited for on its own (reads sent at once count one), the profile's serial count
+    serial: int = 0
+    _in_flight: int = field(default=0, init=False, repr=False)
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None, context: str | None = None,
@@ -364,7 +368,28 @@ class Kube:
                             query: list[tuple[str, str]] | None, body: Any,
                             content_type: str | None, raw: bool,
                             request_timeout: float) -> Any:
+        with self._round_trip():
+            return await self._send(method, path, query=query, body=body,
+                                    content_type=content_type, raw=raw,
+                                    request_timeout=request_timeout)
+
+    @contextmanager
+    def _round_trip(self) -> Iterator[None]:
+        """Counts a request (`requests`), and a serial one (`serial`) when no other request
+        was waiting for its answer as it went out."""
         self.requests += 1
+        if self._in_flight == 0:
+            self.serial += 1
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+
+    async def _send(self, method: str, path: str, *,
+                    query: list[tuple[str, str]] | None, body: Any,
+                    content_type: str | None, raw: bool,
+                    request_timeout: float) -> Any:
         headers: dict[str, str] = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
@@ -579,13 +604,13 @@ class Kube:
                 ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(seconds))]
         api = self.api_client
         resp = None
-        self.requests += 1
         try:
             params = await api.param_serialize(
                 method="GET", resource_path=path, query_params=full,
                 header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
-            resp = await api.call_api(*params, _request_timeout=seconds + REQUEST_TIMEOUT,
-                                      _preload_content=False)
+            with self._round_trip():  # until the answer's head: then it only waits for events
+                resp = await api.call_api(*params, _request_timeout=seconds + REQUEST_TIMEOUT,
+                                          _preload_content=False)
             if resp.status == 410:
                 raise Gone(f"HTTP 410 watching {path}")
             if resp.status >= 400:

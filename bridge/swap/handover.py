@@ -22,6 +22,7 @@ from bridge.model import endpoints, state, target
 from bridge.progress import Progress
 from bridge.swap.lease import Lease
 from bridge.swap.link import FORWARD_PATIENCE, Link, Linker
+from bridge.swap.together import at_once
 
 HAND_OVER_ATTEMPTS = 3  # how many times the tunnel may drop before the hand-over gives up
 READY, STOPPED, TUNNEL_CLOSED = "ready", "stopped", "tunnel closed"
@@ -175,13 +176,17 @@ class HandOver:
             waiter.tick()
             return None
 
-        # the pod's watch, then its Services' EndpointSlices' (decisions on what was seen)
-        outcome, ips = await readiness.until(
-            api, readiness.pods(f"{state.SESSION_LABEL}={self.linker.spec.session}"), pod_ready)
+        # the pod's watch (the Services selecting it read beside it: one round trip less),
+        # then its Services' EndpointSlices' (decisions on what was seen)
+        (outcome, ips), [services] = await at_once(
+            lambda: readiness.until(
+                api, readiness.pods(f"{state.SESSION_LABEL}={self.linker.spec.session}"),
+                pod_ready),
+            lambda: readiness.services_selecting(api, self.manifest))
         if outcome != READY:
             return outcome
         self.ready_ips = ips
-        self.services = services = await readiness.services_selecting(api, self.manifest)
+        self.services = services
 
         def served(current: dict[str, set[str]]) -> str | None:
             why = interrupted()

@@ -191,6 +191,15 @@ async def clear_the_way(api: Api, deployment: Obj, *, ttl: float, bound: float,
     return deployment
 
 
+def _ours_and_needed(check: Callable[[Obj], Obj], dep: Obj,
+                     needed: Callable[[Obj], bool] | None) -> bool:
+    try:
+        check(dep)
+    except NotOurs:
+        return False
+    return needed is None or bool(needed(dep))
+
+
 def unchanged_for_the_lock(planned: Obj, now_read: Obj) -> bool:
     """Whether the lock may still be written on `now_read`, the plan having been made from
     `planned`: the same object (uid), the same spec, and no lock on it."""
@@ -216,6 +225,10 @@ class Lease:
     # the heartbeat, and the number of the last beat written on it.
     proxy_uid: str = ""
     beats: int = 0
+    # The original as last read or written by this session (its resourceVersion): the first
+    # attempt of a write on it, conditional on exactly that version, so a write needs no read
+    # first unless the original changed since (then 409, read again, decide again).
+    seen: Obj | None = field(default=None, repr=False)
 
     async def take(self, deployment: Obj, *, outcome: Outcome, stack: CleanupStack,
                    restore_step: Callable[[], Awaitable[Any]]) -> None:
@@ -243,8 +256,7 @@ class Lease:
 
         try:
             await conditional.patch_when(
-                read, lambda p: self.api.patch_deployment(self.name, p), decide,
-                what=f"deployment/{self.name} (taking the lock)")
+                read, self._write, decide, what=f"deployment/{self.name} (taking the lock)")
         except Unreachable:
             outcome.touched = True  # the lock may have been taken: the restore finds out
             raise
@@ -269,9 +281,16 @@ class Lease:
 
     async def read(self) -> Obj:
         try:
-            return await self.api.get_deployment(self.name)
+            self.seen = await self.api.get_deployment(self.name)
         except NotFound as e:
+            self.seen = None
             raise NotOurs(f"deployment/{self.name} was deleted while swapped") from e
+        return self.seen
+
+    async def _write(self, patch: dict[str, Any]) -> Obj:
+        self.seen = None  # unknown until answered
+        self.seen = await self.api.patch_deployment(self.name, patch)
+        return self.seen
 
     async def still_ours(self) -> Obj:
         """The Deployment while this session holds its lock; NotOurs once someone else
@@ -302,9 +321,18 @@ class Lease:
                 seen(dep)
             return patch if needed is None or needed(dep) else None
 
+        # The first attempt on the original as this session last saw it (one round trip, not
+        # two): the write is conditional on that very version, so the lock is proven ours on
+        # what is written; only a fresh read may conclude there is nothing to write.
+        known = self.seen
+        first = [known] if known is not None and _ours_and_needed(
+            self.check, known, needed) else []
+
+        async def read() -> Obj:
+            return first.pop() if first else await self.read()
+
         await conditional.patch_when(
-            self.read, lambda p: self.api.patch_deployment(self.name, p), decide,
-            what=f"deployment/{self.name} ({what})")
+            read, self._write, decide, what=f"deployment/{self.name} ({what})")
 
     async def scale_original(self, replicas: int) -> None:
         """Only while the lock is still ours (a colleague's `bridge restore` may have cleared

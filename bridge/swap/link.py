@@ -9,6 +9,7 @@ used; a feature riding the SSH connection (e.g. an outbound proxy) subscribes th
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,11 +18,12 @@ from typing import Any
 import anyio
 
 from bridge.errors import BridgeError
-from bridge.kube.client import Api, Obj
+from bridge.kube.client import Api, ApiError, Obj
 from bridge.model import diagnose, state, target, trust
 from bridge.progress import Progress
 from bridge.swap import proofs
 from bridge.swap.lease import NotOurs
+from bridge.swap.together import at_once
 from bridge.transport import tunnel as tunnelmod
 from sidecar import protocol
 
@@ -44,6 +46,7 @@ class Link:
     pod: str
     forwarder: Any
     tunnel: Any
+    env: dict[str, str] | None = None  # the pod's environment, when read as the link came up
 
     async def close(self) -> None:
         """Close SSH then the port-forward; each bounded, the second whatever the first did."""
@@ -102,9 +105,11 @@ class Linker:
     on_foreign: Callable[[str], None] | None = None
     _chosen_uid: str = ""
 
-    async def connect(self, *, first: bool, forward: bool = True) -> Link:
+    async def connect(self, *, first: bool, forward: bool = True,
+                      read_env: bool = False) -> Link:
         """Find the proxy pod, read its host key, port-forward + SSH, remote-forward the
-        ports (with `forward`)."""
+        ports (with `forward`); with `read_env`, the pod's environment is read beside the
+        sidecar's version (Link.env)."""
         pod, host_key = await self.wait_pod(first)
         forwarder = self.open_forwarder(pod)
         try:
@@ -118,7 +123,7 @@ class Linker:
             raise
         link = Link(pod, forwarder, tun)
         try:
-            info = await tun.version()
+            info, link.env = await first_words(tun, read_env)
             self.progress.detail(state.printable(f"sidecar {info.get('sidecar')} protocol "
                                                  f"{info.get('protocol')}"))
             if forward:
@@ -254,10 +259,21 @@ class Linker:
                 await self.still_ours()  # the proxy may be gone for good
                 checked = time.monotonic()
             pods = [q for q in seen if not q.get("metadata", {}).get("deletionTimestamp")]
-            pods = await self.proven(pods, first)  # never a pod we cannot prove ours
-            pods.sort(key=lambda q: str(q.get("metadata", {}).get("creationTimestamp", "")))
-            # the pod already proven and connected to, while it lives: never a newer one
-            pods = [q for q in pods if trust.meta_of(q).get("uid") == self.pod_uid] or pods
+            # the log of the pod this would choose, were it proven, is read beside the proofs
+            # (one round trip, not two); its host key is taken only once the pod is proven
+            likely = self.choose([q for q in pods if container_running(q, container)])
+            logs: dict[str, str] = {}
+
+            async def read_log() -> None:
+                if likely is None:
+                    return
+                name = target.name_of(likely)
+                with contextlib.suppress(ApiError):  # read again below, if still wanted
+                    logs[name] = await self.api.pod_log(
+                        name, container, limit_bytes=trust.HOST_KEY_LOG_LIMIT)
+
+            proven, _ = await at_once(lambda: self.proven(pods, first), read_log)
+            pods = self.choose_order(proven)  # never a pod we cannot prove ours
             if first:  # admission refusals fail now; scheduling and gates are waited out
                 await self.check_admission(selector, pods)
             if pods:
@@ -274,8 +290,10 @@ class Linker:
                                            f"{state.printable(problem, 300)}; waiting for it")
                     last_problem = problem
                 if container_running(pod, container):  # the sidecar's first line, bounded
-                    log = await self.api.pod_log(pname, container,
-                                                 limit_bytes=trust.HOST_KEY_LOG_LIMIT)
+                    log = logs.get(pname)
+                    if log is None:
+                        log = await self.api.pod_log(pname, container,
+                                                     limit_bytes=trust.HOST_KEY_LOG_LIMIT)
                     host_key = trust.host_key_announcement(log)
                     if host_key:
                         self._chosen_uid = str(trust.meta_of(pod).get("uid") or "")
@@ -285,6 +303,16 @@ class Linker:
             return None
         # [realbeh] the pods watched (list, then one request open), not listed every POLL
         return await self.api.wait_for("pods", selector, found, tick=POLL)
+
+    def choose_order(self, pods: list[Obj]) -> list[Obj]:
+        """`pods` oldest first; only the pod already proven and connected to while it lives
+        (never a newer one), when it is among them. The last is the one to use."""
+        pods = sorted(pods, key=lambda q: str(q.get("metadata", {}).get("creationTimestamp", "")))
+        return [q for q in pods if trust.meta_of(q).get("uid") == self.pod_uid] or pods
+
+    def choose(self, pods: list[Obj]) -> Obj | None:
+        ordered = self.choose_order(pods)
+        return ordered[-1] if ordered else None
 
     async def proven(self, pods: list[Obj], first: bool = False) -> list[Obj]:
         """The pods proven to be the proxy Deployment's (proofs.proven_pods); each other pod is
@@ -352,6 +380,17 @@ class Linker:
             pass
         raise BridgeError(f"proxy pod {pname} failed to start: "
                           f"{state.printable(reason, 300)}{tail}")
+
+
+async def first_words(tun: Any, read_env: bool) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """The sidecar's version reply (its protocol checked) and, with `read_env`, the pod's
+    environment: both asked at once (two exec requests on the one SSH connection, one round
+    trip). The version's error comes first: an environment is never used from a sidecar of
+    another protocol."""
+    if not read_env:
+        return await tun.version(), None
+    info, [env] = await at_once(tun.version, tun.env)
+    return info, env
 
 
 def pod_problem(pod: Obj, container: str, *, past: bool) -> str:

@@ -12,6 +12,7 @@ from bridge.errors import BridgeError
 from bridge.kube import readiness
 from bridge.kube.client import ApiError
 from bridge.model import state, trust
+from bridge.swap.together import at_once
 
 Obj = Mapping[str, Any]
 P = TypeVar("P", bound=Mapping[str, Any])
@@ -20,14 +21,15 @@ P = TypeVar("P", bound=Mapping[str, Any])
 async def admitted_by(kube: Any, original: Obj) -> tuple[trust.Admitted, str]:
     """What admission (a mesh) added to the original Deployment's own pods, read from the live
     pods of its current ReplicaSet (`trust.admitted`), and why nothing is accepted when that
-    is so. Read before the swap, while the original runs."""
+    is so. Read before the swap, while the original runs; the ReplicaSets and the pods at
+    once (one round trip)."""
     selector = readiness.match_labels_selector(original)
     name = state.printable(str(trust.meta_of(original).get("name") or ""))
     if not selector:
         return trust.NOTHING_ADMITTED, f"deployment/{name} has no matchLabels to find its pods"
     try:
-        replicasets = await kube.list_replicasets(selector)
-        pods = await kube.list_pods(selector)
+        replicasets, [pods] = await at_once(lambda: kube.list_replicasets(selector),
+                                            lambda: kube.list_pods(selector))
     except ApiError as e:
         return trust.NOTHING_ADMITTED, f"the pods of deployment/{name} could not be read ({e})"
     return trust.admitted(original, trust.current_pods(original, replicasets, pods))

@@ -47,7 +47,8 @@ from bridge.swap.lease import Lease, NotOurs, clear_the_way, now
 from bridge.swap.link import Link, Linker, LinkSpec
 from bridge.swap.options import SwapOptions, default_owner
 from bridge.swap.request import SwapRequest
-from bridge.swap.resolve import Resolved, resolve
+from bridge.swap.resolve import Resolved, resolve_with
+from bridge.swap.together import at_once
 from bridge.transport import outbound as outbound_mod
 from bridge.transport import tunnel as tunnelmod
 from sidecar import protocol
@@ -189,12 +190,12 @@ class Session:
         """The phases in order (the module's table); each one's output is a field of `Swap`."""
         kube = await self._api()
         self._profile("connect", kube)
-        r, fighting = await self._resolve(kube)
+        r, fighting, limits = await self._resolve(kube)
         deployment = await self._clear_the_way(kube, r)
-        prep = self._plan(kube, r, deployment, await self._limits(kube))
-        admitted = await self._admitted(kube, r, deployment)
-        lease = await self._lease(kube, r, prep, deployment, fighting)
-        self._profile("resolve+lease", kube)
+        prep = self._plan(kube, r, deployment, limits)
+        self._profile("resolve", kube)
+        lease, admitted = await self._lease_and_admitted(kube, r, prep, deployment, fighting)
+        self._profile("lease", kube)
         async with anyio.create_task_group() as tg:
             tg.start_soon(lease.heartbeat, self.opts.heartbeat_interval)
             swap = await self._link(kube, r, prep, lease, admitted)
@@ -208,7 +209,8 @@ class Session:
 
     def _profile(self, phase: str, kube: Kube) -> None:
         """A timing hook (the log file stamps it): `make bench` profiles a swap from these."""
-        self.progress.detail(f"profile: {phase} done; {kube.requests} API requests so far")
+        self.progress.detail(f"profile: {phase} done; {kube.requests} API requests so far "
+                             f"({kube.serial} serial)")
 
     async def _api(self) -> Kube:
         """The API connection (the request was checked before the session started)."""
@@ -221,26 +223,25 @@ class Session:
                              f"API {kube.host}")
         return kube
 
-    async def _resolve(self, kube: Kube) -> tuple[Resolved, list[controllers.Finding]]:
-        """Read only: the Deployment, its Services, the container and ports; the controllers
-        that would undo the swap and the local ports' listeners are said (or refused) here,
-        before any change."""
+    async def _resolve(self, kube: Kube) -> tuple[Resolved, list[controllers.Finding],
+                                                  dict[str, Any] | None]:
+        """Read only (one round trip): the Deployment, its Services, the container and
+        ports, the namespace's ScaledObjects and LimitRanges; the controllers that would undo
+        the swap and the local ports' listeners are said (or refused) here, before any
+        change. Also the sidecar's resources (from the LimitRanges)."""
         o = self.opts
-        r = await resolve(kube, o.target, o.container, o.ports)
+        r, scaled, limit_ranges = await resolve_with(kube, o.target, o.container, o.ports)
         self.end.check_ports([pm.local for pm in r.ports])
-        fighting = controllers.findings(r.deployment, await kube.list_scaled_objects())
+        fighting = controllers.findings(r.deployment, scaled)
         for finding in fighting:
             self.progress.warn(finding.line())
-        return r, fighting
+        return r, fighting, resources.sidecar_resources(limit_ranges)
 
     async def _clear_the_way(self, kube: Kube, r: Resolved) -> Obj:
         """A stale session on the Deployment is restored (a live one refuses the swap)."""
         o = self.opts
         return await clear_the_way(kube, r.deployment, ttl=o.heartbeat_ttl, bound=o.timeout,
                                    progress=self.progress, outcome=self.outcome)
-
-    async def _limits(self, kube: Kube) -> dict[str, Any] | None:
-        return resources.sidecar_resources(await kube.list_limit_ranges())
 
     def _plan(self, kube: Kube, r: Resolved, deployment: Obj,
               sidecar_resources: dict[str, Any] | None) -> Prepared:
@@ -250,6 +251,18 @@ class Session:
         for skipped in prep.files_skipped:
             self.progress.warn(f"not bringing the pod's files at {skipped}")
         return prep
+
+    async def _lease_and_admitted(self, kube: Kube, r: Resolved, prep: Prepared,
+                                  deployment: Obj, fighting: list[controllers.Finding],
+                                  ) -> tuple[Lease, tuple[trust.Admitted, str]]:
+        """The lock's write and the reads of what admission added to the original's pods, at
+        once (one round trip): the lock changes no pod (the original runs until the
+        hand-over), and what was admitted is needed only once the proxy pod is there. A
+        refused lock cancels the reads."""
+        lease, [admitted] = await at_once(
+            lambda: self._lease(kube, r, prep, deployment, fighting),
+            lambda: self._admitted(kube, r, deployment))
+        return lease, admitted
 
     async def _admitted(self, kube: Kube, r: Resolved,
                         deployment: Obj) -> tuple[trust.Admitted, str]:
@@ -303,11 +316,13 @@ class Session:
         p.info(f"created proxy deployment/{prep.lock.proxy}")
         try:
             with anyio.fail_after(o.timeout):
-                link = await linker.connect(first=True, forward=False)
+                link = await linker.connect(first=True, forward=False, read_env=True)
         except TimeoutError:
             raise BridgeError(f"timed out after {o.timeout:g}s waiting for the proxy pod of "
                               f"deployment/{prep.lock.proxy} to start") from None
-        swap.pod_env = await link.tunnel.env()
+        self._profile("tunnel", kube)
+        # read beside the sidecar's version as the link came up (one round trip, not two)
+        swap.pod_env = link.env if link.env is not None else await link.tunnel.env()
         for on_env in self.hooks.on_env:
             await on_env(swap.pod_env)
         if self.request.files_mode is not None:  # bridge's own variable, never filtered

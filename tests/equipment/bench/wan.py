@@ -144,8 +144,8 @@ class Side:
     swap_start: list[float] = field(default_factory=list)
     restore: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    # per swap round: (phase, seconds, API requests) from bridge's stamped log (`profile`)
-    profiles: list[list[tuple[str, float, int]]] = field(default_factory=list)
+    # per swap round: (phase, seconds, API requests, serial ones) from bridge's stamped log
+    profiles: list[list[tuple[str, float, int, int | None]]] = field(default_factory=list)
 
 
 def measure(side: Side, host: str, port: int, shape: Shape, cfg: WanConfig,
@@ -311,31 +311,37 @@ def _bridge(side: Side, view: _Kube, c: cluster.TestCluster, ip: str, port: int,
 # ---------------------------------------------------------------------------- report
 
 
-PROFILE_LINE = re.compile(r"^(\S+) profile: (\S+) done; (\d+) API requests so far$")
+PROFILE_LINE = re.compile(
+    r"^(\S+) profile: (\S+) done; (\d+) API requests so far(?: \((\d+) serial\))?$")
 
 
-def profile(log_text: str, started_at: float) -> list[tuple[str, float, int]]:
+def profile(log_text: str, started_at: float) -> list[tuple[str, float, int, int | None]]:
     """One swap's set-up phase by phase, from bridge's log file (`--log-file` stamps every
     line; the session writes `profile: PHASE done; N API requests so far` after each phase):
-    (phase, seconds, API requests) each. The first phase counts from the process's start
-    (time.time() `started_at`), so it holds the CLI's own start-up."""
-    rows: list[tuple[str, float, int]] = []
-    at, sent = started_at, 0
+    (phase, seconds, API requests, serial ones: sent while no other was waiting for its answer,
+    None from a bridge that did not say) each. The first phase counts from the process's
+    start (time.time() `started_at`), so it holds the CLI's own start-up."""
+    rows: list[tuple[str, float, int, int | None]] = []
+    at, sent, serial = started_at, 0, 0
     for line in log_text.splitlines():
         m = PROFILE_LINE.match(line.strip())
         if not m:
             continue
         when = dt.datetime.strptime(m[1], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
             tzinfo=dt.UTC).timestamp()
-        rows.append((m[2], when - at, int(m[3]) - sent))
-        at, sent = when, int(m[3])
+        now_serial = int(m[4]) if m[4] is not None else None
+        rows.append((m[2], when - at, int(m[3]) - sent,
+                     None if now_serial is None else now_serial - serial))
+        at, sent, serial = when, int(m[3]), now_serial or 0
     return rows
 
 
-def profile_line(rows: list[tuple[str, float, int]]) -> str:
+def profile_line(rows: list[tuple[str, float, int, int | None]]) -> str:
     if not rows:
         return "no profile (bridge wrote no `profile:` lines)"
-    return "profile: " + ", ".join(f"{phase} {secs:.2f}s/{n} req" for phase, secs, n in rows)
+    return "profile: " + ", ".join(
+        f"{phase} {secs:.2f}s/{n} req" + ("" if serial is None else f"/{serial} serial")
+        for phase, secs, n, serial in rows)
 
 
 def _rtts(xs: list[float], p: float, shape: Shape) -> float | None:

@@ -126,3 +126,41 @@ async def test_refused_after_an_answer_is_retried(no_sleep: list[float]) -> None
 def test_only_refusals_and_names_count_as_never_connected() -> None:
     assert never_connected(ConnectionResetError(104, "reset")) is None
     assert never_connected(TimeoutError()) is None
+
+
+async def test_reads_sent_at_once_count_one_serial_round_trip() -> None:
+    """`Kube.serial` (the swap's profile) counts a request only when no other was waiting for
+    its answer as it went out: two reads sent at once are one round trip, the next one more.
+    The server answers the first two only once both arrived, so they did overlap."""
+    import anyio
+
+    both = anyio.Event()
+    arrived: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        arrived.append(request.path)
+        if len(arrived) == 2:
+            both.set()
+        if len(arrived) <= 2:
+            with anyio.fail_after(10):  # a bound, not a timing: both come at once
+                await both.wait()
+        return web.json_response({"items": [], "metadata": {"name": "x"}})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    kube, _ = _kube(f"http://127.0.0.1:{sock.getsockname()[1]}")
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kube.get_deployment, "hello")
+            tg.start_soon(kube.list_services)
+        assert (kube.requests, kube.serial) == (2, 1)
+        await kube.list_limit_ranges()
+        assert (kube.requests, kube.serial) == (3, 2)
+    finally:
+        await kube.close()
+        await runner.cleanup()

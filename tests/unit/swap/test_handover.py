@@ -185,3 +185,42 @@ def test_waiting_for_the_command_walks_the_process_table_only_once_something_lis
         command.kill()
         command.wait(timeout=10)
     assert walks and len(walks) <= 2, (len(walks), time.monotonic() - t0)
+
+
+def test_the_services_are_read_beside_the_wait_for_the_proxy_pod() -> None:
+    """The Services selecting the proxy are read while its pod is waited for (one round trip
+    less once it is Ready): the first pods list and the Services list each wait (bounded)
+    until the other is in flight too, so a Services read after the wait fails here."""
+    from bridge.swap.handover import READY
+    from bridge.swap.link import Link
+
+    entered: list[str] = []
+    both = anyio.Event()
+
+    class AtOnce(FakeKube):
+        async def _both(self, what: str) -> None:
+            entered.append(what)
+            if len(entered) == 2:
+                both.set()
+            with anyio.fail_after(5):
+                await both.wait()
+
+        async def list_pods(self, selector: str | None = None) -> list[dict]:  # type: ignore[type-arg]
+            await self._both("pods")
+            return await super().list_pods(selector)
+
+        async def list_services(self) -> list[dict]:  # type: ignore[type-arg]
+            await self._both("services")
+            return await super().list_services()
+
+    kube = AtOnce()
+    kube.pods = [ready_pod()]
+    link = Link("proxy-pod", None, FakeTunnel())
+    h = hand_over(kube, FakeLinker([link]))
+
+    async def main() -> str:
+        with anyio.fail_after(10):
+            return await h.wait_proxy_ready(link)
+
+    assert anyio.run(main) == READY
+    assert sorted(entered[:2]) == ["pods", "services"] and h.services == []

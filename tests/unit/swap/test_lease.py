@@ -422,3 +422,42 @@ def test_the_drift_watch_speaks_once_and_only_while_the_original_should_be_at_ze
         await lease.scale_original(2)  # the hand-back: scaling up is ours now
 
     anyio.run(main)
+
+
+def test_scaling_after_a_look_writes_on_what_was_seen_without_reading_again() -> None:
+    """One round trip for the hand-over's scaling: the write is conditional on the original as
+    this session last saw it (its resourceVersion), so no read goes first; changed since (a
+    colleague's restore), the write gets 409, the fresh read says NotOurs, nothing is
+    written; a look that says nothing is needed is never trusted without a fresh read."""
+    from bridge.swap.lease import Lease, NotOurs
+
+    kube = FakeKube()
+    lk = locked(kube)
+    lease = Lease(kube, "hello", lk, Progress(stream=io.StringIO()))
+    anyio.run(lease.still_ours)  # a heartbeat's look
+    kube.calls.clear()
+    anyio.run(lease.scale_original, 0)
+    assert kube.calls == ["patch_deployment"]
+    assert kube.deployments["hello"]["spec"]["replicas"] == 0
+
+    kube.calls.clear()  # the write's answer is the last look now: scaling back, no read either
+    anyio.run(lease.scale_original, 2)
+    assert kube.calls == ["patch_deployment"]
+
+    anyio.run(lease.still_ours)
+    kube.deployments["hello"]["metadata"]["annotations"] = {}  # restored by someone since
+    kube.rv += 1
+    kube.deployments["hello"]["metadata"]["resourceVersion"] = str(kube.rv)
+    kube.calls.clear()
+    with pytest.raises(NotOurs):
+        anyio.run(lease.scale_original, 0)
+    assert kube.calls == ["patch_deployment", "get_deployment"]  # 409, then the fresh read
+    assert kube.deployments["hello"]["spec"]["replicas"] == 2
+
+    kube = FakeKube()
+    lk = locked(kube)
+    lease = Lease(kube, "hello", lk, Progress(stream=io.StringIO()))
+    anyio.run(lease.still_ours)
+    kube.deployments["hello"]["spec"]["replicas"] = 5  # scaled up by someone since the look
+    anyio.run(lease.scale_original, 2)  # the look says 2 already: read again, then write
+    assert kube.deployments["hello"]["spec"]["replicas"] == 2

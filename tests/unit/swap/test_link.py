@@ -289,3 +289,101 @@ def test_the_link_trusts_only_a_pod_proven_to_be_the_proxys() -> None:
     anyio.run(main)
     assert out.getvalue().count("ignoring pod impostor") == 1  # said once, then ignored
     assert kube.log_limits and all(kube.log_limits)  # the log is read bounded
+
+
+def test_the_host_keys_log_is_read_beside_the_proof_of_the_pod() -> None:
+    """One round trip for the pod's proof (its ReplicaSet) and its sidecar's log: each waits
+    (bounded) until the other is in flight too, so a serial pair fails here; the host key is
+    still taken from the proven pod only (test_the_link_trusts_only_a_pod_proven...)."""
+    from bridge.swap.link import Linker, LinkSpec
+
+    spec = {"containers": [{"name": "web", "image": "sidecar:1"}]}
+    entered: list[str] = []
+    both = anyio.Event()
+
+    class AtOnce(ProvingKube):
+        async def _both(self, what: str) -> None:
+            entered.append(what)
+            if len(entered) == 2:
+                both.set()
+            with anyio.fail_after(5):
+                await both.wait()
+
+        async def get_replicaset(self, name: str) -> dict[str, Any]:
+            await self._both("replicaset")
+            return await super().get_replicaset(name)
+
+        async def pod_log(self, name: str, container: str | None = None, *,
+                          tail_lines: int | None = None, limit_bytes: int | None = None) -> str:
+            await self._both("log")
+            return await super().pod_log(name, container, tail_lines=tail_lines,
+                                         limit_bytes=limit_bytes)
+
+    kube = AtOnce()
+    kube.pods = [_pod("proxy-pod", "2026-01-01T00:00:01Z", spec,
+                      {"kind": "ReplicaSet", "name": "proxy-rs", "uid": "rs-uid",
+                       "controller": True})]
+    kube.logs = {"proxy-pod": f"host-key: {HOST_KEY}\n"}
+
+    async def ours_still() -> None:
+        pass
+
+    linker = Linker(kube, lambda pod: None,
+                    LinkSpec("abcd", "web", 8022, None, [], planned_spec=spec, proxy="p"),
+                    Progress(stream=io.StringIO()), ours_still, proxy_uid="dep-uid")
+
+    async def main() -> tuple[str, str]:
+        return await linker.wait_pod(first=True)
+
+    assert anyio.run(main) == ("proxy-pod", HOST_KEY)
+    assert sorted(entered) == ["log", "replicaset"]  # and no second read of the log
+
+
+class Sidecar:
+    """A tunnel's `version` and `env` that each wait (bounded) until both are asked: asked one
+    after the other, they fail."""
+
+    def __init__(self, version_error: BridgeError | None = None) -> None:
+        self.asked: list[str] = []
+        self.both = anyio.Event()
+        self.version_error = version_error
+
+    async def _both(self, what: str) -> None:
+        self.asked.append(what)
+        if len(self.asked) == 2:
+            self.both.set()
+        with anyio.fail_after(5):
+            await self.both.wait()
+
+    async def version(self) -> dict[str, Any]:
+        await self._both("version")
+        if self.version_error is not None:
+            raise self.version_error
+        return {"protocol": 1}
+
+    async def env(self) -> dict[str, str]:
+        await self._both("env")
+        return {"HOME": "/root"}
+
+
+def test_the_first_link_asks_the_version_and_the_environment_at_once() -> None:
+    from bridge.swap.link import first_words
+
+    tun = Sidecar()
+    assert anyio.run(first_words, tun, True) == ({"protocol": 1}, {"HOME": "/root"})
+    assert sorted(tun.asked) == ["env", "version"]
+    other = Sidecar(BridgeError("the sidecar speaks protocol 99"))
+    with pytest.raises(BridgeError, match="protocol 99"):  # never its environment
+        anyio.run(first_words, other, True)
+
+
+def test_a_reconnect_asks_the_version_only() -> None:
+    from bridge.swap.link import first_words
+
+    class Alone(Sidecar):
+        async def _both(self, what: str) -> None:
+            self.asked.append(what)
+
+    tun = Alone()
+    assert anyio.run(first_words, tun, False) == ({"protocol": 1}, None)
+    assert tun.asked == ["version"]

@@ -75,3 +75,29 @@ def test_nothing_is_admitted_when_the_pods_cannot_be_read_or_disagree() -> None:
     assert found == trust.NOTHING_ADMITTED and "differ" in why
     found, why = admitted(Kube([rs("new", "3")], []))
     assert found == trust.NOTHING_ADMITTED and "no running pod" in why
+
+
+def test_the_replicasets_and_the_pods_are_read_at_once() -> None:
+    """One round trip: each read waits (bounded) until the other is in flight too, so a
+    serial pair of reads fails here instead of passing slower."""
+    both, entered = anyio.Event(), []
+
+    class AtOnce(Kube):
+        async def _both(self, what: str) -> None:
+            entered.append(what)
+            if len(entered) == 2:
+                both.set()
+            with anyio.fail_after(5):
+                await both.wait()
+
+        async def list_replicasets(self, selector: str) -> list[Any]:
+            await self._both("replicasets")
+            return await super().list_replicasets(selector)
+
+        async def list_pods(self, selector: str | None = None) -> list[Any]:
+            await self._both("pods")
+            return await super().list_pods(selector)
+
+    found, why = admitted(AtOnce([rs("new", "3")], [pod("a", "new", "mesh-proxy")]))
+    assert why == "" and "mesh-proxy" in found.summary()
+    assert sorted(entered) == ["pods", "replicasets"]

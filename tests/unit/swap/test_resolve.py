@@ -10,7 +10,7 @@ import pytest
 
 from bridge.errors import NothingChanged
 from bridge.kube.client import ApiError
-from bridge.swap.resolve import resolve_target
+from bridge.swap.resolve import resolve_target, resolve_with
 from tests.unit.support import FakeKube, api_error
 
 RTT = 0.2
@@ -44,6 +44,16 @@ class SlowKube(FakeKube):
         await self._slow()
         self._enter("list_deployments")
         return list(self.deployments.values())
+
+    async def list_scaled_objects(self) -> list[dict[str, Any]]:
+        await self._slow()
+        self._enter("list_scaled_objects")
+        return [{"kind": "ScaledObject", "metadata": {"name": "keda"}}]
+
+    async def list_limit_ranges(self) -> list[dict[str, Any]]:
+        await self._slow()
+        self._enter("list_limit_ranges")
+        return [{"kind": "LimitRange", "metadata": {"name": "lr"}}]
 
     async def get_service(self, name: str) -> dict[str, Any]:
         await self._slow()
@@ -100,3 +110,32 @@ def test_no_right_to_list_deployments_is_raised_once_the_service_exists() -> Non
     kube.fail["list_deployments"] = [api_error(403, "deployments.apps is forbidden")]
     with pytest.raises(NothingChanged, match='no service named "gone"'):
         timed(kube, "svc/gone")
+
+
+def with_container() -> SlowKube:
+    kube = hello()
+    kube.deployments["hello"]["spec"]["template"]["spec"] = {
+        "containers": [{"name": "app", "ports": [{"name": "http", "containerPort": 8080}]}]}
+    return kube
+
+
+def test_the_scaled_objects_and_limit_ranges_go_out_beside_the_target() -> None:
+    """The set-up's first round trip carries all four reads: the Deployment, the Services,
+    the ScaledObjects and the LimitRanges (none depends on another): four in flight at once."""
+    kube = with_container()
+    r, scaled, limits = anyio.run(lambda: resolve_with(kube, "hello", None, ()))  # type: ignore[arg-type]
+    assert r.name == "hello" and [s["metadata"]["name"] for s in r.services] == ["hello-svc"]
+    assert (scaled[0]["kind"], limits[0]["kind"]) == ("ScaledObject", "LimitRange")
+    assert kube.most == 4
+
+
+def test_beside_the_target_a_missing_deployment_is_still_the_error() -> None:
+    """A side read that fails (ScaledObjects: a server error) does not hide what is wrong
+    with TARGET; with TARGET found, the side's error is raised as it is, never grouped."""
+    kube = with_container()
+    kube.fail["list_scaled_objects"] = [api_error(500, "etcd is down")]
+    with pytest.raises(NothingChanged, match='deployment "nope" not found'):
+        anyio.run(lambda: resolve_with(kube, "deploy/nope", None, ()))  # type: ignore[arg-type]
+    kube.fail["list_scaled_objects"] = [api_error(500, "etcd is down")]
+    with pytest.raises(ApiError, match="etcd is down"):
+        anyio.run(lambda: resolve_with(kube, "hello", None, ()))  # type: ignore[arg-type]

@@ -55,3 +55,64 @@ def test_the_plan_takes_the_options_of_the_features() -> None:
     files = planned(asked(outbound.Mode.NONE, files="copy", mount_rw=True))
     assert files["spec"].get("automountServiceAccountToken") is not False
     assert any(m["mountPath"] == "/cfg" for m in files["app"].get("volumeMounts") or [])
+
+
+def test_the_lock_is_written_beside_the_reads_of_the_originals_pods(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    """One round trip for the lock's write and what admission added to the original's pods
+    (its ReplicaSets, its pods): each waits (bounded) until all three are in flight, so a
+    serial order fails here instead of only being slower."""
+    import io
+
+    import anyio
+
+    from bridge.model.target import PortMap
+    from bridge.progress import Progress
+    from bridge.swap.lease import now
+    from bridge.swap.options import SwapOptions
+    from bridge.swap.request import SwapRequest
+    from bridge.swap.resolve import Resolved
+    from bridge.swap.session import Session, prepare
+    from bridge.transport import outbound, tunnel
+    from tests.unit.support import ORIGINAL, FakeKube
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))  # the session's record on this machine
+    entered: list[str] = []
+    all_in = anyio.Event()
+
+    class AtOnce(FakeKube):
+        async def _together(self, what: str) -> None:
+            entered.append(what)
+            if len(entered) == 3:
+                all_in.set()
+            with anyio.fail_after(5):
+                await all_in.wait()
+
+        async def patch_deployment(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+            await self._together("lock")
+            return await super().patch_deployment(name, patch)
+
+        async def list_replicasets(self, label_selector: str) -> list[dict[str, Any]]:
+            await self._together("replicasets")
+            return await super().list_replicasets(label_selector)
+
+        async def list_pods(self, selector: str | None = None) -> list[dict[str, Any]]:
+            await self._together("pods")
+            return await super().list_pods(selector)
+
+    kube = AtOnce()
+    kube.deployments["hello"] = dict(ORIGINAL)
+    deployment = kube.deployments["hello"]
+    req = SwapRequest(SwapOptions(target="hello"), (), outbound.Mode.NONE, (), None, "", ())
+    session = Session(req, Progress(stream=io.StringIO()))
+    r = Resolved(deployment, [], "hello", "app", [PortMap(8080, 8080, "http")])
+    prep = prepare(r, deployment, req, "shop", "s1", tunnel.new_client_key(), now())
+
+    async def main() -> Any:
+        return await session._lease_and_admitted(kube, r, prep, deployment, [])  # type: ignore[arg-type]
+
+    lease, (admitted, why) = anyio.run(main)
+    assert sorted(entered) == ["lock", "pods", "replicasets"]
+    assert lease.lock.session == "s1"
+    assert "s1" in str(kube.deployments["hello"]["metadata"]["annotations"])
+    assert why  # no pods listed: nothing admitted, and said why
