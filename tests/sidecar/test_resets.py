@@ -76,6 +76,8 @@ def test_clients_resetting_their_connections_leave_the_session_up(
         assert "Uncaught exception" not in sidecar.log()
 
 
+TCP_CLOSE = 7  # tcp_info's first byte, the socket's state (include/net/tcp_states.h)
+
 def test_laptop_eof_after_an_unnoticed_reset_ends_only_that_pipe() -> None:
     """Deterministic form of the race: the socket's peer has reset, asyncio has not read it
     yet (reading paused), and the laptop's EOF arrives on the channel."""
@@ -98,7 +100,13 @@ def test_laptop_eof_after_an_unnoticed_reset_ends_only_that_pipe() -> None:
         peer_sock = peer_writer.get_extra_info("socket")
         peer_sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         peer_writer.transport.abort()  # RST
-        await asyncio.sleep(0.2)  # the reset has landed; paused reading has not seen it
+        # until the reset has landed (the kernel says the socket is closed; a fixed 0.2 s
+        # was not always enough on a loaded machine); paused reading has not seen it
+        ours = transport.get_extra_info("socket")
+        for _ in range(1000):
+            if ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_CLOSE:
+                break
+            await asyncio.sleep(0.01)
         keep_open = pipe.channel_eof()
         await asyncio.sleep(0)
         peer_server.close()
