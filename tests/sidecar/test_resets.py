@@ -96,6 +96,11 @@ def test_laptop_eof_after_an_unnoticed_reset_ends_only_that_pipe() -> None:
         transport, _ = await asyncio.get_running_loop().create_connection(
             lambda: SocketEnd(pipe, start_paused=True), "127.0.0.1", peer_port
         )
+        # paused for real: Python before 3.11.4 (Debian 12's 3.11.2, CI's and the image's)
+        # marks a pause made in connection_made but reads anyway (it would see the reset
+        # itself); resuming and pausing in one step, with no read between, removes the reader
+        transport.resume_reading()
+        transport.pause_reading()
         _, peer_writer = await accepted
         peer_sock = peer_writer.get_extra_info("socket")
         peer_sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
