@@ -115,8 +115,11 @@ def test_tunnel_lost_before_the_hand_over_comes_back(make_workload: Any,
     ip = w.service_ip()
     port, trigger = free_port(), tmp_path / "listen-now"
     script = SLOW_START.replace("LOCAL", repr(LOCAL_SERVER))
-    b = w.bridge("swap", "hello", "--port", f"http:{port}", "--", sys.executable, "-c", script,
-                 str(trigger), str(port))
+    # --outbound none: this test is about the reconnect. With torsocks, Debian 12's Python
+    # 3.11.2 (not pyenv's 3.11.7) segfaulted in the exec'd server here, every run: an open bug,
+    # likely torsocks' gethostbyaddr (http.server's getfqdn at bind) after the link came back
+    b = w.bridge("swap", "hello", "--port", f"http:{port}", "--outbound", "none", "--",
+                 sys.executable, "-c", script, str(trigger), str(port))
     b.wait_for("waiting for the command to listen")
     pod = proxy_pod(w)["metadata"]["name"]
     sidecar_process(pod).kill()
