@@ -106,6 +106,37 @@ def _connection(client_side: bool) -> h2.connection.H2Connection:
     return conn
 
 
+def _send_within_window(conn: h2.connection.H2Connection, sid: int, buf: bytearray, *,
+                        ended: bool, trailers: list[tuple[bytes, bytes]] | None,
+                        end_sent: bool) -> tuple[int, bool]:
+    """Send `buf` on stream `sid` of `conn` as far as its flow-control window and frame size
+    go (what is sent leaves `buf`); once `buf` is empty and its sender `ended`, end the
+    stream, with `trailers` when there are some. (bytes sent, whether the end was sent). A
+    stream the other side reset or closed meanwhile drops the rest of `buf`: its reset comes
+    on its own."""
+    sent = 0
+    try:
+        while buf:
+            n = min(len(buf), conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            if n <= 0:
+                break
+            chunk = bytes(buf[:n])
+            del buf[:n]
+            end = ended and not buf and trailers is None
+            conn.send_data(sid, chunk, end_stream=end)
+            sent += n
+            end_sent = end
+        if ended and not buf and not end_sent:
+            if trailers is not None:
+                conn.send_headers(sid, trailers, end_stream=True)
+            else:
+                conn.end_stream(sid)
+            end_sent = True
+    except (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
+        buf.clear()
+    return sent, end_sent
+
+
 class _Side:
     """One h2 connection and its socket. What h2 queues is written once per turn of the
     event loop (the frames of one batch of events in one write); callbacks registered with
@@ -524,28 +555,9 @@ class _Relay(Generic[T]):
         up = s.up
         if s.done or up is None or up.side is None or up.lost or s.up_sid is None:
             return
-        conn, up_sid = up.side.conn, s.up_sid
-        sent = 0
-        try:
-            while s.to_up:
-                n = min(len(s.to_up), conn.local_flow_control_window(up_sid),
-                        conn.max_outbound_frame_size)
-                if n <= 0:
-                    break
-                chunk = bytes(s.to_up[:n])
-                del s.to_up[:n]
-                end = s.client_ended and not s.to_up and s.to_up_trailers is None
-                conn.send_data(up_sid, chunk, end_stream=end)
-                sent += n
-                s.up_end_sent = end
-            if s.client_ended and not s.to_up and not s.up_end_sent:
-                if s.to_up_trailers is not None:
-                    conn.send_headers(up_sid, s.to_up_trailers, end_stream=True)
-                else:
-                    conn.end_stream(up_sid)
-                s.up_end_sent = True
-        except (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
-            s.to_up.clear()  # the upstream reset or closed it: its reset comes on its own
+        sent, s.up_end_sent = _send_within_window(
+            up.side.conn, s.up_sid, s.to_up, ended=s.client_ended,
+            trailers=s.to_up_trailers, end_sent=s.up_end_sent)
         down, sid = self.down, s.sid
         up.side.flush(after=(lambda: self._acked(down, sid, sent)) if sent else None)
         self._maybe_done(s)
@@ -556,28 +568,9 @@ class _Relay(Generic[T]):
         up = s.up
         if s.done or not s.head_sent or up is None or up.side is None or s.up_sid is None:
             return
-        conn, sid = self.down.conn, s.sid
-        sent = 0
-        try:
-            while s.to_down:
-                n = min(len(s.to_down), conn.local_flow_control_window(sid),
-                        conn.max_outbound_frame_size)
-                if n <= 0:
-                    break
-                chunk = bytes(s.to_down[:n])
-                del s.to_down[:n]
-                end = s.up_ended and not s.to_down and s.to_down_trailers is None
-                conn.send_data(sid, chunk, end_stream=end)
-                sent += n
-                s.down_end_sent = end
-            if s.up_ended and not s.to_down and not s.down_end_sent:
-                if s.to_down_trailers is not None:
-                    conn.send_headers(sid, s.to_down_trailers, end_stream=True)
-                else:
-                    conn.end_stream(sid)
-                s.down_end_sent = True
-        except (h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
-            s.to_down.clear()
+        sent, s.down_end_sent = _send_within_window(
+            self.down.conn, s.sid, s.to_down, ended=s.up_ended,
+            trailers=s.to_down_trailers, end_sent=s.down_end_sent)
         side, up_sid = up.side, s.up_sid
         self.down.flush(after=(lambda: self._acked(side, up_sid, sent)) if sent else None)
         self._maybe_done(s)
