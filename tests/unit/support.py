@@ -854,3 +854,21 @@ class SlowKube(FakeKube):
         if self.delays:
             await anyio.sleep(self.delays.pop(0))
         return await super().get_deployment(name)
+
+
+class Rendezvous:
+    """Calls that must be in flight together (one round trip, not one each): each `arrive`
+    waits, bounded, until `n` have arrived, so calls made one after another fail instead of
+    passing slower. `entered` says which arrived, in order."""
+
+    def __init__(self, n: int = 2) -> None:
+        self.n = n
+        self.entered: list[str] = []
+        self._all_in = anyio.Event()
+
+    async def arrive(self, what: str) -> None:
+        self.entered.append(what)
+        if len(self.entered) == self.n:
+            self._all_in.set()
+        with anyio.fail_after(5):
+            await self._all_in.wait()

@@ -21,6 +21,7 @@ from tests.unit.support import (
     FakeKube,
     FakeLinker,
     FakeTunnel,
+    Rendezvous,
     free_port,
     hand_over,
     ready_pod,
@@ -194,23 +195,15 @@ def test_the_services_are_read_beside_the_wait_for_the_proxy_pod() -> None:
     from bridge.swap.handover import READY
     from bridge.swap.link import Link
 
-    entered: list[str] = []
-    both = anyio.Event()
+    meet = Rendezvous(2)
 
     class AtOnce(FakeKube):
-        async def _both(self, what: str) -> None:
-            entered.append(what)
-            if len(entered) == 2:
-                both.set()
-            with anyio.fail_after(5):
-                await both.wait()
-
         async def list_pods(self, selector: str | None = None) -> list[dict]:  # type: ignore[type-arg]
-            await self._both("pods")
+            await meet.arrive("pods")
             return await super().list_pods(selector)
 
         async def list_services(self) -> list[dict]:  # type: ignore[type-arg]
-            await self._both("services")
+            await meet.arrive("services")
             return await super().list_services()
 
     kube = AtOnce()
@@ -223,4 +216,4 @@ def test_the_services_are_read_beside_the_wait_for_the_proxy_pod() -> None:
             return await h.wait_proxy_ready(link)
 
     assert anyio.run(main) == READY
-    assert sorted(entered[:2]) == ["pods", "services"] and h.services == []
+    assert sorted(meet.entered[:2]) == ["pods", "services"] and h.services == []

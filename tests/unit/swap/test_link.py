@@ -16,6 +16,7 @@ from bridge.progress import Progress
 from bridge.swap.link import Linker, LinkSpec, pod_problem
 from tests.unit.support import (
     FakeKube,
+    Rendezvous,
     api_error,
     make_linker,
     sidecar_status,
@@ -298,24 +299,16 @@ def test_the_host_keys_log_is_read_beside_the_proof_of_the_pod() -> None:
     from bridge.swap.link import Linker, LinkSpec
 
     spec = {"containers": [{"name": "web", "image": "sidecar:1"}]}
-    entered: list[str] = []
-    both = anyio.Event()
+    meet = Rendezvous(2)
 
     class AtOnce(ProvingKube):
-        async def _both(self, what: str) -> None:
-            entered.append(what)
-            if len(entered) == 2:
-                both.set()
-            with anyio.fail_after(5):
-                await both.wait()
-
         async def get_replicaset(self, name: str) -> dict[str, Any]:
-            await self._both("replicaset")
+            await meet.arrive("replicaset")
             return await super().get_replicaset(name)
 
         async def pod_log(self, name: str, container: str | None = None, *,
                           tail_lines: int | None = None, limit_bytes: int | None = None) -> str:
-            await self._both("log")
+            await meet.arrive("log")
             return await super().pod_log(name, container, tail_lines=tail_lines,
                                          limit_bytes=limit_bytes)
 
@@ -336,7 +329,7 @@ def test_the_host_keys_log_is_read_beside_the_proof_of_the_pod() -> None:
         return await linker.wait_pod(first=True)
 
     assert anyio.run(main) == ("proxy-pod", HOST_KEY)
-    assert sorted(entered) == ["log", "replicaset"]  # and no second read of the log
+    assert sorted(meet.entered) == ["log", "replicaset"]  # and no second read of the log
 
 
 class Sidecar:

@@ -10,7 +10,7 @@ import anyio
 
 from bridge.model import trust
 from bridge.swap import proofs
-from tests.unit.support import api_error
+from tests.unit.support import Rendezvous, api_error
 
 TEMPLATE = {"metadata": {"labels": {"app": "hello"}},
             "spec": {"containers": [{"name": "app", "image": "hello:1"}]}}
@@ -80,24 +80,17 @@ def test_nothing_is_admitted_when_the_pods_cannot_be_read_or_disagree() -> None:
 def test_the_replicasets_and_the_pods_are_read_at_once() -> None:
     """One round trip: each read waits (bounded) until the other is in flight too, so a
     serial pair of reads fails here instead of passing slower."""
-    both, entered = anyio.Event(), []
+    meet = Rendezvous(2)
 
     class AtOnce(Kube):
-        async def _both(self, what: str) -> None:
-            entered.append(what)
-            if len(entered) == 2:
-                both.set()
-            with anyio.fail_after(5):
-                await both.wait()
-
         async def list_replicasets(self, selector: str) -> list[Any]:
-            await self._both("replicasets")
+            await meet.arrive("replicasets")
             return await super().list_replicasets(selector)
 
         async def list_pods(self, selector: str | None = None) -> list[Any]:
-            await self._both("pods")
+            await meet.arrive("pods")
             return await super().list_pods(selector)
 
     found, why = admitted(AtOnce([rs("new", "3")], [pod("a", "new", "mesh-proxy")]))
     assert why == "" and "mesh-proxy" in found.summary()
-    assert sorted(entered) == ["pods", "replicasets"]
+    assert sorted(meet.entered) == ["pods", "replicasets"]

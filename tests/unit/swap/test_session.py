@@ -8,6 +8,7 @@ from typing import Any
 
 from bridge.errors import BridgeError
 from bridge.swap.session import first_bridge_error
+from tests.unit.support import Rendezvous
 
 
 def test_first_bridge_error_in_nested_groups() -> None:
@@ -77,27 +78,19 @@ def test_the_lock_is_written_beside_the_reads_of_the_originals_pods(
     from tests.unit.support import ORIGINAL, FakeKube
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))  # the session's record on this machine
-    entered: list[str] = []
-    all_in = anyio.Event()
+    meet = Rendezvous(3)
 
     class AtOnce(FakeKube):
-        async def _together(self, what: str) -> None:
-            entered.append(what)
-            if len(entered) == 3:
-                all_in.set()
-            with anyio.fail_after(5):
-                await all_in.wait()
-
         async def patch_deployment(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-            await self._together("lock")
+            await meet.arrive("lock")
             return await super().patch_deployment(name, patch)
 
         async def list_replicasets(self, label_selector: str) -> list[dict[str, Any]]:
-            await self._together("replicasets")
+            await meet.arrive("replicasets")
             return await super().list_replicasets(label_selector)
 
         async def list_pods(self, selector: str | None = None) -> list[dict[str, Any]]:
-            await self._together("pods")
+            await meet.arrive("pods")
             return await super().list_pods(selector)
 
     kube = AtOnce()
@@ -112,7 +105,7 @@ def test_the_lock_is_written_beside_the_reads_of_the_originals_pods(
         return await session._lease_and_admitted(kube, r, prep, deployment, [])  # type: ignore[arg-type]
 
     lease, (admitted, why) = anyio.run(main)
-    assert sorted(entered) == ["lock", "pods", "replicasets"]
+    assert sorted(meet.entered) == ["lock", "pods", "replicasets"]
     assert lease.lock.session == "s1"
     assert "s1" in str(kube.deployments["hello"]["metadata"]["annotations"])
     assert why  # no pods listed: nothing admitted, and said why
